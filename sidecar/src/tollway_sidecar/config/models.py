@@ -1,0 +1,167 @@
+"""The GatewayConfig contract: what the operator (or `tollway compile`) hands the sidecar.
+
+No Kubernetes types live here. The operator imports these models to build a config; the sidecar loads
+one from a file or a Secret. Every model is frozen: a config is a value, replaced whole on reload.
+Money is `Decimal` (serialised as a string), never a float.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "tollway.dev/gatewayconfig/v1alpha1"
+
+Provider = Literal["openai", "openai-compatible", "azure-openai", "anthropic", "gemini"]
+Strategy = Literal["Cost", "Weighted", "Priority"]
+Period = Literal["Daily", "Weekly", "Monthly", "Total"]
+BudgetAction = Literal["Block", "Alert"]
+FailurePolicy = Literal["FailClosed", "FailOpen"]
+
+DEFAULT_RETRY_STATUS: tuple[int, ...] = (429, 500, 502, 503, 504)
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Limits(_Value):
+    """Rate limits; `None` means unlimited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.requests_per_minute is None and self.tokens_per_minute is None and (
+            self.tokens_per_day is None
+        )
+
+
+class VirtualKey(_Value):
+    """A client credential. Only the SHA-256 of the key is stored, as lowercase hex."""
+
+    name: str
+    namespace: str
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    owner_team: str | None = None
+    owner_user: str | None = None
+    models: tuple[str, ...] = ()  # client model names, fnmatch globs; empty = all
+    limits: Limits = Limits()
+    per_user_limits: Limits = Limits()
+    budgets: tuple[str, ...] = ()  # Budget ids ("namespace/name")
+    disabled: bool = False
+    expires_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Budget(_Value):
+    name: str
+    namespace: str
+    limit_usd: Decimal
+    period: Period = "Monthly"
+    per_user: bool = False
+    thresholds: tuple[int, ...] = (50, 80, 95)
+    action: BudgetAction = "Block"
+    failure_policy: FailurePolicy = "FailClosed"
+    alert_webhook_url: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Pricing(_Value):
+    """Prices in USD per million tokens, declared on a backend to override `genai-prices`."""
+
+    input_per_million: Decimal
+    output_per_million: Decimal
+    cached_input_per_million: Decimal | None = None
+
+
+class Backend(_Value):
+    name: str
+    provider: Provider
+    model: str  # the provider's model name, sent upstream
+    base_url: str  # scheme://host[:port][/path prefix], no trailing slash
+    credential: str | None = None  # the provider API key, resolved from its Secret
+    weight: int = 1
+    priority: int = 0
+    pricing: Pricing | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.base_url.split("://", 1)[0]
+
+    @property
+    def authority(self) -> str:
+        return self.base_url.split("://", 1)[1].split("/", 1)[0]
+
+    @property
+    def host(self) -> str:
+        authority = self.authority
+        if authority.startswith("["):
+            return authority[1 : authority.index("]")]
+        return authority.rsplit(":", 1)[0] if ":" in authority else authority
+
+    @property
+    def port(self) -> int:
+        authority = self.authority
+        tail = authority.rsplit("]", 1)[-1]
+        if ":" in tail:
+            return int(tail.rsplit(":", 1)[1])
+        return 443 if self.scheme == "https" else 80
+
+    @property
+    def path_prefix(self) -> str:
+        rest = self.base_url.split("://", 1)[1]
+        return "/" + rest.split("/", 1)[1].rstrip("/") if "/" in rest else ""
+
+
+class Fallback(_Value):
+    on_status: tuple[int, ...] = DEFAULT_RETRY_STATUS
+    on_timeout: bool = True
+    max_attempts: int = 2
+
+
+class Route(_Value):
+    """A RouteRule, compiled. `id` is a DNS-safe slug used for Envoy cluster and route names."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str
+    namespace: str
+    model: str  # the model name clients send
+    strategy: Strategy = "Priority"
+    backends: tuple[Backend, ...]  # in fallback order (priority, then declaration)
+    fallback: Fallback = Fallback()
+    timeout_ms: int = 60_000  # per attempt
+
+
+class GatewayConfig(_Value):
+    schema_version: Literal["tollway.dev/gatewayconfig/v1alpha1"] = SCHEMA_VERSION
+    keys: tuple[VirtualKey, ...] = ()
+    budgets: tuple[Budget, ...] = ()
+    routes: tuple[Route, ...] = ()
+    checksum: str = ""  # sha256 over everything above; set by `with_checksum()`
+
+    def with_checksum(self) -> GatewayConfig:
+        return self.model_copy(update={"checksum": self.compute_checksum()})
+
+    def compute_checksum(self) -> str:
+        body = self.model_dump(mode="json", exclude={"checksum"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def version(self) -> str:
+        """A short version string for logs, metrics and headers."""
+        return self.checksum[:12]
