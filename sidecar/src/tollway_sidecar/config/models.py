@@ -11,11 +11,11 @@ import hashlib
 import json
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "tollway.dev/gatewayconfig/v1alpha1"
+SCHEMA_VERSION: Final = "tollway.dev/gatewayconfig/v1alpha1"
 
 Provider = Literal["openai", "openai-compatible", "azure-openai", "anthropic", "gemini"]
 Strategy = Literal["Cost", "Weighted", "Priority"]
@@ -39,8 +39,10 @@ class Limits(_Value):
 
     @property
     def empty(self) -> bool:
-        return self.requests_per_minute is None and self.tokens_per_minute is None and (
-            self.tokens_per_day is None
+        return (
+            self.requests_per_minute is None
+            and self.tokens_per_minute is None
+            and (self.tokens_per_day is None)
         )
 
 

@@ -1,0 +1,575 @@
+"""Compile VirtualKey, Budget and RouteRule resources (and the Secrets they name) into a GatewayConfig.
+
+`compile_manifests` is pure: the same manifests give the same config and checksum. Each violation is
+one `CompileError` naming the resource and the field; an invalid resource is left out and the rest
+still compile. `load_manifests` reads a folder of YAML/JSON files for local mode and `tollway compile`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from tollway_operator.resources import (
+    API_VERSION,
+    BudgetSpec,
+    LimitsSpec,
+    RouteRuleSpec,
+    SecretKeyRef,
+    Spec,
+    VirtualKeySpec,
+)
+from tollway_sidecar.config.models import (
+    Backend,
+    Budget,
+    Fallback,
+    GatewayConfig,
+    Limits,
+    Pricing,
+    Route,
+    VirtualKey,
+)
+from tollway_sidecar.pricing import has_catalog_price
+
+ResourceId = tuple[str, str, str]  # (kind, namespace, name)
+
+MIN_KEY_LENGTH = 16
+MINTED_SECRET_PREFIX = "tollway-key-"  # the operator mints a VirtualKey's key into tollway-key-<name>
+MINTED_SECRET_KEY = "key"
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+_API_VERSIONS = {"Secret": "v1", "Budget": API_VERSION, "VirtualKey": API_VERSION, "RouteRule": API_VERSION}
+_TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+_S = TypeVar("_S", bound=Spec)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One parsed document: a resource as written in a file or read from the cluster."""
+
+    kind: str
+    api_version: str
+    name: str
+    namespace: str  # "" means the compile's default namespace
+    body: Mapping[str, Any]
+    source: str  # file path (with "#<document>" when a file holds several) or "cluster"
+
+    @classmethod
+    def from_object(cls, body: Mapping[str, Any], *, source: str, default_namespace: str = "") -> Manifest:
+        metadata = body.get("metadata")
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+
+        def text(value: object) -> str:
+            return value if isinstance(value, str) else ""
+
+        return cls(
+            kind=text(body.get("kind")),
+            api_version=text(body.get("apiVersion")),
+            name=text(metadata.get("name")),
+            namespace=text(metadata.get("namespace")) or default_namespace,
+            body=body,
+            source=source,
+        )
+
+
+@dataclass(frozen=True)
+class CompileError:
+    source: str
+    kind: str
+    namespace: str
+    name: str
+    field: str  # dotted path, e.g. "spec.backends[1].baseURL"; "" for a whole file
+    message: str
+
+    def __str__(self) -> str:
+        resource = f"{self.kind} {self.namespace}/{self.name}" if self.name else self.kind
+        return ": ".join(part for part in (self.source, resource, self.field, self.message) if part)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    config: GatewayConfig
+    errors: tuple[CompileError, ...]
+    accepted: frozenset[ResourceId]  # (kind, namespace, name) of every VirtualKey/Budget/RouteRule compiled
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def errors_for(self, kind: str, namespace: str, name: str) -> tuple[CompileError, ...]:
+        return tuple(e for e in self.errors if (e.kind, e.namespace, e.name) == (kind, namespace, name))
+
+
+def route_id(namespace: str, name: str) -> str:
+    """A DNS-safe slug of `<namespace>-<name>`, used for Envoy cluster and route names."""
+    return re.sub(r"[^a-z0-9]+", "-", f"{namespace}-{name}".lower()).strip("-")
+
+
+def key_sha256(key: bytes) -> str:
+    return hashlib.sha256(key).hexdigest()
+
+
+# --- compile ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Compiler:
+    errors: list[CompileError] = field(default_factory=list)
+    accepted: set[ResourceId] = field(default_factory=set)
+    secrets: dict[tuple[str, str], dict[str, bytes]] = field(default_factory=dict)
+    bad_secrets: set[tuple[str, str]] = field(default_factory=set)
+    budgets: dict[tuple[str, str], Budget] = field(default_factory=dict)
+    bad_budgets: set[tuple[str, str]] = field(default_factory=set)
+
+    def error(self, m: Manifest, path: str, message: str) -> None:
+        self.errors.append(CompileError(m.source, m.kind, m.namespace, m.name, path, message))
+
+    def spec(self, m: Manifest, model: type[_S]) -> _S | None:
+        """Validate `spec`; on failure record one error per problem and return None."""
+        count = len(self.errors)
+        for key in m.body:
+            if key not in _TOP_LEVEL:
+                self.error(m, str(key), f"unknown field; expected {', '.join(sorted(_TOP_LEVEL))}")
+        raw = m.body.get("spec")
+        if raw is None:
+            self.error(m, "spec", "required")
+            return None
+        try:
+            spec = model.model_validate(raw)
+        except ValidationError as exc:
+            for detail in exc.errors():
+                self.error(m, _path("spec", detail["loc"]), _message(detail))
+            return None
+        for path, message in spec.problems():
+            self.error(m, f"spec.{path}", message)
+        return spec if len(self.errors) == count else None
+
+    def secret_value(self, m: Manifest, ref: SecretKeyRef, path: str) -> bytes | None:
+        where = (m.namespace, ref.name)
+        if where in self.bad_secrets:
+            self.error(m, f"{path}.name", f"Secret {m.namespace}/{ref.name} is invalid (see its errors)")
+            return None
+        data = self.secrets.get(where)
+        if data is None:
+            self.error(m, f"{path}.name", f"Secret {m.namespace}/{ref.name} not found")
+            return None
+        if ref.key not in data:
+            keys = ", ".join(sorted(data)) or "none"
+            self.error(
+                m, f"{path}.key", f"Secret {m.namespace}/{ref.name} has no key {ref.key!r} (keys: {keys})"
+            )
+            return None
+        return data[ref.key]
+
+    # Secrets ------------------------------------------------------------------------------------------
+
+    def add_secret(self, m: Manifest) -> None:
+        values: dict[str, bytes] = {}
+        count = len(self.errors)
+        for section in ("data", "stringData"):
+            raw = m.body.get(section)
+            if raw is None:
+                continue
+            if not isinstance(raw, Mapping):
+                self.error(m, section, "expected a mapping of key to value")
+                continue
+            for key, value in raw.items():
+                if not isinstance(value, str):
+                    self.error(m, f"{section}.{key}", "expected a string")
+                elif section == "stringData":
+                    values[str(key)] = value.encode()
+                else:
+                    try:
+                        values[str(key)] = base64.b64decode(value, validate=True)
+                    except (binascii.Error, ValueError):
+                        self.error(m, f"{section}.{key}", "not valid base64 (use stringData for plain text)")
+        if len(self.errors) == count:
+            self.secrets[(m.namespace, m.name)] = values
+        else:
+            self.bad_secrets.add((m.namespace, m.name))
+
+    # Budgets ------------------------------------------------------------------------------------------
+
+    def add_budget(self, m: Manifest) -> None:
+        spec = self.spec(m, BudgetSpec)
+        if spec is None:
+            self.bad_budgets.add((m.namespace, m.name))
+            return
+        self.budgets[(m.namespace, m.name)] = Budget(
+            name=m.name,
+            namespace=m.namespace,
+            limit_usd=spec.limit,
+            period=spec.period,
+            per_user=spec.per_user,
+            thresholds=spec.thresholds,
+            action=spec.action,
+            failure_policy=spec.failure_policy,
+            alert_webhook_url=spec.alert_webhook.url if spec.alert_webhook else None,
+        )
+        self.accepted.add(("Budget", m.namespace, m.name))
+
+    # VirtualKeys --------------------------------------------------------------------------------------
+
+    def add_key(self, m: Manifest, hashes: dict[str, Manifest]) -> VirtualKey | None:
+        spec = self.spec(m, VirtualKeySpec)
+        if spec is None:
+            return None
+        count = len(self.errors)
+        digest = self.key_digest(m, spec)
+        if digest is not None:
+            if digest in hashes:
+                other = hashes[digest]
+                self.error(
+                    m,
+                    "spec.secretRef",
+                    f"the same key as VirtualKey {other.namespace}/{other.name}; every key must be unique",
+                )
+            hashes.setdefault(digest, m)
+        budget_ids: list[str] = []
+        for i, ref in enumerate(spec.budget_refs):
+            if (m.namespace, ref) in self.bad_budgets:
+                self.error(
+                    m,
+                    f"spec.budgetRefs[{i}]",
+                    f"Budget {m.namespace}/{ref} is invalid, so this key is left out rather than served "
+                    "without it (see the Budget's errors)",
+                )
+            elif (m.namespace, ref) not in self.budgets:
+                self.error(m, f"spec.budgetRefs[{i}]", f"Budget {m.namespace}/{ref} not found")
+            elif f"{m.namespace}/{ref}" not in budget_ids:
+                budget_ids.append(f"{m.namespace}/{ref}")
+        if digest is None or len(self.errors) != count:
+            return None
+        self.accepted.add(("VirtualKey", m.namespace, m.name))
+        return VirtualKey(
+            name=m.name,
+            namespace=m.namespace,
+            key_sha256=digest,
+            owner_team=spec.owner.team,
+            owner_user=spec.owner.user,
+            models=spec.models,
+            limits=_limits(spec.limits),
+            per_user_limits=_limits(spec.per_user_limits),
+            budgets=tuple(budget_ids),
+            disabled=spec.disabled,
+            expires_at=spec.expires_at,
+        )
+
+    def key_digest(self, m: Manifest, spec: VirtualKeySpec) -> str | None:
+        if spec.secret_ref is not None:
+            value = self.secret_value(m, spec.secret_ref, "spec.secretRef")
+            path, where = "spec.secretRef.key", f"Secret {m.namespace}/{spec.secret_ref.name}"
+        else:
+            minted = self.secrets.get((m.namespace, MINTED_SECRET_PREFIX + m.name), {})
+            value = minted.get(MINTED_SECRET_KEY)
+            path, where = "spec.secretRef", f"Secret {m.namespace}/{MINTED_SECRET_PREFIX}{m.name}"
+            if value is None:
+                self.error(
+                    m,
+                    path,
+                    f"secretRef is required, or the minted {where} (key {MINTED_SECRET_KEY!r}) "
+                    "does not exist yet",
+                )
+                return None
+        if value is None:
+            return None
+        problem = _key_problem(value)
+        if problem:
+            self.error(m, path, f"the key in {where} {problem}")
+            return None
+        return key_sha256(value)
+
+    # RouteRules ---------------------------------------------------------------------------------------
+
+    def add_route(self, m: Manifest, models: dict[str, Manifest], ids: dict[str, Manifest]) -> Route | None:
+        count = len(self.errors)
+        rid = route_id(m.namespace, m.name)
+        if rid in ids:
+            other = ids[rid]
+            self.error(
+                m,
+                "metadata.name",
+                f"route id {rid!r} is already used by RouteRule {other.namespace}/{other.name}",
+            )
+        ids.setdefault(rid, m)
+        spec = self.spec(m, RouteRuleSpec)
+        if spec is None:
+            return None
+        if spec.model in models:
+            other = models[spec.model]
+            self.error(
+                m,
+                "spec.model",
+                f"model {spec.model!r} is already routed by RouteRule {other.namespace}/{other.name}",
+            )
+        models.setdefault(spec.model, m)
+        backends: list[Backend] = []
+        for i, b in enumerate(spec.backends):
+            path = f"spec.backends[{i}]"
+            credential: str | None = None
+            if b.credentials_secret_ref is not None:
+                value = self.secret_value(m, b.credentials_secret_ref, f"{path}.credentialsSecretRef")
+                if value is not None:
+                    credential = self.credential(m, value, b.credentials_secret_ref, path)
+            if b.pricing is None and not has_catalog_price(b.provider, b.model):
+                self.error(
+                    m,
+                    f"{path}.pricing",
+                    f"backend {b.name!r}: the price catalogue has no price for {b.provider} model "
+                    f"{b.model!r}; declare pricing (inputPerMillion, outputPerMillion)",
+                )
+            base = b.resolved_base_url
+            if base is None:  # already reported by the spec's own checks
+                continue
+            pricing = None
+            if b.pricing is not None:
+                pricing = Pricing(
+                    input_per_million=b.pricing.input_per_million,
+                    output_per_million=b.pricing.output_per_million,
+                    cached_input_per_million=b.pricing.cached_input_per_million,
+                )
+            backends.append(
+                Backend(
+                    name=b.name,
+                    provider=b.provider,
+                    model=b.model,
+                    base_url=base,
+                    credential=credential,
+                    weight=b.weight,
+                    priority=b.priority,
+                    pricing=pricing,
+                )
+            )
+        if len(self.errors) != count:
+            return None
+        if spec.strategy == "Priority":  # fallback order; sorted() is stable, so ties keep declaration order
+            backends = sorted(backends, key=lambda backend: backend.priority)
+        attempts = spec.fallback.max_attempts or min(len(backends), 10)
+        self.accepted.add(("RouteRule", m.namespace, m.name))
+        return Route(
+            id=rid,
+            name=m.name,
+            namespace=m.namespace,
+            model=spec.model,
+            strategy=spec.strategy,
+            backends=tuple(backends),
+            fallback=Fallback(
+                on_status=tuple(sorted(set(spec.fallback.on_status))),
+                on_timeout=spec.fallback.on_timeout,
+                max_attempts=min(attempts, len(backends)),
+            ),
+            timeout_ms=spec.timeout_ms,
+        )
+
+    def credential(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:
+        try:
+            text = value.decode()
+        except UnicodeDecodeError:
+            text = ""
+        if not text or text != text.strip() or any(not c.isprintable() for c in text):
+            self.error(
+                m,
+                f"{path}.credentialsSecretRef.key",
+                f"the value of {ref.key!r} in Secret {m.namespace}/{ref.name} must be non-empty printable "
+                "text without surrounding whitespace (a trailing newline?)",
+            )
+            return None
+        return text
+
+
+def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str = "default") -> CompileResult:
+    """Compile every manifest into one GatewayConfig; invalid resources are reported and left out."""
+    c = _Compiler()
+    first: dict[ResourceId, Manifest] = {}
+    for raw in manifests:
+        m = raw if raw.namespace else _with_namespace(raw, default_namespace)
+        if _header_ok(c, m):
+            rid = (m.kind, m.namespace, m.name)
+            if rid in first:
+                c.error(
+                    m,
+                    "metadata.name",
+                    f"duplicate {m.kind} {m.namespace}/{m.name}; first in {first[rid].source}",
+                )
+            else:
+                first[rid] = m
+
+    def of_kind(kind: str) -> list[Manifest]:
+        return sorted((m for m in first.values() if m.kind == kind), key=lambda m: (m.namespace, m.name))
+
+    for m in of_kind("Secret"):
+        c.add_secret(m)
+    for m in of_kind("Budget"):
+        c.add_budget(m)
+    hashes: dict[str, Manifest] = {}
+    keys = [key for m in of_kind("VirtualKey") if (key := c.add_key(m, hashes)) is not None]
+    models: dict[str, Manifest] = {}
+    ids: dict[str, Manifest] = {}
+    routes = [route for m in of_kind("RouteRule") if (route := c.add_route(m, models, ids)) is not None]
+    config = GatewayConfig(keys=tuple(keys), budgets=tuple(c.budgets.values()), routes=tuple(routes))
+    return CompileResult(
+        config=config.with_checksum(), errors=tuple(c.errors), accepted=frozenset(c.accepted)
+    )
+
+
+def _header_ok(c: _Compiler, m: Manifest) -> bool:
+    if m.kind not in _API_VERSIONS:
+        expected = f"Secret (v1), or VirtualKey, Budget or RouteRule ({API_VERSION})"
+        c.error(m, "kind", f"unsupported kind {m.kind!r}; expected {expected}" if m.kind else "required")
+        return False
+    if m.api_version != _API_VERSIONS[m.kind]:
+        c.error(m, "apiVersion", f"expected {_API_VERSIONS[m.kind]!r} for {m.kind}, got {m.api_version!r}")
+        return False
+    if not m.name:
+        c.error(m, "metadata.name", "required, as a string")
+        return False
+    if len(m.name) > 253 or not _DNS_SUBDOMAIN.match(m.name):
+        c.error(m, "metadata.name", "must be a DNS subdomain: lowercase letters, digits, '-' and '.'")
+        return False
+    if len(m.namespace) > 63 or not _DNS_LABEL.match(m.namespace):
+        c.error(m, "metadata.namespace", "must be a DNS label: lowercase letters, digits and '-'")
+        return False
+    return True
+
+
+def _with_namespace(m: Manifest, namespace: str) -> Manifest:
+    return Manifest(m.kind, m.api_version, m.name, namespace, m.body, m.source)
+
+
+def _limits(spec: LimitsSpec) -> Limits:
+    return Limits(
+        requests_per_minute=spec.requests_per_minute,
+        tokens_per_minute=spec.tokens_per_minute,
+        tokens_per_day=spec.tokens_per_day,
+    )
+
+
+def _key_problem(value: bytes) -> str:
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    if len(text) < MIN_KEY_LENGTH:
+        return f"is {len(text)} characters long; at least {MIN_KEY_LENGTH} are required"
+    if any(c.isspace() or not c.isprintable() for c in text):
+        return "contains whitespace or control characters (a trailing newline?)"
+    return ""
+
+
+def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown field",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "int_type": "expected an integer",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "string_pattern_mismatch": "must be a DNS label: lowercase letters, digits and '-', at most 63",
+}
+
+
+def _message(detail: ErrorDetails) -> str:
+    kind = detail["type"]
+    if kind == "value_error":
+        return detail["msg"].removeprefix("Value error, ")
+    message = _MESSAGES.get(kind, detail["msg"])
+    value = detail.get("input")
+    if kind not in ("missing", "extra_forbidden") and isinstance(value, str | int | float | bool):
+        message += f", got {value!r}"[:100]
+    return message
+
+
+# --- loading files ------------------------------------------------------------------------------------
+
+
+def load_manifests(
+    directory: Path, *, default_namespace: str = "default"
+) -> tuple[list[Manifest], list[CompileError]]:
+    """Read *.yaml, *.yml and *.json in `directory` (not recursive), in file-name order.
+
+    Multi-document YAML is supported; empty documents are skipped; a `v1` `List` is expanded.
+    """
+    if not directory.is_dir():
+        return [], [CompileError(str(directory), "", "", "", "", "not a directory")]
+    manifests: list[Manifest] = []
+    errors: list[CompileError] = []
+    paths = sorted((p for p in directory.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file()), key=str)
+    for path in paths:
+        documents, error = _read_documents(path)
+        if error:
+            errors.append(CompileError(str(path), "", "", "", "", error))
+        for index, document in enumerate(documents, 1):
+            source = f"{path}#{index}" if len(documents) > 1 else str(path)
+            _collect(document, source, default_namespace, manifests, errors)
+    return manifests, errors
+
+
+def compile_directory(directory: Path, *, default_namespace: str = "default") -> CompileResult:
+    manifests, load_errors = load_manifests(directory, default_namespace=default_namespace)
+    result = compile_manifests(manifests, default_namespace=default_namespace)
+    return CompileResult(result.config, (*load_errors, *result.errors), result.accepted)
+
+
+def _read_documents(path: Path) -> tuple[list[object], str]:
+    """The documents of one file (those before a syntax error included) and an error message or ""."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], f"cannot read: {exc}"
+    if path.suffix == ".json":
+        try:
+            return [json.loads(text)], ""
+        except json.JSONDecodeError as exc:
+            return [], f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    documents: list[object] = []
+    try:
+        documents.extend(yaml.safe_load_all(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return documents, f"invalid YAML{where}: {exc.problem or exc.context}"
+    except yaml.YAMLError as exc:
+        return documents, f"invalid YAML: {exc}"
+    return documents, ""
+
+
+def _collect(
+    document: object, source: str, namespace: str, manifests: list[Manifest], errors: list[CompileError]
+) -> None:
+    if document is None:
+        return
+    if not isinstance(document, dict):
+        errors.append(
+            CompileError(
+                source, "", "", "", "", f"expected a resource (a mapping), got {type(document).__name__}"
+            )
+        )
+        return
+    if document.get("kind") == "List" and isinstance(document.get("items"), list):
+        for i, item in enumerate(document["items"]):
+            _collect(item, f"{source}.items[{i}]", namespace, manifests, errors)
+        return
+    manifests.append(Manifest.from_object(document, source=source, default_namespace=namespace))

@@ -1,0 +1,290 @@
+"""The v1alpha1 custom resource specs, as users write them (camelCase), validated field by field.
+
+Each model checks what it can see on its own: types, ranges, formats, and the rules that tie one field
+of a spec to another (`problems()`). Rules that need other resources (Secrets, Budgets, uniqueness
+across rules, the price catalogue) live in `tollway_operator.compile`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+from tollway_sidecar.config.models import (
+    DEFAULT_RETRY_STATUS,
+    BudgetAction,
+    FailurePolicy,
+    Period,
+    Provider,
+    Strategy,
+)
+
+API_VERSION = "tollway.dev/v1alpha1"
+
+# Where a backend goes when its RouteRule gives no baseURL. The other providers must say.
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+}
+# Providers that cannot be called without a credential.
+CREDENTIAL_REQUIRED: frozenset[str] = frozenset({"openai", "azure-openai", "anthropic", "gemini"})
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_MS_PER_UNIT = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
+_DURATION_HINT = 'expected a duration such as "30s", "1500ms" or "2m"'
+
+
+# --- scalar parsers (raise ValueError with a message a user can act on) -------------------------------
+
+
+def _decimal(value: object) -> Decimal:
+    """A decimal from a string (or a YAML int/float, read through `str()`, never float maths)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f'expected a decimal number as a string, such as "10.00", got {value!r}')
+    text = str(value).strip()
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f'expected a decimal number such as "10.00", got {text!r}') from None
+    if not number.is_finite():
+        raise ValueError(f"expected a finite decimal number, got {text!r}")
+    return number
+
+
+def _positive_decimal(value: object) -> Decimal:
+    number = _decimal(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, got {str(value)!r}")
+    return number
+
+
+def _non_negative_decimal(value: object) -> Decimal:
+    number = _decimal(value)
+    if number < 0:
+        raise ValueError(f"must be 0 or more, got {str(value)!r}")
+    return number if number != 0 else abs(number)  # no "-0"
+
+
+def _http_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an http or https URL, got {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an absolute http:// or https:// URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"the port in {value!r} is not a number between 0 and 65535") from None
+    return value
+
+
+def base_url(value: object) -> str:
+    """An upstream base URL: absolute http(s), no query, fragment or credentials; no trailing slash."""
+    url = _http_url(value)
+    parts = urlsplit(url)
+    if "?" in url or "#" in url:
+        raise ValueError(f"must not have a query or fragment, got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials; use credentialsSecretRef")
+    return url.rstrip("/")
+
+
+def parse_duration_ms(value: object) -> int:
+    """`30s`, `1500ms`, `2m`, `1m30s`, `1.5s`, `1h` → milliseconds (a positive whole number)."""
+    if not isinstance(value, str) or not _DURATION.match(value.strip()):
+        raise ValueError(f"{_DURATION_HINT}, got {value!r}")
+    total = sum(
+        (Decimal(amount) * _MS_PER_UNIT[unit] for amount, unit in _DURATION_PART.findall(value.strip())),
+        Decimal(0),
+    )
+    if total <= 0:
+        raise ValueError(f"must be longer than 0, got {value!r}")
+    if total != total.to_integral_value():
+        raise ValueError(f"must be a whole number of milliseconds, got {value!r}")
+    return int(total)
+
+
+def _timestamp(value: object) -> datetime:
+    """RFC 3339 with an offset. YAML hands over unquoted timestamps as datetimes already."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f'expected an RFC 3339 timestamp such as "2026-01-31T00:00:00Z", got {value!r}'
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValueError(f'expected an RFC 3339 timestamp such as "2026-01-31T00:00:00Z", got {value!r}')
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError('needs a UTC offset, such as "2026-01-31T00:00:00Z"')
+    return value
+
+
+# --- field types --------------------------------------------------------------------------------------
+
+Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
+DnsLabel = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=63, pattern=_DNS_LABEL)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+StrictBool = Annotated[bool, Field(strict=True)]
+StatusCode = Annotated[int, Field(strict=True, ge=400, le=599)]
+Percent = Annotated[int, Field(strict=True, ge=1, le=100)]
+PositiveDecimal = Annotated[Decimal, PlainValidator(_positive_decimal)]
+NonNegativeDecimal = Annotated[Decimal, PlainValidator(_non_negative_decimal)]
+HttpURL = Annotated[str, PlainValidator(_http_url)]
+BaseURL = Annotated[str, PlainValidator(base_url)]
+DurationMs = Annotated[int, PlainValidator(parse_duration_ms)]
+Timestamp = Annotated[datetime, PlainValidator(_timestamp)]
+
+
+class Spec(BaseModel):
+    """camelCase as users write it; unknown fields are errors; `null` means "not set"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = {field.alias or name for name, field in cls.model_fields.items()}
+        return {key: value for key, value in data.items() if value is not None or key not in known}
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Rules across this spec's own fields: (field path relative to the spec, message)."""
+        return []
+
+
+class SecretKeyRef(Spec):
+    name: Text
+    key: Text
+
+
+# --- VirtualKey ---------------------------------------------------------------------------------------
+
+
+class OwnerSpec(Spec):
+    team: Text | None = None
+    user: Text | None = None
+
+
+class LimitsSpec(Spec):
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    tokens_per_day: PositiveInt | None = None
+
+
+class VirtualKeySpec(Spec):
+    secret_ref: SecretKeyRef | None = None
+    owner: OwnerSpec = OwnerSpec()
+    models: tuple[Text, ...] = ()
+    limits: LimitsSpec = LimitsSpec()
+    per_user_limits: LimitsSpec = LimitsSpec()
+    budget_refs: tuple[Text, ...] = ()
+    disabled: StrictBool = False
+    expires_at: Timestamp | None = None
+
+
+# --- Budget -------------------------------------------------------------------------------------------
+
+
+class WebhookSpec(Spec):
+    url: HttpURL
+
+
+class BudgetSpec(Spec):
+    limit: PositiveDecimal
+    period: Period = "Monthly"
+    per_user: StrictBool = False
+    thresholds: tuple[Percent, ...] = (50, 80, 95)
+    action: BudgetAction = "Block"
+    failure_policy: FailurePolicy = "FailClosed"
+    alert_webhook: WebhookSpec | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [
+            (f"thresholds[{i}]", f"thresholds must be strictly increasing: {value} follows {previous}")
+            for i, (previous, value) in enumerate(zip(self.thresholds, self.thresholds[1:], strict=False), 1)
+            if value <= previous
+        ]
+
+
+# --- RouteRule ----------------------------------------------------------------------------------------
+
+
+class PricingSpec(Spec):
+    """USD per million tokens."""
+
+    input_per_million: NonNegativeDecimal
+    output_per_million: NonNegativeDecimal
+    cached_input_per_million: NonNegativeDecimal | None = None
+
+
+class BackendSpec(Spec):
+    name: DnsLabel
+    provider: Provider
+    model: Text
+    base_url: BaseURL | None = Field(default=None, alias="baseURL")
+    credentials_secret_ref: SecretKeyRef | None = None
+    weight: NonNegativeInt = 1
+    priority: NonNegativeInt = 0
+    pricing: PricingSpec | None = None
+
+    @property
+    def resolved_base_url(self) -> str | None:
+        return self.base_url or DEFAULT_BASE_URLS.get(self.provider)
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.resolved_base_url is None:
+            found.append(("baseURL", f"required for provider {self.provider!r} (there is no default URL)"))
+        if self.credentials_secret_ref is None and self.provider in CREDENTIAL_REQUIRED:
+            found.append(
+                (
+                    "credentialsSecretRef",
+                    f"required for provider {self.provider!r}: name a Secret and key holding the API key",
+                )
+            )
+        return found
+
+
+class FallbackSpec(Spec):
+    on_status: tuple[StatusCode, ...] = DEFAULT_RETRY_STATUS
+    on_timeout: StrictBool = True
+    max_attempts: Annotated[int, Field(strict=True, ge=1, le=10)] | None = None
+
+
+class RouteRuleSpec(Spec):
+    model: Text
+    strategy: Strategy = "Priority"
+    backends: tuple[BackendSpec, ...]
+    fallback: FallbackSpec = FallbackSpec()
+    timeout_ms: DurationMs = Field(default=60_000, alias="timeout")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        if not self.backends:
+            found.append(("backends", "at least one backend is required"))
+        first_index: dict[str, int] = {}
+        for i, backend in enumerate(self.backends):
+            found += [(f"backends[{i}].{field}", message) for field, message in backend.problems()]
+            if backend.name in first_index:
+                also = f"backends[{first_index[backend.name]}]"
+                found.append((f"backends[{i}].name", f"duplicate name {backend.name!r} (also {also})"))
+            first_index.setdefault(backend.name, i)
+        if (
+            self.strategy == "Weighted"
+            and self.backends
+            and all(backend.weight == 0 for backend in self.backends)
+        ):
+            found.append(("backends", "strategy Weighted needs at least one backend with weight above 0"))
+        return found

@@ -1,0 +1,327 @@
+"""The router-level filter: authenticate, validate, pick the route, then read usage and price the call.
+
+One instance per client request (one ext_proc stream). Envoy sends, in order: request headers,
+the buffered request body, response headers, then the response body (buffered for JSON, streamed
+chunk by chunk for SSE — chosen per response with `mode_override`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from tollway_sidecar.extproc import messages as msg
+from tollway_sidecar.extproc.state import Operation, RequestState
+from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
+from tollway_sidecar.pricing import format_usd
+from tollway_sidecar.providers.usage import SseParser, parse_json
+from tollway_sidecar.runtime import Runtime, key_expired, model_allowed
+from tollway_sidecar.xds import ROUTE_HEADER
+
+log = logging.getLogger("tollway.router")
+
+RID_HEADER = "x-tollway-rid"
+ENDPOINTS: dict[str, tuple[str, Operation]] = {
+    "/v1/chat/completions": ("POST", "chat"),
+    "/v1/embeddings": ("POST", "embeddings"),
+    "/v1/models": ("GET", "models"),
+}
+# Providers whose wire format this gateway speaks today (the others compile, and answer 501).
+SERVED_PROVIDERS = frozenset({"openai", "openai-compatible"})
+OPENAI_SHAPED = frozenset({"openai", "openai-compatible", "azure-openai", "gemini"})
+
+
+def _client_key(headers: dict[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    api_key = headers.get("x-api-key", "").strip()
+    return api_key or None
+
+
+class RouterCall:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.compiled = runtime.compiled  # one config version for the whole call
+        self.state = RequestState(request_id=uuid.uuid4().hex)
+
+    # -- request headers ------------------------------------------------------------------------
+
+    def on_request_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+        headers = msg.headers_of(message)
+        state = self.state
+        state.envoy_request_id = headers.get("x-request-id", "")
+        method = headers.get(":method", "")
+        path = headers.get(":path", "").split("?", 1)[0]
+        state.path = path
+        endpoint = ENDPOINTS.get(path.rstrip("/") or "/")
+        if endpoint is None:
+            return self._deny(
+                404, f"Unknown request URL: {method} {path}.", "invalid_request_error", "unknown_url"
+            )
+        expected_method, operation = endpoint
+        if method != expected_method:
+            return self._deny(
+                405,
+                f"{path} expects {expected_method}, not {method}.",
+                "invalid_request_error",
+                "method_not_allowed",
+            )
+        state.operation = operation
+
+        presented = _client_key(headers)
+        if presented is None:
+            return self._deny(
+                401,
+                "You didn't provide an API key. Send your Tollway key as "
+                "'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
+                "invalid_request_error",
+                "missing_api_key",
+            )
+        key = self.compiled.authenticate(presented)
+        if key is None:
+            return self._deny(
+                401,
+                "Incorrect API key provided. Use a key issued by this gateway.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        if key.disabled:
+            return self._deny(
+                401, f"The key '{key.name}' is disabled.", "invalid_request_error", "key_disabled"
+            )
+        if key_expired(key):
+            expired = key.expires_at.isoformat() if key.expires_at else ""
+            return self._deny(
+                401, f"The key '{key.name}' expired at {expired}.", "invalid_request_error", "key_expired"
+            )
+        state.key = key
+        state.end_user = headers.get("x-tollway-user") or headers.get("helicone-user-id") or None
+
+        if operation == "models":
+            return self._list_models()
+
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.runtime.max_request_bytes:
+            return self._deny(
+                413,
+                f"Request body is {length} bytes; the gateway's limit is "
+                f"{self.runtime.max_request_bytes} bytes.",
+                "invalid_request_error",
+                "request_too_large",
+            )
+        if message.end_of_stream:
+            return self._deny(
+                400, "The request body is empty; send a JSON object.", "invalid_request_error", "invalid_json"
+            )
+        return msg.continue_headers("request_headers")
+
+    def _list_models(self) -> ep.ProcessingResponse:
+        assert self.state.key is not None
+        created = 0
+        data = [
+            {"id": route.model, "object": "model", "created": created, "owned_by": route.namespace}
+            for route in self.compiled.models_for(self.state.key)
+        ]
+        body = json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
+        self.state.status = 200
+        return msg.immediate(200, body, details="models")
+
+    # -- request body ---------------------------------------------------------------------------
+
+    def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
+        state = self.state
+        assert state.key is not None and state.operation is not None
+        try:
+            body = parse_body(message.body)
+            model = validate(state.operation, body)
+        except BadRequest as exc:
+            return self._deny(400, exc.message, "invalid_request_error", exc.code, param=exc.param)
+        state.client_model = model
+        route = self.compiled.routes_by_model.get(model)
+        if route is None:
+            return self._deny(
+                404,
+                f"The model '{model}' does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+                param="model",
+            )
+        if not model_allowed(state.key, model):
+            return self._deny(
+                403,
+                f"The key '{state.key.name}' is not allowed to use the model '{model}'.",
+                "invalid_request_error",
+                "model_not_allowed",
+                param="model",
+            )
+        unserved = sorted({b.provider for b in route.backends} - SERVED_PROVIDERS)
+        if unserved:
+            return self._deny(
+                501,
+                f"Route '{route.name}' uses provider(s) {', '.join(unserved)}, which this "
+                "gateway version cannot call yet.",
+                "api_error",
+                "provider_not_supported",
+            )
+        state.route = route
+        state.stream = bool(body.get("stream"))
+        if state.end_user is None and isinstance(body.get("user"), str):
+            state.end_user = body["user"]
+
+        new_body: bytes | None = None
+        if state.operation == "chat" and state.stream:
+            options = body.get("stream_options") or {}
+            if not options.get("include_usage"):
+                # Ask the provider for usage; the parser removes that chunk again for the client.
+                body["stream_options"] = {**options, "include_usage": True}
+                state.strip_usage_chunk = True
+                new_body = json.dumps(body, separators=(",", ":")).encode()
+        state.body = body
+        self.runtime.inflight.add(state)
+        set_headers = {ROUTE_HEADER: route.id, RID_HEADER: state.request_id}
+        if new_body is not None:
+            set_headers["content-length"] = str(len(new_body))
+        return msg.continue_body(
+            "request_body",
+            body=new_body,
+            set_headers=set_headers,
+            remove=("authorization", "x-api-key"),
+            clear_route_cache=True,
+        )
+
+    # -- response headers -----------------------------------------------------------------------
+
+    def on_response_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+        state = self.state
+        headers = msg.headers_of(message)
+        state.status = int(headers.get(":status", "0") or 0)
+        state.first_byte_at = time.monotonic()
+        if state.route is None or state.backend is None or message.end_of_stream:
+            # An answer Envoy made itself (no backend was reached), or an empty body.
+            if state.route is not None and not state.finished:
+                self._finish(None)
+            return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("NONE"))
+        content_type = headers.get("content-type", "")
+        info = self._info_headers()
+        if "text/event-stream" in content_type:
+            state.sse = SseParser(state.backend.provider, strip_usage_chunk=state.strip_usage_chunk)
+            return msg.continue_headers(
+                "response_headers", set_headers=info, mode_override=msg.response_body_mode("STREAMED")
+            )
+        # JSON (or anything else): buffer it, so the cost can go into the headers.
+        return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
+
+    def _info_headers(self) -> dict[str, str]:
+        state = self.state
+        headers = {"x-tollway-attempts": str(max(state.attempts, 1))}
+        if state.backend is not None:
+            headers["x-tollway-backend"] = state.backend.name
+        if state.route is not None:
+            headers["x-tollway-route"] = f"{state.route.namespace}/{state.route.name}"
+        return headers
+
+    # -- response body --------------------------------------------------------------------------
+
+    def on_response_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
+        state = self.state
+        if state.sse is not None:
+            replacement = state.sse.feed(message.body)
+            if message.end_of_stream:
+                owed = state.sse.flush()
+                if owed:
+                    replacement = (message.body if replacement is None else replacement) + owed
+            if (message.end_of_stream or state.sse.complete) and not state.finished:
+                # Settle at the provider's last event ([DONE] / message_stop): the client may hang
+                # up as soon as it has it, before Envoy reports the end of the stream.
+                self._finish_stream()
+            return msg.continue_body("response_body", body=replacement)
+        # Buffered JSON: the whole body is here, and the headers have not left yet.
+        assert state.backend is not None
+        parsed = parse_json(state.backend.provider, message.body)
+        state.response_model = parsed.model
+        if parsed.usage is None and state.status < 400:
+            log.warning(
+                "usage unknown for %s response from backend %s: %s",
+                state.operation,
+                state.backend.name,
+                parsed.error,
+            )
+        self._finish(parsed.usage)
+        info = self._info_headers()
+        if state.cost is not None:
+            info["x-tollway-cost-usd"] = format_usd(state.cost)
+        return msg.continue_body("response_body", set_headers=info)
+
+    def _finish_stream(self) -> None:
+        state = self.state
+        assert state.sse is not None and state.backend is not None
+        parsed = state.sse.finish()
+        state.response_model = parsed.model
+        if parsed.usage is None or not parsed.complete:
+            log.warning(
+                "stream from backend %s ended %s; usage %s (%s)",
+                state.backend.name,
+                "complete" if parsed.complete else "early",
+                "known" if parsed.usage else "unknown",
+                parsed.error,
+            )
+        self._finish(parsed.usage)
+
+    # -- accounting -----------------------------------------------------------------------------
+
+    def _finish(self, usage: Any) -> None:
+        state = self.state
+        if state.finished:
+            return
+        state.finished = True
+        state.usage = usage
+        backend = state.backend
+        key = state.key
+        if key is None or state.route is None:
+            return
+        cost = None
+        if usage is not None and backend is not None:
+            price = self.compiled.prices.price_for(state.route.id, backend.name)
+            if price is not None:
+                cost = price.cost(usage, at=datetime.now(UTC))
+        state.cost = cost
+        if backend is not None and usage is None and state.status < 400:
+            self.runtime.metrics.unpriced.labels(backend.name).inc()
+        budgets = {b.id: b for b in self.compiled.config.budgets}
+        if backend is not None:
+            self.runtime.ledger.record(key, budgets, usage, cost)
+        self.runtime.metrics.observe_call(
+            key=key.id,
+            model=state.client_model,
+            backend=backend.name if backend else "",
+            status=state.status,
+            input_tokens=usage.input_tokens if usage else None,
+            output_tokens=usage.output_tokens if usage else None,
+            cost=cost,
+            seconds=time.monotonic() - state.started,
+        )
+
+    def on_stream_closed(self) -> None:
+        """The ext_proc stream ended: settle whatever is still open (a client gone mid-stream)."""
+        state = self.state
+        self.runtime.inflight.discard(state.request_id)
+        if state.route is not None and not state.finished and state.backend is not None:
+            if state.sse is not None:
+                self._finish_stream()
+            else:
+                self._finish(None)
+
+    def _deny(
+        self, status: int, message: str, error_type: str, code: str | None, param: str | None = None
+    ) -> ep.ProcessingResponse:
+        self.state.status = status
+        self.runtime.metrics.denials.labels(code or error_type).inc()
+        return msg.error(status, message, error_type=error_type, code=code, param=param)

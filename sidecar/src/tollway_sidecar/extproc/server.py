@@ -1,0 +1,97 @@
+"""The grpc.aio ExternalProcessor: one stream per request (router filter) or per attempt (upstream)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+from tollway_sidecar.extproc import messages as msg
+from tollway_sidecar.extproc.router import RouterCall
+from tollway_sidecar.extproc.upstream import UpstreamAttempt
+from tollway_sidecar.runtime import Runtime
+from tollway_sidecar.xds import FILTER_ROLE_HEADER
+
+log = logging.getLogger("tollway.extproc")
+
+
+class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        role = dict(context.invocation_metadata() or ()).get(FILTER_ROLE_HEADER, "router")
+        if role == "upstream":
+            await self._upstream(context)
+        else:
+            await self._router(context)
+
+    async def _router(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        call = RouterCall(self.runtime)
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
+                which = request.WhichOneof("request")
+                try:
+                    if which == "request_headers":
+                        reply = call.on_request_headers(request.request_headers)
+                    elif which == "request_body":
+                        reply = call.on_request_body(request.request_body)
+                    elif which == "response_headers":
+                        reply = call.on_response_headers(request.response_headers)
+                    elif which == "response_body":
+                        reply = call.on_response_body(request.response_body)
+                    else:
+                        reply = _passthrough(which)
+                except Exception:
+                    log.exception("router filter failed on %s", which)
+                    reply = _internal_error(which)
+                await context.write(reply)
+        finally:
+            call.on_stream_closed()
+
+    async def _upstream(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        attempt = UpstreamAttempt(self.runtime)
+        while True:
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                return
+            which = request.WhichOneof("request")
+            try:
+                if which == "request_headers":
+                    reply = attempt.on_request_headers(request)
+                elif which == "request_body":
+                    reply = attempt.on_request_body(request.request_body)
+                else:
+                    reply = _passthrough(which)
+            except Exception:
+                log.exception("upstream filter failed on %s", which)
+                reply = _internal_error(which)
+            await context.write(reply)
+
+
+def _passthrough(which: str | None) -> ep.ProcessingResponse:
+    if which in ("request_headers", "response_headers"):
+        return msg.continue_headers(which)
+    if which in ("request_body", "response_body"):
+        return msg.continue_body(which)
+    if which == "request_trailers":
+        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+    return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+
+
+def _internal_error(which: str | None) -> ep.ProcessingResponse:
+    if which in ("response_body", "response_trailers"):
+        # Headers have left already; let the response through rather than cut it.
+        return _passthrough(which)
+    return msg.error(
+        500,
+        "The gateway failed to process this request; it has been logged.",
+        error_type="api_error",
+        code="gateway_error",
+    )

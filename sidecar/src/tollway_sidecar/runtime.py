@@ -1,0 +1,103 @@
+"""The loaded config, indexed for the request path, and the process-wide state around it."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from tollway_sidecar.config.models import Backend, GatewayConfig, Route, VirtualKey
+from tollway_sidecar.pricing import PriceBook
+
+if TYPE_CHECKING:
+    from tollway_sidecar.extproc.state import RequestState
+
+
+@dataclass(frozen=True)
+class CompiledConfig:
+    """A GatewayConfig with the lookups the hot path needs, built once per config version."""
+
+    config: GatewayConfig
+    keys_by_hash: dict[str, VirtualKey]
+    routes_by_model: dict[str, Route]
+    routes_by_cluster: dict[str, Route]
+    backends: dict[tuple[str, str], Backend]  # (route id, backend name)
+    prices: PriceBook
+
+    @classmethod
+    def build(cls, config: GatewayConfig) -> CompiledConfig:
+        from tollway_sidecar.xds import cluster_name
+
+        return cls(
+            config=config,
+            keys_by_hash={key.key_sha256: key for key in config.keys},
+            routes_by_model={route.model: route for route in config.routes},
+            routes_by_cluster={cluster_name(route): route for route in config.routes},
+            backends={(route.id, b.name): b for route in config.routes for b in route.backends},
+            prices=PriceBook(config),
+        )
+
+    def authenticate(self, presented: str) -> VirtualKey | None:
+        """Find a key by the SHA-256 of what the client presented.
+
+        The lookup is by digest, so its timing says nothing about the key itself; the final
+        comparison is constant-time all the same.
+        """
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        key = self.keys_by_hash.get(digest)
+        if key is None or not hmac.compare_digest(key.key_sha256, digest):
+            return None
+        return key
+
+    def models_for(self, key: VirtualKey) -> list[Route]:
+        return [route for route in self.config.routes if model_allowed(key, route.model)]
+
+
+def model_allowed(key: VirtualKey, model: str) -> bool:
+    return not key.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in key.models)
+
+
+def key_expired(key: VirtualKey, now: datetime | None = None) -> bool:
+    if key.expires_at is None:
+        return False
+    expires = key.expires_at if key.expires_at.tzinfo else key.expires_at.replace(tzinfo=UTC)
+    return (now or datetime.now(UTC)) >= expires
+
+
+@dataclass
+class Inflight:
+    """Requests between the router-level and upstream-level filters, by the id the router assigns."""
+
+    requests: dict[str, RequestState] = field(default_factory=dict)
+
+    def add(self, state: RequestState) -> None:
+        self.requests[state.request_id] = state
+
+    def get(self, request_id: str) -> RequestState | None:
+        return self.requests.get(request_id)
+
+    def discard(self, request_id: str) -> None:
+        self.requests.pop(request_id, None)
+
+
+class Runtime:
+    """Everything the request path reads: the current config, the ledger, in-flight requests."""
+
+    def __init__(self, compiled: CompiledConfig, *, max_request_bytes: int) -> None:
+        from tollway_sidecar.quota.ledger import SpendLedger
+        from tollway_sidecar.telemetry import Metrics
+
+        self.compiled = compiled
+        self.max_request_bytes = max_request_bytes
+        self.ledger = SpendLedger()
+        self.inflight = Inflight()
+        self.metrics = Metrics()
+        self.metrics.config_loaded(compiled.config)
+
+    def swap(self, compiled: CompiledConfig) -> None:
+        """Replace the config; requests already under way keep the objects they hold."""
+        self.compiled = compiled
+        self.metrics.config_loaded(compiled.config)

