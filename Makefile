@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup dev test unit integration lint format clean
+.PHONY: setup tools dev test unit integration lint format clean
 
 setup: $(STAMP)
 
@@ -20,16 +20,20 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
+# External tools the tests need (each script caches its build outside the repo and prints a path).
+tools:
+	@for script in scripts/tools/*.sh; do [ -e "$$script" ] || continue; bash "$$script" >/dev/null || exit 1; done
+
 dev: setup
 	$(BIN)/tollway dev --config examples/local
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: setup
+integration: setup tools
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: setup
