@@ -160,7 +160,7 @@ class DevGateway:
         result = self.compile()
         if not result.config.routes:
             raise DevError(f"{self.options.config_dir}: no valid RouteRule; nothing to serve.")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOLLWAY_DEV_STATE_DIR": str(self.state_dir)}
         tollway = [sys.executable, "-m", "tollway"]
         if self.options.mock_provider:
             self._spawn(

@@ -172,3 +172,14 @@ def test_metrics_count_calls(gateway: Gateway, sdk_for: Callable[..., openai.Ope
     assert 'tollway_requests_total{backend="' in text
     assert f'model="{model}"' in text
     assert DEMO_KEY not in text
+
+
+async def test_async_chat_completion(gateway: Gateway, async_sdk: openai.AsyncOpenAI) -> None:
+    raw = await async_sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    completion = raw.parse()
+    assert completion.choices[0].finish_reason == "stop"
+    usage = completion.usage
+    assert usage is not None
+    assert Decimal(raw.headers["x-tollway-cost-usd"]) == catalogue_cost(
+        "gpt-4o-mini", usage.prompt_tokens, usage.completion_tokens
+    )

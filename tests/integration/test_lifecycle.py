@@ -1,0 +1,184 @@
+"""`tollway dev` as a user runs it: live reload of the folder, a bad config keeps the last good one,
+and SIGTERM stops every process it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_KEY, ROOT
+from httpcall import bearer, call
+
+from tollway.dev import DevGateway, DevOptions, free_port
+
+NEW_ROUTE = """
+apiVersion: tollway.dev/v1alpha1
+kind: RouteRule
+metadata:
+  name: added-later
+spec:
+  model: added-later
+  backends:
+    - name: mock
+      provider: openai-compatible
+      model: gpt-4o-mini
+      baseURL: http://127.0.0.1:{port}/v1
+"""
+
+
+def chat(origin: str, model: str) -> int:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return call(origin, "POST", "/v1/chat/completions", body, bearer(DEMO_KEY)).status
+
+
+def wait_for(predicate: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def local_config(tmp: Path, mock_port: int) -> Path:
+    folder = tmp / "config"
+    shutil.copytree(ROOT / "examples" / "local", folder)
+    for path in folder.glob("*.yaml"):
+        path.write_text(path.read_text().replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}"))
+    return folder
+
+
+@pytest.fixture
+def own_gateway(tmp_path: Path) -> Iterator[DevGateway]:
+    """A gateway of its own, since these tests change its configuration."""
+    mock_port = free_port()
+    options = DevOptions(
+        config_dir=local_config(tmp_path, mock_port),
+        port=free_port(),
+        admin_port=free_port(),
+        mock_port=mock_port,
+        state_dir=tmp_path / "state",
+        quiet=True,
+    )
+    gateway = DevGateway(options)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def test_a_route_added_to_the_folder_is_served_without_a_restart(own_gateway: DevGateway) -> None:
+    origin = own_gateway.base_url.removesuffix("/v1")
+    assert chat(origin, "added-later") == 404
+    (own_gateway.options.config_dir / "later.yaml").write_text(
+        NEW_ROUTE.format(port=own_gateway.options.mock_port)
+    )
+    own_gateway.compile()  # what the `tollway dev` loop does every half second
+    assert wait_for(lambda: chat(origin, "added-later") == 200), "the new route was not served within 10 s"
+    assert chat(origin, "gpt-4o-mini") == 200
+
+
+def test_a_config_that_fails_to_load_leaves_the_previous_one_serving(own_gateway: DevGateway) -> None:
+    origin = own_gateway.base_url.removesuffix("/v1")
+    good = own_gateway.config_file.read_text()
+    for broken in (
+        "{not json",
+        json.dumps({"keys": "nope"}),
+        good.replace('"checksum": "', '"checksum": "0'),
+    ):
+        own_gateway.config_file.write_text(broken)
+        time.sleep(1.5)  # the sidecar polls the file every second
+        assert chat(origin, "gpt-4o-mini") == 200
+    log = (own_gateway.state_dir / "sidecar.log").read_text()
+    assert "keeping the previous config" in log
+    assert "checksum" in log
+
+
+def _processes_of(state_dir: Path) -> list[int]:
+    """Processes started for this state dir: Envoy names it in argv, the others in their environment."""
+    found = []
+    marker = str(state_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in blob:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_every_process_cleanly(tmp_path: Path) -> None:
+    mock_port, state = free_port(), tmp_path / "state"
+    argv = [
+        sys.executable,
+        "-m",
+        "tollway",
+        "dev",
+        "--config",
+        str(local_config(tmp_path, mock_port)),
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        "--mock-port",
+        str(mock_port),
+        "--state-dir",
+        str(state),
+    ]
+    dev = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert dev.stdout is not None
+        lines = []
+        for line in dev.stdout:
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        banner = "".join(lines)
+        assert "Tollway gateway ready at http://127.0.0.1:" in banner, banner
+        assert f"key demo: {DEMO_KEY}" in banner
+        children = [pid for pid in _processes_of(state) if pid != dev.pid]
+        assert len(children) == 3, children  # mock provider, sidecar, Envoy
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(timeout=20) == 0
+        assert "Tollway stopped." in dev.stdout.read()
+        assert wait_for(lambda: not _processes_of(state), timeout=5), _processes_of(state)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        if dev.stdout:
+            dev.stdout.close()
+
+
+def test_compile_prints_the_config_or_each_error(tmp_path: Path) -> None:
+    tollway = [sys.executable, "-m", "tollway", "compile"]
+    ok = subprocess.run(
+        [*tollway, str(ROOT / "examples" / "local")], capture_output=True, text=True, check=False
+    )
+    assert ok.returncode == 0, ok.stderr
+    config = json.loads(ok.stdout)
+    assert {route["model"] for route in config["routes"]} >= {"gpt-4o-mini", "gpt-4o"}
+    assert DEMO_KEY not in ok.stdout
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "route.yaml").write_text(
+        "apiVersion: tollway.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: broken}\n"
+        "spec:\n  model: m\n  backends:\n    - {name: b, provider: openai-compatible, model: m, baseURL: 'ftp://x'}\n"
+    )
+    failed = subprocess.run([*tollway, str(bad)], capture_output=True, text=True, check=False)
+    assert failed.returncode == 1
+    assert "route.yaml" in failed.stderr
+    assert "RouteRule default/broken" in failed.stderr
+    assert "spec.backends[0].baseURL" in failed.stderr

@@ -1,0 +1,121 @@
+"""The Envoy resources derived from a config, and loading configs from files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tollway_sidecar.config.loader import ConfigError, FileWatcher, load_config_file
+from tollway_sidecar.config.models import Backend, Fallback, GatewayConfig, Route
+from tollway_sidecar.extproc.upstream import backend_from_metadata
+from tollway_sidecar.xds import (
+    ROUTE_HEADER,
+    bootstrap,
+    clusters,
+    route_configuration,
+    write_dynamic_resources,
+)
+
+ROUTE = Route(
+    id="team-a-chat",
+    name="chat",
+    namespace="team-a",
+    model="chat",
+    backends=(
+        Backend(
+            name="local", provider="openai-compatible", model="llama", base_url="http://10.0.0.5:8000/v1"
+        ),
+        Backend(name="cloud", provider="openai", model="gpt-4o-mini", base_url="https://api.openai.com/v1"),
+    ),
+    fallback=Fallback(on_status=(429, 503), on_timeout=False, max_attempts=2),
+    timeout_ms=1500,
+)
+CONFIG = GatewayConfig(routes=(ROUTE,)).with_checksum()
+
+
+def test_one_endpoint_per_backend_in_fallback_priority_order() -> None:
+    (cluster,) = clusters(CONFIG)
+    endpoints = cluster["load_assignment"]["endpoints"]
+    assert [e["priority"] for e in endpoints] == [0, 1]
+    first, second = (e["lb_endpoints"][0] for e in endpoints)
+    assert first["endpoint"]["address"]["socket_address"] == {"address": "10.0.0.5", "port_value": 8000}
+    assert second["endpoint"]["address"]["socket_address"] == {"address": "api.openai.com", "port_value": 443}
+    assert first["metadata"]["filter_metadata"]["tollway"]["backend"] == "local"
+    assert first["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"tls": False}
+    assert second["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"tls": True}
+
+
+def test_route_matches_the_route_header_and_retries_to_the_next_priority() -> None:
+    config = route_configuration(CONFIG)
+    first, catch_all = config["virtual_hosts"][0]["routes"]
+    assert first["match"]["headers"] == [{"name": ROUTE_HEADER, "string_match": {"exact": "team-a-chat"}}]
+    policy = first["route"]["retry_policy"]
+    assert policy["num_retries"] == 1
+    assert policy["retriable_status_codes"] == [429, 503]
+    assert "gateway-error" not in policy["retry_on"]  # onTimeout: false
+    assert policy["per_try_timeout"] == "1.500s"
+    assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert first["route"]["timeout"] == "0s"
+    assert catch_all["route"]["cluster"] == "tollway_unrouted"
+
+
+def test_dynamic_resources_are_written_for_envoy(tmp_path: Path) -> None:
+    write_dynamic_resources(CONFIG, tmp_path)
+    cds = json.loads((tmp_path / "cds.json").read_text())
+    rds = json.loads((tmp_path / "rds.json").read_text())
+    assert cds["version_info"] == rds["version_info"] == CONFIG.version
+    assert [c["name"] for c in cds["resources"]] == ["tollway_route_team-a-chat"]
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_bootstrap_points_envoy_at_the_sidecar_and_the_files(tmp_path: Path) -> None:
+    config = bootstrap(
+        listen_host="0.0.0.0",
+        listen_port=8080,
+        admin_port=9901,
+        extproc_address="unix:/run/tw.sock",
+        xds_directory=tmp_path,
+        max_request_bytes=1024,
+    )
+    extproc = config["static_resources"]["clusters"][0]
+    address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"pipe": {"path": "/run/tw.sock"}}
+    assert config["dynamic_resources"]["cds_config"]["path_config_source"]["path"] == str(
+        tmp_path / "cds.json"
+    )
+    listener = config["static_resources"]["listeners"][0]
+    assert listener["per_connection_buffer_limit_bytes"] == 1024
+
+
+def test_backend_name_is_read_from_envoy_host_metadata_text() -> None:
+    text = (
+        'filter_metadata {\n  key: "tollway"\n  value {\n    fields {\n      key: "backend"\n'
+        '      value {\n        string_value: "primary-\\"x\\""\n      }\n    }\n  }\n}\n'
+    )
+    assert backend_from_metadata(text) == 'primary-\\"x\\"'
+    assert backend_from_metadata("filter_metadata {}") is None
+
+
+def test_config_file_with_a_wrong_checksum_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(CONFIG.model_copy(update={"checksum": "0" * 64}).model_dump_json())
+    with pytest.raises(ConfigError, match="checksum"):
+        load_config_file(path)
+    path.write_text(CONFIG.model_dump_json())
+    assert load_config_file(path) == CONFIG
+
+
+def test_watcher_applies_good_configs_and_skips_bad_ones(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    applied: list[GatewayConfig] = []
+    watcher = FileWatcher(path, applied.append)
+    path.write_text(CONFIG.model_dump_json())
+    assert watcher.check() is True
+    assert watcher.check() is False  # unchanged
+    path.write_text("{broken")
+    assert watcher.check() is False
+    assert watcher.last_error is not None
+    assert "not a valid GatewayConfig" in watcher.last_error
+    assert applied == [CONFIG]
