@@ -85,6 +85,56 @@ def compile_command(directory: Path, namespace: str) -> None:
     click.echo(result.config.model_dump_json(indent=2))
 
 
+@main.command("envoy-bootstrap")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder for envoy.json and the initial xds/cds.json, xds/rds.json.",
+)
+@click.option("--listen-host", default="0.0.0.0", show_default=True)
+@click.option("--listen-port", default=8080, show_default=True)
+@click.option("--envoy-admin-port", default=9901, show_default=True, help="Envoy admin (bound to loopback).")
+@click.option("--extproc-address", default="unix:/var/run/tollway/extproc.sock", show_default=True)
+@click.option(
+    "--xds-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the sidecar writes cds.json/rds.json (default: OUT/xds).",
+)
+@click.option("--max-request-bytes", default=10 * 1024 * 1024, show_default=True)
+def envoy_bootstrap(
+    out_dir: Path,
+    listen_host: str,
+    listen_port: int,
+    envoy_admin_port: int,
+    extproc_address: str,
+    xds_dir: Path | None,
+    max_request_bytes: int,
+) -> None:
+    """Write Envoy's bootstrap (what the gateway Pod's init container runs)."""
+    import json
+
+    from tollway_sidecar.config.models import GatewayConfig
+    from tollway_sidecar.xds import bootstrap, write_dynamic_resources
+
+    xds = xds_dir or out_dir / "xds"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    document = bootstrap(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        admin_port=envoy_admin_port,
+        extproc_address=extproc_address,
+        xds_directory=xds,
+        max_request_bytes=max_request_bytes,
+    )
+    (out_dir / "envoy.json").write_text(json.dumps(document, indent=2))
+    if not (xds / "cds.json").exists():
+        write_dynamic_resources(GatewayConfig().with_checksum(), xds)  # Envoy needs the files to start
+    click.echo(str(out_dir / "envoy.json"))
+
+
 @main.command()
 def sidecar() -> None:
     """Run the ext_proc sidecar (settings from TOLLWAY_* environment variables)."""

@@ -1,0 +1,71 @@
+{{/* Names, labels and shared values. Every helper starts with "tw.". */}}
+
+{{- define "tw.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tw.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "tw.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "tw.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: {{ include "tw.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "tw.selector" -}}
+app.kubernetes.io/name: {{ include "tw.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "tw.image" -}}
+{{- $tag := default .root.Chart.AppVersion .root.Values.images.tag -}}
+{{- printf "%s%s:%s" .root.Values.images.registry .image $tag -}}
+{{- end -}}
+
+{{- define "tw.configSecret" -}}
+{{- default (printf "%s-gateway-config" (include "tw.fullname" .)) .Values.configSecretName -}}
+{{- end -}}
+
+{{- define "tw.redisUrl" -}}
+{{- if eq .Values.redis.mode "builtin" -}}
+{{- printf "redis://%s-redis:6379/0" (include "tw.fullname" .) -}}
+{{- else -}}
+{{- .Values.redis.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tw.otlpEndpoint" -}}
+{{- if .Values.tracing.otlpEndpoint -}}
+{{- .Values.tracing.otlpEndpoint -}}
+{{- else if .Values.tracing.jaeger.enabled -}}
+{{- if eq .Values.tracing.protocol "grpc" -}}
+{{- printf "http://%s-jaeger:4317" (include "tw.fullname" .) -}}
+{{- else -}}
+{{- printf "http://%s-jaeger:4318" (include "tw.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by the sidecar and the operator: Redis and its password. */}}
+{{- define "tw.redisEnv" -}}
+- name: TOLLWAY_REDIS_URL
+  value: {{ include "tw.redisUrl" . | quote }}
+{{- if and (eq .Values.redis.mode "external") .Values.redis.external.passwordSecret.name }}
+- name: TOLLWAY_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.passwordSecret.name }}
+      key: {{ .Values.redis.external.passwordSecret.key }}
+{{- end }}
+{{- end -}}
