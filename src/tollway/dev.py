@@ -96,6 +96,10 @@ class DevOptions:
     state_dir: Path | None = None
     log_level: str = "INFO"
     quiet: bool = False
+    # Secret-watch mode (tests of the operator): the sidecar follows this GatewayConfig Secret
+    # ("namespace/name") through the Kubernetes API with `kubeconfig`; config_dir is not compiled.
+    config_secret: str | None = None
+    kubeconfig: Path | None = None
 
 
 @dataclass
@@ -157,9 +161,12 @@ class DevGateway:
     def start(self) -> None:
         self._check_ports()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        result = self.compile()
-        if not result.config.routes:
-            raise DevError(f"{self.options.config_dir}: no valid RouteRule; nothing to serve.")
+        routes = 0
+        if self.options.config_secret is None:
+            result = self.compile()
+            if not result.config.routes:
+                raise DevError(f"{self.options.config_dir}: no valid RouteRule; nothing to serve.")
+            routes = len(result.config.routes)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOLLWAY_DEV_STATE_DIR": str(self.state_dir)}
         tollway = [sys.executable, "-m", "tollway"]
         if self.options.mock_provider:
@@ -181,6 +188,10 @@ class DevGateway:
         }
         if self.options.redis_url:
             sidecar_env["TOLLWAY_REDIS_URL"] = self.options.redis_url
+        if self.options.config_secret is not None:
+            sidecar_env["TOLLWAY_CONFIG_SECRET"] = self.options.config_secret
+            if self.options.kubeconfig is not None:
+                sidecar_env["TOLLWAY_KUBECONFIG"] = str(self.options.kubeconfig)
         self._spawn("sidecar", [*tollway, "sidecar"], sidecar_env)
         self._wait_http(f"http://127.0.0.1:{self.options.admin_port}/readyz", "sidecar")
         envoy_admin = self.options.envoy_admin_port or free_port()
@@ -204,12 +215,13 @@ class DevGateway:
                 "1",
                 "--log-level",
                 "warning",
-                "--base-id",
-                str(os.getpid() % 60000),
+                # Several gateways may run on one machine (tests start two side by side): let Envoy
+                # pick a free hot-restart base id rather than derive one that may collide.
+                "--use-dynamic-base-id",
             ],
             env,
         )
-        self._wait_envoy(envoy_admin, len(result.config.routes))
+        self._wait_envoy(envoy_admin, routes)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         with open(self.state_dir / f"{name}.log", "ab") as log_file:  # the child keeps its own copy

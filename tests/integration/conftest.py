@@ -3,58 +3,16 @@ provider, started by the same code as `tollway dev`, on free ports, once per tes
 
 from __future__ import annotations
 
-import json
 import shutil
-import urllib.request
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
+from gateway_env import DEMO_KEY, ROOT, Gateway, _start_fleet
+from redisserver import RedisServer
 
 from tollway.dev import DevGateway, DevOptions, envoy_binary, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_KEY = "tw-demo-0123456789abcdef0123456789abcdef"
-RESTRICTED_KEY = "tw-restricted-0123456789abcdef0123456789ab"
-DISABLED_KEY = "tw-disabled-0123456789abcdef0123456789abcd"
-EXPIRED_KEY = "tw-expired-0123456789abcdef0123456789abcdef"
-
-
-@dataclass
-class Gateway:
-    dev: DevGateway
-    config_dir: Path
-    mock_url: str
-    admin_url: str
-
-    @property
-    def base_url(self) -> str:
-        return self.dev.base_url
-
-    @property
-    def origin(self) -> str:
-        return self.dev.base_url.removesuffix("/v1")
-
-    def get_json(self, url: str) -> Any:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-
-    def spend(self) -> dict[str, Any]:
-        return dict(self.get_json(f"{self.admin_url}/spend"))
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-
-    def mock_requests(self) -> list[dict[str, Any]]:
-        return list(self.get_json(f"{self.mock_url}/_mock/requests"))
-
-    def clear_mock_requests(self) -> None:
-        request = urllib.request.Request(f"{self.mock_url}/_mock/requests", method="DELETE")
-        urllib.request.urlopen(request, timeout=5).close()
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +22,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config_dir = base / "config"
     shutil.copytree(ROOT / "examples" / "local", config_dir)
     mock_port, dead_port = free_port(), free_port()
-    extra = (ROOT / "tests" / "fixtures" / "integration" / "extra.yaml").read_text()
-    (config_dir / "zz-extra.yaml").write_text(
-        extra.replace("MOCK_PORT", str(mock_port)).replace("DEAD_PORT", str(dead_port))
-    )
+    fleet_ports, fleet = _start_fleet(base)
+    for name in ("extra", "routing"):
+        text = (ROOT / "tests" / "fixtures" / "integration" / f"{name}.yaml").read_text()
+        text = text.replace("MOCK_PORT", str(mock_port)).replace("DEAD_PORT", str(dead_port))
+        for fleet_name, port in fleet_ports.items():
+            text = text.replace(f"{fleet_name}_PORT", str(port))
+        (config_dir / f"zz-{name}.yaml").write_text(text)
     for path in config_dir.glob("*.yaml"):
         path.write_text(path.read_text().replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}"))
     options = DevOptions(
@@ -86,9 +47,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             config_dir=config_dir,
             mock_url=f"http://127.0.0.1:{mock_port}",
             admin_url=f"http://127.0.0.1:{options.admin_port}",
+            mocks={name: f"http://127.0.0.1:{port}" for name, port in fleet_ports.items()},
         )
     finally:
         dev.stop()
+        for process in fleet:
+            process.terminate()
+        for process in fleet:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture
@@ -109,3 +79,14 @@ def sdk_for(gateway: Gateway) -> Iterator[Callable[..., openai.OpenAI]]:
 async def async_sdk(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=DEMO_KEY, max_retries=0) as sdk:
         yield sdk
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free port, shared by the quota tests (each uses its own keys)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import openai
 import pytest
-from conftest import DEMO_KEY, DISABLED_KEY, EXPIRED_KEY, RESTRICTED_KEY, Gateway
+from gateway_env import DEMO_KEY, DISABLED_KEY, EXPIRED_KEY, RESTRICTED_KEY, Gateway
 from httpcall import bearer, call
 
 CHAT = "/v1/chat/completions"
@@ -151,14 +151,24 @@ def test_provider_error_reaches_the_client_unchanged(
     assert caught.value.response.headers["retry-after"] == "7"
 
 
-def test_garbage_from_the_provider_is_passed_on_and_counted_unpriced(gateway: Gateway) -> None:
-    before = gateway.metrics().count("tollway_unpriced_responses_total")
+def test_garbage_from_the_provider_is_a_502_naming_the_backend_and_counted_unpriced(
+    gateway: Gateway, sdk_for: Callable[..., openai.OpenAI]
+) -> None:
+    # A 200 whose body is not JSON is not an API answer: the SDK would fail on it with a bare
+    # JSONDecodeError. The client gets a 502 in the API's error shape instead (which SDKs retry).
     answer = call(gateway.origin, "POST", CHAT, GOOD, {**bearer(DEMO_KEY), "x-mock-fail": "garbage"})
-    assert answer.status == 200
-    assert answer.body and not answer.body.lstrip().startswith(b"{")
+    assert answer.status == 502
+    assert answer.error["code"] == "bad_gateway"
+    assert "'mock'" in answer.error["message"]
     assert "x-tollway-cost-usd" not in answer.headers
     assert 'tollway_unpriced_responses_total{backend="mock"}' in gateway.metrics()
-    assert before <= gateway.metrics().count("tollway_unpriced_responses_total")
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk_for().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-mock-fail": "garbage"},
+        )
+    assert caught.value.status_code == 502
     assert call(gateway.origin, "POST", CHAT, GOOD, bearer(DEMO_KEY)).status == 200
 
 
@@ -180,13 +190,12 @@ def test_broken_stream_reaches_the_client_and_the_gateway_keeps_serving(
     assert call(gateway.origin, "POST", CHAT, GOOD, bearer(DEMO_KEY)).status == 200
 
 
-def test_stream_broken_before_its_headers_left_is_502_naming_the_backend(gateway: Gateway) -> None:
+def test_provider_that_resets_before_answering_is_503_naming_the_backend(gateway: Gateway) -> None:
+    """The connection closes with no response at all (`x-mock-fail: reset`): Envoy's own reply, mapped."""
     body = json.dumps(
         {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     )
-    answer = call(
-        gateway.origin, "POST", CHAT, body.encode(), {**bearer(DEMO_KEY), "x-mock-fail": "broken-stream"}
-    )
-    assert answer.status == 502
-    assert answer.error["code"] == "bad_gateway"
+    answer = call(gateway.origin, "POST", CHAT, body.encode(), {**bearer(DEMO_KEY), "x-mock-fail": "reset"})
+    assert answer.status == 503, answer.body
+    assert answer.error["code"] == "backend_unavailable"
     assert "'mock'" in answer.error["message"]

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import openai
 import pytest
-from conftest import DEMO_KEY, RESTRICTED_KEY, Gateway
+from gateway_env import DEMO_KEY, RESTRICTED_KEY, Gateway
 from genai_prices import Usage, calc_price
 
 MESSAGES = [

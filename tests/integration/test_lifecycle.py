@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_KEY, ROOT
+from gateway_env import DEMO_KEY, ROOT
 from httpcall import bearer, call
 
 from tollway.dev import DevGateway, DevOptions, free_port

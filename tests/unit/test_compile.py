@@ -135,21 +135,28 @@ def test_examples_compile_to_the_demo_config() -> None:
     )
 
     assert [(r.id, r.model) for r in config.routes] == [
+        ("default-claude-haiku", "claude-haiku"),
         ("default-gpt-4o", "gpt-4o"),
         ("default-gpt-4o-mini", "gpt-4o-mini"),
+        ("default-gpt-4o-mini-ab", "gpt-4o-mini-ab"),
         ("default-text-embedding-3-small", "text-embedding-3-small"),
     ]
-    for r in config.routes:
+    claude, ab = config.routes[0], config.routes[3]
+    assert [(b.provider, b.model, b.credential) for b in claude.backends] == [
+        ("anthropic", "claude-haiku-4-5", "sk-ant-demo-placeholder")
+    ]
+    assert (ab.strategy, ab.sticky_user, [b.weight for b in ab.backends]) == ("Weighted", True, [80, 20])
+    for r in (config.routes[1], config.routes[2], config.routes[4]):
         (mock,) = r.backends
         assert (mock.name, mock.provider, mock.model) == ("mock", "openai-compatible", r.model)
         assert (mock.base_url, mock.host, mock.port, mock.path_prefix) == (MOCK_URL, "127.0.0.1", 9000, "/v1")
         assert mock.credential is None
         assert r.fallback.max_attempts == 1
-    assert config.routes[2].backends[0].pricing is not None
-    assert config.routes[2].backends[0].pricing.input_per_million == Decimal("0.02")
+    assert config.routes[4].backends[0].pricing is not None
+    assert config.routes[4].backends[0].pricing.input_per_million == Decimal("0.02")
     assert config.checksum == config.compute_checksum()
     assert ("VirtualKey", "default", "demo") in result.accepted
-    assert len(result.accepted) == 7
+    assert len(result.accepted) == 9
 
 
 def test_checksum_is_stable_and_follows_changes(tmp_path: Path) -> None:
@@ -767,13 +774,64 @@ def test_fallback_defaults_to_every_backend(tmp_path: Path) -> None:
     )
 
 
-def test_fallback_max_attempts_is_clamped_to_the_backends(tmp_path: Path) -> None:
+def test_fallback_max_attempts_may_exceed_the_backends(tmp_path: Path) -> None:
+    # A third attempt goes back to the first backend (after its retry-after, when it gave one).
     fallback = {"maxAttempts": 5, "onStatus": [503, 429], "onTimeout": False}
 
     result = compile_docs(tmp_path, route(backends=[backend("a"), backend("b")], fallback=fallback))
 
     compiled = result.config.routes[0].fallback
-    assert (compiled.max_attempts, compiled.on_status, compiled.on_timeout) == (2, (429, 503), False)
+    assert (compiled.max_attempts, compiled.on_status, compiled.on_timeout) == (5, (429, 503), False)
+
+
+def test_azure_backend_gets_a_default_api_version(tmp_path: Path) -> None:
+    ref = {"name": "azure", "key": "apiKey"}
+    url = "https://res.openai.azure.com/openai/deployments/gpt-4o-mini"
+    azure = backend("az", provider="azure-openai", baseURL=url, credentialsSecretRef=ref)
+    pinned = backend(
+        "az2", provider="azure-openai", baseURL=url, credentialsSecretRef=ref, apiVersion="2025-04-01-preview"
+    )
+
+    result = compile_docs(tmp_path, secret("azure", apiKey="azure-key"), route(backends=[azure, pinned]))
+
+    assert result.errors == ()
+    assert [b.api_version for b in result.config.routes[0].backends] == ["2024-10-21", "2025-04-01-preview"]
+    assert result.config.routes[0].backends[0].credential == "azure-key"
+
+
+def test_api_version_is_only_for_azure_and_must_look_like_one(tmp_path: Path) -> None:
+    error = route_error(tmp_path, backends=[backend(apiVersion="2024-10-21")])
+    assert error.field == "spec.backends[0].apiVersion"
+    assert "only azure-openai backends" in error.message
+
+    ref = {"name": "azure", "key": "apiKey"}
+    url = "https://res.openai.azure.com/openai/deployments/gpt-4o-mini"
+    bad = backend(provider="azure-openai", baseURL=url, credentialsSecretRef=ref, apiVersion="yesterday")
+    error = route_error(tmp_path, secret("azure", apiKey="k"), backends=[bad])
+    assert error.field == "spec.backends[0].apiVersion"
+    assert "'yesterday'" in error.message
+
+
+def test_sticky_user_is_compiled_for_weighted_rules_only(tmp_path: Path) -> None:
+    backends = [backend("a", weight=80), backend("b", weight=20)]
+    result = compile_docs(tmp_path, route(strategy="Weighted", stickyUser=True, backends=backends))
+    assert result.config.routes[0].sticky_user is True
+    assert compile_docs(tmp_path, route()).config.routes[0].sticky_user is False
+
+    error = route_error(tmp_path, strategy="Cost", stickyUser=True)
+    assert error.field == "spec.stickyUser"
+    assert "only to strategy Weighted" in error.message
+
+
+def test_missing_credentials_secret_is_named(tmp_path: Path) -> None:
+    ref = {"name": "anthropic-credentials", "key": "apiKey"}
+    spec = backend("claude", provider="anthropic", model="claude-sonnet-4-5", credentialsSecretRef=ref)
+    del spec["baseURL"]
+
+    error = route_error(tmp_path, backends=[spec])
+
+    assert error.field == "spec.backends[0].credentialsSecretRef.name"
+    assert "Secret default/anthropic-credentials not found" in error.message
 
 
 @pytest.mark.parametrize(

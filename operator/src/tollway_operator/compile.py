@@ -44,6 +44,17 @@ from tollway_sidecar.pricing import has_catalog_price
 
 ResourceId = tuple[str, str, str]  # (kind, namespace, name)
 
+# CompileError reasons for a reference that does not resolve (the operator's ResolvedRefs=False).
+SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+SECRET_INVALID = "SecretInvalid"
+BUDGET_NOT_FOUND = "BudgetNotFound"
+BUDGET_INVALID = "BudgetInvalid"
+KEY_NOT_MINTED = "KeyNotMinted"
+REFERENCE_REASONS = frozenset(
+    {SECRET_NOT_FOUND, SECRET_KEY_NOT_FOUND, SECRET_INVALID, BUDGET_NOT_FOUND, BUDGET_INVALID, KEY_NOT_MINTED}
+)
+
 MIN_KEY_LENGTH = 16
 MINTED_SECRET_PREFIX = "tollway-key-"  # the operator mints a VirtualKey's key into tollway-key-<name>
 MINTED_SECRET_KEY = "key"
@@ -94,6 +105,7 @@ class CompileError:
     name: str
     field: str  # dotted path, e.g. "spec.backends[1].baseURL"; "" for a whole file
     message: str
+    reason: str = "Invalid"  # CamelCase, for a condition's `reason`; REFERENCE_REASONS for broken refs
 
     def __str__(self) -> str:
         resource = f"{self.kind} {self.namespace}/{self.name}" if self.name else self.kind
@@ -135,8 +147,8 @@ class _Compiler:
     budgets: dict[tuple[str, str], Budget] = field(default_factory=dict)
     bad_budgets: set[tuple[str, str]] = field(default_factory=set)
 
-    def error(self, m: Manifest, path: str, message: str) -> None:
-        self.errors.append(CompileError(m.source, m.kind, m.namespace, m.name, path, message))
+    def error(self, m: Manifest, path: str, message: str, reason: str = "Invalid") -> None:
+        self.errors.append(CompileError(m.source, m.kind, m.namespace, m.name, path, message, reason))
 
     def spec(self, m: Manifest, model: type[_S]) -> _S | None:
         """Validate `spec`; on failure record one error per problem and return None."""
@@ -161,16 +173,24 @@ class _Compiler:
     def secret_value(self, m: Manifest, ref: SecretKeyRef, path: str) -> bytes | None:
         where = (m.namespace, ref.name)
         if where in self.bad_secrets:
-            self.error(m, f"{path}.name", f"Secret {m.namespace}/{ref.name} is invalid (see its errors)")
+            self.error(
+                m,
+                f"{path}.name",
+                f"Secret {m.namespace}/{ref.name} is invalid (see its errors)",
+                SECRET_INVALID,
+            )
             return None
         data = self.secrets.get(where)
         if data is None:
-            self.error(m, f"{path}.name", f"Secret {m.namespace}/{ref.name} not found")
+            self.error(m, f"{path}.name", f"Secret {m.namespace}/{ref.name} not found", SECRET_NOT_FOUND)
             return None
         if ref.key not in data:
             keys = ", ".join(sorted(data)) or "none"
             self.error(
-                m, f"{path}.key", f"Secret {m.namespace}/{ref.name} has no key {ref.key!r} (keys: {keys})"
+                m,
+                f"{path}.key",
+                f"Secret {m.namespace}/{ref.name} has no key {ref.key!r} (keys: {keys})",
+                SECRET_KEY_NOT_FOUND,
             )
             return None
         return data[ref.key]
@@ -247,9 +267,12 @@ class _Compiler:
                     f"spec.budgetRefs[{i}]",
                     f"Budget {m.namespace}/{ref} is invalid, so this key is left out rather than served "
                     "without it (see the Budget's errors)",
+                    BUDGET_INVALID,
                 )
             elif (m.namespace, ref) not in self.budgets:
-                self.error(m, f"spec.budgetRefs[{i}]", f"Budget {m.namespace}/{ref} not found")
+                self.error(
+                    m, f"spec.budgetRefs[{i}]", f"Budget {m.namespace}/{ref} not found", BUDGET_NOT_FOUND
+                )
             elif f"{m.namespace}/{ref}" not in budget_ids:
                 budget_ids.append(f"{m.namespace}/{ref}")
         if digest is None or len(self.errors) != count:
@@ -283,6 +306,7 @@ class _Compiler:
                     path,
                     f"secretRef is required, or the minted {where} (key {MINTED_SECRET_KEY!r}) "
                     "does not exist yet",
+                    KEY_NOT_MINTED,
                 )
                 return None
         if value is None:
@@ -352,12 +376,14 @@ class _Compiler:
                     weight=b.weight,
                     priority=b.priority,
                     pricing=pricing,
+                    api_version=b.resolved_api_version,
                 )
             )
         if len(self.errors) != count:
             return None
         if spec.strategy == "Priority":  # fallback order; sorted() is stable, so ties keep declaration order
             backends = sorted(backends, key=lambda backend: backend.priority)
+        # More attempts than backends start the order again from the first backend.
         attempts = spec.fallback.max_attempts or min(len(backends), 10)
         self.accepted.add(("RouteRule", m.namespace, m.name))
         return Route(
@@ -370,9 +396,10 @@ class _Compiler:
             fallback=Fallback(
                 on_status=tuple(sorted(set(spec.fallback.on_status))),
                 on_timeout=spec.fallback.on_timeout,
-                max_attempts=min(attempts, len(backends)),
+                max_attempts=attempts,
             ),
             timeout_ms=spec.timeout_ms,
+            sticky_user=spec.sticky_user,
         )
 
     def credential(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:

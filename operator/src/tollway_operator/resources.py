@@ -35,8 +35,12 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 }
 # Providers that cannot be called without a credential.
 CREDENTIAL_REQUIRED: frozenset[str] = frozenset({"openai", "azure-openai", "anthropic", "gemini"})
+# The `api-version` an azure-openai backend sends when its RouteRule does not say (the GA version
+# of the data-plane inference API).
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_API_VERSION = re.compile(r"^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}(?:-preview)?|preview|latest)$")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _MS_PER_UNIT = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
@@ -113,6 +117,16 @@ def parse_duration_ms(value: object) -> int:
     return int(total)
 
 
+def _api_version(value: object) -> str:
+    """An Azure OpenAI `api-version`: a date (`2024-10-21`, `2025-04-01-preview`), `preview` or `latest`."""
+    if not isinstance(value, str) or not _API_VERSION.match(value):
+        raise ValueError(
+            f'expected an Azure OpenAI api-version such as "2024-10-21" or "2025-04-01-preview", '
+            f"got {value!r}"
+        )
+    return value
+
+
 def _timestamp(value: object) -> datetime:
     """RFC 3339 with an offset. YAML hands over unquoted timestamps as datetimes already."""
     if isinstance(value, str):
@@ -144,6 +158,7 @@ HttpURL = Annotated[str, PlainValidator(_http_url)]
 BaseURL = Annotated[str, PlainValidator(base_url)]
 DurationMs = Annotated[int, PlainValidator(parse_duration_ms)]
 Timestamp = Annotated[datetime, PlainValidator(_timestamp)]
+ApiVersion = Annotated[str, PlainValidator(_api_version)]
 
 
 class Spec(BaseModel):
@@ -238,13 +253,24 @@ class BackendSpec(Spec):
     weight: NonNegativeInt = 1
     priority: NonNegativeInt = 0
     pricing: PricingSpec | None = None
+    api_version: ApiVersion | None = None
 
     @property
     def resolved_base_url(self) -> str | None:
         return self.base_url or DEFAULT_BASE_URLS.get(self.provider)
 
+    @property
+    def resolved_api_version(self) -> str | None:
+        if self.provider != "azure-openai":
+            return None
+        return self.api_version or DEFAULT_AZURE_API_VERSION
+
     def problems(self) -> list[tuple[str, str]]:
         found = []
+        if self.api_version is not None and self.provider != "azure-openai":
+            found.append(
+                ("apiVersion", f"only azure-openai backends take an apiVersion, not {self.provider!r}")
+            )
         if self.resolved_base_url is None:
             found.append(("baseURL", f"required for provider {self.provider!r} (there is no default URL)"))
         if self.credentials_secret_ref is None and self.provider in CREDENTIAL_REQUIRED:
@@ -269,6 +295,7 @@ class RouteRuleSpec(Spec):
     backends: tuple[BackendSpec, ...]
     fallback: FallbackSpec = FallbackSpec()
     timeout_ms: DurationMs = Field(default=60_000, alias="timeout")
+    sticky_user: StrictBool = False
 
     def problems(self) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
@@ -287,4 +314,6 @@ class RouteRuleSpec(Spec):
             and all(backend.weight == 0 for backend in self.backends)
         ):
             found.append(("backends", "strategy Weighted needs at least one backend with weight above 0"))
+        if self.sticky_user and self.strategy != "Weighted":
+            found.append(("stickyUser", f"applies only to strategy Weighted, not {self.strategy}"))
         return found

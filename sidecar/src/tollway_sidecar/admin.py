@@ -6,6 +6,8 @@ import json
 
 from aiohttp import web
 
+from tollway_sidecar.quota.spend import spend_snapshot
+from tollway_sidecar.quota.store import StoreUnavailable
 from tollway_sidecar.runtime import Runtime
 
 
@@ -32,8 +34,16 @@ def create_admin_app(runtime: Runtime) -> web.Application:
             headers={"x-content-type-options": "nosniff"},
         )
 
-    async def spend(_request: web.Request) -> web.Response:
-        snapshot = runtime.ledger.snapshot(runtime.compiled.config)
+    async def spend(request: web.Request) -> web.Response:
+        try:
+            snapshot = await spend_snapshot(
+                runtime.quota, runtime.compiled.config, user=request.query.get("user")
+            )
+        except StoreUnavailable as exc:
+            return web.json_response(
+                {"error": f"the quota store is unreachable: {exc}", "store": runtime.quota.store.name},
+                status=503,
+            )
         return web.Response(text=json.dumps(snapshot, indent=2), content_type="application/json")
 
     app = web.Application()

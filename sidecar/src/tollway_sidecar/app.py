@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from tollway_sidecar.admin import create_admin_app
 from tollway_sidecar.config.loader import ConfigError, FileWatcher, load_config_file
 from tollway_sidecar.config.models import GatewayConfig
+from tollway_sidecar.config.secret_watch import ApiAccess, SecretWatcher, parse_secret_ref
 from tollway_sidecar.extproc.server import ExternalProcessor
+from tollway_sidecar.quota.gate import QuotaGate
+from tollway_sidecar.quota.memory import MemoryStore
+from tollway_sidecar.quota.redis_store import RedisStore
+from tollway_sidecar.quota.store import QuotaStore, StoreUnavailable
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 from tollway_sidecar.settings import SidecarSettings
 from tollway_sidecar.xds import write_dynamic_resources
@@ -34,7 +40,11 @@ def _initial_config(path: Path) -> GatewayConfig:
 async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     config = _initial_config(settings.config_file)
-    runtime = Runtime(CompiledConfig.build(config), max_request_bytes=settings.max_request_bytes)
+    runtime = Runtime(
+        CompiledConfig.build(config),
+        max_request_bytes=settings.max_request_bytes,
+        quota=await _quota_gate(settings),
+    )
     write_dynamic_resources(config, settings.xds_dir)
 
     def apply(new: GatewayConfig) -> None:
@@ -50,6 +60,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         )
 
     watcher = FileWatcher(settings.config_file, apply, settings.config_poll_seconds)
+    secret_watcher = _secret_watcher(settings, apply, watcher, config)
     if config.checksum != GatewayConfig().with_checksum().checksum:
         watcher.last_digest = _digest_or_none(settings.config_file)
 
@@ -63,6 +74,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
     await admin.setup()
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     watch_task = asyncio.create_task(watcher.run())
+    secret_task = asyncio.create_task(secret_watcher.run()) if secret_watcher is not None else None
     log.info(
         "sidecar ready: ext_proc on %s, admin on http://%s:%d, config %s",
         settings.extproc_address,
@@ -75,8 +87,55 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
     finally:
         log.info("shutting down")
         watch_task.cancel()
+        if secret_task is not None:
+            secret_task.cancel()
         await server.stop(grace=5)
         await admin.cleanup()
+        await runtime.quota.close()
+
+
+async def _quota_gate(settings: SidecarSettings) -> QuotaGate:
+    """Redis when a URL is set, else the in-memory store; tokenizers loaded before serving."""
+    from tollway_sidecar.quota.tokens import warm
+
+    await asyncio.to_thread(warm)
+    if settings.redis_url is None:
+        store: QuotaStore = MemoryStore()
+        log.info("quota store: in memory (this process only; set TOLLWAY_REDIS_URL to share it)")
+    else:
+        redis_store = RedisStore(
+            settings.redis_url,
+            timeout_s=settings.redis_timeout_ms / 1000,
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+        )
+        try:
+            await redis_store.ping()
+            log.info("quota store: Redis at %s", redis_store.url.rsplit("@", 1)[-1])
+        except StoreUnavailable as exc:  # start anyway: failure policies apply until it answers
+            log.error("quota store unreachable at start-up: %s", exc)
+        store = redis_store
+    return QuotaGate(
+        store,
+        default_max_tokens=settings.quota_default_max_tokens,
+        reservation_ttl_s=settings.quota_reservation_ttl_seconds,
+        failure_policy=settings.quota_failure_policy,
+    )
+
+
+def _secret_watcher(
+    settings: SidecarSettings,
+    apply: Callable[[GatewayConfig], None],
+    files: FileWatcher,
+    config: GatewayConfig,
+) -> SecretWatcher | None:
+    """With TOLLWAY_CONFIG_SECRET: the API watch applies configs; the file only while it is down."""
+    if settings.config_secret is None:
+        return None
+    namespace, name = parse_secret_ref(settings.config_secret)
+    watcher = SecretWatcher(ApiAccess.discover(settings.kubeconfig), namespace, name, apply)
+    watcher.applied_checksum = config.checksum
+    files.on_config = watcher.file_fallback()
+    return watcher
 
 
 def _prepare_socket(address: str) -> None:

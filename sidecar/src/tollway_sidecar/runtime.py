@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from tollway_sidecar.config.models import Backend, GatewayConfig, Route, VirtualKey
+from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Route, VirtualKey
 from tollway_sidecar.pricing import PriceBook
+from tollway_sidecar.routing.plan import RoutePlan, plans_for
 
 if TYPE_CHECKING:
     from tollway_sidecar.extproc.state import RequestState
+    from tollway_sidecar.quota.gate import QuotaGate
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class CompiledConfig:
     routes_by_cluster: dict[str, Route]
     backends: dict[tuple[str, str], Backend]  # (route id, backend name)
     prices: PriceBook
+    plans: dict[str, RoutePlan]  # route id → the backend orders Envoy has a cluster for
+    budgets: dict[str, Budget] = field(default_factory=dict)  # by id ("namespace/name")
 
     @classmethod
     def build(cls, config: GatewayConfig) -> CompiledConfig:
@@ -38,6 +42,8 @@ class CompiledConfig:
             routes_by_cluster={cluster_name(route): route for route in config.routes},
             backends={(route.id, b.name): b for route in config.routes for b in route.backends},
             prices=PriceBook(config),
+            plans=plans_for(config),
+            budgets={budget.id: budget for budget in config.budgets},
         )
 
     def authenticate(self, presented: str) -> VirtualKey | None:
@@ -84,18 +90,23 @@ class Inflight:
 
 
 class Runtime:
-    """Everything the request path reads: the current config, the ledger, in-flight requests."""
+    """Everything the request path reads: the current config, the quota gate, in-flight requests."""
 
-    def __init__(self, compiled: CompiledConfig, *, max_request_bytes: int) -> None:
-        from tollway_sidecar.quota.ledger import SpendLedger
+    def __init__(
+        self, compiled: CompiledConfig, *, max_request_bytes: int, quota: QuotaGate | None = None
+    ) -> None:
+        from tollway_sidecar.quota.gate import QuotaGate
+        from tollway_sidecar.quota.memory import MemoryStore
         from tollway_sidecar.telemetry import Metrics
 
         self.compiled = compiled
         self.max_request_bytes = max_request_bytes
-        self.ledger = SpendLedger()
+        self.quota = quota or QuotaGate(MemoryStore())
         self.inflight = Inflight()
         self.metrics = Metrics()
         self.metrics.config_loaded(compiled.config)
+        self.quota.bind_metrics(self.metrics.registry)
+        self.metrics.track_open(lambda: self.quota.open)
 
     def swap(self, compiled: CompiledConfig) -> None:
         """Replace the config; requests already under way keep the objects they hold."""

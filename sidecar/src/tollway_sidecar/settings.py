@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +14,11 @@ class SidecarSettings(BaseSettings):
 
     config_file: Path = Path("/etc/tollway/config/config.json")
     """The compiled GatewayConfig (JSON). Reloaded when it changes; a bad one keeps the last good."""
+    config_secret: str | None = None
+    """`namespace/name` of the GatewayConfig Secret to watch through the Kubernetes API (seconds
+    after a change); `config_file` is then the fallback while the API cannot be reached."""
+    kubeconfig: Path | None = None
+    """For `config_secret` outside a Pod (tests, local runs); in a Pod the service account is used."""
     extproc_address: str = "unix:/var/run/tollway/extproc.sock"
     """Where the ext_proc gRPC server listens: `unix:/path` or `host:port`."""
     admin_host: str = "127.0.0.1"
@@ -21,3 +28,23 @@ class SidecarSettings(BaseSettings):
     max_request_bytes: int = 10 * 1024 * 1024
     config_poll_seconds: float = 1.0
     log_level: str = "INFO"
+    # Quotas (issue 3)
+    redis_url: str | None = None
+    """Redis for quotas and budgets, shared by every replica (`redis://[:password@]host:port/db`,
+    `rediss://` for TLS, `unix:///path`). Unset: an in-memory store (one process only)."""
+    redis_password: SecretStr | None = None
+    """The Redis password, when it is kept apart from the URL (the chart reads it from a Secret)."""
+    redis_timeout_ms: int = Field(default=200, gt=0, lt=2000)
+    """Longest wait for one Redis operation (connect and pool wait included); must stay well under
+    Envoy's ext_proc message timeout (2 s), so a slow Redis becomes the failure policy, never a hang."""
+    quota_default_max_tokens: int = Field(default=4096, gt=0)
+    """Output tokens reserved for a chat call that sets neither max_tokens nor max_completion_tokens."""
+    quota_reservation_ttl_seconds: float = Field(default=600, gt=0)
+    """An unsettled reservation (the sidecar died mid-call) expires after this long, charged at its
+    estimate. A call still running then is charged its estimate too."""
+    quota_failure_policy: Literal["FailClosed", "FailOpen"] = "FailClosed"
+    """When Redis is unreachable, for keys with limits but no Block budget (budgets carry their own)."""
+    capture_content: bool = False
+    """Record prompts and completions on spans (redacted) for every route; off by default."""
+    redact_patterns: list[str] = []
+    """Extra regular expressions (a JSON list) whose matches are redacted from captured content."""

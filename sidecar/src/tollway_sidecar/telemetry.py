@@ -1,69 +1,107 @@
-"""Prometheus metrics for the sidecar (served on the admin port).
+"""Prometheus metrics for the sidecar (served on the admin port at /metrics).
 
-Labels are bounded: key name, model, backend, route — never end-user ids, never key material.
+Named after the OpenTelemetry GenAI metrics where one exists (`gen_ai.client.token.usage`,
+`gen_ai.server.request.duration`, `gen_ai.server.time_to_first_token`,
+`gen_ai.server.time_per_output_token`), with `tollway_*` for the rest. Labels are bounded: key name,
+model, provider, backend, route — never end-user ids, never key material.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tollway_sidecar.config.models import GatewayConfig
 
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+_PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "tollway_requests",
             "Calls answered, by key, model, backend and HTTP status.",
             ["key", "model", "backend", "status"],
-            registry=self.registry,
+            registry=r,
         )
-        self.tokens = Counter(
+        self.tokens = Histogram(
             "gen_ai_client_token_usage",
-            "Tokens used, by type (input, output).",
-            ["key", "model", "backend", "type"],
-            registry=self.registry,
+            "Tokens per call, by type (input, output).",
+            ["key", "model", "provider", "backend", "gen_ai_token_type"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
         )
         self.cost = Counter(
             "tollway_cost_usd",
             "Spend in USD (exact values are in /spend; this is for graphs).",
             ["key", "model", "backend"],
-            registry=self.registry,
+            registry=r,
         )
         self.denials = Counter(
-            "tollway_denials",
-            "Calls the gateway refused, by reason.",
-            ["reason"],
-            registry=self.registry,
+            "tollway_denials", "Calls the gateway refused, by reason.", ["reason"], registry=r
+        )
+        self.fallbacks = Counter(
+            "tollway_fallbacks",
+            "Calls that needed more than one attempt, by route.",
+            ["route"],
+            registry=r,
         )
         self.unpriced = Counter(
             "tollway_unpriced_responses",
             "Responses whose usage could not be read.",
             ["backend"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "tollway_upstream_attempts",
+            "Upstream attempts (a fallback is one more), by route, backend and outcome: the HTTP "
+            "status, or no_response for a refused, reset or timed-out attempt.",
+            ["route", "backend", "outcome"],
             registry=self.registry,
         )
         self.duration = Histogram(
             "gen_ai_server_request_duration_seconds",
-            "Time from request to the end of the response.",
-            ["model", "backend"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            "Time from the request to the end of the response.",
+            ["model", "provider", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Streaming: time from the request to the first chunk.",
+            ["model", "provider", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.per_token = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Streaming: time per output token after the first.",
+            ["model", "provider", "backend"],
+            buckets=_PER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.open_reservations = Gauge(
+            "tollway_open_reservations",
+            "Calls admitted and not yet settled.",
+            registry=r,
         )
         self.config_info = Gauge(
             "tollway_config_info",
             "The loaded GatewayConfig (value 1), labelled by version.",
             ["version"],
-            registry=self.registry,
+            registry=r,
         )
         self.config_objects = Gauge(
-            "tollway_config_objects",
-            "Objects in the loaded config.",
-            ["kind"],
-            registry=self.registry,
+            "tollway_config_objects", "Objects in the loaded config.", ["kind"], registry=r
         )
+
+    def track_open(self, count: Callable[[], int]) -> None:
+        self.open_reservations.set_function(lambda: float(count()))
 
     def config_loaded(self, config: GatewayConfig) -> None:
         self.config_info.clear()
@@ -83,15 +121,27 @@ class Metrics:
         output_tokens: int | None,
         cost: Decimal | None,
         seconds: float,
+        provider: str = "",
+        ttft: float | None = None,
+        route: str = "",
+        attempts: int = 1,
     ) -> None:
         self.requests.labels(key, model, backend, str(status)).inc()
         if input_tokens is not None:
-            self.tokens.labels(key, model, backend, "input").inc(input_tokens)
+            self.tokens.labels(key, model, provider, backend, "input").observe(input_tokens)
         if output_tokens is not None:
-            self.tokens.labels(key, model, backend, "output").inc(output_tokens)
+            self.tokens.labels(key, model, provider, backend, "output").observe(output_tokens)
         if cost is not None:
             self.cost.labels(key, model, backend).inc(float(cost))
-        self.duration.labels(model, backend).observe(seconds)
+        self.duration.labels(model, provider, backend).observe(seconds)
+        if ttft is not None:
+            self.ttft.labels(model, provider, backend).observe(ttft)
+            if output_tokens is not None and output_tokens > 1:
+                self.per_token.labels(model, provider, backend).observe(
+                    max(seconds - ttft, 0.0) / (output_tokens - 1)
+                )
+        if attempts > 1 and route:
+            self.fallbacks.labels(route).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

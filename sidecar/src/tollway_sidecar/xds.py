@@ -6,13 +6,17 @@ listener and the ext_proc cluster are static and live in the bootstrap (`bootstr
 local runner and the Helm chart both render from here.
 
 Shape (see docs/architecture.md):
-- one cluster per route, one endpoint per backend at priority 0, 1, 2… in fallback order, each
-  endpoint carrying `filter_metadata.tollway` {backend, provider, model} and a TLS flag;
+- one cluster per backend order a route may need (`routing.plan`: one for Priority, one per weighted
+  backend for Weighted, one per cheapest-first order for Cost), each listing the route's backends at
+  priority 0, 1, 2… in that order, each endpoint carrying `filter_metadata.tollway` {backend,
+  provider, model} and a TLS flag;
 - one route per route id, matched on the `x-tollway-route` header the router-level ext_proc sets
-  (after which it clears the route cache); a catch-all route sends the rest to a blackhole cluster,
-  which the ext_proc never lets a request reach;
+  (after which it clears the route cache); the cluster is named per call by the `x-tollway-cluster`
+  header (`cluster_header`); a catch-all route sends the rest to a blackhole cluster, which the
+  ext_proc never lets a request reach;
 - the cluster's upstream HTTP filters run the upstream-level ext_proc once per attempt, so each
-  attempt is rewritten for its own provider.
+  attempt is rewritten for its own provider, and each attempt's answer is seen (status, retry-after,
+  error body) before Envoy decides whether to retry.
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tollway_sidecar.config.models import GatewayConfig, Route
+from tollway_sidecar.config.models import Backend, GatewayConfig, Route
+from tollway_sidecar.routing.plan import cluster_name, plans_for
 
 METADATA_NAMESPACE = "tollway"
 ROUTE_HEADER = "x-tollway-route"
+CLUSTER_HEADER = "x-tollway-cluster"
+# Dynamic metadata the router filter sets and each upstream attempt reads: the call's id.
+CALL_METADATA_NAMESPACE = "tollway.call"
+# The longest the upstream filter may hold an attempt (waiting out a provider's retry-after).
+MAX_UPSTREAM_HOLD_S = 300
 EXTPROC_CLUSTER = "tollway_extproc"
 BLACKHOLE_CLUSTER = "tollway_unrouted"
 ROUTE_CONFIG_NAME = "tollway"
@@ -37,8 +47,16 @@ _T = "type.googleapis.com/"
 _EXTPROC = _T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 
 
-def cluster_name(route: Route) -> str:
-    return f"tollway_route_{route.id}"
+__all__ = [
+    "CLUSTER_HEADER",
+    "METADATA_NAMESPACE",
+    "ROUTE_HEADER",
+    "bootstrap",
+    "cluster_name",
+    "clusters",
+    "route_configuration",
+    "write_dynamic_resources",
+]
 
 
 def extproc_target(address: str) -> dict[str, Any]:
@@ -54,7 +72,8 @@ def _extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> di
         mode = {
             "request_header_mode": "SEND",
             "request_body_mode": "BUFFERED",
-            "response_header_mode": "SKIP",
+            # Each attempt's status and retry-after; error bodies are buffered (mode_override).
+            "response_header_mode": "SEND",
             "response_body_mode": "NONE",
             "request_trailer_mode": "SKIP",
             "response_trailer_mode": "SKIP",
@@ -63,6 +82,10 @@ def _extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> di
             "request_attributes": ["xds.upstream_host_metadata", "upstream.request_attempt_count"],
             # Host and path rewrites must reach this attempt's upstream.
             "mutation_rules": {"allow_all_routing": True},
+            "allow_mode_override": True,
+            "metadata_options": {"forwarding_namespaces": {"untyped": [CALL_METADATA_NAMESPACE]}},
+            # An attempt that waits out a provider's retry-after extends its own message timeout.
+            "max_message_timeout": f"{MAX_UPSTREAM_HOLD_S}s",
         }
     else:
         mode = {
@@ -73,7 +96,13 @@ def _extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> di
             "request_trailer_mode": "SKIP",
             "response_trailer_mode": "SKIP",
         }
-        attributes = {"allow_mode_override": True}
+        attributes = {
+            "allow_mode_override": True,
+            "metadata_options": {"receiving_namespaces": {"untyped": [CALL_METADATA_NAMESPACE]}},
+            # Which backend gave the final answer, and after how many attempts (a connection that
+            # fails fast never reaches the upstream filter, so only Envoy knows for sure).
+            "response_attributes": ["xds.upstream_host_metadata", "upstream.request_attempt_count"],
+        }
     return {
         "name": f"envoy.filters.http.ext_proc.{role}",
         "typed_config": {
@@ -92,96 +121,101 @@ def _extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> di
 
 
 def clusters(config: GatewayConfig, *, message_timeout_ms: int = 2000) -> list[dict[str, Any]]:
+    plans = plans_for(config)
     out: list[dict[str, Any]] = []
     for route in config.routes:
-        endpoints = []
-        for priority, backend in enumerate(route.backends):
-            endpoints.append(
-                {
-                    "priority": priority,
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": backend.host,
-                                        "port_value": backend.port,
-                                    }
-                                },
-                                "hostname": backend.host,
-                            },
-                            "metadata": {
-                                "filter_metadata": {
-                                    METADATA_NAMESPACE: {
-                                        "backend": backend.name,
-                                        "provider": backend.provider,
-                                        "model": backend.model,
-                                    },
-                                    "envoy.transport_socket_match": {
-                                        "tls": backend.scheme == "https",
-                                    },
+        plan = plans[route.id]
+        for name, order in zip(plan.clusters, plan.orders, strict=True):
+            out.append(
+                _cluster(name, [route.backends[i] for i in order], message_timeout_ms=message_timeout_ms)
+            )
+    return out
+
+
+def _cluster(name: str, backends: list[Backend], *, message_timeout_ms: int) -> dict[str, Any]:
+    """One cluster: the backends at priority 0, 1, 2… in the order given."""
+    endpoints = []
+    for priority, backend in enumerate(backends):
+        endpoints.append(
+            {
+                "priority": priority,
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {
+                                    "address": backend.host,
+                                    "port_value": backend.port,
                                 }
                             },
-                        }
-                    ],
-                }
-            )
-        out.append(
-            {
-                "@type": _T + "envoy.config.cluster.v3.Cluster",
-                "name": cluster_name(route),
-                "type": "STRICT_DNS",
-                "dns_lookup_family": "V4_PREFERRED",
-                "connect_timeout": "5s",
-                "per_connection_buffer_limit_bytes": 32 * 1024 * 1024,
-                "load_assignment": {"cluster_name": cluster_name(route), "endpoints": endpoints},
-                # Envoy otherwise spills a priority's traffic over to the next one on its own.
-                "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
-                "transport_socket_matches": [
-                    {
-                        "name": "tls",
-                        "match": {"tls": True},
-                        "transport_socket": {
-                            "name": "envoy.transport_sockets.tls",
-                            "typed_config": {
-                                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                                "common_tls_context": {
-                                    "validation_context": {"trusted_ca": {"filename": CA_BUNDLE}}
-                                },
-                            },
+                            "hostname": backend.host,
                         },
+                        "metadata": {
+                            "filter_metadata": {
+                                METADATA_NAMESPACE: {
+                                    "backend": backend.name,
+                                    "provider": backend.provider,
+                                    "model": backend.model,
+                                },
+                                "envoy.transport_socket_match": {
+                                    "tls": backend.scheme == "https",
+                                },
+                            }
+                        },
+                    }
+                ],
+            }
+        )
+    return {
+        "@type": _T + "envoy.config.cluster.v3.Cluster",
+        "name": name,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "per_connection_buffer_limit_bytes": 32 * 1024 * 1024,
+        "load_assignment": {"cluster_name": name, "endpoints": endpoints},
+        # Envoy otherwise spills a priority's traffic over to the next one on its own.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        "transport_socket_matches": [
+            {
+                "name": "tls",
+                "match": {"tls": True},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "common_tls_context": {"validation_context": {"trusted_ca": {"filename": CA_BUNDLE}}},
                     },
+                },
+            },
+            {
+                "name": "plaintext",
+                "match": {},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {
+                        "@type": _T + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                    },
+                },
+            },
+        ],
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    _extproc_filter("upstream", upstream=True, message_timeout_ms=message_timeout_ms),
                     {
-                        "name": "plaintext",
-                        "match": {},
-                        "transport_socket": {
-                            "name": "envoy.transport_sockets.raw_buffer",
-                            "typed_config": {
-                                "@type": _T + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-                            },
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
                         },
                     },
                 ],
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
-                        "explicit_http_config": {"http_protocol_options": {}},
-                        "http_filters": [
-                            _extproc_filter("upstream", upstream=True, message_timeout_ms=message_timeout_ms),
-                            {
-                                "name": "envoy.filters.http.upstream_codec",
-                                "typed_config": {
-                                    "@type": _T
-                                    + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-                                },
-                            },
-                        ],
-                    }
-                },
             }
-        )
-    return out
+        },
+    }
 
 
 def _route_entry(route: Route) -> dict[str, Any]:
@@ -191,14 +225,16 @@ def _route_entry(route: Route) -> dict[str, Any]:
         # upstream's own 502/503/504 answers, which the default onStatus retries anyway).
         retry_on.append("gateway-error")
     action: dict[str, Any] = {
-        "cluster": cluster_name(route),
+        # The router filter names this call's cluster (its backend order) in this header.
+        "cluster_header": CLUSTER_HEADER,
         "auto_host_rewrite": True,
         # The whole-response timer would cut long streams; each attempt has its own timers instead.
         "timeout": "0s",
         "retry_policy": {
             "retry_on": ",".join(retry_on),
             "retriable_status_codes": list(route.fallback.on_status),
-            "num_retries": max(0, min(route.fallback.max_attempts, len(route.backends)) - 1),
+            # More attempts than backends wrap around (previous_priorities starts again at 0).
+            "num_retries": max(0, route.fallback.max_attempts - 1),
             "per_try_timeout": f"{route.timeout_ms / 1000:.3f}s",
             "per_try_idle_timeout": f"{route.timeout_ms / 1000:.3f}s",
             "retry_priority": {

@@ -101,11 +101,15 @@ def parse_knobs(headers: Mapping[str, str], settings: MockSettings) -> Knobs:
     status = _count(headers, H_STATUS, minimum=400)
     if status is not None and status > 599:
         raise KnobError(f"{H_STATUS} must be within 400..599, got {status}")
+    if status is None:
+        status = settings.status
     retry_after = headers.get(H_RETRY_AFTER)
     if retry_after is not None and not retry_after.strip():
         raise KnobError(f"{H_RETRY_AFTER} must not be empty")
+    if retry_after is None:
+        retry_after = settings.retry_after
     fail_raw = headers.get(H_FAIL)
-    fail: frozenset[str] = frozenset()
+    fail: frozenset[str] = settings.fail
     if fail_raw is not None:
         fail = frozenset(part.strip().lower() for part in fail_raw.split(",") if part.strip())
         unknown = fail - FAIL_MODES

@@ -33,6 +33,12 @@ class MockSettings:
         models: Model ids listed by ``GET /v1/models``.
         backlog: Listen backlog of the TCP socket (benchmarks open thousands of connections).
         shutdown_timeout: Seconds ``runner.cleanup()`` waits for in-flight requests.
+        status: When set, every provider call is answered with this error status (``x-mock-status``).
+        retry_after: With ``status``: the ``retry-after`` header sent (``x-mock-retry-after``).
+        fail: Failure modes applied to every provider call (``x-mock-fail``), e.g. ``{"reset"}``.
+
+    Headers override the defaults; a mock started with ``status``/``fail`` plays one misbehaving
+    provider among several (fallback tests).
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +54,9 @@ class MockSettings:
     models: tuple[str, ...] = DEFAULT_MODELS
     backlog: int = 4096
     shutdown_timeout: float = 2.0
+    status: int | None = None
+    retry_after: str | None = None
+    fail: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "ttft_ms", "chunk_delay_ms"):
@@ -63,3 +72,10 @@ class MockSettings:
             raise ValueError("record_limit must be >= 0")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError("status must be within 400..599")
+        from .knobs import FAIL_MODES
+
+        unknown = self.fail - FAIL_MODES
+        if unknown:
+            raise ValueError(f"unknown failure mode(s): {', '.join(sorted(unknown))}")

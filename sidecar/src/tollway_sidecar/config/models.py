@@ -99,6 +99,7 @@ class Backend(_Value):
     weight: int = 1
     priority: int = 0
     pricing: Pricing | None = None
+    api_version: str | None = None  # azure-openai: the `api-version` query parameter
 
     @property
     def scheme(self) -> str:
@@ -132,7 +133,7 @@ class Backend(_Value):
 class Fallback(_Value):
     on_status: tuple[int, ...] = DEFAULT_RETRY_STATUS
     on_timeout: bool = True
-    max_attempts: int = 2
+    max_attempts: int = 2  # may exceed the backends: the order then starts again from the first
 
 
 class Route(_Value):
@@ -146,6 +147,7 @@ class Route(_Value):
     backends: tuple[Backend, ...]  # in fallback order (priority, then declaration)
     fallback: Fallback = Fallback()
     timeout_ms: int = 60_000  # per attempt
+    sticky_user: bool = False  # Weighted: one end user always gets the same first backend
 
 
 class GatewayConfig(_Value):

@@ -45,6 +45,25 @@ def openai_error_body(message: str, error_type: str, code: str | None, param: st
     ).encode()
 
 
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    """The Anthropic error shape, for clients of `/v1/messages`: {"type": "error", "error": {...}}."""
+    kind = _ANTHROPIC_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return json.dumps(
+        {"type": "error", "error": {"type": kind, "message": message}}, separators=(",", ":")
+    ).encode()
+
+
 def immediate(
     status: int,
     body: bytes,
@@ -72,14 +91,16 @@ def error(
     code: str | None,
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
+    anthropic: bool = False,
 ) -> ep.ProcessingResponse:
-    """An answer in the OpenAI error shape: {"error": {"message", "type", "param", "code"}}."""
-    return immediate(
-        status,
-        openai_error_body(message, error_type, code, param),
-        headers=headers,
-        details=code or error_type,
+    """An answer in the OpenAI error shape: {"error": {"message", "type", "param", "code"}}
+    (or, with `anthropic`, in the Anthropic shape)."""
+    body = (
+        anthropic_error_body(status, message)
+        if anthropic
+        else openai_error_body(message, error_type, code, param)
     )
+    return immediate(status, body, headers=headers, details=code or error_type)
 
 
 def continue_headers(

@@ -16,11 +16,13 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from tollway_sidecar.extproc import answer, dispatch
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
 from tollway_sidecar.pricing import format_usd
 from tollway_sidecar.providers.usage import SseParser, parse_json
+from tollway_sidecar.quota.decision import Denial
 from tollway_sidecar.runtime import Runtime, key_expired, model_allowed
 from tollway_sidecar.xds import ROUTE_HEADER
 
@@ -31,10 +33,8 @@ ENDPOINTS: dict[str, tuple[str, Operation]] = {
     "/v1/chat/completions": ("POST", "chat"),
     "/v1/embeddings": ("POST", "embeddings"),
     "/v1/models": ("GET", "models"),
+    "/v1/messages": ("POST", "messages"),  # Anthropic clients; passed to anthropic backends as is
 }
-# Providers whose wire format this gateway speaks today (the others compile, and answer 501).
-SERVED_PROVIDERS = frozenset({"openai", "openai-compatible"})
-OPENAI_SHAPED = frozenset({"openai", "openai-compatible", "azure-openai", "gemini"})
 
 
 def _client_key(headers: dict[str, str]) -> str | None:
@@ -51,6 +51,7 @@ class RouterCall:
         self.runtime = runtime
         self.compiled = runtime.compiled  # one config version for the whole call
         self.state = RequestState(request_id=uuid.uuid4().hex)
+        self.helicone_user: str | None = None
 
     # -- request headers ------------------------------------------------------------------------
 
@@ -103,7 +104,9 @@ class RouterCall:
                 401, f"The key '{key.name}' expired at {expired}.", "invalid_request_error", "key_expired"
             )
         state.key = key
-        state.end_user = headers.get("x-tollway-user") or headers.get("helicone-user-id") or None
+        # The end user: x-tollway-user, else the body's `user`, else Helicone-User-Id (issue 3).
+        state.end_user = headers.get("x-tollway-user") or None
+        self.helicone_user = headers.get("helicone-user-id") or None
 
         if operation == "models":
             return self._list_models()
@@ -136,7 +139,7 @@ class RouterCall:
 
     # -- request body ---------------------------------------------------------------------------
 
-    def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
+    async def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
         state = self.state
         assert state.key is not None and state.operation is not None
         try:
@@ -162,19 +165,16 @@ class RouterCall:
                 "model_not_allowed",
                 param="model",
             )
-        unserved = sorted({b.provider for b in route.backends} - SERVED_PROVIDERS)
-        if unserved:
+        refusal = dispatch.check(route, state.operation, body)
+        if refusal is not None:
             return self._deny(
-                501,
-                f"Route '{route.name}' uses provider(s) {', '.join(unserved)}, which this "
-                "gateway version cannot call yet.",
-                "api_error",
-                "provider_not_supported",
+                refusal.status, refusal.message, "invalid_request_error", refusal.code, param=refusal.param
             )
         state.route = route
         state.stream = bool(body.get("stream"))
-        if state.end_user is None and isinstance(body.get("user"), str):
-            state.end_user = body["user"]
+        if state.end_user is None:
+            user = body.get("user")
+            state.end_user = user if isinstance(user, str) and user else self.helicone_user
 
         new_body: bytes | None = None
         if state.operation == "chat" and state.stream:
@@ -185,25 +185,54 @@ class RouterCall:
                 state.strip_usage_chunk = True
                 new_body = json.dumps(body, separators=(",", ":")).encode()
         state.body = body
+        admission = await self.runtime.quota.admit(
+            key=state.key,
+            budgets=self.compiled.budgets,
+            route=route,
+            prices=self.compiled.prices,
+            operation=state.operation,
+            body=body,
+            user=state.end_user,
+            rid=state.request_id,
+            body_bytes=len(message.body),
+        )
+        if isinstance(admission, Denial):
+            return self._deny(
+                admission.status,
+                admission.message,
+                admission.error_type,
+                admission.code,
+                headers=admission.headers,
+            )
+        state.quota = admission
         self.runtime.inflight.add(state)
         set_headers = {ROUTE_HEADER: route.id, RID_HEADER: state.request_id}
+        set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
-        return msg.continue_body(
+        reply = msg.continue_body(
             "request_body",
             body=new_body,
             set_headers=set_headers,
             remove=("authorization", "x-api-key"),
             clear_route_cache=True,
         )
+        dispatch.attach_call_id(reply, state.request_id)
+        return reply
 
     # -- response headers -----------------------------------------------------------------------
 
-    def on_response_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+    def on_response_headers(
+        self, message: ep.HttpHeaders, final: tuple[str | None, int | None] = (None, None)
+    ) -> ep.ProcessingResponse:
         state = self.state
         headers = msg.headers_of(message)
         state.status = int(headers.get(":status", "0") or 0)
         state.first_byte_at = time.monotonic()
+        answer.note_final(state, self.compiled, final)
+        if state.route is not None and not message.end_of_stream and answer.choose_replacement(state):
+            # An earlier attempt failed more usefully: its answer replaces this one (body phase).
+            return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
         if state.route is None or state.backend is None or message.end_of_stream:
             # An answer Envoy made itself (no backend was reached), or an empty body.
             if state.route is not None and not state.finished:
@@ -213,6 +242,7 @@ class RouterCall:
         info = self._info_headers()
         if "text/event-stream" in content_type:
             state.sse = SseParser(state.backend.provider, strip_usage_chunk=state.strip_usage_chunk)
+            state.translator = answer.stream_translator(state)
             return msg.continue_headers(
                 "response_headers", set_headers=info, mode_override=msg.response_body_mode("STREAMED")
             )
@@ -226,6 +256,8 @@ class RouterCall:
             headers["x-tollway-backend"] = state.backend.name
         if state.route is not None:
             headers["x-tollway-route"] = f"{state.route.namespace}/{state.route.name}"
+        if state.quota is not None:
+            headers.update(state.quota.headers)  # x-ratelimit-*
         return headers
 
     # -- response body --------------------------------------------------------------------------
@@ -238,12 +270,20 @@ class RouterCall:
                 owed = state.sse.flush()
                 if owed:
                     replacement = (message.body if replacement is None else replacement) + owed
+            if state.translator is not None:  # Anthropic events → OpenAI chunks
+                replacement = state.translator.feed(message.body)
+                if message.end_of_stream:
+                    replacement += state.translator.flush()
             if (message.end_of_stream or state.sse.complete) and not state.finished:
                 # Settle at the provider's last event ([DONE] / message_stop): the client may hang
                 # up as soon as it has it, before Envoy reports the end of the stream.
                 self._finish_stream()
             return msg.continue_body("response_body", body=replacement)
         # Buffered JSON: the whole body is here, and the headers have not left yet.
+        if state.replacement is not None:
+            body, set_headers, remove = answer.replacement_answer(state, self._info_headers())
+            self._finish(None)
+            return msg.continue_body("response_body", body=body, set_headers=set_headers, remove=remove)
         assert state.backend is not None
         parsed = parse_json(state.backend.provider, message.body)
         state.response_model = parsed.model
@@ -258,6 +298,12 @@ class RouterCall:
         info = self._info_headers()
         if state.cost is not None:
             info["x-tollway-cost-usd"] = format_usd(state.cost)
+        if state.attempt_log:
+            state.attempt_log[-1].usage, state.attempt_log[-1].cost = state.usage, state.cost
+        rewritten = answer.buffered_answer(state, message.body)
+        if rewritten is not None:
+            body, headers = rewritten
+            return msg.continue_body("response_body", body=body, set_headers={**info, **headers})
         return msg.continue_body("response_body", set_headers=info)
 
     def _finish_stream(self) -> None:
@@ -295,9 +341,16 @@ class RouterCall:
         state.cost = cost
         if backend is not None and usage is None and state.status < 400:
             self.runtime.metrics.unpriced.labels(backend.name).inc()
-        budgets = {b.id: b for b in self.compiled.config.budgets}
-        if backend is not None:
-            self.runtime.ledger.record(key, budgets, usage, cost)
+        if state.quota is not None:
+            self.runtime.quota.settle_soon(
+                state.quota,
+                usage=usage,
+                cost=cost,
+                status=state.status,
+                reached_backend=backend is not None,
+                stream=state.sse.finish() if state.sse is not None else None,
+                price=self.compiled.prices.price_for(state.route.id, backend.name) if backend else None,
+            )
         self.runtime.metrics.observe_call(
             key=key.id,
             model=state.client_model,
@@ -318,10 +371,27 @@ class RouterCall:
                 self._finish_stream()
             else:
                 self._finish(None)
+        elif state.route is not None and not state.finished:
+            self._finish(None)  # admitted, never sent upstream: settles the reservation at zero
 
     def _deny(
-        self, status: int, message: str, error_type: str, code: str | None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        error_type: str,
+        code: str | None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> ep.ProcessingResponse:
         self.state.status = status
         self.runtime.metrics.denials.labels(code or error_type).inc()
-        return msg.error(status, message, error_type=error_type, code=code, param=param)
+        anthropic = self.state.path.rstrip("/") == "/v1/messages"
+        return msg.error(
+            status,
+            message,
+            error_type=error_type,
+            code=code,
+            param=param,
+            anthropic=anthropic,
+            headers=headers,
+        )

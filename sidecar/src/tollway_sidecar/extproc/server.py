@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from google.protobuf import duration_pb2
 
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.router import RouterCall
-from tollway_sidecar.extproc.upstream import UpstreamAttempt
+from tollway_sidecar.extproc.upstream import UpstreamAttempt, attribute, backend_from_metadata
 from tollway_sidecar.runtime import Runtime
 from tollway_sidecar.xds import FILTER_ROLE_HEADER
 
@@ -41,9 +43,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     if which == "request_headers":
                         reply = call.on_request_headers(request.request_headers)
                     elif which == "request_body":
-                        reply = call.on_request_body(request.request_body)
+                        reply = await call.on_request_body(request.request_body)
                     elif which == "response_headers":
-                        reply = call.on_response_headers(request.response_headers)
+                        reply = call.on_response_headers(request.response_headers, final_attempt(request))
                     elif which == "response_body":
                         reply = call.on_response_body(request.response_body)
                     else:
@@ -57,22 +59,50 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     async def _upstream(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         attempt = UpstreamAttempt(self.runtime)
-        while True:
-            request = await context.read()
-            if request is grpc.aio.EOF:
-                return
-            which = request.WhichOneof("request")
-            try:
-                if which == "request_headers":
-                    reply = attempt.on_request_headers(request)
-                elif which == "request_body":
-                    reply = attempt.on_request_body(request.request_body)
-                else:
-                    reply = _passthrough(which)
-            except Exception:
-                log.exception("upstream filter failed on %s", which)
-                reply = _internal_error(which)
-            await context.write(reply)
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
+                which = request.WhichOneof("request")
+                try:
+                    if which == "request_headers":
+                        reply = attempt.on_request_headers(request)
+                    elif which == "request_body":
+                        reply = attempt.on_request_body(request.request_body)
+                    elif which == "response_headers":
+                        reply = attempt.on_response_headers(request.response_headers)
+                    elif which == "response_body":
+                        reply = attempt.on_response_body(request.response_body)
+                    else:
+                        reply = _passthrough(which)
+                except Exception:
+                    log.exception("upstream filter failed on %s", which)
+                    reply = _internal_error(which)
+                if attempt.hold_seconds > 0:
+                    await _hold(context, attempt.hold_seconds)
+                    attempt.hold_seconds = 0.0
+                await context.write(reply)
+        finally:
+            attempt.on_stream_closed()
+
+
+async def _hold(context: grpc.aio.ServicerContext[Any, Any], seconds: float) -> None:
+    """Wait before answering, first extending Envoy's per-message timeout to cover the wait."""
+    extend = duration_pb2.Duration()
+    extend.FromMilliseconds(int((seconds + 1) * 1000))
+    await context.write(ep.ProcessingResponse(override_message_timeout=extend))
+    await asyncio.sleep(seconds)
+
+
+def final_attempt(request: ep.ProcessingRequest) -> tuple[str | None, int | None]:
+    """(backend name, attempt count) of the answer Envoy is about to send, from its attributes."""
+    metadata = attribute(request, "xds.upstream_host_metadata")
+    count = attribute(request, "upstream.request_attempt_count")
+    return (
+        backend_from_metadata(metadata) if isinstance(metadata, str) and metadata else None,
+        int(count) if isinstance(count, float) and count > 0 else None,
+    )
 
 
 def _passthrough(which: str | None) -> ep.ProcessingResponse:

@@ -8,9 +8,12 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from tollway_sidecar.config.models import Backend, Route, VirtualKey
+from tollway_sidecar.providers.anthropic_stream import ChunkTranslator
+from tollway_sidecar.providers.attempts import Attempt
 from tollway_sidecar.providers.usage import SseParser, TokenUsage
+from tollway_sidecar.quota.gate import Admission
 
-Operation = Literal["chat", "embeddings", "models"]
+Operation = Literal["chat", "embeddings", "models", "messages"]
 
 
 @dataclass
@@ -36,3 +39,14 @@ class RequestState:
     response_model: str | None = None
     finished: bool = False
     first_byte_at: float | None = None
+    quota: Admission | None = None  # what the call reserved (issue 3); None before admission
+    # Routing and fallback (issue 4)
+    cluster: str = ""  # the Envoy cluster (backend order) chosen for this call
+    order: tuple[str, ...] = ()  # backend names in the order they will be tried
+    choice: str = ""  # why: priority, weighted, sticky, cost
+    deadline: float = 0.0  # monotonic; a retry-after that ends later is not waited for
+    attempt_log: list[Attempt] = field(default_factory=list)  # every attempt, in order
+    gave_up: bool = False  # the upstream filter ended the call rather than wait past the deadline
+    replacement: Attempt | None = None  # the failed attempt answered in place of the final one
+    translator: ChunkTranslator | None = None  # Anthropic events → OpenAI chunks
+    translate_json: bool = False  # a buffered Anthropic answer to an OpenAI client

@@ -1,9 +1,18 @@
-"""The upstream-level filter: rewrite one attempt for the backend Envoy picked for it.
+"""The upstream-level filter: rewrite one attempt for the backend Envoy picked, and watch its answer.
 
 Envoy runs this filter once per attempt (the first try and every retry), after it has chosen an
-endpoint. The endpoint's metadata names the backend; we set that backend's path, credentials and
-model name. Headers an earlier attempt set are still present on a retry, so every header we touch
-is overwritten (or removed) on every attempt; the body starts from the original each time.
+endpoint. The endpoint's metadata names the backend; `providers.upstream` says how that backend's
+provider wants the path, the credentials and the body. Headers an earlier attempt set are still
+present on a retry, so every header a rewrite touches is set or removed on every attempt, and
+`content-length` always matches the body this attempt sends; the body starts from the original.
+
+On the way back the filter sees the attempt's status before Envoy decides whether to retry: it
+records the status, any `retry-after`, and (for errors) the body, so that the router filter can answer
+with the most useful failure when every attempt failed.
+
+An attempt that returns to a backend which asked to wait (`retry-after`, when `maxAttempts` exceeds
+the backends) is held until then, if that is before the call's deadline (`timeout` times `maxAttempts`
+from its arrival); otherwise the call ends there, with the most useful failure so far.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -18,15 +28,19 @@ from google.protobuf import struct_pb2
 
 from tollway_sidecar.config.models import Backend
 from tollway_sidecar.extproc import messages as msg
+from tollway_sidecar.extproc.dispatch import call_id_of
 from tollway_sidecar.extproc.router import RID_HEADER
 from tollway_sidecar.extproc.state import RequestState
+from tollway_sidecar.providers.anthropic import TranslationError
+from tollway_sidecar.providers.attempts import MAX_ERROR_BODY, Attempt, retry_after_seconds
+from tollway_sidecar.providers.upstream import request_body, request_headers
 from tollway_sidecar.runtime import Runtime
-from tollway_sidecar.xds import ROUTE_HEADER
+from tollway_sidecar.xds import CLUSTER_HEADER, ROUTE_HEADER
 
 log = logging.getLogger("tollway.upstream")
 
 _BACKEND_RE = re.compile(r'key: "backend"\s*value\s*\{\s*string_value: "((?:[^"\\]|\\.)*)"')
-_INTERNAL_HEADERS = (ROUTE_HEADER, RID_HEADER, "x-api-key")
+_INTERNAL_HEADERS = (ROUTE_HEADER, RID_HEADER, CLUSTER_HEADER)
 
 
 def backend_from_metadata(text: str) -> str | None:
@@ -35,7 +49,7 @@ def backend_from_metadata(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _attribute(request: ep.ProcessingRequest, name: str) -> Any:
+def attribute(request: ep.ProcessingRequest, name: str) -> Any:
     for struct in request.attributes.values():
         if name in struct.fields:
             value: struct_pb2.Value = struct.fields[name]
@@ -49,17 +63,20 @@ class UpstreamAttempt:
         self.runtime = runtime
         self.state: RequestState | None = None
         self.backend: Backend | None = None
+        self.attempt: Attempt | None = None
+        self.hold_seconds = 0.0  # wait this long before answering the request headers
+
+    # -- request --------------------------------------------------------------------------------
 
     def on_request_headers(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
         headers = msg.headers_of(request.request_headers)
-        state = self.runtime.inflight.get(headers.get(RID_HEADER, ""))
-        metadata = _attribute(request, "xds.upstream_host_metadata")
+        rid = call_id_of(request) or headers.get(RID_HEADER, "")
+        state = self.runtime.inflight.get(rid)
+        metadata = attribute(request, "xds.upstream_host_metadata")
         name = backend_from_metadata(metadata) if isinstance(metadata, str) else None
-        if state is None or state.route is None or name is None:
+        if state is None or state.route is None or name is None or state.operation is None:
             # Not a call the router filter admitted: never let it reach a provider.
-            log.error(
-                "upstream attempt without router state (rid=%r, backend=%r)", headers.get(RID_HEADER), name
-            )
+            log.error("upstream attempt without router state (rid=%r, backend=%r)", rid, name)
             return msg.error(
                 500, "The gateway lost track of this request.", error_type="api_error", code="gateway_error"
             )
@@ -72,29 +89,90 @@ class UpstreamAttempt:
                 code="gateway_error",
             )
         self.state, self.backend = state, backend
-        attempt = _attribute(request, "upstream.request_attempt_count")
-        state.attempts = int(attempt) if isinstance(attempt, float) else state.attempts + 1
-        state.backend = backend
+        count = attribute(request, "upstream.request_attempt_count")
+        number = int(count) if isinstance(count, float) else state.attempts + 1
+        now = time.monotonic()
 
-        path, _, query = headers.get(":path", "").partition("?")
-        upstream_path = backend.path_prefix + path.removeprefix("/v1")
-        if query:
-            upstream_path += "?" + query
-        set_headers = {":path": upstream_path}
-        remove = list(_INTERNAL_HEADERS)
-        if backend.credential:
-            set_headers["authorization"] = f"Bearer {backend.credential}"
-        else:
-            remove.append("authorization")
-        return msg.continue_headers("request_headers", set_headers=set_headers, remove=remove)
+        wait_until = max(
+            (a.retry_at for a in state.attempt_log if a.backend == name and a.retry_at is not None),
+            default=0.0,
+        )
+        if wait_until > now:
+            if wait_until > state.deadline:
+                # The provider asked for longer than this call has left: stop here.
+                state.gave_up = True
+                log.info("call %s: backend %s asked to wait past the deadline", state.request_id, name)
+                return msg.error(
+                    503, "Every backend failed.", error_type="api_error", code="all_backends_failed"
+                )
+            self.hold_seconds = wait_until - now
+
+        state.attempts = number
+        state.backend = backend
+        self.attempt = Attempt(
+            number=number, backend=backend.name, provider=backend.provider, started=now + self.hold_seconds
+        )
+        state.attempt_log.append(self.attempt)
+
+        # The client's path, not this attempt's `:path`: that may be an earlier attempt's rewrite.
+        rewrite = request_headers(backend, state.operation, state.path, headers)
+        return msg.continue_headers(
+            "request_headers",
+            set_headers={":path": rewrite.path, **rewrite.set_headers},
+            remove=[*_INTERNAL_HEADERS, *rewrite.remove],
+        )
 
     def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
         state, backend = self.state, self.backend
-        if state is None or backend is None or state.body is None:
+        if state is None or backend is None or state.body is None or state.operation is None:
             return msg.continue_body("request_body")
-        if state.body.get("model") == backend.model:
-            return msg.continue_body("request_body")
-        body = dict(state.body)
-        body["model"] = backend.model
+        try:
+            body = request_body(backend, state.operation, state.body)
+        except TranslationError as exc:  # the router checked it already; never expected here
+            return msg.error(400, exc.message, error_type="invalid_request_error", code=None, param=exc.param)
+        if body is None:
+            # An earlier attempt may have set another length: this attempt sends the original body.
+            return msg.continue_body("request_body", set_headers={"content-length": str(len(message.body))})
         raw = json.dumps(body, separators=(",", ":")).encode()
         return msg.continue_body("request_body", body=raw, set_headers={"content-length": str(len(raw))})
+
+    # -- response -------------------------------------------------------------------------------
+
+    def on_response_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+        attempt = self.attempt
+        if attempt is None or self.state is None:
+            return msg.continue_headers("response_headers")
+        headers = msg.headers_of(message)
+        attempt.status = int(headers.get(":status", "0") or 0)
+        attempt.content_type = headers.get("content-type", "")
+        waited = retry_after_seconds(headers)
+        if waited is not None:
+            attempt.retry_after_s = waited
+            attempt.retry_at = time.monotonic() + waited
+        self._count(str(attempt.status))
+        if attempt.status >= 400 and not message.end_of_stream:
+            # Keep the error's body, in case it turns out to be the most useful answer.
+            return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
+        if attempt.status >= 400:
+            attempt.error_body = b""
+        attempt.ended = time.monotonic()
+        return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("NONE"))
+
+    def on_response_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
+        attempt = self.attempt
+        if attempt is not None and len(message.body) <= MAX_ERROR_BODY:
+            attempt.error_body = bytes(message.body)
+        if attempt is not None:
+            attempt.ended = time.monotonic()
+        return msg.continue_body("response_body")
+
+    def on_stream_closed(self) -> None:
+        attempt = self.attempt
+        if attempt is not None and attempt.status == 0:
+            attempt.ended = time.monotonic()
+            self._count("no_response")
+
+    def _count(self, outcome: str) -> None:
+        state, backend = self.state, self.backend
+        if state is not None and state.route is not None and backend is not None:
+            self.runtime.metrics.attempts.labels(state.route.id, backend.name, outcome).inc()

@@ -90,6 +90,8 @@ def validate(operation: Operation, body: dict[str, Any]) -> str:
             raise BadRequest(
                 "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
             )
+    elif operation == "messages":
+        _messages_checks(body)
     elif operation == "embeddings":
         value = body.get("input")
         if value is None:
@@ -103,3 +105,14 @@ def validate(operation: Operation, body: dict[str, Any]) -> str:
         _expect(body, "user", "string")
         _expect(body, "encoding_format", "string")
     return model
+
+
+def _messages_checks(body: dict[str, Any]) -> None:
+    """Anthropic Messages: the fields the gateway reads (the provider checks the rest)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages: Field required (a non-empty array).", param="messages", code=None)
+    if body.get("max_tokens") is None:
+        raise BadRequest("max_tokens: Field required.", param="max_tokens", code=None)
+    _expect(body, "max_tokens", "positive integer")
+    _expect(body, "stream", "boolean")

@@ -1,0 +1,107 @@
+"""The router filter's routing step: can this route serve this call, and in which backend order.
+
+Called once per call from the request-body phase. `check` refuses a call no backend order could
+serve (an Anthropic client on a route with OpenAI-only backends, a chat request Anthropic cannot
+express); `route_headers` picks the call's backend order (`routing.select`) and returns the headers
+that make Envoy use that order's cluster.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from tollway_sidecar.config.models import Route
+from tollway_sidecar.extproc.state import RequestState
+from tollway_sidecar.providers.anthropic import TranslationError, chat_to_messages
+from tollway_sidecar.routing.select import choose, estimate_tokens
+from tollway_sidecar.runtime import CompiledConfig
+from tollway_sidecar.xds import CALL_METADATA_NAMESPACE, CLUSTER_HEADER
+
+__all__ = ["Refusal", "attach_call_id", "call_id_of", "check", "route_headers"]
+
+_random = random.SystemRandom()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    message: str
+    code: str
+    param: str | None = None
+
+
+def check(route: Route, operation: str, body: dict[str, Any]) -> Refusal | None:
+    providers = {backend.provider for backend in route.backends}
+    if operation == "messages" and providers != {"anthropic"}:
+        others = sorted(b.name for b in route.backends if b.provider != "anthropic")
+        return Refusal(
+            400,
+            f"The model '{route.model}' (RouteRule {route.namespace}/{route.name}) is served by "
+            f"non-Anthropic backends ({', '.join(others)}); /v1/messages reaches only anthropic "
+            "backends. Call /v1/chat/completions instead.",
+            "unsupported_route",
+            "model",
+        )
+    if operation == "embeddings" and "anthropic" in providers:
+        names = sorted(b.name for b in route.backends if b.provider == "anthropic")
+        return Refusal(
+            400,
+            f"The model '{route.model}' has anthropic backends ({', '.join(names)}), which serve no "
+            "embeddings.",
+            "unsupported_route",
+            "model",
+        )
+    if operation == "chat" and "anthropic" in providers:
+        try:
+            chat_to_messages(body, "check")
+        except TranslationError as exc:
+            return Refusal(400, exc.message, "unsupported_parameter", exc.param)
+    return None
+
+
+def route_headers(
+    compiled: CompiledConfig, state: RequestState, route: Route, body: dict[str, Any], raw_length: int
+) -> dict[str, str]:
+    """Choose this call's backend order; return the header naming its Envoy cluster."""
+    plan = compiled.plans[route.id]
+
+    def price(index: int) -> Any:
+        return compiled.prices.price_for(route.id, route.backends[index].name)
+
+    choice = choose(
+        route,
+        plan,
+        random=_random.random,
+        user=state.end_user,
+        tokens=estimate_tokens(body, raw_length) if route.strategy == "Cost" else (0, 0),
+        prices=price,
+    )
+    state.cluster = plan.clusters[choice.index]
+    state.order = tuple(route.backends[i].name for i in choice.order)
+    state.choice = choice.reason
+    state.deadline = state.started + route.timeout_ms * route.fallback.max_attempts / 1000
+    return {CLUSTER_HEADER: state.cluster}
+
+
+def attach_call_id(reply: ep.ProcessingResponse, request_id: str) -> None:
+    """Put the call's id into Envoy's dynamic metadata, where every upstream attempt can read it.
+
+    A header would not do: Envoy carries an attempt's header removals into the next attempt, so a
+    header removed before the first attempt reaches a provider is gone for the retry too.
+    """
+    reply.dynamic_metadata.fields[CALL_METADATA_NAMESPACE].struct_value.fields[
+        "rid"
+    ].string_value = request_id
+
+
+def call_id_of(request: ep.ProcessingRequest) -> str | None:
+    """The call id an upstream attempt was forwarded (`attach_call_id`)."""
+    namespace = request.metadata_context.filter_metadata.get(CALL_METADATA_NAMESPACE)
+    if namespace is None or "rid" not in namespace.fields:
+        return None
+    value: str = namespace.fields["rid"].string_value
+    return value or None

@@ -1,0 +1,33 @@
+-- Settle one reservation: replace what it reserved with what the call used. Idempotent: a
+-- reservation that is unknown, already settled, or past its expiry changes nothing (an expired one
+-- stays charged at its estimate).
+-- KEYS[1] the reservation record, KEYS[2] the reservation index, KEYS[3..] the counters.
+-- ARGV[1] now (ms), ARGV[2] rid, ARGV[3] reservation key prefix, ARGV[4] sweep limit,
+-- ARGV[5] increments, then 3 per increment: counter index in KEYS, field, amount (actual - reserved
+-- for used fields; the tallies).
+-- Returns 1 when the reservation was settled, 0 otherwise.
+local now = tonumber(ARGV[1])
+local applied = 0
+local raw = redis.call('GET', KEYS[1])
+local expiry = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if raw and expiry and tonumber(expiry) > now then
+  local record = cjson.decode(raw)
+  for _, item in ipairs(record[1]) do
+    if item[3] ~= '0' and redis.call('EXISTS', item[1]) == 1 then
+      redis.call('HINCRBY', item[1], item[2], '-' .. item[3])
+    end
+  end
+  local n = tonumber(ARGV[5])
+  for i = 0, n - 1 do
+    local b = 6 + i * 3
+    local key = KEYS[tonumber(ARGV[b])]
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HINCRBY', key, ARGV[b + 1], ARGV[b + 2])
+    end
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  applied = 1
+end
+sweep(KEYS[2], ARGV[3], now, tonumber(ARGV[4]))
+return applied

@@ -1,0 +1,333 @@
+"""What one call reserves, and where: the store-independent half of reserve-and-settle. Pure.
+
+A `Plan` lists the counters a call touches — its key's and end user's rate-limit windows, every
+budget its key references, the key's monthly tally — as `Line`s: a counter hash, the field holding
+"used" (spent + reserved), the field holding "reserved", the amount to reserve and the limit to check.
+Both stores (Redis through Lua, memory through Python) execute plans the same way:
+
+- reserve: if `used + amount > limit` for any checked line, change nothing and refuse; otherwise add
+  `amount` to `used` and to `reserved` on every line and record the reservation, which expires at
+  `now + ttl`.
+- settle: if the reservation is still recorded, add `actual - amount` to `used`, take `amount` out
+  of `reserved`, apply the tally increments, and forget the reservation; otherwise change nothing.
+- expiry (swept by every operation in the namespace): take `amount` out of `reserved` and leave
+  `used` alone, so the call stays charged at its estimate.
+
+Money is integer nano-USD (`to_nano` rounds a cost up to the next nano-dollar when it is not whole).
+Windows are fixed and in UTC: the minute and the day for rate limits, the calendar period for budgets.
+Every Redis key of a plan shares the hash tag `{<namespace>}` (a key's budgets live in its namespace),
+so one script call touches one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Final, Literal
+
+from tollway_sidecar.config.models import Budget, FailurePolicy, Limits, Period, VirtualKey
+from tollway_sidecar.quota.estimate import Estimate
+from tollway_sidecar.quota.periods import period_bounds, period_key
+
+__all__ = [
+    "KEY_PERIOD",
+    "NANO_PER_USD",
+    "Charge",
+    "Increment",
+    "Line",
+    "Plan",
+    "Settlement",
+    "anonymous_user",
+    "budget_key",
+    "build_plan",
+    "from_nano",
+    "key_day_key",
+    "key_minute_key",
+    "key_month_key",
+    "ms_to_datetime",
+    "namespace_prefix",
+    "settlement_for",
+    "to_nano",
+    "user_tag",
+]
+
+NANO_PER_USD: Final = 1_000_000_000
+KEY_PERIOD: Final[Period] = "Monthly"  # the period /spend reports a key's own spend for
+MINUTE_MS: Final = 60_000
+DAY_MS: Final = 86_400_000
+# How long a window's counters outlive the window (late settles still land; /spend still reads them).
+_MINUTE_GRACE_MS: Final = 2 * MINUTE_MS
+_DAY_GRACE_MS: Final = 60 * MINUTE_MS
+_PERIOD_GRACE_MS: Final = DAY_MS
+
+Metric = Literal["requests", "tokens", "usd"]
+Scope = Literal["key", "user", "budget", "tally"]
+Window = Literal["minute", "day", "period", "month"]
+
+
+def to_nano(usd: Decimal) -> int:
+    """USD → integer nano-USD, rounded up only when not already whole."""
+    return int((usd * NANO_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_nano(nano: int) -> Decimal:
+    return Decimal(nano).scaleb(-9)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _datetime_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def namespace_prefix(namespace: str) -> str:
+    """`tw:{<namespace>}:` — the hash tag keeps a namespace's keys in one Redis Cluster slot."""
+    return f"tw:{{{namespace}}}:"
+
+
+def user_tag(user: str | None) -> str:
+    """How an end user appears in key names: a digest (user ids are arbitrary client text)."""
+    if user is None:
+        return anonymous_user()
+    return hashlib.sha256(user.encode()).hexdigest()[:32]
+
+
+def anonymous_user() -> str:
+    return "-"
+
+
+def key_minute_key(key: VirtualKey, minute: int) -> str:
+    return f"{namespace_prefix(key.namespace)}k:{key.name}:m:{minute}"
+
+
+def key_day_key(key: VirtualKey, day: int) -> str:
+    return f"{namespace_prefix(key.namespace)}k:{key.name}:d:{day}"
+
+
+def key_month_key(key: VirtualKey, now: datetime) -> str:
+    return f"{namespace_prefix(key.namespace)}k:{key.name}:mo:{period_key(KEY_PERIOD, now)}"
+
+
+def budget_key(budget: Budget, now: datetime, user: str | None = None) -> str:
+    """The budget's counter for the period containing `now`; `user` (a `user_tag`) for perUser copies."""
+    base = f"{namespace_prefix(budget.namespace)}b:{budget.name}:{period_key(budget.period, now)}"
+    return base if user is None else f"{base}:u:{user}"
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One counter a call reserves against. `limit` -1: counted, never checked."""
+
+    key: str
+    used_field: str
+    rsv_field: str  # "" when the counter keeps no reserved amount (requests)
+    amount: int
+    limit: int
+    ttl_ms: int  # from now until the counter may be dropped; 0 = never
+    metric: Metric
+    scope: Scope
+    window: Window
+    resets_at: datetime | None  # the window's end; None for a Total budget
+    budget: Budget | None = None
+    user: str | None = None  # the end user, for perUser lines (as the client sent it)
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    key: str
+    field: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    namespace: str
+    rid: str
+    now_ms: int
+    ttl_ms: int  # how long the reservation lives unless settled
+    lines: tuple[Line, ...]
+    on_expiry: tuple[Increment, ...]  # tallies an expired reservation adds (its estimated tokens)
+    key_id: str = ""
+    failure_policy: FailurePolicy = "FailClosed"
+    keys: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(dict.fromkeys(line.key for line in self.lines)))
+
+    @property
+    def prefix(self) -> str:
+        return namespace_prefix(self.namespace)
+
+    @property
+    def reservation_key(self) -> str:
+        return f"{self.prefix}r:{self.rid}"
+
+    @property
+    def index_key(self) -> str:
+        return f"{self.prefix}rz"
+
+    @property
+    def reservation_prefix(self) -> str:
+        return f"{self.prefix}r:"
+
+    @property
+    def expires_at_ms(self) -> int:
+        return self.now_ms + self.ttl_ms
+
+
+def _limit_lines(
+    limits: Limits,
+    minute_key: str,
+    day_key: str,
+    tokens: int,
+    now_ms: int,
+    scope: Scope,
+    user: str | None,
+) -> list[Line]:
+    minute_end = (now_ms // MINUTE_MS + 1) * MINUTE_MS
+    day_end = (now_ms // DAY_MS + 1) * DAY_MS
+    minute_ttl = minute_end - now_ms + _MINUTE_GRACE_MS
+    day_ttl = day_end - now_ms + _DAY_GRACE_MS
+    minute_reset, day_reset = ms_to_datetime(minute_end), ms_to_datetime(day_end)
+    lines = []
+    if limits.requests_per_minute is not None:
+        lines.append(
+            Line(minute_key, "req", "", 1, limits.requests_per_minute, minute_ttl,
+                 "requests", scope, "minute", minute_reset, user=user)
+        )  # fmt: skip
+    if limits.tokens_per_minute is not None:
+        lines.append(
+            Line(minute_key, "tok", "tok_r", tokens, limits.tokens_per_minute, minute_ttl,
+                 "tokens", scope, "minute", minute_reset, user=user)
+        )  # fmt: skip
+    if limits.tokens_per_day is not None:
+        lines.append(
+            Line(day_key, "tok", "tok_r", tokens, limits.tokens_per_day, day_ttl,
+                 "tokens", scope, "day", day_reset, user=user)
+        )  # fmt: skip
+    return lines
+
+
+def build_plan(
+    *,
+    key: VirtualKey,
+    budgets: dict[str, Budget],
+    user: str | None,
+    estimate: Estimate,
+    rid: str,
+    now_ms: int,
+    reservation_ttl_ms: int,
+    default_failure_policy: FailurePolicy = "FailClosed",
+) -> Plan:
+    """Every counter the call touches, with what it reserves and the limit it must stay within."""
+    now = ms_to_datetime(now_ms)
+    tokens = estimate.total_tokens
+    usd = to_nano(estimate.cost_usd)
+    minute, day = now_ms // MINUTE_MS, now_ms // DAY_MS
+    lines = _limit_lines(
+        key.limits, key_minute_key(key, minute), key_day_key(key, day), tokens, now_ms, "key", None
+    )
+    if not key.per_user_limits.empty:
+        tag = user_tag(user)
+        prefix = f"{namespace_prefix(key.namespace)}u:{key.name}:{tag}"
+        lines += _limit_lines(
+            key.per_user_limits, f"{prefix}:m:{minute}", f"{prefix}:d:{day}", tokens, now_ms, "user", user
+        )
+    policies: list[FailurePolicy] = []
+    for budget_id in dict.fromkeys(key.budgets):
+        budget = budgets.get(budget_id)
+        if budget is None:
+            continue
+        _start, end = period_bounds(budget.period, now)
+        ttl = 0 if end is None else _datetime_ms(end) - now_ms + _PERIOD_GRACE_MS
+        limit = to_nano(budget.limit_usd) if budget.action == "Block" else -1
+        if budget.action == "Block":
+            policies.append(budget.failure_policy)
+        if budget.per_user:
+            lines.append(
+                Line(budget_key(budget, now, user_tag(user)), "usd", "usd_r", usd, limit, ttl,
+                     "usd", "budget", "period", end, budget=budget, user=user)
+            )  # fmt: skip
+            # The total over all users, for /spend.
+            lines.append(
+                Line(budget_key(budget, now), "usd", "usd_r", usd, -1, ttl,
+                     "usd", "tally", "period", end, budget=budget)
+            )  # fmt: skip
+        else:
+            lines.append(
+                Line(budget_key(budget, now), "usd", "usd_r", usd, limit, ttl,
+                     "usd", "budget", "period", end, budget=budget)
+            )  # fmt: skip
+    month_key = key_month_key(key, now)
+    _start, month_end = period_bounds(KEY_PERIOD, now)
+    assert month_end is not None
+    month_ttl = _datetime_ms(month_end) - now_ms + _PERIOD_GRACE_MS
+    lines.append(Line(month_key, "usd", "usd_r", usd, -1, month_ttl, "usd", "tally", "month", month_end))
+    lines.append(Line(month_key, "req", "", 1, -1, month_ttl, "requests", "tally", "month", month_end))
+    on_expiry = (
+        Increment(month_key, "in", estimate.prompt_tokens),
+        Increment(month_key, "out", estimate.output_tokens),
+        Increment(month_key, "expired", 1),
+    )
+    if "FailClosed" in policies:
+        policy: FailurePolicy = "FailClosed"
+    elif policies:
+        policy = "FailOpen"
+    elif not key.limits.empty or not key.per_user_limits.empty:
+        policy = default_failure_policy
+    else:
+        policy = "FailOpen"  # nothing to enforce: only counting
+    return Plan(
+        namespace=key.namespace,
+        rid=rid,
+        now_ms=now_ms,
+        ttl_ms=reservation_ttl_ms,
+        lines=tuple(lines),
+        on_expiry=on_expiry,
+        key_id=key.id,
+        failure_policy=policy,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a finished call is charged: tokens and nano-USD, and whether usage was estimated."""
+
+    input_tokens: int
+    output_tokens: int
+    nano_usd: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """`deltas`: `actual - reserved` per used field (non-zero only); `tallies`: the key's counts."""
+
+    deltas: tuple[Increment, ...]
+    tallies: tuple[Increment, ...]
+
+
+def settlement_for(plan: Plan, charge: Charge) -> Settlement:
+    deltas: dict[tuple[str, str], int] = {}
+    for line in plan.lines:
+        if line.metric == "requests":
+            continue  # a request stays one request
+        actual = charge.total_tokens if line.metric == "tokens" else charge.nano_usd
+        if actual != line.amount:
+            deltas[(line.key, line.used_field)] = actual - line.amount
+    month = next(line.key for line in plan.lines if line.window == "month")
+    tallies = [Increment(month, "in", charge.input_tokens), Increment(month, "out", charge.output_tokens)]
+    if charge.estimated:
+        tallies.append(Increment(month, "unpriced", 1))
+    return Settlement(
+        deltas=tuple(Increment(key, name, amount) for (key, name), amount in deltas.items()),
+        tallies=tuple(tallies),
+    )

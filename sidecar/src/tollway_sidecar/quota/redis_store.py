@@ -1,0 +1,152 @@
+"""The Redis quota store: each operation is one Lua script, so one atomic round trip.
+
+The client never retries and never waits longer than `timeout_s` (socket, connection and pool
+waits included): a slow or unreachable Redis becomes `StoreUnavailable` well inside Envoy's ext_proc
+message timeout, and the caller's failure policy decides. After a failure, calls fail at once for
+`cooldown_s` instead of each waiting out the timeout; the next call after that tries Redis again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from tollway_sidecar.quota.plan import Plan, Settlement, namespace_prefix
+from tollway_sidecar.quota.store import (
+    READ_SWEEP_LIMIT,
+    SWEEP_LIMIT,
+    Batch,
+    ReserveResult,
+    StoreUnavailable,
+    record_of,
+)
+
+__all__ = ["RedisStore", "script_source"]
+
+log = logging.getLogger("tollway.quota.redis")
+T = TypeVar("T")
+
+
+def script_source(name: str) -> str:
+    """A script with the shared sweep function in front of it."""
+    folder = resources.files("tollway_sidecar.quota") / "lua"
+    return (folder / "sweep.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 0.2,
+        cooldown_s: float = 0.5,
+        max_connections: int = 64,
+        password: str | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.cooldown_s = cooldown_s
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=True,
+            **({"password": password} if password else {}),
+        )
+        self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        self._reserve = self._redis.register_script(script_source("reserve"))
+        self._settle = self._redis.register_script(script_source("settle"))
+        self._apply = self._redis.register_script(script_source("apply"))
+        self._read = self._redis.register_script(script_source("read"))
+        self._down_until = 0.0
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(f"Redis at {self._where()} failed moments ago; not retrying yet")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await make()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + self.cooldown_s
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            raise StoreUnavailable(f"Redis at {self._where()} {what}: {reason}") from exc
+
+    def _where(self) -> str:
+        return self.url.rsplit("@", 1)[-1]  # never the password
+
+    async def reserve(self, plan: Plan) -> ReserveResult:
+        keys = [plan.reservation_key, plan.index_key, *plan.keys]
+        position = {key: i + 3 for i, key in enumerate(plan.keys)}  # Lua's KEYS is 1-based
+        args: list[str | int] = [
+            plan.now_ms,
+            plan.rid,
+            plan.ttl_ms,
+            plan.reservation_prefix,
+            SWEEP_LIMIT,
+            record_of(plan),
+            len(plan.lines),
+        ]
+        for line in plan.lines:
+            args += [
+                position[line.key],
+                line.used_field,
+                line.rsv_field,
+                line.amount,
+                line.limit,
+                line.ttl_ms,
+            ]
+        reply = await self._call("reserve", lambda: self._reserve(keys=keys, args=args))
+        values = [int(value) for value in reply]
+        return ReserveResult(values[0] == 1, tuple(values[1:]))
+
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+        items = [*settlement.deltas, *settlement.tallies]
+        counters = list(dict.fromkeys(item.key for item in items))
+        position = {key: i + 3 for i, key in enumerate(counters)}
+        keys = [plan.reservation_key, plan.index_key, *counters]
+        args: list[str | int] = [now_ms, plan.rid, plan.reservation_prefix, SWEEP_LIMIT, len(items)]
+        for item in items:
+            args += [position[item.key], item.field, item.amount]
+        reply = await self._call("settle", lambda: self._settle(keys=keys, args=args))
+        return int(reply) == 1
+
+    async def apply(self, batch: Batch) -> bool:
+        counters = list(dict.fromkeys(line.key for line in batch.lines))
+        position = {key: i + 2 for i, key in enumerate(counters)}
+        args: list[str | int] = [len(batch.lines)]
+        for line in batch.lines:
+            args += [position[line.key], line.field, line.amount, line.ttl_ms]
+        keys = [batch.mark_key, *counters]
+        reply = await self._call("apply", lambda: self._apply(keys=keys, args=args))
+        return int(reply) == 1
+
+    async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
+        prefix = namespace_prefix(namespace)
+        all_keys = [prefix + "rz", *keys]
+        args: list[str | int] = [now_ms, prefix + "r:", READ_SWEEP_LIMIT]
+        reply = await self._call("read", lambda: self._read(keys=all_keys, args=args))
+        out: dict[str, dict[str, int]] = {}
+        for key, flat in zip(keys, reply, strict=True):
+            out[key] = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return out
+
+    async def ping(self) -> None:
+        await self._call("ping", self._redis.ping)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,91 @@
+"""The interface both quota stores implement (`memory.MemoryStore`, `redis_store.RedisStore`).
+
+Every operation takes the caller's clock (`now_ms`), never the store's: fixed windows and
+reservation expiry then behave the same in both stores, and tests drive period rollover by passing
+another time instead of sleeping. Each operation is one atomic step (one Lua script in Redis).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from tollway_sidecar.quota.plan import Plan, Settlement
+
+__all__ = [
+    "SWEEP_LIMIT",
+    "Batch",
+    "BatchLine",
+    "QuotaStore",
+    "ReserveResult",
+    "StoreUnavailable",
+    "record_of",
+]
+
+SWEEP_LIMIT: Final = 32  # expired reservations cleared per reserve/settle (reads clear up to 1000)
+READ_SWEEP_LIMIT: Final = 1000
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    admitted: bool
+    used: tuple[int, ...]  # each line's `used` before this call
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    key: str
+    field: str
+    amount: int
+    ttl_ms: int  # 0: never expires; applied only to a counter without an expiry
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Counts kept locally while the store was unreachable, to add once it answers again."""
+
+    namespace: str
+    batch_id: str
+    now_ms: int
+    lines: tuple[BatchLine, ...]
+
+    @property
+    def mark_key(self) -> str:
+        return f"tw:{{{self.namespace}}}:rec:{self.batch_id}"
+
+
+def record_of(plan: Plan) -> str:
+    """The stored reservation: what to take out of `reserved`, and what expiry adds (JSON)."""
+    rsv = [[line.key, line.rsv_field, str(line.amount)] for line in plan.lines if line.rsv_field]
+    expiry = [[item.key, item.field, str(item.amount)] for item in plan.on_expiry]
+    return json.dumps([rsv, expiry], separators=(",", ":"))
+
+
+class QuotaStore(Protocol):
+    name: str
+
+    async def reserve(self, plan: Plan) -> ReserveResult:
+        """Reserve every line of `plan` if all checked lines have room; nothing otherwise."""
+        ...
+
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+        """Replace the reservation with the settlement; False (and no change) when it is not open."""
+        ...
+
+    async def apply(self, batch: Batch) -> bool:
+        """Add a batch of counts once; False when this batch was applied before."""
+        ...
+
+    async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
+        """The fields of each counter (missing counters are empty), after expiring due reservations."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

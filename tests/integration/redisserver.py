@@ -1,0 +1,107 @@
+"""A real redis-server for the tests, on a free loopback port, which a test may stop, pause and restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def redis_binary() -> str:
+    """redis-server from scripts/tools/redis.sh (`make tools` installs it; this never installs)."""
+    found = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "tools" / "redis.sh")],
+        env={**os.environ, "TOLLWAY_TOOLS_NO_BUILD": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        raise RuntimeError(f"redis-server is not available (run `make tools`):\n{found.stderr}")
+    return found.stdout.strip().splitlines()[-1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.binary = redis_binary()
+        self.workdir = workdir
+        self.port = port or _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - the child keeps its own copy
+        with log:
+            options = {
+                "port": str(self.port),
+                "bind": "127.0.0.1",
+                "save": "",
+                "appendonly": "no",
+                "dir": str(self.workdir),
+                "daemonize": "no",
+                "protected-mode": "no",
+            }
+            argv = [self.binary]
+            for name, value in options.items():
+                argv += [f"--{name}", value]
+            self.process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}")
+            if self.ping():
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel, nothing answers (a hung Redis)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)

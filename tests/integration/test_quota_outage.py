@@ -1,0 +1,109 @@
+"""Redis stopped, restarted and hung under a running gateway: each Budget's failurePolicy decides,
+and enforcement resumes when Redis answers again, without restarting anything."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from httpcall import Answer, bearer, call
+from quotagateway import QuotaGateway, budget_yaml, config_folder, key_value, key_yaml, start_gateway
+from redisserver import RedisServer
+
+from tollway.dev import free_port
+
+CHAT = "/v1/chat/completions"
+BODY = json.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+).encode()
+# The mock answers "hi" with 5 prompt and 20 completion tokens: 5 x $0.15/M + 20 x $0.60/M.
+COST = Decimal("0.00001275")
+# What a call reserves: 9 estimated prompt tokens + max_tokens 20.
+RESERVED = Decimal("0.00001335")
+
+RESOURCES = "".join(
+    [
+        budget_yaml("closed-budget", "10", "failurePolicy: FailClosed"),
+        key_yaml("closed", "budgetRefs: [closed-budget]"),
+        # Exactly three calls' worth: the three served during the outage use it up once counted.
+        budget_yaml("open-budget", 3 * COST, "failurePolicy: FailOpen"),
+        key_yaml("open", "budgetRefs: [open-budget]"),
+    ]
+)
+
+
+@dataclass
+class Outage:
+    redis: RedisServer
+    gateway: QuotaGateway
+
+    def chat(self, key: str) -> Answer:
+        return call(self.gateway.origin, "POST", CHAT, BODY, bearer(key_value(key)))
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
+    base = tmp_path_factory.mktemp("outage")
+    redis = RedisServer(base / "redis")
+    redis.start()
+    mock_port = free_port()
+    try:
+        gateway = start_gateway(
+            base / "gw", config_folder(base, mock_port, RESOURCES), redis.url, mock_port=mock_port
+        )
+        try:
+            yield Outage(redis, gateway)
+        finally:
+            gateway.dev.stop()
+    finally:
+        redis.stop()
+
+
+def wait_until(check: Callable[[], bool], what: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {seconds:.0f} s"
+        time.sleep(0.1)
+
+
+def test_redis_down_fail_closed_refuses_fail_open_serves_and_both_recover(outage: Outage) -> None:
+    assert outage.chat("closed").status == 200
+
+    outage.redis.stop()
+    refused = outage.chat("closed")
+    assert refused.status == 503
+    assert refused.error["code"] == "quota_store_unavailable"
+    assert "quota store (Redis) is unreachable" in refused.error["message"]
+    assert "'default/closed'" in refused.error["message"]
+    served = [outage.chat("open") for _ in range(3)]
+    assert [answer.status for answer in served] == [200, 200, 200]
+    assert outage.gateway.spend()["status"] == 503  # /spend says it cannot read the store
+
+    outage.redis.start()  # same port, empty: nothing survived the restart
+    wait_until(lambda: outage.chat("closed").status == 200, "FailClosed serves again")
+    wait_until(lambda: outage.gateway.spend().get("pending_reconciliation") == 0, "the local counts are sent")
+    spend = outage.gateway.spend()
+    key = spend["keys"]["default/open"]
+    assert key["requests"] == 3 and key["input_tokens"] == 15 and key["output_tokens"] == 60
+    budget = spend["budgets"]["default/open-budget"]
+    assert Decimal(budget["spent_usd"]) == 3 * COST == Decimal(budget["limit_usd"])
+    # Enforcement resumed: the budget the outage calls spent now refuses the next one.
+    after = outage.chat("open")
+    assert after.status == 429 and after.error["code"] == "budget_exceeded"
+    assert f"may cost up to ${RESERVED}" in after.error["message"]
+
+
+def test_a_hung_redis_is_a_503_not_a_hang(outage: Outage) -> None:
+    assert outage.chat("closed").status == 200
+    outage.redis.pause()  # accepts connections, answers nothing
+    try:
+        answer = outage.chat("closed")
+        assert answer.status == 503  # our timeout (200 ms), not Envoy's 2 s message timeout
+        assert answer.error["code"] == "quota_store_unavailable"
+    finally:
+        outage.redis.resume()
+    wait_until(lambda: outage.chat("closed").status == 200, "serving again after Redis resumed")

@@ -1,0 +1,150 @@
+"""The gate's failure policies against a store that goes away and comes back (the memory store behind
+a switch), with a driven clock."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Limits, Pricing, Route, VirtualKey
+from tollway_sidecar.pricing import PriceBook
+from tollway_sidecar.quota.decision import Denial
+from tollway_sidecar.quota.gate import Admission, QuotaGate
+from tollway_sidecar.quota.memory import MemoryStore
+from tollway_sidecar.quota.plan import Charge, Plan, Settlement, budget_key, key_month_key
+from tollway_sidecar.quota.store import Batch, ReserveResult, StoreUnavailable
+
+NOW = int(datetime(2026, 3, 14, 12, 0, tzinfo=UTC).timestamp() * 1000)
+BACKEND = Backend(
+    name="b",
+    provider="openai-compatible",
+    model="gpt-4o-mini",
+    base_url="http://x",
+    pricing=Pricing(input_per_million=Decimal("1"), output_per_million=Decimal("1")),
+)
+ROUTE = Route(id="r", name="r", namespace="default", model="gpt-4o-mini", backends=(BACKEND,))
+PRICES = PriceBook(GatewayConfig(routes=(ROUTE,)))
+BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 91}  # 9 + 91 = 100 tokens
+
+
+class Switch:
+    """The memory store, unreachable while `down`."""
+
+    name = "switch"
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("down")
+
+    async def reserve(self, plan: Plan) -> ReserveResult:
+        self._check()
+        return await self.inner.reserve(plan)
+
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+        self._check()
+        return await self.inner.settle(plan, settlement, now_ms)
+
+    async def apply(self, batch: Batch) -> bool:
+        self._check()
+        return await self.inner.apply(batch)
+
+    async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
+        self._check()
+        return await self.inner.read(namespace, keys, now_ms)
+
+    async def ping(self) -> None:
+        self._check()
+
+    async def close(self) -> None:
+        return None
+
+
+def budget(policy: str) -> Budget:
+    return Budget(name="cap", namespace="default", limit_usd=Decimal("1"), failure_policy=policy)  # type: ignore[arg-type]
+
+
+def key(*budgets: str, limits: Limits | None = None) -> VirtualKey:
+    return VirtualKey(
+        name="app", namespace="default", key_sha256="0" * 64, budgets=budgets, limits=limits or Limits()
+    )
+
+
+async def admit(gate: QuotaGate, vkey: VirtualKey, budgets: dict[str, Budget]) -> Admission | Denial:
+    return await gate.admit(
+        key=vkey,
+        budgets=budgets,
+        route=ROUTE,
+        prices=PRICES,
+        operation="chat",
+        body=BODY,
+        user=None,
+        rid="rid-1",
+    )
+
+
+async def test_fail_closed_answers_503_naming_the_store() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW)
+    store.down = True
+    denial = await admit(gate, key("default/cap"), {"default/cap": budget("FailClosed")})
+    assert isinstance(denial, Denial)
+    assert (denial.status, denial.code) == (503, "quota_store_unavailable")
+    assert "quota store (Redis) is unreachable" in denial.message
+
+
+async def test_limits_without_a_budget_follow_the_configured_policy() -> None:
+    store = Switch()
+    store.down = True
+    limited = key(limits=Limits(requests_per_minute=5))
+    closed = await admit(QuotaGate(store, clock=lambda: NOW), limited, {})
+    assert isinstance(closed, Denial) and closed.status == 503
+    opened = await admit(QuotaGate(store, clock=lambda: NOW, failure_policy="FailOpen"), limited, {})
+    assert isinstance(opened, Admission) and opened.local
+    nothing = await admit(QuotaGate(store, clock=lambda: NOW), key(), {})  # nothing to enforce
+    assert isinstance(nothing, Admission) and nothing.local
+
+
+async def test_fail_open_counts_locally_and_reconciles_once_the_store_answers() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW)
+    budgets = {"default/cap": budget("FailOpen")}
+    store.down = True
+    admission = await admit(gate, key("default/cap"), budgets)
+    assert isinstance(admission, Admission) and admission.local
+    await gate.settle(admission, Charge(9, 41, 50_000))
+    assert gate.pending == 5  # counters: the budget, and the key's usd, requests, in, out
+    with contextlib.suppress(StoreUnavailable):
+        await gate.reconcile()
+    assert gate.pending == 1  # still down: kept, as one batch for the namespace
+    store.down = False
+    await gate.reconcile()
+    assert gate.pending == 0
+    now = datetime.fromtimestamp(NOW / 1000, tz=UTC)
+    cap = budget_key(budgets["default/cap"], now)
+    month = key_month_key(key(), now)
+    counters = await store.read("default", [cap, month], NOW)
+    assert counters[cap] == {"usd": 50_000}
+    assert counters[month] == {"usd": 50_000, "req": 1, "in": 9, "out": 41}
+
+
+async def test_a_settle_that_fails_is_retried_until_the_store_answers() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW)
+    budgets = {"default/cap": budget("FailClosed")}
+    admission = await admit(gate, key("default/cap"), budgets)
+    assert isinstance(admission, Admission) and not admission.local
+    assert admission.estimate.total_tokens == 100
+    store.down = True
+    await gate.settle(admission, Charge(9, 1, 10_000))
+    assert gate.pending == 1
+    store.down = False
+    await gate.reconcile()
+    cap = budget_key(budgets["default/cap"], datetime.fromtimestamp(NOW / 1000, tz=UTC))
+    assert (await store.read("default", [cap], NOW))[cap] == {"usd": 10_000, "usd_r": 0}
+    await gate.close()
