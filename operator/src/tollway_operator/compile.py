@@ -400,6 +400,7 @@ class _Compiler:
             ),
             timeout_ms=spec.timeout_ms,
             sticky_user=spec.sticky_user,
+            capture_content=spec.capture_content,
         )
 
     def credential(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:

@@ -296,6 +296,7 @@ class RouteRuleSpec(Spec):
     fallback: FallbackSpec = FallbackSpec()
     timeout_ms: DurationMs = Field(default=60_000, alias="timeout")
     sticky_user: StrictBool = False
+    capture_content: StrictBool | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []

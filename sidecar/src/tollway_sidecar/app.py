@@ -24,6 +24,7 @@ from tollway_sidecar.quota.redis_store import RedisStore
 from tollway_sidecar.quota.store import QuotaStore, StoreUnavailable
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 from tollway_sidecar.settings import SidecarSettings
+from tollway_sidecar.tracing import Tracing
 from tollway_sidecar.xds import write_dynamic_resources
 
 log = logging.getLogger("tollway.sidecar")
@@ -44,6 +45,9 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         CompiledConfig.build(config),
         max_request_bytes=settings.max_request_bytes,
         quota=await _quota_gate(settings),
+        tracing=Tracing.from_env(
+            capture_content=settings.capture_content, redact_patterns=settings.redact_patterns
+        ),
     )
     write_dynamic_resources(config, settings.xds_dir)
 
@@ -92,6 +96,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         await server.stop(grace=5)
         await admin.cleanup()
         await runtime.quota.close()
+        runtime.tracing.shutdown()  # flushes the spans still queued
 
 
 async def _quota_gate(settings: SidecarSettings) -> QuotaGate:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Route, VirtualKey
 from tollway_sidecar.pricing import PriceBook
 from tollway_sidecar.routing.plan import RoutePlan, plans_for
+from tollway_sidecar.tracing import Tracing
 
 if TYPE_CHECKING:
     from tollway_sidecar.extproc.state import RequestState
@@ -93,7 +94,12 @@ class Runtime:
     """Everything the request path reads: the current config, the quota gate, in-flight requests."""
 
     def __init__(
-        self, compiled: CompiledConfig, *, max_request_bytes: int, quota: QuotaGate | None = None
+        self,
+        compiled: CompiledConfig,
+        *,
+        max_request_bytes: int,
+        quota: QuotaGate | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         from tollway_sidecar.quota.gate import QuotaGate
         from tollway_sidecar.quota.memory import MemoryStore
@@ -103,6 +109,7 @@ class Runtime:
         self.max_request_bytes = max_request_bytes
         self.quota = quota or QuotaGate(MemoryStore())
         self.inflight = Inflight()
+        self.tracing = tracing or Tracing()  # no-op unless the app configures an exporter
         self.metrics = Metrics()
         self.metrics.config_loaded(compiled.config)
         self.quota.bind_metrics(self.metrics.registry)

@@ -34,9 +34,12 @@ class SidecarSettings(BaseSettings):
     `rediss://` for TLS, `unix:///path`). Unset: an in-memory store (one process only)."""
     redis_password: SecretStr | None = None
     """The Redis password, when it is kept apart from the URL (the chart reads it from a Secret)."""
-    redis_timeout_ms: int = Field(default=200, gt=0, lt=2000)
+    redis_timeout_ms: int = Field(default=1000, gt=0, lt=2000)
     """Longest wait for one Redis operation (connect and pool wait included); must stay well under
-    Envoy's ext_proc message timeout (2 s), so a slow Redis becomes the failure policy, never a hang."""
+    Envoy's ext_proc message timeout (2 s), so a slow Redis becomes the failure policy, never a hang.
+    It covers the sidecar's own event-loop lag too: under a burst on a busy node, 200 ms was seen to
+    pass with Redis healthy, which turned local saturation into 'quota store unreachable' answers. An
+    unreachable Redis still fails at once (connection refused); only a hung one waits this long."""
     quota_default_max_tokens: int = Field(default=4096, gt=0)
     """Output tokens reserved for a chat call that sets neither max_tokens nor max_completion_tokens."""
     quota_reservation_ttl_seconds: float = Field(default=600, gt=0)

@@ -147,6 +147,7 @@ class Route(_Value):
     backends: tuple[Backend, ...]  # in fallback order (priority, then declaration)
     fallback: Fallback = Fallback()
     timeout_ms: int = 60_000  # per attempt
+    capture_content: bool | None = None  # prompts/completions on spans; None: the sidecar's setting
     sticky_user: bool = False  # Weighted: one end user always gets the same first backend
 
 

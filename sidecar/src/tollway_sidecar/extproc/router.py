@@ -16,7 +16,7 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from tollway_sidecar.extproc import answer, dispatch
+from tollway_sidecar.extproc import answer, dispatch, spans
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
@@ -58,6 +58,7 @@ class RouterCall:
     def on_request_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
         headers = msg.headers_of(message)
         state = self.state
+        spans.start_call(self.runtime.tracing, state, headers)
         state.envoy_request_id = headers.get("x-request-id", "")
         method = headers.get(":method", "")
         path = headers.get(":path", "").split("?", 1)[0]
@@ -104,6 +105,7 @@ class RouterCall:
                 401, f"The key '{key.name}' expired at {expired}.", "invalid_request_error", "key_expired"
             )
         state.key = key
+        spans.identified(state)
         # The end user: x-tollway-user, else the body's `user`, else Helicone-User-Id (issue 3).
         state.end_user = headers.get("x-tollway-user") or None
         self.helicone_user = headers.get("helicone-user-id") or None
@@ -135,6 +137,7 @@ class RouterCall:
         ]
         body = json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
         self.state.status = 200
+        spans.finished(self.runtime.tracing, self.state)
         return msg.immediate(200, body, details="models")
 
     # -- request body ---------------------------------------------------------------------------
@@ -205,6 +208,9 @@ class RouterCall:
                 headers=admission.headers,
             )
         state.quota = admission
+        spans.admitted(self.runtime.tracing, state, body)
+        if state.stream and spans.capture_content(self.runtime.tracing, state):
+            state.stream_text = spans.StreamText()
         self.runtime.inflight.add(state)
         set_headers = {ROUTE_HEADER: route.id, RID_HEADER: state.request_id}
         set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
@@ -265,6 +271,10 @@ class RouterCall:
     def on_response_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
         state = self.state
         if state.sse is not None:
+            if state.first_chunk_at is None and message.body:
+                state.first_chunk_at = time.monotonic()
+            if state.stream_text is not None:
+                state.stream_text.feed(message.body)
             replacement = state.sse.feed(message.body)
             if message.end_of_stream:
                 owed = state.sse.flush()
@@ -287,6 +297,9 @@ class RouterCall:
         assert state.backend is not None
         parsed = parse_json(state.backend.provider, message.body)
         state.response_model = parsed.model
+        state.finish_reasons = tuple(parsed.finish_reasons)
+        if spans.capture_content(self.runtime.tracing, state):
+            state.completion = spans.completion_text(message.body)
         if parsed.usage is None and state.status < 400:
             log.warning(
                 "usage unknown for %s response from backend %s: %s",
@@ -311,6 +324,9 @@ class RouterCall:
         assert state.sse is not None and state.backend is not None
         parsed = state.sse.finish()
         state.response_model = parsed.model
+        state.finish_reasons = tuple(parsed.finish_reasons)
+        if state.stream_text is not None:
+            state.completion = state.stream_text.text
         if parsed.usage is None or not parsed.complete:
             log.warning(
                 "stream from backend %s ended %s; usage %s (%s)",
@@ -360,7 +376,12 @@ class RouterCall:
             output_tokens=usage.output_tokens if usage else None,
             cost=cost,
             seconds=time.monotonic() - state.started,
+            provider=backend.provider if backend else "",
+            ttft=(state.first_chunk_at - state.started) if state.first_chunk_at is not None else None,
+            route=state.route.id,
+            attempts=max(state.attempts, 1),
         )
+        spans.finished(self.runtime.tracing, state, state.completion)
 
     def on_stream_closed(self) -> None:
         """The ext_proc stream ended: settle whatever is still open (a client gone mid-stream)."""
@@ -373,6 +394,8 @@ class RouterCall:
                 self._finish(None)
         elif state.route is not None and not state.finished:
             self._finish(None)  # admitted, never sent upstream: settles the reservation at zero
+        if state.span is not None:  # a call that ended before any answer (the client went away)
+            spans.finished(self.runtime.tracing, state)
 
     def _deny(
         self,
@@ -385,6 +408,7 @@ class RouterCall:
     ) -> ep.ProcessingResponse:
         self.state.status = status
         self.runtime.metrics.denials.labels(code or error_type).inc()
+        spans.denied(self.state, status, code, message)
         anthropic = self.state.path.rstrip("/") == "/v1/messages"
         return msg.error(
             status,

@@ -50,3 +50,11 @@ class RequestState:
     replacement: Attempt | None = None  # the failed attempt answered in place of the final one
     translator: ChunkTranslator | None = None  # Anthropic events → OpenAI chunks
     translate_json: bool = False  # a buffered Anthropic answer to an OpenAI client
+    # Tracing and metrics (issue 6)
+    span: Any = None  # the call's SERVER span (opentelemetry Span), None once ended
+    session: str | None = None  # x-tollway-session
+    properties: dict[str, str] = field(default_factory=dict)  # x-tollway-property-<name>
+    first_chunk_at: float | None = None  # monotonic; the first streamed body chunk
+    finish_reasons: tuple[str, ...] = ()
+    completion: str | None = None  # the answer's text, kept only when content capture is on
+    stream_text: Any = None  # spans.StreamText while capturing a streamed answer

@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 
 from tollway_sidecar.config.models import Backend
 from tollway_sidecar.extproc import messages as msg
+from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.dispatch import call_id_of
 from tollway_sidecar.extproc.router import RID_HEADER
 from tollway_sidecar.extproc.state import RequestState
@@ -113,12 +114,13 @@ class UpstreamAttempt:
             number=number, backend=backend.name, provider=backend.provider, started=now + self.hold_seconds
         )
         state.attempt_log.append(self.attempt)
+        trace_headers = spans.start_attempt(self.runtime.tracing, state, self.attempt, backend)
 
         # The client's path, not this attempt's `:path`: that may be an earlier attempt's rewrite.
         rewrite = request_headers(backend, state.operation, state.path, headers)
         return msg.continue_headers(
             "request_headers",
-            set_headers={":path": rewrite.path, **rewrite.set_headers},
+            set_headers={":path": rewrite.path, **rewrite.set_headers, **trace_headers},
             remove=[*_INTERNAL_HEADERS, *rewrite.remove],
         )
 
@@ -155,6 +157,7 @@ class UpstreamAttempt:
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
         if attempt.status >= 400:
             attempt.error_body = b""
+            spans.end_attempt(attempt)
         attempt.ended = time.monotonic()
         return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("NONE"))
 
@@ -164,6 +167,7 @@ class UpstreamAttempt:
             attempt.error_body = bytes(message.body)
         if attempt is not None:
             attempt.ended = time.monotonic()
+            spans.end_attempt(attempt)
         return msg.continue_body("response_body")
 
     def on_stream_closed(self) -> None:
@@ -171,6 +175,7 @@ class UpstreamAttempt:
         if attempt is not None and attempt.status == 0:
             attempt.ended = time.monotonic()
             self._count("no_response")
+            spans.end_attempt(attempt, "no_response")
 
     def _count(self, outcome: str) -> None:
         state, backend = self.state, self.backend

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Any, Final
 
 from tollway_sidecar.providers.usage import TokenUsage
 
@@ -38,6 +38,7 @@ class Attempt:
     error_body: bytes | None = None
     usage: TokenUsage | None = None
     cost: Decimal | None = None
+    span: Any = None  # its CLIENT span while open (opentelemetry Span)
 
     @property
     def failed(self) -> bool:

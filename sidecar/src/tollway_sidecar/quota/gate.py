@@ -204,6 +204,11 @@ class QuotaGate:
         except StoreUnavailable as exc:
             self._timed("reserve", "unavailable", started)
             self._unreachable(exc)
+            # The script may have run with its reply lost (a timeout): release that reservation when
+            # the store answers again, or it would expire charged at its estimate. Settling is
+            # idempotent, so this is a no-op when nothing was reserved.
+            self._journal.settles.append((plan, settlement_for(plan, Charge(0, 0, 0))))
+            self._kick()
             if plan.failure_policy == "FailClosed":
                 return unavailable(plan)
             self.open += 1

@@ -49,7 +49,7 @@ class RedisStore:
         self,
         url: str,
         *,
-        timeout_s: float = 0.2,
+        timeout_s: float = 1.0,
         cooldown_s: float = 0.5,
         max_connections: int = 64,
         password: str | None = None,

