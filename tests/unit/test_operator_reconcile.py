@@ -351,3 +351,28 @@ async def test_a_deleted_config_secret_is_published_again(cluster: Cluster) -> N
     await cluster.reconciler.reconcile_once()
 
     assert ("tollway-system", "gw") in cluster.kube.secrets
+
+
+def _sample(cluster: Cluster, name: str, labels: dict[str, str] | None = None) -> float:
+    value = cluster.reconciler.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+async def test_metrics_count_passes_publishes_and_errors(cluster: Cluster) -> None:
+    await cluster.reconciler.reconcile_once()
+    cluster.sync_statuses()
+    await cluster.reconciler.reconcile_once()  # unchanged: a pass, no publish
+    assert _sample(cluster, "tollway_operator_reconciles_total", {"result": "ok"}) == 2
+    assert _sample(cluster, "tollway_operator_config_publishes_total") == 1
+    version = cluster.published().version
+    assert _sample(cluster, "tollway_operator_config_info", {"version": version}) == 1
+    assert _sample(cluster, "tollway_operator_resources", {"kind": BUDGET.name, "accepted": "true"}) == 1
+
+    cluster.apply(BUDGET.name, "monthly", {"limit": "-1"}, generation=2)  # invalid: left out, reported
+    cluster.kube.fail_publish = kopf.TemporaryError("HTTP 503", delay=5)
+    with pytest.raises(kopf.TemporaryError):
+        await cluster.reconciler.reconcile_once()
+    assert _sample(cluster, "tollway_operator_reconciles_total", {"result": "temporary_error"}) == 1
+    assert _sample(cluster, "tollway_operator_resources", {"kind": BUDGET.name, "accepted": "false"}) == 1
+    assert _sample(cluster, "tollway_operator_compile_errors") >= 1
+    assert _sample(cluster, "tollway_operator_reconcile_duration_seconds_count") == 3

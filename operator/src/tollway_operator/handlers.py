@@ -32,6 +32,7 @@ from tollway_operator.cluster import (
     snapshot_secret,
 )
 from tollway_operator.kube import Kube
+from tollway_operator.metrics import OperatorMetrics
 from tollway_operator.reconcile import Reconciler
 from tollway_operator.settings import OperatorSettings
 from tollway_operator.spend import SpendSync
@@ -55,6 +56,7 @@ class Operator:
     kube: Kube | None = None
     alerter: Alerter | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     _closers: list[Any] = field(default_factory=list)
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
@@ -105,7 +107,7 @@ class Operator:
             kwargs[SECRETS_INDEX],
         )
         self.kube = kube = await Kube.connect()
-        self.reconciler = reconciler = Reconciler(self.settings, kube, view)
+        self.reconciler = reconciler = Reconciler(self.settings, kube, view, self.metrics)
         self.tasks.append(asyncio.create_task(reconciler.run(), name="tollway-reconcile"))
         if self.settings.redis_url:
             from tollway_sidecar.quota.redis_store import RedisStore

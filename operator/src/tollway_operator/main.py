@@ -37,7 +37,10 @@ def main(settings: OperatorSettings | None = None) -> None:
     # change in the cluster. Our own loggers say what was done.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
     registry = kopf.OperatorRegistry()
-    Operator(settings).register(registry)
+    operator = Operator(settings)
+    operator.register(registry)
+    if settings.metrics_port:
+        operator.metrics.serve(settings.metrics_port)
     kopf.run(
         registry=registry,
         settings=kopf_settings(),

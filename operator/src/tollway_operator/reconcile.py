@@ -36,6 +36,7 @@ from tollway_operator.cluster import (
 )
 from tollway_operator.compile import CompileResult, compile_manifests
 from tollway_operator.kube import Kube
+from tollway_operator.metrics import OperatorMetrics
 from tollway_operator.minting import minted_secret
 from tollway_operator.publish import Publisher
 from tollway_operator.settings import OperatorSettings
@@ -49,8 +50,15 @@ _MAX_RETRY_SECONDS = 60.0
 
 
 class Reconciler:
-    def __init__(self, settings: OperatorSettings, kube: Kube, view: ClusterView) -> None:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        kube: Kube,
+        view: ClusterView,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or OperatorMetrics()
         self.kube = kube
         self.view = view
         self.publisher = Publisher(kube, settings.config_secret_namespace, settings.config_secret_name)
@@ -114,6 +122,23 @@ class Reconciler:
                 self.publisher.forget()
 
     async def reconcile_once(self) -> CompileResult:
+        """One pass, counted in the metrics by its result."""
+        with self.metrics.duration.time():
+            try:
+                result = await self._reconcile()
+            except kopf.TemporaryError:
+                self.metrics.passes.labels("temporary_error").inc()
+                raise
+            except kopf.PermanentError:
+                self.metrics.passes.labels("permanent_error").inc()
+                raise
+            except Exception:
+                self.metrics.passes.labels("error").inc()
+                raise
+        self.metrics.passes.labels("ok").inc()
+        return result
+
+    async def _reconcile(self) -> CompileResult:
         resources = self.view.all_resources()
         self._seen = {r.id: (r.uid, r.generation) for r in resources}
         wanted = {key for r in resources for key in referenced_secrets(r)}
@@ -126,10 +151,15 @@ class Reconciler:
         result = compile_manifests(manifests)
         self.result = result
         self.passes += 1
+        kinds: dict[str, int] = {}
+        for resource in resources:
+            kinds[resource.kind] = kinds.get(resource.kind, 0) + 1
+        self.metrics.compiled(result, kinds)
         where = "/".join(self.settings.config_secret_id)
         publish_error: kopf.TemporaryError | kopf.PermanentError | None = None
         try:
-            await self.publisher.publish(result.config)
+            if await self.publisher.publish(result.config):
+                self.metrics.publishes.inc()
             publication = Publication(True, where)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
             publish_error = exc

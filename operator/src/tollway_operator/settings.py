@@ -36,6 +36,8 @@ class OperatorSettings(BaseSettings):
     webhook_attempts: int = Field(default=4, ge=1)
     webhook_backoff_seconds: float = Field(default=1.0, ge=0)
     """Delay before the second webhook attempt; it doubles for each further attempt."""
+    metrics_port: int | None = 8082
+    """Prometheus metrics on http://0.0.0.0:<port>/metrics; unset (empty) to serve none."""
     health_port: int | None = 8081
     """Kopf's liveness probe on http://0.0.0.0:<port>/healthz; unset (empty) to serve none."""
     log_level: str = "INFO"
