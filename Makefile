@@ -8,6 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+OTEL_VERSION := $(shell sed -n 's/.*"opentelemetry-sdk==\([0-9.]*\)".*/\1/p' pyproject.toml | head -1)
 
 .PHONY: setup tools dev test unit integration lint format clean images
 
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# xds-protos ships an older copy of opentelemetry/proto/*; whichever wheel pip unpacks last wins.
+	@# Put opentelemetry-proto's own files back (tests/unit/test_packaging.py checks it).
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall "opentelemetry-proto==$(OTEL_VERSION)"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
