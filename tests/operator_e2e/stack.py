@@ -79,6 +79,7 @@ class OperatorProcess:
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     health_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -96,6 +97,7 @@ class OperatorProcess:
             "TOLLWAY_OPERATOR_REDIS_URL": self.redis_url,
             "TOLLWAY_OPERATOR_SPEND_INTERVAL": str(SPEND_INTERVAL),
             "TOLLWAY_OPERATOR_HEALTH_PORT": str(self.health_port),
+            "TOLLWAY_OPERATOR_METRICS_PORT": str(self.metrics_port),
             "TOLLWAY_OPERATOR_WEBHOOK_BACKOFF_SECONDS": "0.2",
             "TOLLWAY_OPERATOR_RETRY_SECONDS": "0.5",
             **self.extra_env,

@@ -13,8 +13,10 @@ import base64
 import hashlib
 import http.server
 import json
+import re
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -394,6 +396,22 @@ def used(stack: Stack, service_account: str) -> tuple[set[tuple[str, str, str, s
             ):
                 seen.add(rule)
     return seen, denied
+
+
+def test_the_operator_metrics_count_its_passes_and_publishes(stack: Stack) -> None:
+    url = f"http://127.0.0.1:{stack.operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+
+    def value(name: str) -> float:
+        match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+        assert match, f"{name} not in the operator's /metrics"
+        return float(match.group(1))
+
+    assert value('tollway_operator_reconciles_total{result="ok"}') >= 1
+    published = (stack.config_secret() or {})["metadata"]["annotations"]["tollway.dev/config-checksum"]
+    assert value(f'tollway_operator_config_info{{version="{published[:12]}"}}') == 1  # what is in the Secret
+    assert value("tollway_operator_reconcile_duration_seconds_count") >= 1
 
 
 def test_the_operator_rbac_is_enough_and_every_rule_is_used(stack: Stack) -> None:
