@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-state", action="store_true", help="keep the temp folder with every log")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--check-targets", action="store_true", help="exit 3 when a target is missed")
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        help="measure nothing: re-render the table, charts and report from a results JSON",
+    )
     return parser.parse_args(argv)
 
 
@@ -80,13 +86,23 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     config = build_config(args)
-    results = run(config)
-    config.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{'smoke' if args.smoke else 'bench'}-{stamp}.json"
-    raw = config.results_dir / name
-    raw.write_text(json.dumps(_jsonable(results), indent=1))
-    (config.results_dir / ("smoke-latest.json" if args.smoke else "latest.json")).write_text(raw.read_text())
+    if args.from_results is not None:
+        raw = args.from_results
+        results = _from_json(json.loads(raw.read_text()))
+        profile = results.get("profile") or {}
+        raw_profile = ROOT / str(profile.get("raw_file", ""))
+        if profile.get("raw_file") and raw_profile.is_file():
+            from bench.profiling import summarize_raw
+
+            profile.update(summarize_raw(raw_profile.read_text()))
+    else:
+        results = run(config)
+        config.results_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        raw = config.results_dir / f"{'smoke' if args.smoke else 'bench'}-{stamp}.json"
+        raw.write_text(json.dumps(_jsonable(results), indent=1))
+        latest = config.results_dir / ("smoke-latest.json" if args.smoke else "latest.json")
+        latest.write_text(raw.read_text())
     charts: list[Path] = []
     if not args.no_charts:
         from bench.charts import draw
@@ -105,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_targets and missed:
         return 3
     return 0
+
+
+def _from_json(value: Any) -> Any:
+    """The inverse of `_jsonable`."""
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

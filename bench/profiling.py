@@ -54,6 +54,30 @@ _AREAS = (
 )
 
 
+# What a sample was doing for the request path, by the functions on its stack (inclusive time;
+# one sample can count under several labels).
+_FEATURES = (
+    ("router filter: request headers (auth)", ("RouterCall.on_request_headers",)),
+    ("router filter: request body (validate, route, quota admit)", ("RouterCall.on_request_body",)),
+    ("router filter: response headers", ("RouterCall.on_response_headers",)),
+    ("router filter: response body (usage, price, settle)", ("RouterCall.on_response_body",)),
+    ("upstream filter (per attempt)", ("UpstreamAttempt.",)),
+    ("quota: admit (estimate + Redis reserve)", ("QuotaGate.admit",)),
+    ("quota: estimate (tokens + price)", ("estimate_call",)),
+    ("quota: settle", ("QuotaGate.settle",)),
+    ("Redis calls (redis-py)", ("RedisStore._call",)),
+    ("pricing: genai-prices calc_price", ("ModelPrice.calc_price",)),
+    (
+        "replies: protobuf building",
+        ("header_map", "mutation", "continue_body", "continue_headers", "immediate"),
+    ),
+    ("headers_of (request header dicts)", ("headers_of",)),
+    ("tracing: spans (start/end)", ("Tracer.start_span", "Span.end", "Span.set_attribute")),
+    ("tracing: OTLP export (batch thread)", ("OTLPSpanExporter.export", "BatchSpanProcessor")),
+    ("metrics: prometheus_client", ("MetricWrapperBase.labels", "Counter.inc", "Histogram.observe")),
+)
+
+
 def parse_frame(frame: str) -> tuple[str, str]:
     match = _FRAME.match(frame.strip())
     if not match:
@@ -71,12 +95,23 @@ def area_of(file: str, func: str = "") -> str:
     return "other"
 
 
+def _self_area(frames: list[tuple[str, str]]) -> str:
+    """The area of the leaf frame; asyncio/unknown leaves go to their nearest caller with an area
+    (time in asyncio's StreamWriter under redis-py is the Redis client's)."""
+    for func, file in reversed(frames):
+        area = area_of(file, func)
+        if area not in ("event loop", "other"):
+            return area
+    return area_of(frames[-1][1], frames[-1][0])
+
+
 def summarize_raw(text: str, top: int = 15) -> dict[str, Any]:
     total = 0
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     areas_self: Counter[str] = Counter()
     areas_incl: Counter[str] = Counter()
+    features: Counter[str] = Counter()
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -88,11 +123,15 @@ def summarize_raw(text: str, top: int = 15) -> dict[str, Any]:
             continue
         names = [f"{func} ({_short(file)})" for func, file in frames]
         self_time[names[-1]] += count
-        areas_self[area_of(frames[-1][1], frames[-1][0])] += count
+        areas_self[_self_area(frames)] += count
         for name in set(names):
             inclusive[name] += count
         for area in {area_of(file) for _func, file in frames if "tollway_sidecar/" in file}:
             areas_incl[area] += count
+        funcs = {func for func, _file in frames}
+        for label, needles in _FEATURES:
+            if any(f == n or f.startswith(n) or f.endswith("." + n) for f in funcs for n in needles):
+                features[label] += count
 
     def pct(counter: Counter[str]) -> list[list[Any]]:
         return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)] if total else []
@@ -103,6 +142,9 @@ def summarize_raw(text: str, top: int = 15) -> dict[str, Any]:
         "top_inclusive": pct(inclusive),
         "areas_self": pct(areas_self),
         "sidecar_areas_inclusive": pct(areas_incl),
+        "features_inclusive": [
+            [label, round(100 * features[label] / total, 1)] for label, _n in _FEATURES if total
+        ],
     }
 
 

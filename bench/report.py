@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -295,9 +296,11 @@ def write_report(results: dict[str, Any], path: Path, charts: list[Path], analys
         "",
         "### Maximum request rate",
         "",
-        "The highest offered rate (open loop) whose p99 — measured from the scheduled send time, minus "
-        "the upstream's own delay — stays within the limit, with < 1% errors and ≥ 95% of the offered "
-        "rate completed within the window. `≥` marks the generator's ceiling.",
+        "The highest offered rate (open loop, stepped: doubling, then bisecting) whose p99 — measured "
+        "from the scheduled send time, minus the upstream's own delay — stays within the limit, with "
+        "< 1% errors and ≥ 95% of the requests scheduled in the window answered by its end. Noise on a "
+        "shared machine only adds latency, so a failed step that is not saturation is measured once "
+        "more, and the answer is the highest rate that passed. `≥` marks the generator's ceiling.",
         "",
         _md(*rate_table(results)),
         "",
@@ -337,13 +340,17 @@ def write_report(results: dict[str, Any], path: Path, charts: list[Path], analys
     for name, scenario in config["scenarios"].items():
         lines.append(f"- Scenario `{name}` ({scenario['model']}): {_scenario_text(config, name)}.")
     for name, info in config["systems"].items():
-        detail = "; ".join(f"{k}: {v}" for k, v in info.items() if k != "state_dir")
+        detail = "; ".join(f"{k}: {v}" for k, v in info.items() if k not in ("state_dir", "config"))
         lines.append(f"- **{LABELS.get(name, name)}**: {detail}.")
     for note in results.get("notes", []):
         lines.append(f"- Note: {note}")
     otlp = results.get("otlp_receiver")
     if otlp:
         lines.append(f"- OTLP receiver: {otlp.get('spans', 0)} spans in {otlp.get('exports', 0)} exports.")
+    litellm_config = config["systems"].get("litellm", {}).get("config")
+    if isinstance(litellm_config, dict):
+        lines += ["", "LiteLLM's config.yaml (ports are picked per run):", "", "```json"]
+        lines += [json.dumps(litellm_config, indent=2), "```"]
     lines += [
         "",
         "## Machine and versions",
@@ -373,17 +380,24 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     lines = ["### Sidecar profile (py-spy)", ""]
     if "error" in profile:
         return [*lines, f"Profiling failed: {profile['error']}", ""]
+    if profile.get("because"):
+        lines += ["Profiled because these targets were missed: " + "; ".join(profile["because"]) + ".", ""]
     lines += [
         f"`py-spy record --gil`: {profile['samples']} samples of the thread holding the GIL (the "
         f"sidecar's Python work) while Tollway served {profile['rate']:.0f}/s (0 ms upstream); raw "
         f"stacks in `{profile['raw_file']}`. Self time of the stream loop and of the event loop's top "
-        "frame is native code they call: grpc.aio's Cython read/write and completion queue.",
+        "frame is native code they call: grpc.aio's Cython read/write and completion queue. py-spy's "
+        "coroutine stacks start at the task being stepped, so inclusive figures understate awaited "
+        "work (most Redis time shows as redis-py's own frames).",
         "",
         _md(
             ["where the sidecar's CPU goes (self time)", "%"], [[a, f"{p}"] for a, p in profile["areas_self"]]
         ),
         "",
-        _md(["sidecar code, inclusive", "%"], [[a, f"{p}"] for a, p in profile["sidecar_areas_inclusive"]]),
+        _md(
+            ["request-path work, inclusive (a sample can count twice)", "%"],
+            [[a, f"{p}"] for a, p in profile.get("features_inclusive", [])],
+        ),
         "",
         _md(["top functions (self)", "%"], [[f"`{a}`", f"{p}"] for a, p in profile["top_self"][:12]]),
         "",

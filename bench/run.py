@@ -60,7 +60,7 @@ class Config:
     start_rate: float | None = None  # None: from the concurrency-1 latency
     bisections: dict[str, int] = field(default_factory=lambda: {"fast": 2, "slow": 1})
     max_steps: dict[str, int] = field(default_factory=lambda: {"fast": 11, "slow": 8})
-    reference_seconds: float = 3.0
+    reference_seconds: float = 4.0
     stream_step_seconds: float = 2.5
     stream_warmup: float = 1.0
     stream_bisections: int = 1
@@ -243,9 +243,7 @@ def start_stack(config: Config) -> Stack:
                 + ")",
             )
         if "litellm" in config.systems:
-            from bench.litellm_env import ensure_litellm
-
-            config.litellm_venv = config.litellm_venv or ensure_litellm(quiet=config.quiet)
+            assert config.litellm_venv is not None  # installed by run()
             stack.systems["litellm"] = start_litellm(
                 children,
                 state_dir,
@@ -530,7 +528,11 @@ def run(config: Config) -> dict[str, Any]:
     if "litellm" in config.systems and config.litellm_venv is None:
         from bench.litellm_env import ensure_litellm
 
-        config.litellm_venv = ensure_litellm(quiet=config.quiet)
+        try:
+            config.litellm_venv = ensure_litellm(quiet=config.quiet)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            say(config, f"bench: LiteLLM could not be installed ({exc}); measuring without it")
+            config.systems = tuple(s for s in config.systems if s != "litellm")
     info = {"machine": machine_info(), "versions": versions(config)}
     stack = start_stack(config)
     try:
@@ -541,23 +543,38 @@ def run(config: Config) -> dict[str, Any]:
         except ImportError:  # pragma: no cover
             runner = asyncio.run
 
-        async def everything() -> tuple[dict[str, Any], dict[str, Any] | None]:
-            measured = await measure(config, stack)
-            profile = await profile_sidecar(config, stack, measured)
-            return measured, profile
-
-        measured, profile = runner(everything())
-        memory = {
-            n: {
-                p.name: {"peak_rss_mb": round(p.peak_rss_mb(), 1), "rss_mb": round(p.rss_mb(), 1)}
-                for p in s.procs
+        def memory_now() -> dict[str, Any]:
+            memory = {
+                n: {
+                    p.name: {"peak_rss_mb": round(p.peak_rss_mb(), 1), "rss_mb": round(p.rss_mb(), 1)}
+                    for p in s.procs
+                }
+                for n, s in stack.systems.items()
             }
-            for n, s in stack.systems.items()
-        }
-        memory["mocks"] = {
-            f"mock-{n}": {"peak_rss_mb": round(p.peak_rss_mb(), 1), "rss_mb": round(p.rss_mb(), 1)}
-            for n, (_port, p) in stack.mocks.items()
-        }
+            memory["mocks"] = {
+                f"mock-{n}": {"peak_rss_mb": round(p.peak_rss_mb(), 1), "rss_mb": round(p.rss_mb(), 1)}
+                for n, (_port, p) in stack.mocks.items()
+            }
+            memory["shared"] = {
+                name: {"peak_rss_mb": round(p.peak_rss_mb(), 1), "rss_mb": round(p.rss_mb(), 1)}
+                for name, p in stack.extras.items()
+            }
+            return memory
+
+        async def everything() -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+            from bench.report import targets
+
+            measured = await measure(config, stack)
+            memory = memory_now()  # peak RSS under load, before the profiler's own load
+            missed = [t["name"] for t in targets({**measured, "memory": memory}) if t["met"] is False]
+            profile = None
+            if missed:
+                profile = await profile_sidecar(config, stack, measured)
+                if profile is not None:
+                    profile["because"] = missed
+            return measured, profile, memory
+
+        measured, profile, memory = runner(everything())
         otlp = (
             json.loads(stack.otlp_stats.read_text())
             if stack.otlp_stats and stack.otlp_stats.exists()

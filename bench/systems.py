@@ -450,10 +450,17 @@ def start_tollway(
         raise
     procs = [Proc(name, process.pid) for name, process in dev.processes]
     ports = {name: (options.port, scenarios[name].model) for name in mocks}
+    path = (
+        "key auth (SHA-256 lookup), body validation, routing by model, upstream rewrite, "
+        "usage parsing and pricing (genai-prices), spend, Prometheus metrics"
+    )
+    if redis_url:
+        path += ", budget and rate-limit reserve/settle in Redis"
+    if otlp_port:
+        path += ", spans exported over OTLP/gRPC (when this build traces)"
     info = {
         "what": "tollway dev (DevGateway): Envoy --concurrency 1 + ext_proc sidecar over a Unix socket",
-        "path": "key auth (SHA-256 lookup), body validation, routing by model, upstream rewrite, "
-        "usage parsing and pricing (genai-prices), spend ledger, Prometheus metrics",
+        "path": path,
         "redis": redis_url or "off",
         "otlp": f"127.0.0.1:{otlp_port}" if otlp_port else "off",
         "state_dir": str(options.state_dir),
@@ -529,7 +536,7 @@ def start_litellm(
     ports = {name: (port, scenarios[name].model) for name in mocks}
     info = {
         "what": f"litellm proxy, {workers} uvicorn worker(s), master key + config.yaml model_list (no DB)",
-        "config": str(config),
+        "config": json.loads(config.read_text()),
         "redis": f"router_settings redis 127.0.0.1:{redis_port}, rpm/tpm per deployment"
         if redis_port
         else "off",
