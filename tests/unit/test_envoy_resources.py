@@ -119,3 +119,18 @@ def test_watcher_applies_good_configs_and_skips_bad_ones(tmp_path: Path) -> None
     assert watcher.last_error is not None
     assert "not a valid GatewayConfig" in watcher.last_error
     assert applied == [CONFIG]
+
+
+def test_watcher_treats_a_missing_file_as_not_there_yet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.json"
+    applied: list[GatewayConfig] = []
+    watcher = FileWatcher(path, applied.append)
+    with caplog.at_level("INFO", logger="tollway.config"):
+        assert watcher.check() is False
+        assert watcher.check() is False
+    assert [r.levelname for r in caplog.records] == ["INFO"]  # said once, and not as an error
+    path.write_text(CONFIG.model_dump_json())
+    assert watcher.check() is True
+    assert applied == [CONFIG]

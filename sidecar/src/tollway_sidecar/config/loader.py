@@ -54,6 +54,13 @@ class FileWatcher:
         """Load the file if its content changed; True when a new config was applied."""
         try:
             raw = self.path.read_bytes()
+        except FileNotFoundError:
+            # Normal before the first config exists (an optional Secret volume, a folder not yet
+            # compiled): nothing failed to load, so this is not an error.
+            if self.last_error != "missing":
+                log.info("no config file at %s yet; serving the current config", self.path)
+            self.last_error = "missing"
+            return False
         except OSError as exc:
             self._fail(f"{self.path}: cannot read: {exc.strerror}")
             return False
