@@ -19,9 +19,7 @@ import dataclasses
 import importlib.util
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -32,6 +30,7 @@ from typing import Any
 
 from bench.http import Endpoint
 from bench.procs import Proc
+from tollway.dev import Children as DevChildren
 from tollway.dev import DevGateway, DevOptions, envoy_binary, free_port
 
 BENCH_KEY = "tw-bench-0123456789abcdef0123456789abcdef"
@@ -126,50 +125,22 @@ class BenchError(Exception):
     pass
 
 
-@dataclass
-class Children:
-    """Processes this benchmark started (each in its own session), stopped in reverse order."""
+class Children(DevChildren):
+    """`tollway.dev.Children`, run from the repository (our `python -m bench.…` helpers need it on the
+    path), handing back `Proc`s and raising BenchError."""
 
-    log_dir: Path
-    started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        if env is None:  # our own helpers (`python -m bench.…`) need the repository on the path
+    def spawn(  # type: ignore[override]
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, *, cwd: Path | None = None
+    ) -> Proc:
+        if env is None:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.started.append((name, process))
+        process = super().spawn(name, argv, env, cwd=cwd or ROOT)
         return Proc(name, process.pid)
 
     def check(self, name: str) -> None:
-        for child_name, process in self.started:
-            if child_name == name and process.poll() is not None:
-                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise BenchError(f"{name} exited with code {process.returncode}:\n{tail}")
-
-    def stop(self) -> None:
-        for _name, process in reversed(self.started):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for _name, process in reversed(self.started):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        self.started.clear()
+        exited = self.exited(name)
+        if exited is not None:
+            raise BenchError(exited)
 
 
 def wait_for(check: Any, what: str, timeout: float, alive: Any = None) -> None:

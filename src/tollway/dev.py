@@ -84,6 +84,58 @@ def compile_folder(folder: Path) -> tuple[CompileResult, list[Manifest]]:
 
 
 @dataclass
+class Children:
+    """Child processes, each in its own session with its output in `<log_dir>/<name>.log`.
+
+    Stopped together, newest first: SIGTERM to each process group, SIGKILL after the grace period,
+    so nothing a child started is left behind. `tollway dev`, the tests and the benchmark share it.
+    """
+
+    log_dir: Path
+    started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, *, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.started.append((name, process))
+        return process
+
+    def exited(self, name: str | None = None) -> str | None:
+        """Says which child (of that name, or any) has exited, with the tail of its log; else None."""
+        for child, process in self.started:
+            if (name is None or child == name) and process.poll() is not None:
+                tail = (self.log_dir / f"{child}.log").read_text(errors="replace")[-3000:]
+                return f"{child} exited with code {process.returncode}:\n{tail}"
+        return None
+
+    def stop(self, grace: float = 10.0) -> None:
+        for _name, process in reversed(self.started):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _name, process in reversed(self.started):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.started.clear()
+
+
+@dataclass
 class DevOptions:
     config_dir: Path
     host: str = "127.0.0.1"
@@ -108,13 +160,14 @@ class DevGateway:
 
     options: DevOptions
     state_dir: Path = field(init=False)
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    children: Children = field(init=False)
     keys: dict[str, str] = field(default_factory=dict)
     _config_digest: str = ""
     _errors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.state_dir = self.options.state_dir or Path(tempfile.mkdtemp(prefix="tollway-dev-"))
+        self.children = Children(self.state_dir)
 
     @property
     def base_url(self) -> str:
@@ -223,23 +276,17 @@ class DevGateway:
         )
         self._wait_envoy(envoy_admin, routes)
 
+    @property
+    def processes(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        return self.children.started
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        with open(self.state_dir / f"{name}.log", "ab") as log_file:  # the child keeps its own copy
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.processes.append((name, process))
+        self.children.spawn(name, argv, env)
 
     def _check_alive(self) -> None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                tail = (self.state_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise DevError(f"{name} exited with code {process.returncode}:\n{tail}")
+        exited = self.children.exited()
+        if exited is not None:
+            raise DevError(exited)
 
     def _wait_http(self, url: str, what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -277,19 +324,7 @@ class DevGateway:
         raise DevError(f"Envoy did not become ready within {timeout:.0f}s (see {self.state_dir}/envoy.log)")
 
     def stop(self) -> None:
-        for _name, process in reversed(self.processes):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for _name, process in reversed(self.processes):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        self.processes.clear()
+        self.children.stop()
 
     def _say(self, text: str, *, err: bool = False) -> None:
         if not self.options.quiet or err:

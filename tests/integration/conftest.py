@@ -4,15 +4,14 @@ provider, started by the same code as `tollway dev`, on free ports, once per tes
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import openai
 import pytest
-from gateway_env import DEMO_KEY, ROOT, Gateway, _start_fleet
+from gateway_env import DEMO_KEY, ROOT, Gateway, start_fleet
 from redisserver import RedisServer
 
-from tollway.dev import DevGateway, DevOptions, envoy_binary, free_port
+from tollway.dev import Children, DevGateway, DevOptions, envoy_binary, free_port
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +21,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config_dir = base / "config"
     shutil.copytree(ROOT / "examples" / "local", config_dir)
     mock_port, dead_port = free_port(), free_port()
-    fleet_ports, fleet = _start_fleet(base)
+    fleet = Children(base / "fleet")
+    fleet_ports = start_fleet(fleet)
     for name in ("extra", "routing"):
         text = (ROOT / "tests" / "fixtures" / "integration" / f"{name}.yaml").read_text()
         text = text.replace("MOCK_PORT", str(mock_port)).replace("DEAD_PORT", str(dead_port))
@@ -51,14 +51,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         )
     finally:
         dev.stop()
-        for process in fleet:
-            process.terminate()
-        for process in fleet:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        fleet.stop()
 
 
 @pytest.fixture

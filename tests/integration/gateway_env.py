@@ -5,7 +5,7 @@ A module of its own (not conftest) so test files can import it by a name no othe
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 import time
 import urllib.error
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tollway.dev import DevGateway, free_port
+from tollway.dev import Children, DevGateway, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_KEY = "tw-demo-0123456789abcdef0123456789abcdef"
@@ -76,22 +76,27 @@ class Gateway:
         return list(self.get_json(f"{url}/_mock/requests"))
 
 
-def _start_fleet(log_dir: Path) -> tuple[dict[str, int], list[subprocess.Popen[bytes]]]:
-    ports: dict[str, int] = {}
-    processes: list[subprocess.Popen[bytes]] = []
-    for name, flags in MOCK_FLEET.items():
-        ports[name] = free_port()
-        with open(log_dir / f"mock-{name.lower()}.log", "wb") as log:
-            argv = [sys.executable, "-m", "tollway", "mock-provider", "--port", str(ports[name]), *flags]
-            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 30
+def start_mock(children: Children, name: str, port: int, *flags: str, timeout: float = 30.0) -> None:
+    """`tollway mock-provider` on `port` (with CLI flags fixing its behaviour), once it answers."""
+    argv = [sys.executable, "-m", "tollway", "mock-provider", "--port", str(port), *flags]
+    children.spawn(name, argv, dict(os.environ))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_mock/health", timeout=1).close()
+            return
+        except (urllib.error.URLError, OSError):
+            exited = children.exited(name)
+            if exited is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    exited or f"mock provider {name} did not start (see {children.log_dir})"
+                ) from None
+            time.sleep(0.05)
+
+
+def start_fleet(children: Children) -> dict[str, int]:
+    """The fleet of single-behaviour mocks (MOCK_FLEET), by name → port."""
+    ports = {name: free_port() for name in MOCK_FLEET}
     for name, port in ports.items():
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_mock/health", timeout=1).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mock provider {name} did not start (see {log_dir})") from None
-                time.sleep(0.05)
-    return ports, processes
+        start_mock(children, f"mock-{name.lower()}", port, *MOCK_FLEET[name])
+    return ports

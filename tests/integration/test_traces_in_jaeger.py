@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,10 +20,10 @@ from typing import Any
 
 import openai
 import pytest
-from gateway_env import DEMO_KEY, ROOT
+from gateway_env import DEMO_KEY, ROOT, start_mock
 from httpcall import bearer, call
 
-from tollway.dev import DevGateway, DevOptions, free_port
+from tollway.dev import Children, DevGateway, DevOptions, free_port
 
 sys.path.insert(0, str(ROOT / "tests" / "kube"))  # the Jaeger harness lives with the other tool harnesses
 from jaeger_harness import Jaeger
@@ -39,7 +38,7 @@ MESSAGES = [{"role": "user", "content": "Write to jo.doe@example.org about card 
 class Traced:
     gateway: DevGateway
     jaeger: Jaeger
-    limited: subprocess.Popen[bytes]
+    limited: Children
 
     @property
     def origin(self) -> str:
@@ -80,21 +79,6 @@ def server_and_clients(trace: dict[str, Any]) -> tuple[dict[str, Any], list[dict
     return server, sorted(clients, key=lambda s: s["startTime"])
 
 
-def _start_mock(port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        argv = [sys.executable, "-m", "tollway", "mock-provider", "--port", str(port), *flags]
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_mock/health", timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"mock provider on {port} did not start (see {log})")
-
-
 def _gateway(base: Path, otel: dict[str, str], limited_port: int) -> DevGateway:
     config = base / "config"
     shutil.copytree(ROOT / "examples" / "local", config)
@@ -131,7 +115,8 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     base = tmp_path_factory.mktemp("tracing")
     jaeger = Jaeger.start(base / "jaeger")
     limited_port = free_port()
-    limited = _start_mock(limited_port, base / "limited.log", "--status", "429")
+    limited = Children(base / "mocks")
+    start_mock(limited, "limited", limited_port, "--status", "429")
     gateway = None
     try:
         gateway = _gateway(
@@ -147,8 +132,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     finally:
         if gateway is not None:
             gateway.stop()
-        limited.terminate()
-        limited.wait()
+        limited.stop()
         jaeger.stop()
 
 
