@@ -134,3 +134,15 @@ def test_watcher_treats_a_missing_file_as_not_there_yet(
     path.write_text(CONFIG.model_dump_json())
     assert watcher.check() is True
     assert applied == [CONFIG]
+
+
+def test_an_invalid_config_is_reported_without_its_values() -> None:
+    from tollway_sidecar.config.loader import parse_config
+
+    document = json.loads(CONFIG.model_dump_json())
+    document["routes"][0]["backends"][0]["credential"] = {"sk-secret-value-123": 1}  # wrong type
+    with pytest.raises(ConfigError) as caught:
+        parse_config(json.dumps(document).encode(), "config.json")
+    message = str(caught.value)
+    assert "routes.0.backends.0.credential" in message
+    assert "sk-secret-value-123" not in message

@@ -23,7 +23,13 @@ def parse_config(raw: bytes, source: str) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate_json(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: not a valid GatewayConfig: {exc}") from None
+        # Field and reason only: pydantic's own message repeats the input, and a config carries
+        # provider credentials.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)[:5]
+        )
+        raise ConfigError(f"{source}: not a valid GatewayConfig: {problems}") from None
     expected = config.compute_checksum()
     if config.checksum and config.checksum != expected:
         raise ConfigError(
