@@ -118,6 +118,27 @@ def test_sidecar_environment_names_real_settings(helm: str) -> None:
     assert env - known == set(), f"the chart sets variables the sidecar ignores: {sorted(env - known)}"
 
 
+def test_operator_environment_names_real_settings(helm: str) -> None:
+    """Every TOLLWAY_* variable the chart gives the operator is one the operator reads."""
+    from pydantic import AliasChoices
+
+    from tollway_operator.settings import OperatorSettings
+
+    rendered = documents(template(helm, *VALUES_SETS["external-redis"]).stdout)
+    operator = next(
+        d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    )
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = {e["name"] for e in container["env"] if e["name"].startswith("TOLLWAY_")}
+    known = set()
+    for name, field in OperatorSettings.model_fields.items():
+        known.add(f"TOLLWAY_OPERATOR_{name.upper()}")
+        if isinstance(field.validation_alias, AliasChoices):
+            known.update(str(choice) for choice in field.validation_alias.choices)
+    assert "TOLLWAY_REDIS_PASSWORD" in env  # the external-redis values set passes one
+    assert env - known == set(), f"the chart sets variables the operator ignores: {sorted(env - known)}"
+
+
 def test_pods_run_as_non_root_with_read_only_root(helm: str) -> None:
     rendered = documents(template(helm, *VALUES_SETS["jaeger"]).stdout)
     for doc in rendered:

@@ -112,8 +112,12 @@ class Operator:
         if self.settings.redis_url:
             from tollway_sidecar.quota.redis_store import RedisStore
 
+            password = self.settings.redis_password
             store = RedisStore(
-                self.settings.redis_url, timeout_s=self.settings.redis_timeout_seconds, cooldown_s=0
+                self.settings.redis_url,
+                timeout_s=self.settings.redis_timeout_seconds,
+                cooldown_s=0,
+                password=password.get_secret_value() if password else None,
             )
             self._closers.append(store.close)
             policy = WebhookPolicy(

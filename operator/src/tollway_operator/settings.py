@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tollway_operator.resources import parse_duration_ms
@@ -29,6 +29,11 @@ class OperatorSettings(BaseSettings):
     )
     """The quota store the gateway writes (also read from TOLLWAY_REDIS_URL, the sidecar's name).
     Without it, status shows no spend and no budget alert fires."""
+    redis_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TOLLWAY_OPERATOR_REDIS_PASSWORD", "TOLLWAY_REDIS_PASSWORD"),
+    )
+    """The Redis password when it is kept apart from the URL (the chart reads it from a Secret)."""
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     mint_keys: bool = True
     """Mint a key into Secret `tollway-key-<name>` for each VirtualKey without `secretRef`."""
