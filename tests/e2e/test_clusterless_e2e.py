@@ -469,11 +469,11 @@ def test_the_charts_rbac_let_every_request_through(stack: Stack) -> None:
 
     assert calls(gateway) == {("watch", "secrets")}
     operator_calls = calls(operator)
-    assert {
-        ("create", "secrets"),
-        ("update", "secrets"),
-        ("patch", "virtualkeys/status"),
-    } <= operator_calls, operator_calls
+    # It published the config (a create; an update too when resources arrived after a first publish —
+    # timing decides, so either counts) and wrote status. That every rule is needed and enough is
+    # proven in tests/operator_e2e, which runs with deterministic updates.
+    assert {("create", "secrets"), ("update", "secrets")} & operator_calls, operator_calls
+    assert ("patch", "virtualkeys/status") in operator_calls, operator_calls
     refused = [
         (e["user"]["username"], e["verb"], e["requestURI"], e["responseStatus"]["code"])
         for e in entries

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from tollway_sidecar.quota.gate import QuotaGate
 from tollway_sidecar.quota.memory import MemoryStore
 from tollway_sidecar.quota.redis_store import RedisStore
 from tollway_sidecar.quota.store import QuotaStore, StoreUnavailable
+from tollway_sidecar.quota.tokens import encodings_for, loaded, warm
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 from tollway_sidecar.settings import SidecarSettings
 from tollway_sidecar.tracing import Tracing
@@ -44,7 +47,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
     runtime = Runtime(
         CompiledConfig.build(config),
         max_request_bytes=settings.max_request_bytes,
-        quota=await _quota_gate(settings),
+        quota=await _quota_gate(settings, config),
         tracing=Tracing.from_env(
             capture_content=settings.capture_content, redact_patterns=settings.redact_patterns
         ),
@@ -52,6 +55,9 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
     write_dynamic_resources(config, settings.xds_dir)
 
     def apply(new: GatewayConfig) -> None:
+        missing = encodings_for(_models(new)) - loaded()
+        if missing:  # load a new route's tokenizer off the event loop, before requests need it
+            threading.Thread(target=warm, args=(missing,), name="tollway-tiktoken", daemon=True).start()
         compiled = CompiledConfig.build(new)
         write_dynamic_resources(new, settings.xds_dir)
         runtime.swap(compiled)
@@ -79,6 +85,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     watch_task = asyncio.create_task(watcher.run())
     secret_task = asyncio.create_task(secret_watcher.run()) if secret_watcher is not None else None
+    _tune_gc()
     log.info(
         "sidecar ready: ext_proc on %s, admin on http://%s:%d, config %s",
         settings.extproc_address,
@@ -99,11 +106,10 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         runtime.tracing.shutdown()  # flushes the spans still queued
 
 
-async def _quota_gate(settings: SidecarSettings) -> QuotaGate:
-    """Redis when a URL is set, else the in-memory store; tokenizers loaded before serving."""
-    from tollway_sidecar.quota.tokens import warm
-
-    await asyncio.to_thread(warm)
+async def _quota_gate(settings: SidecarSettings, config: GatewayConfig) -> QuotaGate:
+    """Redis when a URL is set, else the in-memory store; the tokenizers the routes need loaded
+    before serving."""
+    await asyncio.to_thread(warm, encodings_for(_models(config)))
     if settings.redis_url is None:
         store: QuotaStore = MemoryStore()
         log.info("quota store: in memory (this process only; set TOLLWAY_REDIS_URL to share it)")
@@ -125,6 +131,24 @@ async def _quota_gate(settings: SidecarSettings) -> QuotaGate:
         reservation_ttl_s=settings.quota_reservation_ttl_seconds,
         failure_policy=settings.quota_failure_policy,
     )
+
+
+def _models(config: GatewayConfig) -> set[str]:
+    return {backend.model for route in config.routes for backend in route.backends}
+
+
+# Collections of the youngest generation every 700 allocations (CPython's default) land on random
+# requests: each ext_proc message allocates hundreds of short-lived objects. Most die young without
+# cycles (reference counting frees them), so collect far less often.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def _tune_gc() -> None:
+    """Start-up is done: move what it allocated (config, encodings, modules) out of the collector's
+    sight for good, and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _secret_watcher(

@@ -74,6 +74,9 @@ class BackendPrice:
         if self.declared is not None:
             return _declared_cost(self.declared, usage)
         prices = self.catalog.get_prices(at or datetime.now(tz=UTC))
+        rates = _flat_rates(prices)
+        if rates is not None:
+            return _flat_cost(rates, usage)
         with localcontext(_EXACT):
             total: Decimal = prices.calc_price(_catalog_usage(usage))["total_price"]
         return total
@@ -102,6 +105,77 @@ def _cache_parts(usage: TokenUsage) -> tuple[int, int]:
     read = min(usage.cache_read_tokens, usage.input_tokens)
     write = min(usage.cache_write_tokens, usage.input_tokens - read)
     return read, write
+
+
+# The catalogue's per-million token prices a flat price may have; any other (tiers, audio, images,
+# requests, searches) goes through genai-prices itself.
+_FLAT_KEYS: Final = frozenset(
+    (
+        "input_mtok",
+        "cache_read_mtok",
+        "cache_write_mtok",
+        "cache_write_1h_mtok",
+        "output_mtok",
+        "output_reasoning_mtok",
+    )
+)
+# Prices of things a call through the gateway never reports (searches, per thousand): they add
+# zero, as in genai-prices (where that zero can still lengthen the sum's exponent, so it is kept).
+_UNUSED_KEYS: Final = frozenset(("web_searches_kcount", "storage_searches_kcount"))
+_THOUSAND: Final = Decimal(1000)
+# id(ModelPrice) -> (the ModelPrice, kept alive so that its id stays its own; its flat rates or None)
+_flat_cache: dict[int, tuple[Any, dict[str, Decimal] | None]] = {}
+
+
+def _flat_rates(prices: Any) -> dict[str, Decimal] | None:
+    """A catalogue price's per-million rates by price key, when it is plain per-token prices (the
+    usual case); None when genai-prices must price it. Computed once per catalogue price."""
+    cached = _flat_cache.get(id(prices))
+    if cached is not None and cached[0] is prices:
+        return cached[1]
+    values = {k: v for k, v in vars(prices).items() if not k.startswith("_") and v is not None}
+    flat = set(values) <= _FLAT_KEYS | _UNUSED_KEYS and all(
+        type(v) is Decimal and v.is_finite() and v >= 0 for v in values.values()
+    )
+    rates = values if flat else None
+    _flat_cache[id(prices)] = (prices, rates)
+    return rates
+
+
+def _flat_cost(rates: dict[str, Decimal], usage: TokenUsage) -> Decimal:
+    """What genai-prices' `calc_price` gives for plain per-token rates, without its decomposition:
+    each token is priced at the most specific priced kind it belongs to (a cache read at the cache
+    read price if there is one, else as input; reasoning at the reasoning price, else as output...).
+    tests/unit/test_pricing_flat.py checks it against genai-prices for every such catalogue price."""
+    read, write = _cache_parts(usage)
+    write_1h = min(usage.cache_write_1h_tokens, write) if write else 0
+    reasoning = min(usage.reasoning_tokens, usage.output_tokens)
+    counts: dict[str, int] = {}
+    input_leaf = usage.input_tokens
+    if "cache_read_mtok" in rates:
+        counts["cache_read_mtok"] = read
+        input_leaf -= read
+    if "cache_write_1h_mtok" in rates:
+        counts["cache_write_1h_mtok"] = write_1h
+    if "cache_write_mtok" in rates:
+        counts["cache_write_mtok"] = write - (write_1h if "cache_write_1h_mtok" in rates else 0)
+        input_leaf -= write
+    elif "cache_write_1h_mtok" in rates:
+        input_leaf -= write_1h
+    counts["input_mtok"] = input_leaf
+    output_leaf = usage.output_tokens
+    if "output_reasoning_mtok" in rates:
+        counts["output_reasoning_mtok"] = reasoning
+        output_leaf -= reasoning
+    counts["output_mtok"] = output_leaf
+    total = Decimal(0)
+    with localcontext(_EXACT):
+        for key, rate in rates.items():
+            if key in _UNUSED_KEYS:
+                total += rate * 0 / _THOUSAND
+            else:
+                total += rate * Decimal(counts[key]) / _MILLION
+    return total
 
 
 def _catalog_usage(usage: TokenUsage) -> CatalogUsage:

@@ -117,7 +117,12 @@ class Tracing:
         provider = TracerProvider(resource=resource)
         if processor is None:
             assert exporter is not None
-            processor = BatchSpanProcessor(exporter, max_queue_size=8192, schedule_delay_millis=1000)
+            # Our defaults, unless the standard OTEL_BSP_* variables say otherwise.
+            processor = BatchSpanProcessor(
+                exporter,
+                max_queue_size=int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "8192")),
+                schedule_delay_millis=float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "1000")),
+            )
         provider.add_span_processor(processor)
         return cls(provider, capture_content, Redactor.from_strings(redact_patterns))
 

@@ -101,7 +101,12 @@ def _extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> di
             "metadata_options": {"receiving_namespaces": {"untyped": [CALL_METADATA_NAMESPACE]}},
             # Which backend gave the final answer, and after how many attempts (a connection that
             # fails fast never reaches the upstream filter, so only Envoy knows for sure).
-            "response_attributes": ["xds.upstream_host_metadata", "upstream.request_attempt_count"],
+            # `response.code_details` tells a backend's answer from Envoy's own (extproc.final_attempt).
+            "response_attributes": [
+                "xds.upstream_host_metadata",
+                "upstream.request_attempt_count",
+                "response.code_details",
+            ],
         }
     return {
         "name": f"envoy.filters.http.ext_proc.{role}",

@@ -29,6 +29,7 @@ from tollway_sidecar.runtime import CompiledConfig
 __all__ = [
     "buffered_answer",
     "choose_replacement",
+    "info_headers",
     "note_final",
     "replacement_answer",
     "stream_translator",
@@ -47,6 +48,18 @@ def note_final(state: RequestState, compiled: CompiledConfig, final: tuple[str |
     if count is not None:
         # An attempt the upstream filter ended (rather than wait past the deadline) never went out.
         state.attempts = count - 1 if state.gave_up else count
+
+
+def info_headers(state: RequestState) -> dict[str, str]:
+    """The headers telling the client which route, backend and attempt answered, and its quota."""
+    headers = {"x-tollway-attempts": str(max(state.attempts, 1))}
+    if state.backend is not None:
+        headers["x-tollway-backend"] = state.backend.name
+    if state.route is not None:
+        headers["x-tollway-route"] = f"{state.route.namespace}/{state.route.name}"
+    if state.quota is not None:
+        headers.update(state.quota.headers)  # x-ratelimit-*
+    return headers
 
 
 def choose_replacement(state: RequestState) -> Attempt | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from functools import cache
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
@@ -136,8 +137,29 @@ def continue_body(
     return ep.ProcessingResponse(**{phase: ep.BodyResponse(response=common)})
 
 
+@cache
 def response_body_mode(mode: str) -> processing_mode_pb2.ProcessingMode:
+    """One shared object per mode: callers only ever copy it (`continue_headers`), never change it."""
     return processing_mode_pb2.ProcessingMode(
         response_body_mode=processing_mode_pb2.ProcessingMode.BodySendMode.Value(mode),
         response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
     )
+
+
+def _upstream_mode(body: bool, response_headers: bool) -> processing_mode_pb2.ProcessingMode:
+    modes = processing_mode_pb2.ProcessingMode
+    return modes(
+        request_header_mode=modes.SEND,
+        request_body_mode=modes.BUFFERED if body else modes.NONE,
+        response_header_mode=modes.SEND if response_headers else modes.SKIP,
+        response_body_mode=modes.NONE,
+        request_trailer_mode=modes.SKIP,
+        response_trailer_mode=modes.SKIP,
+    )
+
+
+# The upstream filter's modes for one attempt, by (body rewritten, response headers watched).
+# Shared and never mutated: `continue_headers` copies the one it is given.
+UPSTREAM_MODES: dict[tuple[bool, bool], processing_mode_pb2.ProcessingMode] = {
+    (body, watch): _upstream_mode(body, watch) for body in (False, True) for watch in (False, True)
+}

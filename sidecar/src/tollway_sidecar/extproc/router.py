@@ -16,7 +16,7 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from tollway_sidecar.extproc import answer, dispatch, spans
+from tollway_sidecar.extproc import answer, dispatch, final_attempt, spans
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
@@ -187,7 +187,7 @@ class RouterCall:
                 body["stream_options"] = {**options, "include_usage": True}
                 state.strip_usage_chunk = True
                 new_body = json.dumps(body, separators=(",", ":")).encode()
-        state.body = body
+        state.body, state.body_length = body, len(new_body if new_body is not None else message.body)
         admission = await self.runtime.quota.admit(
             key=state.key,
             budgets=self.compiled.budgets,
@@ -229,13 +229,17 @@ class RouterCall:
     # -- response headers -----------------------------------------------------------------------
 
     def on_response_headers(
-        self, message: ep.HttpHeaders, final: tuple[str | None, int | None] = (None, None)
+        self,
+        message: ep.HttpHeaders,
+        final: tuple[str | None, int | None] = (None, None),
+        details: str | None = None,
     ) -> ep.ProcessingResponse:
         state = self.state
         headers = msg.headers_of(message)
         state.status = int(headers.get(":status", "0") or 0)
         state.first_byte_at = time.monotonic()
         answer.note_final(state, self.compiled, final)
+        final_attempt.record(self.runtime, state, headers, details)
         if state.route is not None and not message.end_of_stream and answer.choose_replacement(state):
             # An earlier attempt failed more usefully: its answer replaces this one (body phase).
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
@@ -245,7 +249,7 @@ class RouterCall:
                 self._finish(None)
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("NONE"))
         content_type = headers.get("content-type", "")
-        info = self._info_headers()
+        info = answer.info_headers(state)
         if "text/event-stream" in content_type:
             state.sse = SseParser(state.backend.provider, strip_usage_chunk=state.strip_usage_chunk)
             state.translator = answer.stream_translator(state)
@@ -254,17 +258,6 @@ class RouterCall:
             )
         # JSON (or anything else): buffer it, so the cost can go into the headers.
         return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
-
-    def _info_headers(self) -> dict[str, str]:
-        state = self.state
-        headers = {"x-tollway-attempts": str(max(state.attempts, 1))}
-        if state.backend is not None:
-            headers["x-tollway-backend"] = state.backend.name
-        if state.route is not None:
-            headers["x-tollway-route"] = f"{state.route.namespace}/{state.route.name}"
-        if state.quota is not None:
-            headers.update(state.quota.headers)  # x-ratelimit-*
-        return headers
 
     # -- response body --------------------------------------------------------------------------
 
@@ -291,7 +284,7 @@ class RouterCall:
             return msg.continue_body("response_body", body=replacement)
         # Buffered JSON: the whole body is here, and the headers have not left yet.
         if state.replacement is not None:
-            body, set_headers, remove = answer.replacement_answer(state, self._info_headers())
+            body, set_headers, remove = answer.replacement_answer(state, answer.info_headers(state))
             self._finish(None)
             return msg.continue_body("response_body", body=body, set_headers=set_headers, remove=remove)
         assert state.backend is not None
@@ -308,7 +301,7 @@ class RouterCall:
                 parsed.error,
             )
         self._finish(parsed.usage)
-        info = self._info_headers()
+        info = answer.info_headers(state)
         if state.cost is not None:
             info["x-tollway-cost-usd"] = format_usd(state.cost)
         if state.attempt_log:

@@ -45,7 +45,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     elif which == "request_body":
                         reply = await call.on_request_body(request.request_body)
                     elif which == "response_headers":
-                        reply = call.on_response_headers(request.response_headers, final_attempt(request))
+                        reply = call.on_response_headers(
+                            request.response_headers, final_attempt(request), code_details(request)
+                        )
                     elif which == "response_body":
                         reply = call.on_response_body(request.response_body)
                     else:
@@ -103,6 +105,12 @@ def final_attempt(request: ep.ProcessingRequest) -> tuple[str | None, int | None
         backend_from_metadata(metadata) if isinstance(metadata, str) and metadata else None,
         int(count) if isinstance(count, float) and count > 0 else None,
     )
+
+
+def code_details(request: ep.ProcessingRequest) -> str | None:
+    """Envoy's `response.code_details`: `via_upstream` when a backend gave this answer."""
+    details = attribute(request, "response.code_details")
+    return details if isinstance(details, str) else None
 
 
 def _passthrough(which: str | None) -> ep.ProcessingResponse:

@@ -30,6 +30,7 @@ class RequestState:
     stream: bool = False
     strip_usage_chunk: bool = False
     body: dict[str, Any] | None = None
+    body_length: int = 0  # bytes of the body each upstream attempt starts from (after our rewrite)
     backend: Backend | None = None  # the backend of the latest attempt
     attempts: int = 0
     status: int = 0

@@ -6,6 +6,11 @@ provider wants the path, the credentials and the body. Headers an earlier attemp
 present on a retry, so every header a rewrite touches is set or removed on every attempt, and
 `content-length` always matches the body this attempt sends; the body starts from the original.
 
+The request-headers reply asks Envoy (`mode_override`) for only the phases this attempt needs: the
+request body only when it is rewritten (otherwise `content-length` is reset to the original's in
+that reply), the response headers only when the route may retry (otherwise the router filter
+records the answer: `final_attempt`).
+
 On the way back the filter sees the attempt's status before Envoy decides whether to retry: it
 records the status, any `retry-after`, and (for errors) the body, so that the router filter can answer
 with the most useful failure when every attempt failed.
@@ -66,6 +71,8 @@ class UpstreamAttempt:
         self.backend: Backend | None = None
         self.attempt: Attempt | None = None
         self.hold_seconds = 0.0  # wait this long before answering the request headers
+        self.body: bytes | None = None  # this attempt's rewritten body, if it needs one
+        self.watching = True  # the response-headers phase runs (the route may retry)
 
     # -- request --------------------------------------------------------------------------------
 
@@ -118,25 +125,33 @@ class UpstreamAttempt:
 
         # The client's path, not this attempt's `:path`: that may be an earlier attempt's rewrite.
         rewrite = request_headers(backend, state.operation, state.path, headers)
+        set_headers = {":path": rewrite.path, **rewrite.set_headers, **trace_headers}
+        try:
+            body = request_body(backend, state.operation, state.body) if state.body is not None else None
+        except TranslationError as exc:  # the router checked it already; never expected here
+            return msg.error(400, exc.message, error_type="invalid_request_error", code=None, param=exc.param)
+        # A route that never retries has nothing to learn from the attempt's answer before Envoy
+        # sends it on: the router filter records it (`final_attempt.record`), one message fewer.
+        self.watching = state.route.fallback.max_attempts > 1
+        if body is not None:
+            self.body = json.dumps(body, separators=(",", ":")).encode()
+        elif state.body is not None:
+            # Nothing to rewrite, so no body phase. An earlier attempt may have set another length:
+            # this attempt sends the body the router filter passed on.
+            set_headers["content-length"] = str(state.body_length)
         return msg.continue_headers(
             "request_headers",
-            set_headers={":path": rewrite.path, **rewrite.set_headers, **trace_headers},
+            set_headers=set_headers,
             remove=[*_INTERNAL_HEADERS, *rewrite.remove],
+            mode_override=msg.UPSTREAM_MODES[(body is not None or state.body is None, self.watching)],
         )
 
     def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
-        state, backend = self.state, self.backend
-        if state is None or backend is None or state.body is None or state.operation is None:
+        if self.body is None:
             return msg.continue_body("request_body")
-        try:
-            body = request_body(backend, state.operation, state.body)
-        except TranslationError as exc:  # the router checked it already; never expected here
-            return msg.error(400, exc.message, error_type="invalid_request_error", code=None, param=exc.param)
-        if body is None:
-            # An earlier attempt may have set another length: this attempt sends the original body.
-            return msg.continue_body("request_body", set_headers={"content-length": str(len(message.body))})
-        raw = json.dumps(body, separators=(",", ":")).encode()
-        return msg.continue_body("request_body", body=raw, set_headers={"content-length": str(len(raw))})
+        return msg.continue_body(
+            "request_body", body=self.body, set_headers={"content-length": str(len(self.body))}
+        )
 
     # -- response -------------------------------------------------------------------------------
 
@@ -172,7 +187,7 @@ class UpstreamAttempt:
 
     def on_stream_closed(self) -> None:
         attempt = self.attempt
-        if attempt is not None and attempt.status == 0:
+        if attempt is not None and attempt.status == 0 and self.watching:
             attempt.ended = time.monotonic()
             self._count("no_response")
             spans.end_attempt(attempt, "no_response")

@@ -1,0 +1,47 @@
+"""The answer of an attempt the upstream filter did not watch, recorded by the router filter.
+
+On a route that never retries (`maxAttempts: 1`) the upstream filter skips the response-headers
+phase, one ext_proc message fewer per call. The router filter sees the same answer a moment later
+(Envoy passes it on unchanged) and records what the upstream filter would have: the attempt's
+status, `retry-after` and content type, its outcome metric, and the end of its span. An answer
+Envoy made itself (the backend refused, reset or timed out) is no answer: that attempt is recorded
+as `no_response`, as the upstream filter does when its stream closes without one.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tollway_sidecar.extproc import spans
+from tollway_sidecar.extproc.state import RequestState
+from tollway_sidecar.providers.attempts import retry_after_seconds
+from tollway_sidecar.runtime import Runtime
+
+__all__ = ["VIA_UPSTREAM", "record"]
+
+# Envoy's `response.code_details` for an answer that came from the upstream.
+VIA_UPSTREAM = "via_upstream"
+
+
+def record(runtime: Runtime, state: RequestState, headers: dict[str, str], details: str | None) -> None:
+    route = state.route
+    if route is None or route.fallback.max_attempts > 1 or not state.attempt_log:
+        return  # the upstream filter watched every attempt
+    attempt = state.attempt_log[-1]
+    if attempt.status or attempt.ended is not None:
+        return
+    attempt.ended = time.monotonic()
+    if details != VIA_UPSTREAM:
+        outcome = "no_response"
+        spans.end_attempt(attempt, outcome)
+    else:
+        attempt.status = int(headers.get(":status", "0") or 0)
+        attempt.content_type = headers.get("content-type", "")
+        waited = retry_after_seconds(headers)
+        if waited is not None:
+            attempt.retry_after_s = waited
+            attempt.retry_at = attempt.ended + waited
+        outcome = str(attempt.status)
+        if attempt.status >= 400:
+            spans.end_attempt(attempt)  # a success's span ends with the call, carrying its usage
+    runtime.metrics.attempts.labels(route.id, attempt.backend, outcome).inc()

@@ -1,0 +1,45 @@
+"""What the sidecar loads and tunes at start-up: only the tokenizers its routes need; the collector."""
+
+from __future__ import annotations
+
+import gc
+
+from tollway_sidecar import app
+from tollway_sidecar.config.models import Backend, GatewayConfig, Route
+from tollway_sidecar.quota import tokens
+
+
+def _config(*models: str) -> GatewayConfig:
+    backends = tuple(
+        Backend(name=f"b{i}", provider="openai-compatible", model=m, base_url="http://127.0.0.1:9/v1")
+        for i, m in enumerate(models)
+    )
+    return GatewayConfig(routes=(Route(id="r", name="r", namespace="n", model="m", backends=backends),))
+
+
+def test_only_the_encodings_the_routes_models_use() -> None:
+    assert tokens.encodings_for(app._models(_config("gpt-4o-mini", "gpt-4.1"))) == {"o200k_base"}
+    assert tokens.encodings_for(app._models(_config("gpt-4", "gpt-3.5-turbo"))) == {"cl100k_base"}
+    # Models tiktoken does not know are estimated with o200k_base.
+    assert tokens.encodings_for(app._models(_config("claude-sonnet-4-5", "llama"))) == {"o200k_base"}
+    assert tokens.encodings_for(app._models(GatewayConfig())) == set()
+
+
+def test_a_loaded_encoding_counts_exactly_without_its_python_ranks() -> None:
+    tokens.warm({"cl100k_base"})
+    assert "cl100k_base" in tokens.loaded()
+    encoding = tokens._load("cl100k_base")
+    assert encoding._mergeable_ranks == {}  # the Rust encoder keeps its own copy
+    assert encoding.encode_ordinary("hello world") == [15339, 1917]
+    assert tokens.counter_for_model("gpt-4").count("hello world") == 2
+
+
+def test_gc_is_frozen_and_collects_less_often_after_start_up() -> None:
+    before = gc.get_threshold()
+    try:
+        app._tune_gc()
+        assert gc.get_threshold() == app.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
