@@ -13,11 +13,10 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -34,7 +33,6 @@ from tollway.dev import DevError, envoy_binary  # noqa: E402
 
 CHART = ROOT / "charts" / "tollway"
 EXAMPLES = ROOT / "examples" / "kubernetes"
-T = TypeVar("T")
 
 # Every request made by any ServiceAccount is logged (metadata only): the cluster-less test reads it
 # to show that the chart's own RBAC let the operator and the sidecar do everything they tried.
@@ -87,21 +85,6 @@ def require_tools(*names: str) -> None:
             missing.append(f"- {name}: {how}\n  {str(exc).strip()}")
     if missing:
         pytest.fail("tests/e2e needs tools that are not available:\n" + "\n".join(missing), pytrace=False)
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll until `check` returns something truthy; return it (errors count as "not yet")."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (AssertionError, KeyError, OSError, RuntimeError, ValueError) as exc:
-            last, value = exc, None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not within {timeout:.0f} s" + (f" (last: {last!r})" if last else ""))
 
 
 def documents(text: str) -> list[dict[str, Any]]:

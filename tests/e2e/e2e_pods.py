@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from e2e_env import ROOT, Cluster, wait_for
-from harness import free_port
+from e2e_env import ROOT, Cluster
+from harness import free_port, wait_for
 
 from tollway.dev import envoy_binary
 

@@ -89,9 +89,9 @@ from typing import Any
 
 import openai
 import pytest
-from e2e_env import EXAMPLES, Cluster, require_tools, wait_for
+from e2e_env import EXAMPLES, Cluster, require_tools
 from e2e_pods import Image, LocalPod, Rewrites, ServiceTarget, envoy_image, tollway_image
-from harness import free_port
+from harness import free_port, wait_for
 from jaeger_harness import Jaeger
 from redisserver import RedisServer
 

@@ -48,7 +48,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "scripts" / "tools"
@@ -89,6 +91,21 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Proce
         time.sleep(0.2)
     detail = f":\n{proc.log_tail()}" if proc is not None else ""
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s{detail}")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll until `check` returns something truthy and return it; errors count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (AssertionError, KeyError, OSError, RuntimeError, ValueError) as exc:
+            last, value = exc, None
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not within {timeout:.0f} s" + (f" (last: {last!r})" if last else ""))
 
 
 @dataclass(eq=False)

@@ -16,21 +16,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 for folder in ("kube", "integration"):
     if str(ROOT / "tests" / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / "tests" / folder))
 
-from harness import ControlPlane, free_port  # noqa: E402
+from harness import ControlPlane, free_port, wait_for  # noqa: E402
 from redisserver import RedisServer  # noqa: E402
 
 from tollway.dev import DevGateway, DevOptions  # noqa: E402
@@ -40,7 +39,6 @@ CONFIG_SECRET = "tollway-gateway-config"
 OPERATOR_SA = "tollway-operator"
 GATEWAY_SA = "tollway-gateway"
 SPEND_INTERVAL = 1.0  # seconds; the default is 15
-T = TypeVar("T")
 
 AUDIT_POLICY = f"""\
 apiVersion: audit.k8s.io/v1
@@ -53,21 +51,6 @@ rules:
       - system:serviceaccount:{SYSTEM_NS}:{GATEWAY_SA}
   - level: None
 """
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll until `check` returns something truthy; return it."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (AssertionError, KeyError, OSError, RuntimeError, ValueError) as exc:
-            last, value = exc, None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not within {timeout:.0f} s" + (f" (last: {last})" if last else ""))
 
 
 @dataclass
