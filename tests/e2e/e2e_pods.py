@@ -315,7 +315,10 @@ class LocalPod:
                 for mount in c.get("volumeMounts", ()):
                     rewrites.path(mount["mountPath"], volume_dirs[mount["name"]], f"volume {mount['name']}")
                 extra_args, extra_env, why = extras.get(c["name"], ([], {}, ""))
-                argv = [rewrites.apply(a) for a in image.argv(c)] + extra_args
+                # The executable is a path on this machine (it may well lie under a mountPath such as
+                # /tmp): only the container's own arguments are rewritten.
+                executable, *args = image.argv(c)
+                argv = [executable, *(rewrites.apply(a) for a in args), *extra_args]
                 env = dict(image.env)
                 for item in c.get("env", ()):
                     assert "value" in item, f"{c['name']}: env {item['name']} comes from {item}; not mapped"
