@@ -54,7 +54,8 @@ if [[ ! -e "$policy" ]]; then
 	chmod +x "$policy"
 	created_policy=1
 fi
-cleanup() { [[ "$created_policy" == "1" ]] && rm -f "$policy"; }
+# An `if`, not `[[ … ]] && rm`: a false test as the trap's last command became the script's exit code.
+cleanup() { if [[ "$created_policy" == "1" ]]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 apt-get update >&2 || die "apt-get update failed"
 apt-get install -y --no-install-recommends redis-server >&2 || die "apt-get install redis-server failed"
