@@ -21,7 +21,7 @@ from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
 from tollway_sidecar.pricing import format_usd
-from tollway_sidecar.providers.usage import SseParser, parse_json
+from tollway_sidecar.providers.usage import ParsedStream, SseParser, parse_json
 from tollway_sidecar.quota.decision import Denial
 from tollway_sidecar.runtime import Runtime, key_expired, model_allowed
 from tollway_sidecar.xds import ROUTE_HEADER
@@ -328,11 +328,12 @@ class RouterCall:
                 "known" if parsed.usage else "unknown",
                 parsed.error,
             )
-        self._finish(parsed.usage)
+        self._finish(parsed.usage, parsed)
 
     # -- accounting -----------------------------------------------------------------------------
 
-    def _finish(self, usage: Any) -> None:
+    def _finish(self, usage: Any, stream: ParsedStream | None = None) -> None:
+        """Price, settle, count and trace the call once; `stream` is what a streamed answer said."""
         state = self.state
         if state.finished:
             return
@@ -342,11 +343,8 @@ class RouterCall:
         key = state.key
         if key is None or state.route is None:
             return
-        cost = None
-        if usage is not None and backend is not None:
-            price = self.compiled.prices.price_for(state.route.id, backend.name)
-            if price is not None:
-                cost = price.cost(usage, at=datetime.now(UTC))
+        price = self.compiled.prices.price_for(state.route.id, backend.name) if backend else None
+        cost = price.cost(usage, at=datetime.now(UTC)) if usage is not None and price is not None else None
         state.cost = cost
         if backend is not None and usage is None and state.status < 400:
             self.runtime.metrics.unpriced.labels(backend.name).inc()
@@ -357,8 +355,8 @@ class RouterCall:
                 cost=cost,
                 status=state.status,
                 reached_backend=backend is not None,
-                stream=state.sse.finish() if state.sse is not None else None,
-                price=self.compiled.prices.price_for(state.route.id, backend.name) if backend else None,
+                stream=stream,
+                price=price,
             )
         self.runtime.metrics.observe_call(
             key=key.id,
