@@ -146,3 +146,42 @@ def test_an_invalid_config_is_reported_without_its_values() -> None:
     message = str(caught.value)
     assert "routes.0.backends.0.credential" in message
     assert "sk-secret-value-123" not in message
+
+
+def _http_filters(cluster: dict[str, object]) -> list[str]:
+    options = cluster["typed_extension_protocol_options"]
+    assert isinstance(options, dict)
+    protocol = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    return [f["name"] for f in protocol.get("http_filters", [])]
+
+
+def test_a_route_with_several_backends_runs_the_upstream_filter_per_attempt() -> None:
+    (cluster,) = clusters(CONFIG)
+    assert _http_filters(cluster) == [
+        "envoy.filters.http.ext_proc.upstream",
+        "envoy.filters.http.upstream_codec",
+    ]
+    (route, _) = route_configuration(CONFIG)["virtual_hosts"][0]["routes"]
+    assert "rate_limited_retry_back_off" not in route["route"]["retry_policy"]  # the filter waits
+
+
+def test_a_one_backend_route_is_rewritten_by_the_router_and_envoy_waits_out_retry_after() -> None:
+    one = ROUTE.model_copy(update={"backends": ROUTE.backends[:1]})
+    config = GatewayConfig(routes=(one,)).with_checksum()
+    (cluster,) = clusters(config)
+    assert _http_filters(cluster) == []  # no upstream ext_proc: the router filter rewrote the call
+    (route, _) = route_configuration(config)["virtual_hosts"][0]["routes"]
+    back_off = route["route"]["retry_policy"]["rate_limited_retry_back_off"]
+    assert back_off == {
+        "reset_headers": [{"name": "retry-after", "format": "SECONDS"}],
+        "max_interval": "3.000s",  # timeout 1.5 s x 2 attempts
+    }
+
+
+def test_every_route_keeps_the_gateways_own_headers_from_the_provider() -> None:
+    (route, _) = route_configuration(CONFIG)["virtual_hosts"][0]["routes"]
+    assert set(route["request_headers_to_remove"]) == {
+        "x-tollway-route",
+        "x-tollway-cluster",
+        "x-tollway-rid",
+    }

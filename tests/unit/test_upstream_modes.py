@@ -25,8 +25,10 @@ def _route(route_id: str, model: str, *, max_attempts: int, provider: str = "ope
         name=route_id,
         namespace="team",
         model="chat",
+        # Two backends: a one-backend route has no upstream filter (the router rewrites its calls).
         backends=(
             Backend(name="a", provider=provider, model=model, base_url="http://127.0.0.1:9/v1"),  # type: ignore[arg-type]
+            Backend(name="b", provider=provider, model=model, base_url="http://127.0.0.1:10/v1"),  # type: ignore[arg-type]
         ),
         fallback=Fallback(max_attempts=max_attempts),
     )

@@ -16,7 +16,9 @@ Shape (see docs/architecture.md):
   ext_proc never lets a request reach;
 - the cluster's upstream HTTP filters run the upstream-level ext_proc once per attempt, so each
   attempt is rewritten for its own provider, and each attempt's answer is seen (status, retry-after,
-  error body) before Envoy decides whether to retry.
+  error body) before Envoy decides whether to retry. A route with one backend has no choice to
+  make per attempt: the router filter rewrites its calls, and its cluster has no upstream filter
+  (`routing.plan.rewritten_by_router`); Envoy waits out a `retry-after` itself there.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway_sidecar.config.models import Backend, GatewayConfig, Route
-from tollway_sidecar.routing.plan import cluster_name, plans_for
+from tollway_sidecar.routing.plan import cluster_name, plans_for, rewritten_by_router
 
 METADATA_NAMESPACE = "tollway"
 ROUTE_HEADER = "x-tollway-route"
@@ -41,6 +43,9 @@ EXTPROC_CLUSTER = "tollway_extproc"
 BLACKHOLE_CLUSTER = "tollway_unrouted"
 ROUTE_CONFIG_NAME = "tollway"
 FILTER_ROLE_HEADER = "x-tollway-filter"
+RID_HEADER = "x-tollway-rid"
+# Headers the router filter sets for Envoy and the upstream filter; never sent to a provider.
+INTERNAL_HEADERS = (ROUTE_HEADER, RID_HEADER, CLUSTER_HEADER)
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 _T = "type.googleapis.com/"
@@ -132,13 +137,39 @@ def clusters(config: GatewayConfig, *, message_timeout_ms: int = 2000) -> list[d
         plan = plans[route.id]
         for name, order in zip(plan.clusters, plan.orders, strict=True):
             out.append(
-                _cluster(name, [route.backends[i] for i in order], message_timeout_ms=message_timeout_ms)
+                _cluster(
+                    name,
+                    [route.backends[i] for i in order],
+                    message_timeout_ms=message_timeout_ms,
+                    upstream_filter=not rewritten_by_router(route),
+                )
             )
     return out
 
 
-def _cluster(name: str, backends: list[Backend], *, message_timeout_ms: int) -> dict[str, Any]:
-    """One cluster: the backends at priority 0, 1, 2… in the order given."""
+def _cluster(
+    name: str, backends: list[Backend], *, message_timeout_ms: int, upstream_filter: bool = True
+) -> dict[str, Any]:
+    """One cluster: the backends at priority 0, 1, 2… in the order given.
+
+    `upstream_filter`: run the upstream-level ext_proc on each attempt (routes with several
+    backends); a one-backend route's call is rewritten by the router filter instead.
+    """
+    protocol: dict[str, Any] = {
+        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
+        "explicit_http_config": {"http_protocol_options": {}},
+    }
+    if upstream_filter:
+        protocol["http_filters"] = [
+            _extproc_filter("upstream", upstream=True, message_timeout_ms=message_timeout_ms),
+            {
+                "name": "envoy.filters.http.upstream_codec",
+                "typed_config": {
+                    "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                },
+            },
+        ]
     endpoints = []
     for priority, backend in enumerate(backends):
         endpoints.append(
@@ -205,20 +236,7 @@ def _cluster(name: str, backends: list[Backend], *, message_timeout_ms: int) -> 
             },
         ],
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
-                "explicit_http_config": {"http_protocol_options": {}},
-                "http_filters": [
-                    _extproc_filter("upstream", upstream=True, message_timeout_ms=message_timeout_ms),
-                    {
-                        "name": "envoy.filters.http.upstream_codec",
-                        "typed_config": {
-                            "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-                        },
-                    },
-                ],
-            }
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protocol
         },
     }
 
@@ -253,6 +271,14 @@ def _route_entry(route: Route) -> dict[str, Any]:
             "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.010s"},
         },
     }
+    if rewritten_by_router(route):
+        # No upstream filter waits out a provider's retry-after on this route: Envoy does, within the
+        # call's time (a longer wait is not honoured and the retry goes at once).
+        longest = min(route.timeout_ms * route.fallback.max_attempts / 1000, MAX_UPSTREAM_HOLD_S)
+        action["retry_policy"]["rate_limited_retry_back_off"] = {
+            "reset_headers": [{"name": "retry-after", "format": "SECONDS"}],
+            "max_interval": f"{longest:.3f}s",
+        }
     return {
         "name": route.id,
         "match": {
@@ -260,6 +286,8 @@ def _route_entry(route: Route) -> dict[str, Any]:
             "headers": [{"name": ROUTE_HEADER, "string_match": {"exact": route.id}}],
         },
         "route": action,
+        # Chosen by them already; a provider never sees the gateway's own headers.
+        "request_headers_to_remove": list(INTERNAL_HEADERS),
     }
 
 

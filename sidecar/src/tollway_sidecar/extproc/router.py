@@ -16,19 +16,20 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from tollway_sidecar.extproc import answer, dispatch, final_attempt, spans
+from tollway_sidecar.extproc import answer, direct, dispatch, final_attempt, spans
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
 from tollway_sidecar.pricing import format_usd
+from tollway_sidecar.providers.anthropic import TranslationError
 from tollway_sidecar.providers.usage import ParsedStream, SseParser, parse_json
 from tollway_sidecar.quota.decision import Denial
+from tollway_sidecar.routing.plan import rewritten_by_router
 from tollway_sidecar.runtime import Runtime, key_expired, model_allowed
-from tollway_sidecar.xds import ROUTE_HEADER
+from tollway_sidecar.xds import RID_HEADER, ROUTE_HEADER
 
 log = logging.getLogger("tollway.router")
 
-RID_HEADER = "x-tollway-rid"
 ENDPOINTS: dict[str, tuple[str, Operation]] = {
     "/v1/chat/completions": ("POST", "chat"),
     "/v1/embeddings": ("POST", "embeddings"),
@@ -52,6 +53,7 @@ class RouterCall:
         self.compiled = runtime.compiled  # one config version for the whole call
         self.state = RequestState(request_id=uuid.uuid4().hex)
         self.helicone_user: str | None = None
+        self.anthropic_version: str | None = None  # a native Anthropic client's API version
 
     # -- request headers ------------------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class RouterCall:
         # The end user: x-tollway-user, else the body's `user`, else Helicone-User-Id (issue 3).
         state.end_user = headers.get("x-tollway-user") or None
         self.helicone_user = headers.get("helicone-user-id") or None
+        if operation == "messages":
+            self.anthropic_version = headers.get("anthropic-version") or None
 
         if operation == "models":
             return self._list_models()
@@ -211,19 +215,32 @@ class RouterCall:
         spans.admitted(self.runtime.tracing, state, body)
         if state.stream and spans.capture_content(self.runtime.tracing, state):
             state.stream_text = spans.StreamText()
-        self.runtime.inflight.add(state)
-        set_headers = {ROUTE_HEADER: route.id, RID_HEADER: state.request_id}
+        set_headers = {ROUTE_HEADER: route.id}
         set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
+        remove: tuple[str, ...] = ("authorization", "x-api-key")
+        by_router = rewritten_by_router(route)
+        if by_router:
+            # One backend: rewrite the call here; its cluster has no upstream filter.
+            try:
+                rewrite = direct.rewrite(
+                    self.runtime.tracing, state, route.backends[0], self.anthropic_version
+                )
+            except TranslationError as exc:  # dispatch.check refuses these first; never expected
+                return self._deny(400, exc.message, "invalid_request_error", None, param=exc.param)
+            set_headers.update(rewrite.set_headers)
+            remove = rewrite.remove
+            if rewrite.body is not None:
+                new_body = rewrite.body
+        else:
+            self.runtime.inflight.add(state)
+            set_headers[RID_HEADER] = state.request_id
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         reply = msg.continue_body(
-            "request_body",
-            body=new_body,
-            set_headers=set_headers,
-            remove=("authorization", "x-api-key"),
-            clear_route_cache=True,
+            "request_body", body=new_body, set_headers=set_headers, remove=remove, clear_route_cache=True
         )
-        dispatch.attach_call_id(reply, state.request_id)
+        if not by_router:
+            dispatch.attach_call_id(reply, state.request_id)
         return reply
 
     # -- response headers -----------------------------------------------------------------------

@@ -35,18 +35,16 @@ from tollway_sidecar.config.models import Backend
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.dispatch import call_id_of
-from tollway_sidecar.extproc.router import RID_HEADER
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.anthropic import TranslationError
 from tollway_sidecar.providers.attempts import MAX_ERROR_BODY, Attempt, retry_after_seconds
 from tollway_sidecar.providers.upstream import request_body, request_headers
 from tollway_sidecar.runtime import Runtime
-from tollway_sidecar.xds import CLUSTER_HEADER, ROUTE_HEADER
+from tollway_sidecar.xds import INTERNAL_HEADERS, RID_HEADER
 
 log = logging.getLogger("tollway.upstream")
 
 _BACKEND_RE = re.compile(r'key: "backend"\s*value\s*\{\s*string_value: "((?:[^"\\]|\\.)*)"')
-_INTERNAL_HEADERS = (ROUTE_HEADER, RID_HEADER, CLUSTER_HEADER)
 
 
 def backend_from_metadata(text: str) -> str | None:
@@ -142,7 +140,7 @@ class UpstreamAttempt:
         return msg.continue_headers(
             "request_headers",
             set_headers=set_headers,
-            remove=[*_INTERNAL_HEADERS, *rewrite.remove],
+            remove=[*INTERNAL_HEADERS, *rewrite.remove],
             mode_override=msg.UPSTREAM_MODES[(body is not None or state.body is None, self.watching)],
         )
 

@@ -31,13 +31,23 @@ from tollway_sidecar.config.models import GatewayConfig, Route
 from tollway_sidecar.pricing import resolve_price
 from tollway_sidecar.providers.usage import TokenUsage
 
-__all__ = ["RoutePlan", "cluster_name", "cost_orders", "plan_route", "plans_for"]
+__all__ = ["RoutePlan", "cluster_name", "cost_orders", "plan_route", "plans_for", "rewritten_by_router"]
 
 Order = tuple[int, ...]  # indices into Route.backends, first tried first
 
 # Token counts at which a backend's base input and output prices are read (small enough to stay in
 # the first tier of a tiered catalogue price).
 _RATE_PROBE_TOKENS = 1000
+
+
+def rewritten_by_router(route: Route) -> bool:
+    """A route with one backend: every attempt goes to the same backend, with the same rewrite.
+
+    The router filter then rewrites the call itself (path, credentials, body) in its request-body
+    reply, and the route's cluster runs no upstream filter: two ext_proc messages and one gRPC
+    stream fewer per call. Envoy retries such a route on its own, honouring `retry-after`.
+    """
+    return len(route.backends) == 1
 
 
 def cluster_name(route: Route, index: int = 0) -> str:

@@ -1,0 +1,55 @@
+"""The router filter's rewrite for a route with one backend (`routing.plan.rewritten_by_router`).
+
+Such a route's cluster runs no upstream filter: every attempt goes to the same backend, so the
+router filter rewrites the call once, in its request-body reply, exactly as the upstream filter
+would have for each attempt (`providers.upstream`: path, credentials, body), and opens the
+attempt's span. Envoy keeps those headers and that body for a retry, which is what a retry on the
+same backend needs. The answer is recorded by the router filter (`final_attempt`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from tollway_sidecar.config.models import Backend
+from tollway_sidecar.extproc import spans
+from tollway_sidecar.extproc.state import RequestState
+from tollway_sidecar.providers.attempts import Attempt
+from tollway_sidecar.providers.upstream import request_body, request_headers
+from tollway_sidecar.tracing import Tracing
+
+__all__ = ["DirectRewrite", "rewrite"]
+
+# The client's own credentials: never sent to a provider.
+_CLIENT_CREDENTIALS = ("authorization", "x-api-key")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRewrite:
+    set_headers: dict[str, str]
+    remove: tuple[str, ...]
+    body: bytes | None  # the body to send instead of the client's, if it changes
+
+
+def rewrite(
+    tracing: Tracing, state: RequestState, backend: Backend, anthropic_version: str | None
+) -> DirectRewrite:
+    """Rewrite the call for `backend` and record its first attempt.
+
+    Raises `anthropic.TranslationError` when the body cannot be expressed for the backend (the
+    router's `dispatch.check` refuses those calls first).
+    """
+    assert state.operation is not None and state.body is not None
+    client = {"anthropic-version": anthropic_version} if anthropic_version else {}
+    upstream = request_headers(backend, state.operation, state.path, client)
+    body = request_body(backend, state.operation, state.body)
+    attempt = Attempt(number=1, backend=backend.name, provider=backend.provider, started=time.monotonic())
+    state.attempts, state.backend = 1, backend
+    state.attempt_log.append(attempt)
+    set_headers = {":path": upstream.path, **upstream.set_headers}
+    set_headers.update(spans.start_attempt(tracing, state, attempt, backend))
+    remove = tuple(name for name in (*_CLIENT_CREDENTIALS, *upstream.remove) if name not in set_headers)
+    encoded = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+    return DirectRewrite(set_headers, tuple(dict.fromkeys(remove)), encoded)
