@@ -13,13 +13,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from tollway_sidecar.quota import resp
 from tollway_sidecar.quota.plan import Plan, Settlement, namespace_prefix
 from tollway_sidecar.quota.store import (
     READ_SWEEP_LIMIT,
@@ -71,6 +73,8 @@ class RedisStore:
         self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._reserve = self._redis.register_script(script_source("reserve"))
         self._settle = self._redis.register_script(script_source("settle"))
+        # The request path's scripts go through one pipelined connection (`quota.resp`).
+        self._pipe = resp.PipelinedRedis(url, password=password) if resp.supports(url) else None
         self._apply = self._redis.register_script(script_source("apply"))
         self._read = self._redis.register_script(script_source("read"))
         self._down_until = 0.0
@@ -81,13 +85,21 @@ class RedisStore:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await make()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, resp.ReplyError, OSError, TimeoutError) as exc:
             self._down_until = time.monotonic() + self.cooldown_s
+            if self._pipe is not None and isinstance(exc, TimeoutError | OSError):
+                self._pipe.drop()
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             raise StoreUnavailable(f"Redis at {self._where()} {what}: {reason}") from exc
 
     def _where(self) -> str:
         return self.url.rsplit("@", 1)[-1]  # never the password
+
+    def _script(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Awaitable[Any]:
+        if self._pipe is None:
+            return script(keys=keys, args=args)
+        assert script.sha is not None and isinstance(script.script, str)
+        return self._pipe.evalsha(script.script, script.sha, keys, args)
 
     async def reserve(self, plan: Plan) -> ReserveResult:
         keys = [plan.reservation_key, plan.index_key, *plan.keys]
@@ -110,7 +122,7 @@ class RedisStore:
                 line.limit,
                 line.ttl_ms,
             ]
-        reply = await self._call("reserve", lambda: self._reserve(keys=keys, args=args))
+        reply = await self._call("reserve", lambda: self._script(self._reserve, keys, args))
         values = [int(value) for value in reply]
         return ReserveResult(values[0] == 1, tuple(values[1:]))
 
@@ -122,7 +134,7 @@ class RedisStore:
         args: list[str | int] = [now_ms, plan.rid, plan.reservation_prefix, SWEEP_LIMIT, len(items)]
         for item in items:
             args += [position[item.key], item.field, item.amount]
-        reply = await self._call("settle", lambda: self._settle(keys=keys, args=args))
+        reply = await self._call("settle", lambda: self._script(self._settle, keys, args))
         return int(reply) == 1
 
     async def apply(self, batch: Batch) -> bool:
@@ -149,4 +161,6 @@ class RedisStore:
         await self._call("ping", self._redis.ping)
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
         await self._redis.aclose()
