@@ -8,7 +8,13 @@ from typing import Any
 
 from bench.report import LABELS, systems_of
 
-COLORS = {"direct": "#7f7f7f", "envoy": "#1f77b4", "tollway": "#2ca02c", "litellm": "#d62728"}
+COLORS = {
+    "direct": "#7f7f7f",
+    "envoy": "#1f77b4",
+    "floor": "#9467bd",
+    "tollway": "#2ca02c",
+    "litellm": "#d62728",
+}
 
 
 def draw(results: dict[str, Any], out_dir: Path) -> list[Path]:

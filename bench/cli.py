@@ -23,12 +23,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="a few seconds: bare Envoy + Tollway, tiny steps, no LiteLLM, no profile (as in make test)",
+        help="a few seconds: bare Envoy, floor, Tollway; tiny steps, no LiteLLM, no profile (make test)",
     )
     parser.add_argument(
         "--systems",
         default=None,
-        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all; --smoke: envoy,tollway)",
+        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all; --smoke: envoy,floor,tollway)",
     )
     parser.add_argument(
         "--redis",

@@ -7,8 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-LABELS = {"direct": "direct", "envoy": "bare Envoy", "tollway": "Tollway", "litellm": "LiteLLM"}
-ORDER = ("direct", "envoy", "tollway", "litellm")
+LABELS = {
+    "direct": "direct",
+    "envoy": "bare Envoy",
+    "floor": "Envoy + no-op ext_proc",
+    "tollway": "Tollway",
+    "litellm": "LiteLLM",
+}
+ORDER = ("direct", "envoy", "floor", "tollway", "litellm")
 # "No added inter-chunk delay at p50", with this much allowance for timer noise.
 GAP_TOLERANCE_MS = 0.5
 
@@ -111,6 +117,42 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     rss = _get(results, "memory", "tollway", "sidecar", "peak_rss_mb")
     add("sidecar peak RSS under load", "≤ 150 MB", rss, rss <= 150, f"{_ms(rss, 0)} MB")
     return out
+
+
+# -- where the overhead goes --------------------------------------------------------------------
+
+OVERHEAD_TITLE = "Where Tollway's overhead goes (c=1, 0 ms upstream)"
+
+
+def overhead_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Bare Envoy, then the floor minus bare Envoy (Python ext_proc messaging), then Tollway minus the
+    floor (Tollway's own work), for the c=1 p50 latency and streaming TTFT p50; None unless all three
+    systems were measured."""
+    columns = [("fast", "latency", "0 ms upstream: p50 ms"), ("stream", "ttft", "streaming: TTFT p50 ms")]
+    values: dict[str, list[float]] = {}
+    for system in ("envoy", "floor", "tollway"):
+        values[system] = [float(_get(results, "c1", sc, system, key, "p50")) for sc, key, _ in columns]
+    if any(math.isnan(values[s][0]) for s in values):
+        return None
+
+    def share(part: float, i: int) -> str:
+        whole = values["tollway"][i] - values["envoy"][i]
+        if math.isnan(part) or math.isnan(whole) or whole <= 0:
+            return _signed(part)
+        return f"{_signed(part)} ({part / whole:.0%})"
+
+    rows = [["bare Envoy", *(_ms(v) for v in values["envoy"])]]
+    messaging = [f - e for f, e in zip(values["floor"], values["envoy"], strict=True)]
+    own = [t - f for t, f in zip(values["tollway"], values["floor"], strict=True)]
+    rows.append(
+        [
+            "+ Python ext_proc messaging, 4 messages (floor minus bare Envoy)",
+            *(share(v, i) for i, v in enumerate(messaging)),
+        ]
+    )
+    rows.append(["+ Tollway's own work (Tollway minus floor)", *(share(v, i) for i, v in enumerate(own))])
+    rows.append(["= Tollway", *(_ms(v) for v in values["tollway"])])
+    return ["part", *(title for _sc, _key, title in columns)], rows
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -255,6 +297,9 @@ def print_tables(results: dict[str, Any]) -> str:
         parts.append(f"\n{title}\n{_text(headers, rows)}")
     rows = [[t["name"], t["target"], t["shown"], _verdict(t["met"])] for t in targets(results)]
     parts.append("\nTargets\n" + _text(["target", "wanted", "measured", ""], rows))
+    overhead = overhead_table(results)
+    if overhead is not None:
+        parts.append(f"\n{OVERHEAD_TITLE}\n{_text(*overhead)}")
     return "\n".join(parts) + "\n"
 
 
@@ -284,6 +329,7 @@ def write_report(results: dict[str, Any], path: Path, charts: list[Path], analys
             [[t["name"], t["target"], t["shown"], _verdict(t["met"])] for t in targets(results)],
         ),
         "",
+        *_overhead_section(results),
         "## Results",
         "",
         "### Concurrency 1, upstream answers at once (0 ms)",
@@ -364,6 +410,26 @@ def write_report(results: dict[str, Any], path: Path, charts: list[Path], analys
     if analysis is not None and analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
     path.write_text("\n".join(lines))
+
+
+def _overhead_section(results: dict[str, Any]) -> list[str]:
+    table = overhead_table(results)
+    if table is None:
+        return []
+    return [
+        f"## {OVERHEAD_TITLE}",
+        "",
+        "Medians from the concurrency-1 runs below. The floor is bare Envoy with a router-level ext_proc "
+        "filter configured like Tollway's, talking to a Python grpc.aio server that does nothing but "
+        "answer: request headers, request body, response headers and response body (the first chunk, "
+        "for TTFT) — the 4 messages Tollway's router filter exchanges for a one-backend route. The "
+        "floor minus bare Envoy is what any Python ext_proc with those messages costs; Tollway minus "
+        "the floor is Tollway's own work, what it does with those messages. Percentages "
+        "are shares of Tollway's overhead over bare Envoy.",
+        "",
+        _md(*table),
+        "",
+    ]
 
 
 def _scenario_text(config: dict[str, Any], name: str) -> str:

@@ -32,6 +32,7 @@ from bench.systems import (
     sidecar_supports_redis,
     sidecar_supports_tracing,
     start_bare_envoy,
+    start_floor,
     start_litellm,
     start_mocks,
     start_otlp,
@@ -39,7 +40,7 @@ from bench.systems import (
     start_tollway,
 )
 
-SYSTEMS = ("direct", "envoy", "tollway", "litellm")
+SYSTEMS = ("direct", "envoy", "floor", "tollway", "litellm")
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Config:
     @classmethod
     def smoke(cls, **overrides: Any) -> Config:
         base = cls(
-            systems=("envoy", "tollway"),
+            systems=("envoy", "floor", "tollway"),
             stream_chunks=4,
             long_stream_chunks=8,
             c1_rounds={"fast": 30, "slow": 4, "stream": 4},
@@ -223,6 +224,9 @@ def start_stack(config: Config) -> Stack:
         if "envoy" in config.systems:
             stack.systems["envoy"] = start_bare_envoy(children, state_dir, stack.mocks, scenarios)
             say(config, "bench: bare Envoy ready")
+        if "floor" in config.systems:
+            stack.systems["floor"] = start_floor(children, state_dir, stack.mocks, scenarios)
+            say(config, "bench: floor (bare Envoy + no-op ext_proc) ready")
         redis_url, redis_port = _redis(config, stack)
         if "tollway" in config.systems:
             otlp_port = _otlp(config, stack)

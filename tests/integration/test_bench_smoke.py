@@ -1,7 +1,7 @@
 """`make bench` in miniature (`python -m bench --smoke`), so the benchmark harness cannot rot.
 
-Bare Envoy and Tollway only (no LiteLLM, no profile), tiny steps: it checks that every phase runs
-and produces well-formed results, not how fast anything is.
+Bare Envoy, the floor (Envoy + a no-op ext_proc) and Tollway (no LiteLLM, no profile), tiny steps:
+it checks that every phase runs and produces well-formed results, not how fast anything is.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
 
     results = json.loads((results_dir / "smoke-latest.json").read_text())
-    systems = ("envoy", "tollway")
+    systems = ("envoy", "floor", "tollway")
     for scenario, rounds in results["config"]["c1_rounds"].items():
         for system in systems:
             entry = results["c1"][scenario][system]
@@ -71,13 +71,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert results["memory"][system]
     assert {"sidecar", "envoy"} <= set(results["reference"]["tollway"]["cpu_us_per_request"])
     assert results["memory"]["tollway"]["sidecar"]["peak_rss_mb"] > 0
+    assert {"noop-extproc", "envoy"} <= set(results["reference"]["floor"]["cpu_us_per_request"])
     # Tollway really priced the calls it served (the full path ran, not a shortcut).
     sample = results["c1"]["fast"]["tollway"]["sample"].lower()
     assert "x-tollway-cost-usd" in sample and "chat.completion" in sample
+    # The floor's calls went through its ext_proc server (it sets this header on buffered bodies).
+    assert "x-floor-cost" in results["c1"]["fast"]["floor"]["sample"].lower()
 
     text = report.read_text()
     for heading in (
         "## Targets",
+        "## Where Tollway's overhead goes",
         "### Concurrency 1",
         "### Maximum request rate",
         "### Streaming",
