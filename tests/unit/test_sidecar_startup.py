@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import sys
+
+import pytest
 
 from tollway_sidecar import app
 from tollway_sidecar.config.models import Backend, GatewayConfig, Route
@@ -35,11 +38,13 @@ def test_a_loaded_encoding_counts_exactly_without_its_python_ranks() -> None:
 
 
 def test_gc_is_frozen_and_collects_less_often_after_start_up() -> None:
-    before = gc.get_threshold()
+    before, switch = gc.get_threshold(), sys.getswitchinterval()
     try:
         app._tune_gc()
         assert gc.get_threshold() == app.GC_THRESHOLDS
         assert gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == pytest.approx(app.SWITCH_INTERVAL_S)
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        sys.setswitchinterval(switch)
