@@ -91,3 +91,32 @@ def test_prompt_events_are_redacted(tracing: Tracing, exported: InMemorySpanExpo
 )
 def test_redactor(text: str, expected: str) -> None:
     assert Redactor()(text) == expected
+
+
+def _batch_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[int, float, int]:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # never reached
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    tracing = Tracing.from_env()
+    try:
+        assert tracing.provider is not None
+        (processor,) = tracing.provider._active_span_processor._span_processors
+        batch = processor._batch_processor  # type: ignore[attr-defined]
+        return batch._max_export_batch_size, batch._schedule_delay_millis, batch._max_queue_size
+    finally:
+        tracing.shutdown()
+
+
+def test_spans_are_exported_in_small_frequent_batches_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A big batch holds the GIL while it is encoded, and every call in flight waits (bench/ANALYSIS.md).
+    assert _batch_settings(monkeypatch) == (32, 100.0, 8192)
+
+
+def test_the_standard_batch_variables_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _batch_settings(
+        monkeypatch,
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="512",
+        OTEL_BSP_SCHEDULE_DELAY="5000",
+        OTEL_BSP_MAX_QUEUE_SIZE="2048",
+    )
+    assert settings == (512, 5000.0, 2048)
