@@ -117,7 +117,8 @@ def envoy_bootstrap(
     import json
 
     from tollway_sidecar.config.models import GatewayConfig
-    from tollway_sidecar.xds import bootstrap, write_dynamic_resources
+    from tollway_sidecar.envoy_bootstrap import bootstrap
+    from tollway_sidecar.xds import write_dynamic_resources
 
     xds = xds_dir or out_dir / "xds"
     out_dir.mkdir(parents=True, exist_ok=True)

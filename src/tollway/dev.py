@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tollway_operator.compile import CompileResult, Manifest, compile_manifests, load_manifests
-from tollway_sidecar.xds import bootstrap
+from tollway_sidecar.envoy_bootstrap import bootstrap
 
 
 class DevError(Exception):

@@ -9,10 +9,10 @@ import pytest
 
 from tollway_sidecar.config.loader import ConfigError, FileWatcher, load_config_file
 from tollway_sidecar.config.models import Backend, Fallback, GatewayConfig, Route
+from tollway_sidecar.envoy_bootstrap import bootstrap
 from tollway_sidecar.extproc.upstream import backend_from_metadata
 from tollway_sidecar.xds import (
     ROUTE_HEADER,
-    bootstrap,
     clusters,
     route_configuration,
     write_dynamic_resources,
