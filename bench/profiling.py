@@ -31,6 +31,7 @@ _AREAS = (
     ("tollway_sidecar/extproc/validation", "sidecar: body validation"),
     ("tollway_sidecar/providers", "sidecar: usage parsing"),
     ("tollway_sidecar/pricing", "sidecar: pricing"),
+    ("tollway_sidecar/quota/resp", "redis client"),
     ("tollway_sidecar/quota", "sidecar: quotas/ledger"),
     ("tollway_sidecar/routing", "sidecar: routing"),
     ("tollway_sidecar/telemetry", "sidecar: metrics"),
@@ -65,7 +66,7 @@ _FEATURES = (
     ("quota: admit (estimate + Redis reserve)", ("QuotaGate.admit",)),
     ("quota: estimate (tokens + price)", ("estimate_call",)),
     ("quota: settle", ("QuotaGate.settle",)),
-    ("Redis calls (redis-py)", ("RedisStore._call",)),
+    ("Redis calls (store round trips)", ("RedisStore._call",)),
     ("pricing: genai-prices calc_price", ("ModelPrice.calc_price",)),
     (
         "replies: protobuf building",
