@@ -540,6 +540,9 @@ def start_tollway(
     info = {
         "what": "tollway dev (DevGateway): Envoy --concurrency 1 + ext_proc sidecar over a Unix socket",
         "path": path,
+        "routes": "one RouteRule per scenario, one backend each (maxAttempts 2): the router filter "
+        "rewrites the call, 4 ext_proc messages per call; a route with several backends adds the "
+        "upstream filter, one more gRPC stream and 1-3 messages per attempt",
         "redis": redis_url or "off",
         "otlp": f"127.0.0.1:{otlp_port}" if otlp_port else "off",
         "state_dir": str(options.state_dir),
