@@ -89,3 +89,33 @@ def test_bench_smoke(tmp_path: Path) -> None:
     ):
         assert heading in text
     assert "Targets" in done.stdout and "bare Envoy" in done.stdout
+
+
+def _run_tool(*argv: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_handlers_benchmark_runs() -> None:
+    out = _run_tool("bench.handlers", "--calls", "20")
+    rows = dict(line.rsplit(maxsplit=1) for line in out.splitlines()[1:])
+    for phase in ("request headers", "request body", "response headers", "response body", "per call"):
+        assert float(rows[phase]) > 0, out
+
+
+@pytest.mark.timeout(60)
+def test_the_same_rate_cpu_benchmark_runs() -> None:
+    envoy_binary()
+    out = _run_tool("bench.cpu_at", "--rate", "20", "--seconds", "0.5", "--systems", "floor")
+    (line,) = [row for row in out.splitlines() if row.startswith("floor")]
+    assert "errors 0" in line and "noop-extproc" in line and "envoy" in line, out
