@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from bench.http import Endpoint
 from bench.procs import Proc
 from tollway.dev import Children as DevChildren
 from tollway.dev import DevGateway, DevOptions, envoy_binary, free_port
+from tollway_sidecar.xds import ROUTER_PROCESSING_MODE
 
 BENCH_KEY = "tw-bench-0123456789abcdef0123456789abcdef"
 LITELLM_MASTER_KEY = "sk-bench-master-0123456789abcdef"
@@ -289,24 +291,40 @@ def bare_envoy_bootstrap(admin_port: int, listeners: dict[str, tuple[int, int]])
     }
 
 
+def _start_envoy(
+    children: Children,
+    state_dir: Path,
+    name: str,
+    mocks: dict[str, tuple[int, Proc]],
+    scenarios: dict[str, Scenario],
+    render: Callable[[int, dict[str, tuple[int, int]]], dict[str, Any]],
+) -> tuple[Any, dict[str, tuple[int, str]]]:
+    """Envoy (one worker) from `render(admin_port, {scenario: (listen_port, upstream_port)})`, ready;
+    returns its process and each scenario's (listen port, model)."""
+    listeners = {scenario: (free_port(), port) for scenario, (port, _proc) in mocks.items()}
+    admin = free_port()
+    path = state_dir / f"{name}.json"
+    path.write_text(json.dumps(render(admin, listeners), indent=2))
+    argv = [envoy_binary(), "-c", str(path), "--concurrency", "1", "--log-level", "warning"]
+    proc = children.spawn(name, [*argv, "--use-dynamic-base-id"])
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), name, 30, lambda: children.check(name))
+    for listen_port, _upstream in listeners.values():
+        wait_for(lambda p=listen_port: tcp_open(p), f"{name} listener", 10)
+    ports = {scenario: (port, scenarios[scenario].model) for scenario, (port, _u) in listeners.items()}
+    return proc, ports
+
+
 def start_bare_envoy(
     children: Children, state_dir: Path, mocks: dict[str, tuple[int, Proc]], scenarios: dict[str, Scenario]
 ) -> System:
-    listeners = {name: (free_port(), port) for name, (port, _proc) in mocks.items()}
-    admin = free_port()
-    path = state_dir / "bare-envoy.json"
-    path.write_text(json.dumps(bare_envoy_bootstrap(admin, listeners), indent=2))
-    argv = [envoy_binary(), "-c", str(path), "--concurrency", "1", "--log-level", "warning"]
-    proc = children.spawn("bare-envoy", [*argv, "--use-dynamic-base-id"])
-    wait_for(
-        lambda: http_ok(f"http://127.0.0.1:{admin}/ready"),
-        "bare Envoy",
-        30,
-        lambda: children.check("bare-envoy"),
+    proc, ports = _start_envoy(
+        children,
+        state_dir,
+        "bare-envoy",
+        mocks,
+        scenarios,
+        bare_envoy_bootstrap,
     )
-    for listen_port, _upstream in listeners.values():
-        wait_for(lambda p=listen_port: tcp_open(p), "bare Envoy listener", 10)
-    ports = {name: (listen_port, scenarios[name].model) for name, (listen_port, _u) in listeners.items()}
     return System(
         "envoy",
         [Proc("envoy", proc.pid)],
@@ -338,14 +356,7 @@ def floor_bootstrap(
             "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}, "timeout": "5s"},
             "failure_mode_allow": False,
             "message_timeout": "2s",
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "response_header_mode": "SEND",
-                "response_body_mode": "NONE",  # chosen per response with mode_override
-                "request_trailer_mode": "SKIP",
-                "response_trailer_mode": "SKIP",
-            },
+            "processing_mode": dict(ROUTER_PROCESSING_MODE),  # the response body's: mode_override
             "allow_mode_override": True,
         },
     }
@@ -394,21 +405,14 @@ def start_floor(
         "noop-extproc", [sys.executable, "-m", "bench.noop_extproc", "--socket", str(sock)]
     )
     wait_for(lambda: unix_open(sock), "no-op ext_proc server", 30, lambda: children.check("noop-extproc"))
-    listeners = {name: (free_port(), port) for name, (port, _proc) in mocks.items()}
-    admin = free_port()
-    path = state_dir / "floor-envoy.json"
-    path.write_text(json.dumps(floor_bootstrap(admin, listeners, str(sock)), indent=2))
-    argv = [envoy_binary(), "-c", str(path), "--concurrency", "1", "--log-level", "warning"]
-    proc = children.spawn("floor-envoy", [*argv, "--use-dynamic-base-id"])
-    wait_for(
-        lambda: http_ok(f"http://127.0.0.1:{admin}/ready"),
-        "floor Envoy",
-        30,
-        lambda: children.check("floor-envoy"),
+    proc, ports = _start_envoy(
+        children,
+        state_dir,
+        "floor-envoy",
+        mocks,
+        scenarios,
+        lambda admin, listeners: floor_bootstrap(admin, listeners, str(sock)),
     )
-    for listen_port, _upstream in listeners.values():
-        wait_for(lambda p=listen_port: tcp_open(p), "floor Envoy listener", 10)
-    ports = {name: (listen_port, scenarios[name].model) for name, (listen_port, _u) in listeners.items()}
     return System(
         "floor",
         [Proc("envoy", proc.pid), Proc("noop-extproc", extproc.pid)],

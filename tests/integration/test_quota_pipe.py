@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,57 +76,64 @@ def test_a_script_error_is_the_callers_and_the_connection_goes_on(redis_server: 
     assert run(main) == [3, "c"]
 
 
-def test_a_restarted_redis_fails_the_call_in_flight_and_the_next_one_reconnects(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "restart")
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may stop, restart or pause."""
+    server = RedisServer(tmp_path / "redis")
     server.start()
-
-    async def main() -> Any:
-        store = RedisStore(server.url, timeout_s=1.0, cooldown_s=0.0)
-        pipe = store._pipe
-        assert pipe is not None
-        try:
-            assert await pipe.evalsha(ECHO, SHA, ["{pipe}r"], [1, "before"]) == [1, "before"]
-            await asyncio.to_thread(server.stop)
-            with pytest.raises((ConnectionResetError, ConnectionRefusedError)):
-                await pipe.evalsha(ECHO, SHA, ["{pipe}r"], [2, "down"])
-            await asyncio.to_thread(server.start)  # same port, empty, no scripts loaded
-            return await pipe.evalsha(ECHO, SHA, ["{pipe}r"], [3, "after"])
-        finally:
-            await store.close()
-
     try:
-        assert run(main) == [3, "after"]
+        yield server
     finally:
         server.stop()
 
 
-def test_a_hung_redis_times_out_and_the_store_recovers_when_it_answers(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "hung")
-    server.start()
+Body = Callable[[RedisStore, PipelinedRedis], Awaitable[Any]]
+
+
+def with_store(server: RedisServer, timeout_s: float, body: Body) -> Any:
+    """Run `body` on uvloop with a RedisStore (no cool-down) and its pipelined connection."""
+
+    async def main() -> Any:
+        store = RedisStore(server.url, timeout_s=timeout_s, cooldown_s=0.0)
+        try:
+            assert store._pipe is not None
+            return await body(store, store._pipe)
+        finally:
+            await store.close()
+
+    return run(main)
+
+
+def test_a_restarted_redis_fails_the_call_in_flight_and_the_next_one_reconnects(
+    own_server: RedisServer,
+) -> None:
+    async def body(store: RedisStore, pipe: PipelinedRedis) -> Any:
+        assert await pipe.evalsha(ECHO, SHA, ["{pipe}r"], [1, "before"]) == [1, "before"]
+        await asyncio.to_thread(own_server.stop)
+        with pytest.raises((ConnectionResetError, ConnectionRefusedError)):
+            await pipe.evalsha(ECHO, SHA, ["{pipe}r"], [2, "down"])
+        await asyncio.to_thread(own_server.start)  # same port, empty, no scripts loaded
+        return await pipe.evalsha(ECHO, SHA, ["{pipe}r"], [3, "after"])
+
+    assert with_store(own_server, 1.0, body) == [3, "after"]
+
+
+def test_a_hung_redis_times_out_and_the_store_recovers_when_it_answers(own_server: RedisServer) -> None:
     store_errors: list[str] = []
 
-    async def main() -> Any:
-        store = RedisStore(server.url, timeout_s=0.3, cooldown_s=0.0)
-        pipe = store._pipe
-        assert pipe is not None
+    async def body(store: RedisStore, pipe: PipelinedRedis) -> Any:
+        await pipe.evalsha(ECHO, SHA, ["{pipe}h"], [1, "before"])
+        own_server.pause()
         try:
-            await pipe.evalsha(ECHO, SHA, ["{pipe}h"], [1, "before"])
-            server.pause()
-            try:
-                await store._call("reserve", lambda: pipe.evalsha(ECHO, SHA, ["{pipe}h"], [2, "hung"]))
-            except Exception as exc:
-                store_errors.append(str(exc))
-            finally:
-                server.resume()
-            return await store._call("reserve", lambda: pipe.evalsha(ECHO, SHA, ["{pipe}h"], [3, "after"]))
+            await store._call("reserve", lambda: pipe.evalsha(ECHO, SHA, ["{pipe}h"], [2, "hung"]))
+        except Exception as exc:
+            store_errors.append(str(exc))
         finally:
-            await store.close()
+            own_server.resume()
+        return await store._call("reserve", lambda: pipe.evalsha(ECHO, SHA, ["{pipe}h"], [3, "after"]))
 
-    try:
-        assert run(main) == [3, "after"]
-    finally:
-        server.stop()
-    assert store_errors == [f"Redis at {server.url} reserve: timed out"]
+    assert with_store(own_server, 0.3, body) == [3, "after"]
+    assert store_errors == [f"Redis at {own_server.url} reserve: timed out"]
 
 
 async def _command(server: RedisServer, *args: str) -> None:

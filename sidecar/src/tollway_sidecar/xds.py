@@ -55,6 +55,7 @@ _EXTPROC = _T + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 __all__ = [
     "CLUSTER_HEADER",
     "METADATA_NAMESPACE",
+    "ROUTER_PROCESSING_MODE",
     "ROUTE_HEADER",
     "cluster_name",
     "clusters",
@@ -63,6 +64,18 @@ __all__ = [
     "route_configuration",
     "write_dynamic_resources",
 ]
+
+
+# The router-level filter's messages: request headers, the buffered request body, response headers;
+# the response body's mode is chosen per response (`mode_override`: STREAMED for SSE, else BUFFERED).
+ROUTER_PROCESSING_MODE: dict[str, str] = {
+    "request_header_mode": "SEND",
+    "request_body_mode": "BUFFERED",
+    "response_header_mode": "SEND",
+    "response_body_mode": "NONE",
+    "request_trailer_mode": "SKIP",
+    "response_trailer_mode": "SKIP",
+}
 
 
 def extproc_target(address: str) -> dict[str, Any]:
@@ -74,16 +87,11 @@ def extproc_target(address: str) -> dict[str, Any]:
 
 
 def extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> dict[str, Any]:
+    # The same messages for both filters. The upstream filter's response headers are each attempt's
+    # status and retry-after (error bodies buffered by mode_override); each attempt's request-headers
+    # reply drops the phases it does not need (`extproc.messages.UPSTREAM_MODES`).
+    mode = dict(ROUTER_PROCESSING_MODE)
     if upstream:
-        mode = {
-            "request_header_mode": "SEND",
-            "request_body_mode": "BUFFERED",
-            # Each attempt's status and retry-after; error bodies are buffered (mode_override).
-            "response_header_mode": "SEND",
-            "response_body_mode": "NONE",
-            "request_trailer_mode": "SKIP",
-            "response_trailer_mode": "SKIP",
-        }
         attributes: dict[str, Any] = {
             "request_attributes": ["xds.upstream_host_metadata", "upstream.request_attempt_count"],
             # Host and path rewrites must reach this attempt's upstream.
@@ -94,14 +102,6 @@ def extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> dic
             "max_message_timeout": f"{MAX_UPSTREAM_HOLD_S}s",
         }
     else:
-        mode = {
-            "request_header_mode": "SEND",
-            "request_body_mode": "BUFFERED",
-            "response_header_mode": "SEND",
-            "response_body_mode": "NONE",  # chosen per response with mode_override
-            "request_trailer_mode": "SKIP",
-            "response_trailer_mode": "SKIP",
-        }
         attributes = {
             "allow_mode_override": True,
             "metadata_options": {"receiving_namespaces": {"untyped": [CALL_METADATA_NAMESPACE]}},
