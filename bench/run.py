@@ -39,6 +39,7 @@ from bench.systems import (
     start_redis,
     start_tollway,
 )
+from tollway.dev import DevGateway
 
 SYSTEMS = ("direct", "envoy", "floor", "tollway", "litellm")
 
@@ -185,6 +186,7 @@ class Stack:
     stops: list[Callable[[], None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     otlp_stats: Path | None = None
+    tollway: DevGateway | None = None  # Tollway's gateway, to recompile its config folder
 
     def procs_for(self, system: str, scenario: str) -> list[Proc]:
         procs = [*self.systems[system].procs, self.mocks[scenario][1], self.generator]
@@ -239,6 +241,7 @@ def start_stack(config: Config) -> Stack:
                 os.environ.clear()
                 os.environ.update(saved_env)
             stack.stops.append(dev.stop)
+            stack.tollway = dev
             stack.systems["tollway"] = system
             say(
                 config,

@@ -119,3 +119,13 @@ def test_the_same_rate_cpu_benchmark_runs() -> None:
     out = _run_tool("bench.cpu_at", "--rate", "20", "--seconds", "0.5", "--systems", "floor")
     (line,) = [row for row in out.splitlines() if row.startswith("floor")]
     assert "errors 0" in line and "noop-extproc" in line and "envoy" in line, out
+
+
+@pytest.mark.timeout(90)
+def test_the_route_shapes_benchmark_runs() -> None:
+    envoy_binary()
+    out = _run_tool("bench.route_shapes", "--rounds", "10", "--rate", "20", "--seconds", "0.5")
+    rows = [line for line in out.splitlines() if line.strip().startswith(("one backend", "two backends"))]
+    assert len(rows) == 4, out  # c=1, then CPU per call, for each route
+    assert all("errors 0" in row for row in rows), out
+    assert all("sidecar" in row for row in rows[2:]), out
