@@ -11,12 +11,11 @@ import json
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from tollway_sidecar.extproc import answer, direct, dispatch, final_attempt, spans
+from tollway_sidecar.extproc import accounting, answer, direct, dispatch, final_attempt, spans
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
@@ -351,45 +350,7 @@ class RouterCall:
 
     def _finish(self, usage: Any, stream: ParsedStream | None = None) -> None:
         """Price, settle, count and trace the call once; `stream` is what a streamed answer said."""
-        state = self.state
-        if state.finished:
-            return
-        state.finished = True
-        state.usage = usage
-        backend = state.backend
-        key = state.key
-        if key is None or state.route is None:
-            return
-        price = self.compiled.prices.price_for(state.route.id, backend.name) if backend else None
-        cost = price.cost(usage, at=datetime.now(UTC)) if usage is not None and price is not None else None
-        state.cost = cost
-        if backend is not None and usage is None and state.status < 400:
-            self.runtime.metrics.unpriced.labels(backend.name).inc()
-        if state.quota is not None:
-            self.runtime.quota.settle_soon(
-                state.quota,
-                usage=usage,
-                cost=cost,
-                status=state.status,
-                reached_backend=backend is not None,
-                stream=stream,
-                price=price,
-            )
-        self.runtime.metrics.observe_call(
-            key=key.id,
-            model=state.client_model,
-            backend=backend.name if backend else "",
-            status=state.status,
-            input_tokens=usage.input_tokens if usage else None,
-            output_tokens=usage.output_tokens if usage else None,
-            cost=cost,
-            seconds=time.monotonic() - state.started,
-            provider=backend.provider if backend else "",
-            ttft=(state.first_chunk_at - state.started) if state.first_chunk_at is not None else None,
-            route=state.route.id,
-            attempts=max(state.attempts, 1),
-        )
-        spans.finished(self.runtime.tracing, state, state.completion)
+        accounting.finish(self.runtime, self.compiled, self.state, usage, stream)
 
     def on_stream_closed(self) -> None:
         """The ext_proc stream ended: settle whatever is still open (a client gone mid-stream)."""

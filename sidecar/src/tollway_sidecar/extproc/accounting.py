@@ -1,0 +1,66 @@
+"""The end of a call, once: its price, its settle, its metrics and its span.
+
+Called by the router filter when the answer is complete (the buffered body, the provider's last
+streamed event), or when the ext_proc stream closes first (a client gone mid-stream, a call admitted
+but never sent): usage is then what was seen, or none.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from tollway_sidecar.extproc import spans
+from tollway_sidecar.extproc.state import RequestState
+from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
+from tollway_sidecar.runtime import CompiledConfig, Runtime
+
+__all__ = ["finish"]
+
+
+def finish(
+    runtime: Runtime,
+    compiled: CompiledConfig,
+    state: RequestState,
+    usage: TokenUsage | None,
+    stream: ParsedStream | None = None,
+) -> None:
+    """Price, settle, count and trace the call once; `stream` is what a streamed answer said."""
+    if state.finished:
+        return
+    state.finished = True
+    state.usage = usage
+    backend = state.backend
+    key = state.key
+    if key is None or state.route is None:
+        return
+    price = compiled.prices.price_for(state.route.id, backend.name) if backend else None
+    cost = price.cost(usage, at=datetime.now(UTC)) if usage is not None and price is not None else None
+    state.cost = cost
+    if backend is not None and usage is None and state.status < 400:
+        runtime.metrics.unpriced.labels(backend.name).inc()
+    if state.quota is not None:
+        runtime.quota.settle_soon(
+            state.quota,
+            usage=usage,
+            cost=cost,
+            status=state.status,
+            reached_backend=backend is not None,
+            stream=stream,
+            price=price,
+        )
+    runtime.metrics.observe_call(
+        key=key.id,
+        model=state.client_model,
+        backend=backend.name if backend else "",
+        status=state.status,
+        input_tokens=usage.input_tokens if usage else None,
+        output_tokens=usage.output_tokens if usage else None,
+        cost=cost,
+        seconds=time.monotonic() - state.started,
+        provider=backend.provider if backend else "",
+        ttft=(state.first_chunk_at - state.started) if state.first_chunk_at is not None else None,
+        route=state.route.id,
+        attempts=max(state.attempts, 1),
+    )
+    spans.finished(runtime.tracing, state, state.completion)
