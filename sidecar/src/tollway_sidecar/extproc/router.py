@@ -2,7 +2,9 @@
 
 One instance per client request (one ext_proc stream). Envoy sends, in order: request headers,
 the buffered request body, response headers, then the response body (buffered for JSON, streamed
-chunk by chunk for SSE — chosen per response with `mode_override`).
+chunk by chunk for SSE — chosen per response with `mode_override`). On a route with one backend
+the request-body reply also rewrites the call for that backend (`direct`); on a route with several,
+the upstream filter rewrites each attempt (`upstream`).
 """
 
 from __future__ import annotations
