@@ -30,22 +30,12 @@ die() {
 	echo "jaeger.sh: jaeger: run 'bash scripts/tools/jaeger.sh' (or 'make tools') with Go >= 1.$MIN_GO_MINOR on PATH and the Go module proxy reachable, or set JAEGER_BINARY to a Jaeger v2 binary." >&2
 	exit 1
 }
-
-need_go() {
-	# A non-interactive shell may lack the profile that puts the toolchain on PATH.
-	if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-		PATH="/usr/local/go/bin:$PATH"
-	fi
-	command -v go >/dev/null 2>&1 || die "'go' is not on PATH; building Jaeger needs Go >= 1.$MIN_GO_MINOR"
-	local v minor
-	v="$(go env GOVERSION 2>/dev/null || true)"
-	minor="$(sed -nE 's/^go1\.([0-9]+).*/\1/p' <<<"$v")"
-	[[ -n "$minor" && "$minor" -ge "$MIN_GO_MINOR" ]] || die "Go >= 1.$MIN_GO_MINOR is needed to build Jaeger, found '${v:-none}'"
-}
+# shellcheck source=SCRIPTDIR/lib/gobuild.sh
+source "$here/lib/gobuild.sh"
 
 # Regenerate scripts/tools/go/jaeger/{go.mod,go.sum} from JAEGER_MODULE_VERSION.
 lock() {
-	need_go
+	need_go "Jaeger"
 	local work
 	work="$(mktemp -d)"
 	trap 'rm -rf "$work"' RETURN
@@ -93,18 +83,13 @@ if [[ -x "$dest/jaeger" ]]; then
 fi
 [[ "${TOLLWAY_TOOLS_NO_BUILD:-}" != 1 ]] || die "jaeger (module $JAEGER_MODULE_VERSION) is not built yet (looked in $dest)"
 
-mkdir -p "$cache"
-exec 9>"$cache/.jaeger.lock"
-if ! flock -n 9; then
-	log "another jaeger.sh is building; waiting for it"
-	flock 9
-fi
+build_lock jaeger
 if [[ -x "$dest/jaeger" ]]; then # built by the one we waited for
 	echo "$dest/jaeger"
 	exit 0
 fi
 
-need_go
+need_go "Jaeger"
 log "building jaeger $JAEGER_VERSION (module $JAEGER_MODULE_VERSION) from Go modules (cold: about 5-8 min on 2 cores; cached afterwards in $dest)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -119,8 +104,6 @@ start=$SECONDS
 ) >&2 || die "go build of github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_MODULE_VERSION failed (output above)"
 { "$work/bin/jaeger" version && echo; } >&2 || die "the built jaeger does not run"
 
-rm -rf "$dest.tmp" "$dest"
-mv "$work/bin" "$dest.tmp"
-mv "$dest.tmp" "$dest"
+install_build "$work/bin" "$dest"
 log "built in $((SECONDS - start)) s"
 echo "$dest/jaeger"

@@ -33,22 +33,12 @@ die() {
 	echo "kube.sh: kube-apiserver and etcd: run 'bash scripts/tools/kube.sh' (or 'make tools') with Go >= 1.$MIN_GO_MINOR on PATH and the Go module proxy reachable, or set KUBEBUILDER_ASSETS to a directory holding kube-apiserver and etcd (e.g. from 'setup-envtest use $KUBE_VERSION -p path')." >&2
 	exit 1
 }
-
-need_go() {
-	# A non-interactive shell may lack the profile that puts the toolchain on PATH.
-	if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-		PATH="/usr/local/go/bin:$PATH"
-	fi
-	command -v go >/dev/null 2>&1 || die "'go' is not on PATH; building kube-apiserver $KUBE_VERSION needs Go >= 1.$MIN_GO_MINOR"
-	local v minor
-	v="$(go env GOVERSION 2>/dev/null || true)"
-	minor="$(sed -nE 's/^go1\.([0-9]+).*/\1/p' <<<"$v")"
-	[[ -n "$minor" && "$minor" -ge "$MIN_GO_MINOR" ]] || die "Go >= 1.$MIN_GO_MINOR is needed to build kube-apiserver $KUBE_VERSION, found '${v:-none}'"
-}
+# shellcheck source=SCRIPTDIR/lib/gobuild.sh
+source "$here/lib/gobuild.sh"
 
 # Regenerate scripts/tools/go/kube/{go.mod,go.sum} from KUBE_VERSION.
 lock() {
-	need_go
+	need_go "kube-apiserver $KUBE_VERSION"
 	local work gomod etcd_version
 	work="$(mktemp -d)"
 	trap 'rm -rf "$work"' RETURN
@@ -117,18 +107,13 @@ if found; then
 fi
 [[ "${TOLLWAY_TOOLS_NO_BUILD:-}" != 1 ]] || die "kube-apiserver $KUBE_VERSION and etcd are not built yet (looked in $dest)"
 
-mkdir -p "$cache"
-exec 9>"$cache/.kube.lock"
-if ! flock -n 9; then
-	log "another kube.sh is building; waiting for it"
-	flock 9
-fi
+build_lock kube
 if found; then # built by the one we waited for
 	print
 	exit 0
 fi
 
-need_go
+need_go "kube-apiserver $KUBE_VERSION"
 etcd_version="$(sed -nE 's#^\s*go\.etcd\.io/etcd/server/v3 (v[^ ]+).*#\1#p' "$lockdir/go.mod" | head -n1)"
 log "building kube-apiserver $KUBE_VERSION and etcd $etcd_version from Go modules (cold: about 4-8 min on 2 cores; cached afterwards in $dest)"
 work="$(mktemp -d)"
@@ -147,8 +132,6 @@ mv "$work/bin/server" "$work/bin/etcd"
 "$work/bin/kube-apiserver" --version >&2 || die "the built kube-apiserver does not run"
 "$work/bin/etcd" --version >&2 || die "the built etcd does not run"
 
-rm -rf "$dest.tmp" "$dest"
-mv "$work/bin" "$dest.tmp"
-mv "$dest.tmp" "$dest"
+install_build "$work/bin" "$dest"
 log "built in $((SECONDS - start)) s"
 print
