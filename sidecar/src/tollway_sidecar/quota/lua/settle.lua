@@ -11,12 +11,7 @@ local applied = 0
 local raw = redis.call('GET', KEYS[1])
 local expiry = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if raw and expiry and tonumber(expiry) > now then
-  local record = cjson.decode(raw)
-  for _, item in ipairs(record[1]) do
-    if item[3] ~= '0' and redis.call('EXISTS', item[1]) == 1 then
-      redis.call('HINCRBY', item[1], item[2], '-' .. item[3])
-    end
-  end
+  apply_items(cjson.decode(raw)[1], '-')
   local n = tonumber(ARGV[5])
   for i = 0, n - 1 do
     local b = 6 + i * 3
