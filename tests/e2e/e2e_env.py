@@ -100,19 +100,7 @@ class Cluster:
 
     @classmethod
     def start(cls, workdir: Path) -> Cluster:
-        workdir.mkdir(parents=True, exist_ok=True)
-        policy = workdir / "audit-policy.yaml"
-        policy.write_text(AUDIT_POLICY)
-        audit_log = workdir / "audit.log"
-        cp = ControlPlane.start(
-            workdir / "kube",
-            extra_apiserver_args=[
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={audit_log}",
-                "--audit-log-maxage=1",
-            ],
-        )
-        return cls(cp, audit_log)
+        return cls(*ControlPlane.start_audited(workdir, AUDIT_POLICY))
 
     def stop(self) -> None:
         self.cp.stop()

@@ -290,6 +290,17 @@ class ControlPlane:
     # -- life cycle -------------------------------------------------------------------------------
 
     @classmethod
+    def start_audited(cls, workdir: Path, policy: str) -> tuple[ControlPlane, Path]:
+        """``start`` with the API server's audit log on, under ``policy`` (an audit.k8s.io Policy);
+        returns the control plane and the audit log's path."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        policy_file = workdir / "audit-policy.yaml"
+        policy_file.write_text(policy)
+        audit_log = workdir / "audit.log"
+        audit = [f"--audit-policy-file={policy_file}", f"--audit-log-path={audit_log}"]
+        return cls.start(workdir / "kube", extra_apiserver_args=[*audit, "--audit-log-maxage=1"]), audit_log
+
+    @classmethod
     def start(cls, workdir: Path, *, extra_apiserver_args: Sequence[str] = ()) -> ControlPlane:
         """Start etcd and kube-apiserver under ``workdir``; return once ``/readyz`` answers ok."""
         apiserver_bin, etcd_bin = _kube_binaries()

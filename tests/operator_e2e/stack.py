@@ -254,18 +254,7 @@ def in_namespace(namespace: str, *manifests: dict[str, Any]) -> list[dict[str, A
 
 def start_control_plane(workdir: Path) -> tuple[ControlPlane, Path]:
     """An API server with the audit log on, the CRDs, the tollway-system namespace and the RBAC."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    policy = workdir / "audit-policy.yaml"
-    policy.write_text(AUDIT_POLICY)
-    audit_log = workdir / "audit.log"
-    cp = ControlPlane.start(
-        workdir / "kube",
-        extra_apiserver_args=[
-            f"--audit-policy-file={policy}",
-            f"--audit-log-path={audit_log}",
-            "--audit-log-maxage=1",
-        ],
-    )
+    cp, audit_log = ControlPlane.start_audited(workdir, AUDIT_POLICY)
     try:
         cp.kubectl("apply", "-f", str(ROOT / "crds"))
         for crd in ("virtualkeys", "budgets", "routerules"):
