@@ -184,15 +184,13 @@ class RouterCall:
             user = body.get("user")
             state.end_user = user if isinstance(user, str) and user else self.helicone_user
 
-        new_body: bytes | None = None
         if state.operation == "chat" and state.stream:
             options = body.get("stream_options") or {}
             if not options.get("include_usage"):
                 # Ask the provider for usage; the parser removes that chunk again for the client.
                 body["stream_options"] = {**options, "include_usage": True}
                 state.strip_usage_chunk = True
-                new_body = json.dumps(body, separators=(",", ":")).encode()
-        state.body, state.body_length = body, len(new_body if new_body is not None else message.body)
+        state.body = body
         admission = await self.runtime.quota.admit(
             key=state.key,
             budgets=self.compiled.budgets,
@@ -230,9 +228,11 @@ class RouterCall:
                 return self._deny(400, exc.message, "invalid_request_error", None, param=exc.param)
             set_headers.update(rewrite.set_headers)
             remove = rewrite.remove
-            if rewrite.body is not None:
-                new_body = rewrite.body
+            # The backend's body (renamed, translated), else ours if it asks for usage: encoded once.
+            new_body = rewrite.body if rewrite.body is not None else self._usage_body()
         else:
+            new_body = self._usage_body()
+            state.body_length = len(new_body if new_body is not None else message.body)
             self.runtime.inflight.add(state)
             set_headers[RID_HEADER] = state.request_id
         if new_body is not None:
@@ -243,6 +243,12 @@ class RouterCall:
         if not by_router:
             dispatch.attach_call_id(reply, state.request_id)
         return reply
+
+    def _usage_body(self) -> bytes | None:
+        """The client's body with the usage request added, or None when it was not changed."""
+        if not self.state.strip_usage_chunk:
+            return None
+        return json.dumps(self.state.body, separators=(",", ":")).encode()
 
     # -- response headers -----------------------------------------------------------------------
 
