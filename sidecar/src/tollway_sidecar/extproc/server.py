@@ -83,7 +83,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     log.exception(
                         "upstream filter failed on %s of call %s (%s)", which, rid, type(exc).__name__
                     )
-                    reply = _internal_error(which, exc, rid)
+                    messages = attempt.state is not None and attempt.state.operation == "messages"
+                    reply = _internal_error(which, exc, rid, anthropic=messages)
                 if attempt.hold_seconds > 0:
                     await _hold(context, attempt.hold_seconds)
                     attempt.hold_seconds = 0.0
