@@ -65,8 +65,11 @@ class RouterCall:
         state.envoy_request_id = headers.get("x-request-id", "")
         method = headers.get(":method", "")
         path = headers.get(":path", "").split("?", 1)[0]
-        state.path = path
-        endpoint = ENDPOINTS.get(path.rstrip("/") or "/")
+        # A trailing slash names the same endpoint: the call goes on under the path without it
+        # (the path each attempt is built from), so no provider sees a path it does not serve.
+        canonical = path.rstrip("/") or "/"
+        state.path = canonical if canonical in ENDPOINTS else path
+        endpoint = ENDPOINTS.get(canonical)
         if endpoint is None:
             return self._deny(
                 404, f"Unknown request URL: {method} {path}.", "invalid_request_error", "unknown_url"
@@ -126,6 +129,16 @@ class RouterCall:
                 f"{self.runtime.max_request_bytes} bytes.",
                 "invalid_request_error",
                 "request_too_large",
+            )
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # The body is read as JSON and may be rewritten: a compressed one would be misread.
+            return self._deny(
+                415,
+                f"The request body has 'content-encoding: {encoding[:40]}'; the gateway accepts only "
+                "uncompressed JSON bodies (no content-encoding, or identity).",
+                "invalid_request_error",
+                "unsupported_content_encoding",
             )
         if message.end_of_stream:
             return self._deny(
