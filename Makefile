@@ -52,7 +52,7 @@ test-unit: setup ## tests/unit: pure logic and fakes, no external tool
 test-integration: setup tool-redis tool-jaeger ## tests/integration: real Envoy, sidecar, mock provider, Redis, Jaeger
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
-test-chart: setup tool-helm ## tests/chart: helm lint, golden renders, values schema
+test-chart: setup tool-helm tool-kubectl ## tests/chart: helm lint, golden renders, values schema
 	$(PYTEST) tests/chart $(PYTEST_ARGS)
 
 test-kube: setup tool-kube tool-kubectl tool-helm tool-jaeger ## tests/kube: the kube-apiserver + etcd and Jaeger harnesses
