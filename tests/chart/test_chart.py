@@ -147,9 +147,7 @@ def test_a_crd_file_with_metadata_of_its_own_fails_the_render(helm: str, tmp_pat
     shutil.copytree(CHART, chart)
     crd = chart / "files" / "crds" / "tollway.dev_budgets.yaml"
     crd.write_text(crd.read_text().replace("metadata:\n", "metadata:\n  labels: {team: a}\n", 1))
-    result = subprocess.run(
-        [helm, "template", "tw", str(chart)], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([helm, "template", "tw", str(chart)], capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "files/crds/tollway.dev_budgets.yaml: expected one top-level metadata with only a name" in (
         result.stderr

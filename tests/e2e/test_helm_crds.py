@@ -6,12 +6,14 @@ cluster creates the CRDs; `helm upgrade` to a chart whose Budget CRD changed app
 never upgrades a chart's crds/ folder, which is why the chart renders them as templates); `helm
 uninstall` leaves the CRDs and the users' resources (`helm.sh/resource-policy: keep`); a second release
 in the same cluster installs with `crds.install=false`; installing the first release again takes the
-kept CRDs back.
+kept CRDs back; CRDs made without Helm (by the chart's former crds/ folder) are taken over by the
+commands docs/operator.md gives.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,7 +166,8 @@ def test_uninstall_keeps_the_crds_and_resources_and_a_reinstall_takes_them_back(
     assert clash.returncode != 0
     assert "budgets.tollway.dev" in clash.stderr and RELEASE in clash.stderr, clash.stderr
     cluster.install("other", "other-system", "--set", "crds.install=false")
-    assert "CustomResourceDefinition" not in cluster.cp.helm("get", "manifest", "other", "-n", "other-system").stdout
+    manifest = cluster.cp.helm("get", "manifest", "other", "--namespace", "other-system").stdout
+    assert "CustomResourceDefinition" not in manifest
 
     # ... and the first release, installed again, takes them back.
     cluster.install(RELEASE, NAMESPACE)
@@ -173,3 +176,57 @@ def test_uninstall_keeps_the_crds_and_resources_and_a_reinstall_takes_them_back(
     assert kinds.count("CustomResourceDefinition") == len(CRD_NAMES)
     assert cluster.get("budget", "monthly", "team-a") is not None
 
+
+def legacy_chart(workdir: Path) -> Path:
+    """This chart as it was before its CRDs became templates: the same files in its crds/ folder."""
+    chart = workdir / "legacy" / "tollway"
+    shutil.copytree(CHART, chart)
+    shutil.move(chart / "files" / "crds", chart / "crds")
+    (chart / "templates" / "crds.yaml").unlink()
+    return chart
+
+
+def takeover_commands() -> list[list[str]]:
+    """The kubectl commands docs/operator.md gives for handing CRDs made without Helm to a release."""
+    section = (ROOT / "docs" / "operator.md").read_text().split("\n## CRDs and Helm\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert commands and all(c[0] == "kubectl" for c in commands), block
+    return [c[1:] for c in commands]
+
+
+def test_crds_made_without_helm_are_taken_over_with_the_documented_commands(
+    installed: Cluster, tmp_path: Path
+) -> None:
+    cluster = installed
+    for release, namespace in ((RELEASE, NAMESPACE), ("other", "other-system")):
+        cluster.cp.helm("uninstall", release, "--namespace", namespace, check=False)
+    cluster.cp.kubectl("delete", "crd", *CRD_NAMES, "--wait=true")
+    assert all(cluster.get("crd", name) is None for name in CRD_NAMES)
+
+    # A release of the chart as it was: Helm makes its crds/ folder's CRDs, without ownership metadata.
+    cluster.cp.helm(
+        "install",
+        RELEASE,
+        str(legacy_chart(tmp_path)),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--wait=hookOnly",
+    )
+    for name in CRD_NAMES:
+        assert "meta.helm.sh/release-name" not in stored_crd(cluster, name)["metadata"].get("annotations", {})
+
+    upgrade = ["upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "--wait=hookOnly"]
+    refused = cluster.cp.helm(*upgrade, check=False)
+    assert refused.returncode != 0 and "invalid ownership metadata" in refused.stderr, refused.stderr
+
+    for command in takeover_commands():
+        cluster.cp.kubectl(*command)
+    cluster.cp.helm(*upgrade)
+    for name in CRD_NAMES:
+        annotations = stored_crd(cluster, name)["metadata"]["annotations"]
+        assert annotations["helm.sh/resource-policy"] == "keep"
+        assert annotations["meta.helm.sh/release-name"] == RELEASE
+    kinds = [d["kind"] for d in cluster.manifest(RELEASE, NAMESPACE)]
+    assert kinds.count("CustomResourceDefinition") == len(CRD_NAMES)

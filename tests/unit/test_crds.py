@@ -102,9 +102,12 @@ def test_the_chart_ships_byte_copies_of_the_crds() -> None:
     """The chart renders its CRDs from files/crds/ (Helm reads nothing outside the chart folder), so
     those files are copies of crds/, checked here without helm; tests/chart checks what is rendered."""
     names = sorted(p.name for p in CRDS.glob("*.yaml"))
+    copies = CHART_CRDS.relative_to(ROOT)
     assert sorted(p.name for p in CHART_CRDS.glob("*.yaml")) == names, (
-        f"{CHART_CRDS.relative_to(ROOT)} must hold exactly the files of crds/: cp crds/*.yaml {CHART_CRDS.relative_to(ROOT)}/"
+        f"{copies} must hold exactly the files of crds/: cp crds/*.yaml {copies}/"
     )
     match, mismatch, errors = filecmp.cmpfiles(CRDS, CHART_CRDS, names, shallow=False)
-    assert mismatch + errors == [], f"{CHART_CRDS.relative_to(ROOT)} differs from crds/: {mismatch + errors}"
+    assert mismatch + errors == [], (
+        f"{copies} differs from crds/ (cp crds/*.yaml {copies}/): {mismatch + errors}"
+    )
     assert match == names

@@ -28,9 +28,8 @@ def make(*args: str) -> str:
     """`make -n ARGS` in the repository, unaffected by an outer make (flags, variables, jobserver)."""
     outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTEST_ARGS"}
     env = {k: v for k, v in os.environ.items() if k not in outer}
-    result = subprocess.run(
-        ["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
-    )
+    command = ["make", "--no-print-directory", *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"make {' '.join(args)} failed:\n{result.stderr}"
     return result.stdout
 
