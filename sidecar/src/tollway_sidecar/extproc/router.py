@@ -280,6 +280,11 @@ class RouterCall:
         if state.route is not None and not message.end_of_stream and answer.choose_replacement(state):
             # An earlier attempt failed more usefully: its answer replaces this one (body phase).
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
+        if message.end_of_stream and state.backend is not None and 200 <= state.status < 300:
+            # A success without a body is no answer: a 502 naming the backend, charged the prompt.
+            state.unpriced = accounting.BAD_BODY
+            self._finish(None)
+            return msg.immediate(502, answer.empty_answer(state), details="empty_upstream_body")
         if state.route is None or state.backend is None or message.end_of_stream:
             # An answer Envoy made itself (no backend was reached), or an empty body.
             if state.route is not None and not state.finished:
@@ -330,7 +335,10 @@ class RouterCall:
         state.finish_reasons = tuple(parsed.finish_reasons)
         if spans.capture_content(self.runtime.tracing, state):
             state.completion = spans.completion_text(message.body)
+        rewritten = answer.buffered_answer(state, message.body)
         if parsed.usage is None and state.status < 400:
+            bad_body = rewritten is not None and rewritten[1].get(":status") == "502"
+            state.unpriced = accounting.BAD_BODY if bad_body else accounting.unpriced_reason(parsed.error)
             log.warning(
                 "usage unknown for %s response from backend %s: %s",
                 state.operation,
@@ -343,7 +351,6 @@ class RouterCall:
             info["x-tollway-cost-usd"] = format_usd(state.cost)
         if state.attempt_log:
             state.attempt_log[-1].usage, state.attempt_log[-1].cost = state.usage, state.cost
-        rewritten = answer.buffered_answer(state, message.body)
         if rewritten is not None:
             body, headers = rewritten
             return msg.continue_body("response_body", body=body, set_headers={**info, **headers})
@@ -357,6 +364,8 @@ class RouterCall:
         state.finish_reasons = tuple(parsed.finish_reasons)
         if state.stream_text is not None:
             state.completion = state.stream_text.text
+        if parsed.usage is None and state.status < 400:
+            state.unpriced = accounting.unpriced_reason(parsed.error, complete=parsed.complete)
         if parsed.usage is None or not parsed.complete:
             log.warning(
                 "stream from backend %s ended %s; usage %s (%s)",
@@ -381,6 +390,8 @@ class RouterCall:
             if state.sse is not None:
                 self._finish_stream()
             else:
+                if 200 <= state.status < 300:
+                    state.unpriced = "body_cut"  # headers came, the whole body never did
                 self._finish(None)
         elif state.route is not None and not state.finished:
             self._finish(None)  # admitted, never sent upstream: settles the reservation at zero

@@ -40,6 +40,7 @@ class RequestState:
     response_model: str | None = None
     finished: bool = False
     first_byte_at: float | None = None
+    unpriced: str | None = None  # why a success had no readable usage (`accounting.unpriced_reason`)
     quota: Admission | None = None  # what the call reserved (issue 3); None before admission
     # Routing and fallback (issue 4)
     cluster: str = ""  # the Envoy cluster (backend order) chosen for this call
