@@ -142,7 +142,9 @@ def test_an_answer_without_usable_usage_is_passed_on_and_charged_the_prompt_only
     assert unpriced_count(gateway, "mock", reason) == before + 1
 
 
-@pytest.mark.parametrize(("model", "key"), [("stall-direct", "stall-direct-key"), ("stall-pair", "stall-pair-key")])
+@pytest.mark.parametrize(
+    ("model", "key"), [("stall-direct", "stall-direct-key"), ("stall-pair", "stall-pair-key")]
+)
 async def test_three_streams_stalling_midway_end_within_the_timeout_and_are_settled(
     gateway: QuotaGateway, model: str, key: str
 ) -> None:

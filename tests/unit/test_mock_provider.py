@@ -550,7 +550,9 @@ async def test_negative_usage(http: aiohttp.ClientSession, mock_url: str) -> Non
     ("mode", "content_type"),
     [("html", "text/html"), ("truncated-json", "application/json"), ("empty-body", "application/json")],
 )
-async def test_broken_200_bodies(http: aiohttp.ClientSession, mock_url: str, mode: str, content_type: str) -> None:
+async def test_broken_200_bodies(
+    http: aiohttp.ClientSession, mock_url: str, mode: str, content_type: str
+) -> None:
     chat = {"model": "m", "messages": MESSAGES}
     async with http.post(f"{mock_url}/v1/chat/completions", json=chat) as resp:
         whole = await resp.read()
@@ -558,7 +560,7 @@ async def test_broken_200_bodies(http: aiohttp.ClientSession, mock_url: str, mod
         assert resp.status == 200 and resp.content_type == content_type
         body = await resp.read()
         assert resp.content_length == len(body)  # framed correctly: the client reads it whole
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):
         json.loads(body)
     if mode == "truncated-json":
         assert body.startswith(b'{"id":"chatcmpl-') and len(body) == len(whole) // 2  # ids differ
@@ -569,16 +571,20 @@ async def test_broken_200_bodies(http: aiohttp.ClientSession, mock_url: str, mod
 async def test_stall_stream_sends_half_then_nothing(http: aiohttp.ClientSession, mock_url: str) -> None:
     streamed = {"model": "m", "messages": MESSAGES, "stream": True}
     received = bytearray()
-    with pytest.raises(asyncio.TimeoutError):
-        async with http.post(
-            f"{mock_url}/v1/chat/completions",
-            json=streamed,
-            headers={"x-mock-fail": "stall-stream", "x-mock-chunks": "4"},
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=0.5),
-        ) as resp:
-            assert resp.status == 200
+    async with http.post(
+        f"{mock_url}/v1/chat/completions",
+        json=streamed,
+        headers={"x-mock-fail": "stall-stream", "x-mock-chunks": "4"},
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=0.5),
+    ) as resp:
+        assert resp.status == 200
+
+        async def read_all() -> None:
             async for piece in resp.content.iter_any():
-                received += piece
+                received.extend(piece)
+
+        with pytest.raises(asyncio.TimeoutError):
+            await read_all()
     payloads = sse_payloads(received.decode())
     assert len(payloads) == 1 + 2  # the role chunk and half of the 4 content chunks; no end
     async with http.post(

@@ -88,7 +88,7 @@ class Call:
         if self.no_usage:
             return None
         if FAIL_NEGATIVE_USAGE in self.knobs.fail:
-            return _negated(usage)
+            return {key: _negated(value) for key, value in usage.items()}
         return usage
 
     def id_headers(self) -> dict[str, str]:

@@ -17,7 +17,15 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from tollway_sidecar.extproc import accounting, answer, direct, dispatch, final_attempt, spans
+from tollway_sidecar.extproc import (
+    accounting,
+    answer,
+    direct,
+    dispatch,
+    final_attempt,
+    spans,
+    stream_cost,
+)
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
@@ -117,6 +125,8 @@ class RouterCall:
         self.helicone_user = headers.get("helicone-user-id") or None
         if operation == "messages":
             self.anthropic_version = headers.get("anthropic-version") or None
+        opt_in = headers.get(stream_cost.OPT_IN_HEADER, "")
+        state.cost_comment = opt_in.strip().lower() == stream_cost.OPT_IN_VALUE
 
         if operation == "models":
             return self._list_models()
@@ -323,6 +333,7 @@ class RouterCall:
                 # Settle at the provider's last event ([DONE] / message_stop): the client may hang
                 # up as soon as it has it, before Envoy reports the end of the stream.
                 self._finish_stream()
+                replacement = stream_cost.annotate(state, message.body, replacement)
             return msg.continue_body("response_body", body=replacement)
         # Buffered JSON: the whole body is here, and the headers have not left yet.
         if state.replacement is not None:

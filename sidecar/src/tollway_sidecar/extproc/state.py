@@ -29,6 +29,7 @@ class RequestState:
     client_model: str = ""
     stream: bool = False
     strip_usage_chunk: bool = False
+    cost_comment: bool = False  # the client asked for the stream's cost as a final SSE comment
     body: dict[str, Any] | None = None
     body_length: int = 0  # bytes of the body each upstream attempt starts from (after our rewrite)
     backend: Backend | None = None  # the backend of the latest attempt
