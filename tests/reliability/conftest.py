@@ -12,6 +12,7 @@ import pytest
 from reliability_env import (
     FIGURES,
     FIGURES_FILE,
+    FaultyProvider,
     QuotaGateway,
     RedisServer,
     config_folder,
@@ -59,14 +60,18 @@ def shared(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) 
     base = tmp_path_factory.mktemp("shared")
     mock_port = free_port()
     secret = provider_key()
-    resources = routes_yaml(mock_port, secret) + "".join(key_yaml(name) for name in SHARED_KEYS)
-    gateway = start_gateway(
-        base / "state", config_folder(base, mock_port, resources), redis_server.url, mock_port=mock_port
-    )
+    faulty = FaultyProvider()
+    resources = routes_yaml(mock_port, secret, faulty.port) + "".join(key_yaml(name) for name in SHARED_KEYS)
     try:
-        yield Shared(gateway, redis_server, f"http://127.0.0.1:{mock_port}", secret, base / "state")
+        gateway = start_gateway(
+            base / "state", config_folder(base, mock_port, resources), redis_server.url, mock_port=mock_port
+        )
+        try:
+            yield Shared(gateway, redis_server, f"http://127.0.0.1:{mock_port}", secret, base / "state")
+        finally:
+            gateway.dev.stop()
     finally:
-        gateway.dev.stop()
+        faulty.stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

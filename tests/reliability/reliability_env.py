@@ -8,11 +8,13 @@ the same code as `tollway dev`; only the LLM provider is a mock.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
 import json
 import os
 import secrets
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -118,8 +120,72 @@ spec:
 """
 
 
-def routes_yaml(mock_port: int, provider_key: str) -> str:
-    return ROUTES.format(mock_port=mock_port, provider_key=provider_key)
+FAULTY_ROUTE = """\
+---
+apiVersion: tollway.dev/v1alpha1
+kind: RouteRule
+metadata: {{name: rel-faulty}}
+spec:
+  model: rel-faulty
+  timeout: 2s
+  backends:
+    - name: rel-faulty
+      provider: openai-compatible
+      model: gpt-4o-mini
+      baseURL: http://127.0.0.1:{faulty_port}/v1
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+"""
+
+
+def routes_yaml(mock_port: int, provider_key: str, faulty_port: int | None = None) -> str:
+    text = ROUTES.format(mock_port=mock_port, provider_key=provider_key)
+    if faulty_port is not None:
+        text += FAULTY_ROUTE.format(faulty_port=faulty_port)
+    return text
+
+
+# --- answers the mock provider does not give -----------------------------------------------------
+
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Captive portal</body></html>"
+# A real chat.completion, cut in the middle: a complete HTTP message whose JSON ends too early.
+TRUNCATED_JSON = (
+    b'{"id":"chatcmpl-x","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"This is a mock re'
+)
+
+
+class _FaultyHandler(http.server.BaseHTTPRequestHandler):
+    """`x-fault: html` answers 200 text/html (a proxy's or portal's page); `x-fault:
+    truncated-json` answers 200 application/json with a whole-but-cut JSON body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        fault = self.headers.get("x-fault", "html")
+        body, content_type = (TRUNCATED_JSON, "application/json") if fault == "truncated-json" else (HTML_PAGE, "text/html; charset=utf-8")
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class FaultyProvider:
+    """A provider stand-in on a free loopback port, in a thread (it answers while tests block)."""
+
+    def __init__(self) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaultyHandler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def provider_key() -> str:
@@ -127,8 +193,12 @@ def provider_key() -> str:
     return "sk-relprov-" + secrets.token_hex(16)
 
 
-def chat_body(model: str = "rel-chat", *, max_tokens: int = 20, stream: bool = False, text: str = "hi") -> bytes:
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+def chat_body(
+    model: str = "rel-chat", *, max_tokens: int | None = 20, stream: bool = False, text: str = "hi"
+) -> bytes:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     if stream:
         body["stream"] = True
     return json.dumps(body).encode()
@@ -254,17 +324,21 @@ class Client:
                 got = {k.lower(): v for k, v in response.headers.items()}
                 if stream_events is None:
                     data = await response.read()
-                else:
-                    chunks: list[bytes] = []
-                    pending = b""
+                    return Reply(status, got, data, None, started, time.monotonic())
+                # A stream keeps its status and what arrived when it breaks: `error` says how.
+                chunks: list[bytes] = []
+                pending = b""
+                broke: str | None = None
+                try:
                     async for piece in response.content.iter_any():
                         chunks.append(piece)
                         pending += piece
                         while b"\n\n" in pending:
                             event, pending = pending.split(b"\n\n", 1)
                             stream_events.append(event)
-                    data = b"".join(chunks)
-                return Reply(status, got, data, None, started, time.monotonic())
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    broke = f"{type(exc).__name__}: {exc}"
+                return Reply(status, got, b"".join(chunks), broke, started, time.monotonic())
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return Reply(0, {}, b"", f"{type(exc).__name__}: {exc}", started, time.monotonic())
 

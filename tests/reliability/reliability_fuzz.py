@@ -342,7 +342,6 @@ def _headers(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
             ("accept", "text/event-stream"),
             ("accept-encoding", "br, zstd, gzip;q=0"),
             ("expect", "100-continue"),
-            ("transfer-encoding", "chunked"),
         )
     )
     return f"{name}", "POST", path, {"content-type": "application/json", name: value}, data
