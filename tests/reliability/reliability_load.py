@@ -57,7 +57,8 @@ class Load:
         while not self._stop.is_set():
             reply = await client.send("POST", "/v1/chat/completions", chat_body(), headers, timeout=self.timeout_s)
             self.calls.append(Call.of(key, origin, reply))
-            await asyncio.sleep(self.pause_s)
+            # A refused connection comes back at once: do not spin on a gateway that is down.
+            await asyncio.sleep(self.pause_s if reply.status else 0.1)
 
     async def stop(self) -> None:
         self._stop.set()
