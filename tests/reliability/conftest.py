@@ -5,7 +5,6 @@ under the session's temporary folder and into a table at the end of the run."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,13 @@ from reliability_env import (
     FIGURES,
     FIGURES_FILE,
     FaultyProvider,
-    QuotaGateway,
     RedisServer,
+    Shared,
     config_folder,
     key_yaml,
     provider_key,
     routes_yaml,
+    start_gateway,
 )
 
 from tollway.dev import free_port
@@ -27,20 +27,11 @@ from tollway.dev import free_port
 SHARED_KEYS = ("fuzz", "faults")
 
 
-@dataclass
-class Shared:
-    gateway: QuotaGateway
-    redis: RedisServer
-    mock_url: str
-    provider_key: str
-    state_dir: Path
-
-
 @pytest.fixture(scope="session", autouse=True)
-def figures_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def figures_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.getbasetemp() / "reliability-figures.json"
     FIGURES_FILE[:] = [path]
-    yield path
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +46,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Shared]:
-    from reliability_env import start_gateway
-
     base = tmp_path_factory.mktemp("shared")
     mock_port = free_port()
     secret = provider_key()

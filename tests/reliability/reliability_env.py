@@ -7,7 +7,6 @@ the same code as `tollway dev`; only the LLM provider is a mock.
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import io
 import json
@@ -160,17 +159,21 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
         fault = self.headers.get("x-fault", "html")
-        body, content_type = (TRUNCATED_JSON, "application/json") if fault == "truncated-json" else (HTML_PAGE, "text/html; charset=utf-8")
+        body, content_type = (
+            (TRUNCATED_JSON, "application/json")
+            if fault == "truncated-json"
+            else (HTML_PAGE, "text/html; charset=utf-8")
+        )
         self.send_response(200)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -233,6 +236,17 @@ def get_json(url: str, timeout: float = 5) -> Any:
         return json.loads(response.read())
 
 
+@dataclass
+class Shared:
+    """The session's gateway for the fuzzing and fault tests (conftest's `shared` fixture)."""
+
+    gateway: QuotaGateway
+    redis: RedisServer
+    mock_url: str
+    provider_key: str
+    state_dir: Path
+
+
 # --- an async client ----------------------------------------------------------------------------
 
 
@@ -266,7 +280,11 @@ class Reply:
             payload = json.loads(self.body)
         except ValueError:
             return None
-        if isinstance(payload, dict) and payload.get("type") == "error" and isinstance(payload.get("error"), dict):
+        if (
+            isinstance(payload, dict)
+            and payload.get("type") == "error"
+            and isinstance(payload.get("error"), dict)
+        ):
             error = payload["error"]
             if isinstance(error.get("type"), str) and isinstance(error.get("message"), str):
                 return dict(error)
@@ -302,7 +320,7 @@ class Client:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         *,
-        timeout: float = 15.0,
+        timeout_s: float = 15.0,
         stream_events: list[bytes] | None = None,
     ) -> Reply:
         """One call. With `stream_events`, each SSE event read is appended as it arrives."""
@@ -318,7 +336,7 @@ class Client:
                 data=io.BytesIO(body) if body is not None and len(body) > 1 << 20 else body,
                 headers=all_headers,
                 skip_auto_headers=skip,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 status = response.status
                 got = {k.lower(): v for k, v in response.headers.items()}
@@ -336,10 +354,10 @@ class Client:
                         while b"\n\n" in pending:
                             event, pending = pending.split(b"\n\n", 1)
                             stream_events.append(event)
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     broke = f"{type(exc).__name__}: {exc}"
                 return Reply(status, got, b"".join(chunks), broke, started, time.monotonic())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Reply(0, {}, b"", f"{type(exc).__name__}: {exc}", started, time.monotonic())
 
 

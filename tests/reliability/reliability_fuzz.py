@@ -77,7 +77,15 @@ BASES: tuple[tuple[str, dict[str, Any]], ...] = (
             "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
         },
     ),
-    (MESSAGES, {"model": "rel-claude", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    (
+        MESSAGES,
+        {
+            "model": "rel-claude",
+            "max_tokens": 8,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    ),
 )
 
 # Values of every JSON type (and a few that look alike), for the type swaps.
@@ -150,7 +158,16 @@ CONTENT_TYPES: tuple[str | None, ...] = (
     "*/*",
     "application/xml",
 )
-ENCODINGS: tuple[str, ...] = ("gzip", "deflate", "br", "identity", "gzip, gzip", "compress", "x-unknown", "zstd")
+ENCODINGS: tuple[str, ...] = (
+    "gzip",
+    "deflate",
+    "br",
+    "identity",
+    "gzip, gzip",
+    "compress",
+    "x-unknown",
+    "zstd",
+)
 PATHS: tuple[str, ...] = (
     "{path}/",
     "{path}//",
@@ -247,7 +264,13 @@ def _type_swap(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
     target = rng.choice(list(json_paths(body)))
     old = _at(body, target)
     new = rng.choice([v for v in TYPE_POOL if type(v) is not type(old)])
-    return f"{_name(target)}={json.dumps(new)[:20]}", "POST", path, {}, json.dumps(replaced(body, target, new)).encode()
+    return (
+        f"{_name(target)}={json.dumps(new)[:20]}",
+        "POST",
+        path,
+        {},
+        json.dumps(replaced(body, target, new)).encode(),
+    )
 
 
 def _null_missing(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
@@ -258,8 +281,12 @@ def _null_missing(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
 
 
 def _numbers(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
-    numeric = [p for p in json_paths(body) if isinstance(_at(body, p), int | float) and not isinstance(_at(body, p), bool)]
-    candidates = numeric + [("max_tokens",), ("temperature",), ("n",), ("dimensions",), ("top_p",)]
+    numeric = [
+        p
+        for p in json_paths(body)
+        if isinstance(_at(body, p), int | float) and not isinstance(_at(body, p), bool)
+    ]
+    candidates = [*numeric, ("max_tokens",), ("temperature",), ("n",), ("dimensions",), ("top_p",)]
     target = rng.choice(candidates)
     token = rng.choice(NUMBER_TOKENS)
     if target not in set(json_paths(body)):
@@ -270,10 +297,7 @@ def _numbers(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
 def _nesting(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
     target = rng.choice(list(json_paths(body)))
     depth = rng.choice((32, 200, 999, 1001, 3000, 20000, 100000))
-    if rng.random() < 0.5:
-        raw = "[" * depth + "]" * depth
-    else:
-        raw = '{"a":' * depth + "1" + "}" * depth
+    raw = "[" * depth + "]" * depth if rng.random() < 0.5 else '{"a":' * depth + "1" + "}" * depth
     return f"{_name(target)} depth {depth}", "POST", path, {}, with_raw(body, target, raw)
 
 
@@ -294,7 +318,13 @@ def _unicode(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
         return f"{_name(target)}={raw[:16]}", "POST", path, {}, with_raw(body, target, raw)
     if roll < 0.7:
         new = rng.choice(RAW_STRINGS)
-        return f"{_name(target)} raw", "POST", path, {}, json.dumps(replaced(body, target, new), ensure_ascii=False).encode()
+        return (
+            f"{_name(target)} raw",
+            "POST",
+            path,
+            {},
+            json.dumps(replaced(body, target, new), ensure_ascii=False).encode(),
+        )
     # Bytes that are not UTF-8 (inside a string, or the whole body in another encoding).
     text = json.dumps(replaced(body, target, SENTINEL), ensure_ascii=False)
     bad = rng.choice((b"\xff\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x80"))
@@ -307,7 +337,7 @@ def _unicode(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
 
 def _duplicate_keys(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
     key = rng.choice([k for k in body] + ["stream", "model"])
-    value = rng.choice(TYPE_POOL + ("gpt-9", "rel-embed", "rel-chat"))
+    value = rng.choice((*TYPE_POOL, "gpt-9", "rel-embed", "rel-chat"))
     first = json.dumps(body)[1:-1]
     duplicate = f"{json.dumps(key)}: {json.dumps(value)}"
     text = "{" + (f"{duplicate}, {first}" if rng.random() < 0.5 else f"{first}, {duplicate}") + "}"
@@ -329,7 +359,13 @@ def _headers(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
             data = gzip.compress(data)
         elif rng.random() < 0.5 and encoding == "deflate":
             data = zlib.compress(data)
-        return f"content-encoding {encoding}", "POST", path, {"content-type": "application/json", "content-encoding": encoding}, data
+        return (
+            f"content-encoding {encoding}",
+            "POST",
+            path,
+            {"content-type": "application/json", "content-encoding": encoding},
+            data,
+        )
     name, value = rng.choice(
         (
             ("x-tollway-user", "ü" * 40),
@@ -354,9 +390,28 @@ def _framing(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
         cut = rng.randrange(0, len(text))
         return f"cut at {cut}", "POST", path, {}, text[:cut]
     raw = rng.choice(
-        (b"", b" ", b"\n\n", b"null", b"[]", b'"x"', b"1", b"true", b"{}", b"[{}]", text + b"garbage",
-         text + text, b"\xef\xbb\xbf" + text, text + b"\x00", b"{" + b"\x00" * 10 + b"}", b'{"model":}',
-         b"{'model': 'rel-chat'}", text.replace(b'"', b"'"), text.replace(b":", b"=", 1), b"/*c*/" + text)
+        (
+            b"",
+            b" ",
+            b"\n\n",
+            b"null",
+            b"[]",
+            b'"x"',
+            b"1",
+            b"true",
+            b"{}",
+            b"[{}]",
+            text + b"garbage",
+            text + text,
+            b"\xef\xbb\xbf" + text,
+            text + b"\x00",
+            b"{" + b"\x00" * 10 + b"}",
+            b'{"model":}',
+            b"{'model': 'rel-chat'}",
+            text.replace(b'"', b"'"),
+            text.replace(b":", b"=", 1),
+            b"/*c*/" + text,
+        )
     )
     return f"body {raw[:12]!r}", "POST", path, {}, raw
 
@@ -364,20 +419,85 @@ def _framing(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
 def _structure(rng: random.Random, path: str, body: dict[str, Any]) -> Build:
     choices: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("extra fields", lambda: {**body, "zzz": {"deep": [1, 2]}, "": None, "model ": "x"}),
-        ("unknown model", lambda: {**body, "model": rng.choice(("gpt-9", "", " rel-chat", "REL-CHAT", "rel-chat\n", "x" * 300))}),
+        (
+            "unknown model",
+            lambda: {
+                **body,
+                "model": rng.choice(("gpt-9", "", " rel-chat", "REL-CHAT", "rel-chat\n", "x" * 300)),
+            },
+        ),
         ("empty messages", lambda: {**body, "messages": []}),
-        ("many messages", lambda: {**body, "messages": [{"role": "user", "content": "m"}] * rng.choice((500, 3000))}),
-        ("odd role", lambda: {**body, "messages": [{"role": rng.choice(("", "god", "tool", "function", "developer", 7)), "content": "x"}]}),
-        ("odd parts", lambda: {**body, "messages": [{"role": "user", "content": [rng.choice(({"type": "image_url", "image_url": {"url": "data:,"}}, {"type": "nope"}, {"text": 5}, "x", None, {"type": "text"}, [], {"type": "text", "text": ["a"]}))]}]}),
+        (
+            "many messages",
+            lambda: {**body, "messages": [{"role": "user", "content": "m"}] * rng.choice((500, 3000))},
+        ),
+        (
+            "odd role",
+            lambda: {
+                **body,
+                "messages": [
+                    {"role": rng.choice(("", "god", "tool", "function", "developer", 7)), "content": "x"}
+                ],
+            },
+        ),
+        (
+            "odd parts",
+            lambda: {
+                **body,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            rng.choice(
+                                (
+                                    {"type": "image_url", "image_url": {"url": "data:,"}},
+                                    {"type": "nope"},
+                                    {"text": 5},
+                                    "x",
+                                    None,
+                                    {"type": "text"},
+                                    [],
+                                    {"type": "text", "text": ["a"]},
+                                )
+                            )
+                        ],
+                    }
+                ],
+            },
+        ),
         ("no content", lambda: {**body, "messages": [{"role": "user"}]}),
         ("message list in list", lambda: {**body, "messages": [[{"role": "user", "content": "x"}]]}),
-        ("tools broken", lambda: {**body, "tools": rng.choice(([{"type": "function"}], "tools", [None], [{"function": 5}]))}),
-        ("stream options", lambda: {**body, "stream": True, "stream_options": rng.choice(({"include_usage": "yes"}, {"include_usage": None}, [], {"x": 1}))}),
+        (
+            "tools broken",
+            lambda: {
+                **body,
+                "tools": rng.choice(([{"type": "function"}], "tools", [None], [{"function": 5}])),
+            },
+        ),
+        (
+            "stream options",
+            lambda: {
+                **body,
+                "stream": True,
+                "stream_options": rng.choice(
+                    ({"include_usage": "yes"}, {"include_usage": None}, [], {"x": 1})
+                ),
+            },
+        ),
         ("huge max_tokens", lambda: {**body, "max_tokens": rng.choice((10**9, 2**31, 2**53 + 1, 2**63))}),
         ("many inputs", lambda: {**body, "input": ["x"] * rng.choice((2048, 5000))}),
-        ("token input", lambda: {**body, "input": rng.choice(([[1, 2, 3]], [-1], [2**40], [[]], [1.5], [[1, "a"]]))}),
+        (
+            "token input",
+            lambda: {**body, "input": rng.choice(([[1, 2, 3]], [-1], [2**40], [[]], [1.5], [[1, "a"]]))},
+        ),
         ("user types", lambda: {**body, "user": rng.choice((5, [], {"id": 1}, "u" * 10000, ""))}),
-        ("system blocks", lambda: {**body, "system": rng.choice(([{"type": "text", "text": "s"}], [{"type": "text"}], [5], {"a": 1}))}),
+        (
+            "system blocks",
+            lambda: {
+                **body,
+                "system": rng.choice(([{"type": "text", "text": "s"}], [{"type": "text"}], [5], {"a": 1})),
+            },
+        ),
         ("n", lambda: {**body, "n": rng.choice((0, 2, 128, -1, 10**6))}),
     ]
     label, make = rng.choice(choices)
@@ -443,6 +563,17 @@ def huge_bodies(key: str) -> list[Mutant]:
     for mib in (1, 3.9, 4.5, 6, 8, 9.9, 10.5, 12):
         size = int(mib * (1 << 20))
         words = ("word " * (size // 5 + 1))[: size - 100]
-        body = json.dumps({"model": "rel-chat", "messages": [{"role": "user", "content": words}], "max_tokens": 4}).encode()
-        out.append(Mutant("huge-body", f"{mib} MiB", "POST", CHAT, {"content-type": "application/json", **_auth(CHAT, key)}, body))
+        body = json.dumps(
+            {"model": "rel-chat", "messages": [{"role": "user", "content": words}], "max_tokens": 4}
+        ).encode()
+        out.append(
+            Mutant(
+                "huge-body",
+                f"{mib} MiB",
+                "POST",
+                CHAT,
+                {"content-type": "application/json", **_auth(CHAT, key)},
+                body,
+            )
+        )
     return out

@@ -53,9 +53,15 @@ class Load:
                     self._tasks.append(asyncio.create_task(self._worker(client, origin, key)))
 
     async def _worker(self, client: Client, origin: str, key: str) -> None:
-        headers = {"authorization": f"Bearer {key_value(key)}", "content-type": "application/json", **self.headers}
+        headers = {
+            "authorization": f"Bearer {key_value(key)}",
+            "content-type": "application/json",
+            **self.headers,
+        }
         while not self._stop.is_set():
-            reply = await client.send("POST", "/v1/chat/completions", chat_body(), headers, timeout=self.timeout_s)
+            reply = await client.send(
+                "POST", "/v1/chat/completions", chat_body(), headers, timeout_s=self.timeout_s
+            )
             self.calls.append(Call.of(key, origin, reply))
             # A refused connection comes back at once: do not spin on a gateway that is down.
             await asyncio.sleep(self.pause_s if reply.status else 0.1)

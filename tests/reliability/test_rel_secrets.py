@@ -49,14 +49,14 @@ class Receiver:
         bodies = self.bodies
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+            def do_POST(self) -> None:
                 bodies.append(self.rfile.read(int(self.headers.get("content-length") or 0)))
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -90,7 +90,9 @@ def stage(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -
     resources = routes_yaml(mock_port, keys["provider key"])
     resources += SECRET_AND_KEY.format(name="secret", value=keys["client key"], spec="")
     resources += budget_yaml("tiny", "0.000000001")
-    resources += SECRET_AND_KEY.format(name="spent", value=keys["exhausted client key"], spec="  budgetRefs: [tiny]")
+    resources += SECRET_AND_KEY.format(
+        name="spent", value=keys["exhausted client key"], spec="  budgetRefs: [tiny]"
+    )
     receiver = Receiver()
     otlp = {
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{receiver.port}/v1/traces",
@@ -127,7 +129,11 @@ def needles(secret: str) -> list[bytes]:
 
 async def provoke(stage: Stage) -> list[tuple[str, Reply]]:
     """Every path a key travels: success, stream, each refusal, each upstream failure."""
-    key, spent, wrong = stage.keys["client key"], stage.keys["exhausted client key"], stage.keys["wrong client key"]
+    key, spent, wrong = (
+        stage.keys["client key"],
+        stage.keys["exhausted client key"],
+        stage.keys["wrong client key"],
+    )
     chat = "/v1/chat/completions"
     json_type = {"content-type": "application/json"}
 
@@ -138,7 +144,13 @@ async def provoke(stage: Stage) -> list[tuple[str, Reply]]:
         ("chat", chat, chat_body(), bearer(key), 200),
         ("stream", chat, chat_body(stream=True), bearer(key), 200),
         ("embeddings", "/v1/embeddings", b'{"model": "rel-embed", "input": "hi"}', bearer(key), 200),
-        ("messages", "/v1/messages", b'{"model": "rel-claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}', {"x-api-key": key, **json_type}, 200),
+        (
+            "messages",
+            "/v1/messages",
+            b'{"model": "rel-claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}',
+            {"x-api-key": key, **json_type},
+            200,
+        ),
         ("x-api-key on chat", chat, chat_body(), {"x-api-key": key, **json_type}, 200),
         ("bad JSON", chat, b"{nope", bearer(key), 400),
         ("unknown model", chat, chat_body("gpt-9"), bearer(key), 404),
@@ -150,12 +162,20 @@ async def provoke(stage: Stage) -> list[tuple[str, Reply]]:
         ("provider 500", chat, chat_body(), bearer(key, **{"x-mock-status": "500"}), 500),
         ("provider garbage", chat, chat_body(), bearer(key, **{"x-mock-fail": "garbage"}), 502),
         ("provider reset", chat, chat_body(), bearer(key, **{"x-mock-fail": "reset"}), 503),
-        ("cut stream", chat, chat_body(stream=True), bearer(key, **{"x-mock-fail": "broken-stream", "x-mock-chunk-delay-ms": "5"}), 200),
+        (
+            "cut stream",
+            chat,
+            chat_body(stream=True),
+            bearer(key, **{"x-mock-fail": "broken-stream", "x-mock-chunk-delay-ms": "5"}),
+            200,
+        ),
     ]
     out = []
     async with Client(stage.gateway.origin) as client:
         for name, path, body, headers, expected in calls:
-            reply = await client.send("POST", path, body, headers, stream_events=[] if b'"stream": true' in body else None)
+            reply = await client.send(
+                "POST", path, body, headers, stream_events=[] if b'"stream": true' in body else None
+            )
             assert reply.status == expected, (name, reply.status, reply.body[:300])
             out.append((name, reply))
     return out
@@ -165,12 +185,20 @@ async def provoke(stage: Stage) -> list[tuple[str, Reply]]:
 async def test_keys_never_appear_in_logs_metrics_spans_or_answers(stage: Stage) -> None:
     replies = await provoke(stage)
     # The provider key was in use: the mock received it on the rewritten calls.
-    seen = get_json(f"{stage.mock_url}/_mock/requests")
-    assert any(stage.keys["provider key"] in r["headers"].get("authorization", "") + r["headers"].get("x-api-key", "") for r in seen)
+    seen = await asyncio.to_thread(get_json, f"{stage.mock_url}/_mock/requests")
+    assert any(
+        stage.keys["provider key"]
+        in r["headers"].get("authorization", "") + r["headers"].get("x-api-key", "")
+        for r in seen
+    )
     metrics = (await read_text(f"{stage.gateway.admin_url}/metrics")).encode()
     spend = (await read_text(f"{stage.gateway.admin_url}/spend")).encode()
     await wait_for_spans(stage.receiver)
-    logs = {path.name: path.read_bytes() for path in stage.state_dir.glob("*.log") if path.name != "mock-provider.log"}
+    logs = {
+        path.name: path.read_bytes()
+        for path in stage.state_dir.glob("*.log")
+        if path.name != "mock-provider.log"
+    }
     places: dict[str, bytes] = {
         **{f"log {name}": text for name, text in logs.items()},
         "metrics": metrics,
@@ -193,7 +221,9 @@ async def test_keys_never_appear_in_logs_metrics_spans_or_answers(stage: Stage) 
         metric_bytes=len(metrics),
         leaks=len(leaks),
     )
-    assert b"DEBUG" in logs.get("sidecar.log", b""), "the sidecar logged at DEBUG (the search had text to read)"
+    assert b"DEBUG" in logs.get("sidecar.log", b""), (
+        "the sidecar logged at DEBUG (the search had text to read)"
+    )
     assert b"gen_ai" in places["spans"] and b"tollway" in metrics
     assert not leaks, leaks
 

@@ -42,7 +42,9 @@ from tollway.dev import free_port
 TTL_S = 4.0  # TOLLWAY_QUOTA_RESERVATION_TTL_SECONDS for these gateways (600 s by default)
 RECOVERY_MAX_S = 10.0
 SLOW = {"x-mock-latency-ms": "150"}  # keeps several calls in flight, each holding a reservation
-RESOURCES = budget_yaml("kill-budget", "100", "failurePolicy: FailClosed") + key_yaml("kill", "budgetRefs: [kill-budget]")
+RESOURCES = budget_yaml("kill-budget", "100", "failurePolicy: FailClosed") + key_yaml(
+    "kill", "budgetRefs: [kill-budget]"
+)
 INDEX = "tw:{default}:rz"  # the namespace's open reservations (a sorted set by expiry)
 
 
@@ -68,7 +70,9 @@ def statuses(calls: list[Call]) -> dict[str, int]:
 
 def shaped_5xx_or_ok(calls: list[Call]) -> list[Call]:
     """The calls that got neither a 200 nor a 5xx in the OpenAI error shape (a hang, a reset, …)."""
-    return [c for c in calls if c.status != 200 and not (c.status >= 500 and c.code is not None and c.status != 0)]
+    return [
+        c for c in calls if c.status != 200 and not (c.status >= 500 and c.code is not None and c.status != 0)
+    ]
 
 
 async def wait_spend_settled(admin_url: str, key: str, seconds: float) -> dict[str, object]:
@@ -93,7 +97,9 @@ def assert_charged_as_documented(entry: dict[str, object], orphans: int) -> None
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, QuotaGateway, QuotaGateway]]:
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RedisServer, QuotaGateway, QuotaGateway]]:
     base = tmp_path_factory.mktemp("sidecar-kill")
     redis = RedisServer(base / "redis")
     redis.start()
@@ -103,7 +109,9 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSe
         with env_overrides({"TOLLWAY_QUOTA_RESERVATION_TTL_SECONDS": str(TTL_S)}):
             first = start_gateway(base / "a", folder, redis.url, mock_port=mock_port)
             try:
-                second = start_gateway(base / "b", folder, redis.url, mock_port=mock_port, mock_provider=False)
+                second = start_gateway(
+                    base / "b", folder, redis.url, mock_port=mock_port, mock_provider=False
+                )
             except BaseException:
                 first.dev.stop()
                 raise
@@ -176,7 +184,9 @@ def children_of(pid: int) -> dict[int, str]:
 
 
 def sidecar_pid(dev_pid: int) -> int | None:
-    return next((pid for pid, cmd in children_of(dev_pid).items() if cmd.rstrip().endswith("tollway sidecar")), None)
+    return next(
+        (pid for pid, cmd in children_of(dev_pid).items() if cmd.rstrip().endswith("tollway sidecar")), None
+    )
 
 
 @pytest.fixture
@@ -194,7 +204,9 @@ def dev_cli(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], RedisServ
     try:
         deadline = time.monotonic() + 60
         while b"Tollway gateway ready" not in (tmp_path / "dev.log").read_bytes():
-            assert dev.poll() is None and time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
+            assert dev.poll() is None and time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[
+                -3000:
+            ]
             time.sleep(0.1)
         yield dev, redis, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     finally:
@@ -229,7 +241,9 @@ async def test_tollway_dev_restarts_a_killed_sidecar_and_its_reservations_expire
         recovered = min(served) - killed if served else None
     await asyncio.sleep(1.0)
     await load.stop()
-    gap = [c for c in load.calls if c.started > killed and (recovered is None or c.ended < killed + recovered)]
+    gap = [
+        c for c in load.calls if c.started > killed and (recovered is None or c.ended < killed + recovered)
+    ]
     record(
         "sidecar killed (tollway dev)",
         calls=len(load.calls),
@@ -243,5 +257,9 @@ async def test_tollway_dev_restarts_a_killed_sidecar_and_its_reservations_expire
     assert recovered is not None and recovered < RECOVERY_MAX_S, "the gateway did not serve again"
     assert not shaped_5xx_or_ok(gap), statuses(shaped_5xx_or_ok(gap))
     entry = await wait_spend_settled(admin_url, "default/kill", TTL_S + 5)
-    record("sidecar killed (tollway dev)", expired_reservations=entry["expired_reservations"], spent_usd=entry["spent_usd"])
+    record(
+        "sidecar killed (tollway dev)",
+        expired_reservations=entry["expired_reservations"],
+        spent_usd=entry["spent_usd"],
+    )
     assert_charged_as_documented(entry, orphans)

@@ -13,8 +13,7 @@ import os
 from collections import Counter
 
 import pytest
-from conftest import Shared
-from reliability_env import FIGURES, Client, Reply, chat_body, key_value, record
+from reliability_env import FIGURES, Client, Reply, Shared, chat_body, key_value, record
 from reliability_fuzz import FAMILIES, MESSAGES, Mutant, huge_bodies, mutants
 
 SEED = int(os.environ.get("TOLLWAY_FUZZ_SEED", "20261202"))
@@ -38,13 +37,15 @@ def verdict(mutant: Mutant, reply: Reply) -> str | None:
     return None
 
 
-async def run_all(shared: Shared, batch: list[Mutant], timeout: float) -> list[tuple[Mutant, Reply]]:
+async def run_all(shared: Shared, batch: list[Mutant], seconds: float) -> list[tuple[Mutant, Reply]]:
     limit = asyncio.Semaphore(CONCURRENCY)
     async with Client(shared.gateway.origin, limit=CONCURRENCY) as client:
 
         async def one(mutant: Mutant) -> tuple[Mutant, Reply]:
             async with limit:
-                return mutant, await client.send(mutant.method, mutant.path, mutant.body, mutant.headers, timeout=timeout)
+                return mutant, await client.send(
+                    mutant.method, mutant.path, mutant.body, mutant.headers, timeout_s=seconds
+                )
 
         return await asyncio.gather(*(one(m) for m in batch))
 
@@ -73,7 +74,7 @@ def judge(family: str, results: list[tuple[Mutant, Reply]]) -> list[str]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 async def test_mutated_requests_get_a_shaped_4xx_or_a_2xx_never_a_5xx(shared: Shared, family: str) -> None:
-    results = await run_all(shared, mutants(family, PER_FAMILY, SEED, key_value("fuzz")), timeout=30)
+    results = await run_all(shared, mutants(family, PER_FAMILY, SEED, key_value("fuzz")), seconds=30)
     bad = judge(family, results)
     after = await alive(shared)
     assert after.status == 200, f"the gateway stopped serving after the {family} family: {after}"
@@ -82,7 +83,7 @@ async def test_mutated_requests_get_a_shaped_4xx_or_a_2xx_never_a_5xx(shared: Sh
 
 @pytest.mark.timeout(180)
 async def test_bodies_up_to_the_limit_are_served_and_over_it_413(shared: Shared) -> None:
-    results = await run_all(shared, huge_bodies(key_value("fuzz")), timeout=60)
+    results = await run_all(shared, huge_bodies(key_value("fuzz")), seconds=60)
     bad = judge("huge-body", results)
     wrong = [
         f"{m.label}: {r.status}"

@@ -10,14 +10,14 @@ usage; and no reservation is left open.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import Shared
-from reliability_env import IN_PRICE, OUT_PRICE, Client, Reply, chat_body, get_json, key_value, record
+from reliability_env import IN_PRICE, OUT_PRICE, Client, Reply, Shared, chat_body, get_json, key_value, record
 
 MAX_TOKENS = 2000
 PROMPT = 9 * IN_PRICE  # the estimated prompt of a "hi" chat call
@@ -59,9 +59,14 @@ def key_spend(shared: Shared) -> dict[str, Any]:
 
 
 async def faulty_call(
-    shared: Shared, headers: dict[str, str], *, model: str = "rel-chat", stream: bool = False, max_tokens: int | None = MAX_TOKENS
+    shared: Shared,
+    headers: dict[str, str],
+    *,
+    model: str = "rel-chat",
+    stream: bool = False,
+    max_tokens: int | None = MAX_TOKENS,
 ) -> Outcome:
-    before = key_spend(shared)
+    before = await asyncio.to_thread(key_spend, shared)
     body = chat_body(model, max_tokens=max_tokens, stream=stream)
     events: list[bytes] = []
     async with Client(shared.gateway.origin) as client:
@@ -70,18 +75,23 @@ async def faulty_call(
             "/v1/chat/completions",
             body,
             {"authorization": f"Bearer {key_value('faults')}", "content-type": "application/json", **headers},
-            timeout=20,
+            timeout_s=20,
             stream_events=events if stream else None,
         )
     # The settle runs after the answer (in the background, or when Envoy closes the stream).
     deadline = time.monotonic() + 5
-    after = key_spend(shared)
-    while (after["requests"] == before["requests"] or after["reserved_usd"] != "0") and time.monotonic() < deadline:
-        time.sleep(0.1)
-        after = key_spend(shared)
+    after = await asyncio.to_thread(key_spend, shared)
+    while (
+        after["requests"] == before["requests"] or after["reserved_usd"] != "0"
+    ) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        after = await asyncio.to_thread(key_spend, shared)
     assert after["reserved_usd"] == "0", f"a reservation is still open after the call: {after}"
     return Outcome(
-        reply, events, Decimal(after["spent_usd"]) - Decimal(before["spent_usd"]), after["requests"] - before["requests"]
+        reply,
+        events,
+        Decimal(after["spent_usd"]) - Decimal(before["spent_usd"]),
+        after["requests"] - before["requests"],
     )
 
 
@@ -104,7 +114,9 @@ def assert_broken_answer(outcome: Outcome) -> None:
     assert outcome.reply.status == 502 and error is not None, (outcome.reply.status, outcome.reply.body[:300])
     assert "'rel-" in error["message"], error
     assert "x-tollway-cost-usd" not in outcome.reply.headers
-    assert outcome.charged <= PROMPT, f"charged ${outcome.charged} for a broken answer (the prompt is ${PROMPT})"
+    assert outcome.charged <= PROMPT, (
+        f"charged ${outcome.charged} for a broken answer (the prompt is ${PROMPT})"
+    )
 
 
 async def test_invalid_json_200_is_a_502_charged_at_most_the_prompt(shared: Shared) -> None:
@@ -132,7 +144,9 @@ async def test_html_200_is_a_502_charged_at_most_the_prompt(shared: Shared) -> N
 
 
 async def test_cut_stream_is_charged_the_prompt_and_the_events_received(shared: Shared) -> None:
-    outcome = await faulty_call(shared, {"x-mock-fail": "broken-stream", "x-mock-chunk-delay-ms": "10"}, stream=True)
+    outcome = await faulty_call(
+        shared, {"x-mock-fail": "broken-stream", "x-mock-chunk-delay-ms": "10"}, stream=True
+    )
     note("SSE cut by a reset", outcome)
     assert outcome.reply.status == 200 and outcome.reply.error is not None, "the client sees the stream break"
     assert b"[DONE]" not in outcome.reply.body
@@ -152,7 +166,9 @@ async def test_stall_before_the_answer_is_a_504_within_the_timeout_and_not_charg
     assert outcome.charged <= PROMPT
 
 
-async def test_stall_mid_stream_is_cut_within_the_timeout_and_charged_the_events_received(shared: Shared) -> None:
+async def test_stall_mid_stream_is_cut_within_the_timeout_and_charged_the_events_received(
+    shared: Shared,
+) -> None:
     outcome = await faulty_call(shared, {"x-mock-chunk-delay-ms": "60000"}, stream=True)
     note("stall mid-stream", outcome)
     assert outcome.reply.status == 200 and outcome.content_events >= 1

@@ -55,7 +55,9 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     mock_port = free_port()
     try:
         resources = routes_yaml(mock_port, provider_key()) + RESOURCES
-        gateway = start_gateway(base / "gw", config_folder(base, mock_port, resources), redis.url, mock_port=mock_port)
+        gateway = start_gateway(
+            base / "gw", config_folder(base, mock_port, resources), redis.url, mock_port=mock_port
+        )
         try:
             yield Stage(redis, gateway)
         finally:
@@ -129,9 +131,13 @@ async def test_redis_killed_under_load_fail_closed_refuses_fail_open_serves_and_
         open_served_during_outage=sum(1 for c in open_during if c.status == 200),
     )
 
-    assert {c.status for c in load.select("closed", before)} | {c.status for c in load.select("open", before)} == {200}
+    assert {c.status for c in load.select("closed", before)} | {
+        c.status for c in load.select("open", before)
+    } == {200}
     assert closed_during and open_during, "load reached the gateway during the outage"
-    assert all(c.status == 503 and c.code == "quota_store_unavailable" for c in closed_during), statuses(closed_during)
+    assert all(c.status == 503 and c.code == "quota_store_unavailable" for c in closed_during), statuses(
+        closed_during
+    )
     assert all(c.status == 200 for c in open_during), statuses(open_during)
     assert recovery is not None and recovery < RECOVERY_MAX_S, f"FailClosed served again after {recovery} s"
     late = [c for c in load.calls if c.started > restarted + RECOVERY_MAX_S]

@@ -34,11 +34,15 @@ CALLS = 3 * N
 # The mock reports the gateway's own prompt estimate (9 tokens), so each call costs exactly what it
 # reserves: the budget then admits N calls whatever their order, and no more.
 EXACT = {"x-mock-prompt-tokens": "9"}
-RESOURCES = budget_yaml("pair-budget", N * RESERVED, "period: Total") + key_yaml("pair", "budgetRefs: [pair-budget]")
+RESOURCES = budget_yaml("pair-budget", N * RESERVED, "period: Total") + key_yaml(
+    "pair", "budgetRefs: [pair-budget]"
+)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[tuple[QuotaGateway, QuotaGateway]]:
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+) -> Iterator[tuple[QuotaGateway, QuotaGateway]]:
     base = tmp_path_factory.mktemp("two-gateways")
     mock_port = free_port()
     folder = config_folder(base, mock_port, routes_yaml(mock_port, provider_key()) + RESOURCES)
@@ -54,7 +58,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) ->
 
 
 @pytest.mark.timeout(60)
-async def test_two_gateways_on_one_redis_admit_exactly_n_calls_of_a_budget(pair: tuple[QuotaGateway, QuotaGateway]) -> None:
+async def test_two_gateways_on_one_redis_admit_exactly_n_calls_of_a_budget(
+    pair: tuple[QuotaGateway, QuotaGateway],
+) -> None:
     headers = {"authorization": f"Bearer {key_value('pair')}", "content-type": "application/json", **EXACT}
     async with Client(pair[0].origin, limit=12) as one, Client(pair[1].origin, limit=12) as two:
         clients = [one, two]
@@ -80,7 +86,9 @@ async def test_two_gateways_on_one_redis_admit_exactly_n_calls_of_a_budget(pair:
         sum_of_cost_headers_usd=str(headers_sum),
     )
     assert len(admitted) == N, codes
-    assert len(refused) == CALLS - N and all((r.error_object() or {}).get("code") == "budget_exceeded" for r in refused), codes
+    assert len(refused) == CALLS - N and all(
+        (r.error_object() or {}).get("code") == "budget_exceeded" for r in refused
+    ), codes
     assert all(r.cost == RESERVED for r in admitted), {r.cost for r in admitted}
     assert Decimal(budget["spent_usd"]) <= Decimal(budget["limit_usd"])
     assert headers_sum == Decimal(budget["spent_usd"]) == N * RESERVED
