@@ -1,9 +1,11 @@
 """The reliability tier: one Redis and one gateway shared by the fuzzing, fault and secret tests;
 the outage, kill and two-replica tests start their own. Figures go to `reliability-figures.json`
-under the session's temporary folder and into a table at the end of the run."""
+under the session's temporary folder (or `$TOLLWAY_RELIABILITY_FIGURES`) and into a table at the
+end of the run."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +31,9 @@ SHARED_KEYS = ("fuzz", "faults")
 
 @pytest.fixture(scope="session", autouse=True)
 def figures_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "reliability-figures.json"
+    # TOLLWAY_RELIABILITY_FIGURES keeps them somewhere pytest does not rotate old temp folders away.
+    chosen = os.environ.get("TOLLWAY_RELIABILITY_FIGURES")
+    path = Path(chosen) if chosen else tmp_path_factory.getbasetemp() / "reliability-figures.json"
     FIGURES_FILE[:] = [path]
     return path
 
