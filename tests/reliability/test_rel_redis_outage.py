@@ -149,12 +149,13 @@ async def test_redis_killed_under_load_fail_closed_refuses_fail_open_serves_and_
     served = [c for c in load.calls if c.status == 200]
     assert all(c.cost == COST for c in served), {c.cost for c in served}
     open_after = load.select("open", lambda c: c.status == 200 and c.started > restarted)
-    open_after_kill = load.select("open", lambda c: c.status == 200 and c.ended > killed)
+    # A call answered just before the kill may still have been settling (settles run after the answer).
+    open_after_kill = load.select("open", lambda c: c.status == 200 and c.ended > killed - 0.5)
     reconciled_at_least = sum(1 for c in open_during if c.status == 200) + len(open_after)
     assert reconciled_at_least <= open_key["requests"] <= len(open_after_kill)
     assert Decimal(open_key["spent_usd"]) == open_key["requests"] * COST
     assert Decimal(spend["budgets"]["default/open-budget"]["spent_usd"]) == open_key["requests"] * COST
     closed_after = load.select("closed", lambda c: c.status == 200 and c.started > restarted)
-    closed_after_kill = load.select("closed", lambda c: c.status == 200 and c.ended > killed)
+    closed_after_kill = load.select("closed", lambda c: c.status == 200 and c.ended > killed - 0.5)
     assert len(closed_after) <= closed_key["requests"] <= len(closed_after_kill)
     assert Decimal(closed_key["spent_usd"]) == closed_key["requests"] * COST

@@ -139,7 +139,8 @@ async def test_a_killed_replica_fails_fast_the_other_serves_and_its_reservations
     at_kill = open_reservations(redis)
     await asyncio.sleep(1.5)
     await load.stop()
-    await asyncio.sleep(0.3)  # the survivor's last settles land; the dead one's never will
+    # The survivor's /spend waits for its settles already started; the dead one's never come.
+    await asyncio.to_thread(get_json, f"{second.admin_url}/spend")
     left = open_reservations(redis)
     assert left <= at_kill, "only the killed sidecar's reservations stay open"
     orphans = len(left)
