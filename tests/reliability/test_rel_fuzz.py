@@ -95,6 +95,50 @@ async def test_bodies_up_to_the_limit_are_served_and_over_it_413(shared: Shared)
     assert not bad and not wrong, "\n".join(bad + wrong)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("x" * 3_900_000, id="one 3.9 MB word"),
+        pytest.param("Zm9vYmFy" * 487_000, id="3.9 MB of base64"),
+    ],
+)
+async def test_a_request_slow_to_tokenize_is_answered_and_others_keep_flowing(
+    shared: Shared, text: str
+) -> None:
+    """Text with no word breaks is the tokenizer's worst case; the call must still get an answer
+    (served, or a shaped 4xx), not Envoy's empty 504, and small calls beside it must stay fast."""
+    headers = {"authorization": f"Bearer {key_value('fuzz')}", "content-type": "application/json"}
+    small: list[Reply] = []
+    async with Client(shared.gateway.origin) as client:
+
+        async def beside() -> None:
+            for _ in range(20):
+                small.append(await client.send("POST", "/v1/chat/completions", chat_body(), headers))
+                await asyncio.sleep(0.05)
+
+        big, _ = await asyncio.gather(
+            client.send(
+                "POST", "/v1/chat/completions", chat_body(text=text, max_tokens=4), headers, timeout_s=60
+            ),
+            beside(),
+        )
+    worst = max(r.ended - r.started for r in small)
+    record(
+        f"slow tokenization ({len(text) // 1000} kB)",
+        status=big.status,
+        seconds=round(big.ended - big.started, 2),
+        small_calls_worst_s=round(worst, 3),
+    )
+    assert big.status == 200 or (400 <= big.status < 500 and big.error_object() is not None), (
+        big.status,
+        big.body[:200],
+    )
+    assert all(r.status == 200 for r in small) and worst < 1.0, [
+        (r.status, r.ended - r.started) for r in small
+    ]
+
+
 async def test_the_fuzzer_sent_enough_requests_and_the_gateway_still_serves(shared: Shared) -> None:
     """Runs after the families (file order); when only some ran, the count is not checked."""
     if len(TOTALS) and all(f"fuzz {family}" in FIGURES for family in FAMILIES):
