@@ -14,7 +14,8 @@ from collections import Counter
 
 import pytest
 from reliability_env import FIGURES, Client, Reply, Shared, chat_body, key_value, record
-from reliability_fuzz import FAMILIES, MESSAGES, Mutant, huge_bodies, mutants
+from reliability_fuzz import MESSAGES, Mutant, huge_bodies, mutants
+from reliability_mutations import FAMILIES
 
 SEED = int(os.environ.get("TOLLWAY_FUZZ_SEED", "20261202"))
 PER_FAMILY = 480  # x 11 families + 8 huge bodies = 5,288 requests
