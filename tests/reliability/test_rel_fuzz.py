@@ -100,8 +100,8 @@ async def test_bodies_up_to_the_limit_are_served_and_over_it_413(shared: Shared)
 @pytest.mark.parametrize(
     "text",
     [
-        pytest.param("x" * 3_900_000, id="one 3.9 MB word"),
-        pytest.param("Zm9vYmFy" * 487_000, id="3.9 MB of base64"),
+        pytest.param("x" * 3_900_000, id="one-word"),
+        pytest.param("Zm9vYmFy" * 487_000, id="base64"),
     ],
 )
 async def test_a_request_slow_to_tokenize_is_answered_and_others_keep_flowing(
