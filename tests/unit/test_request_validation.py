@@ -35,6 +35,14 @@ def test_non_finite_numbers_are_refused_naming_the_field(tail: bytes, param: str
     assert literal in caught.value.message and param in caught.value.message
 
 
+def test_a_non_finite_number_before_broken_json_is_invalid_json() -> None:
+    # The second look for the field meets the syntax error the first parse stopped short of.
+    with pytest.raises(BadRequest) as caught:
+        parse_body(b'{"model": "m", "max_tokens": -Infinity, "dimensions": 01}')
+    assert caught.value.code == "invalid_json"
+    assert "not valid JSON" in caught.value.message
+
+
 def test_a_lone_surrogate_is_refused_and_a_pair_is_not() -> None:
     with pytest.raises(BadRequest) as caught:
         parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}')

@@ -83,7 +83,10 @@ def parse_strict(raw: bytes | str) -> Any:
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except _NotFinite:
-        value = json.loads(text, parse_constant=_Marker, parse_float=_mark_float)
+        try:
+            value = json.loads(text, parse_constant=_Marker, parse_float=_mark_float)
+        except ValueError as exc:  # the constant came first, the body is broken further on
+            raise BadJson(f"The request body is not valid JSON: {exc}.") from None
         path, marker = next(_find(value, lambda node: isinstance(node, _Marker)))
         raise BadJson(
             f"{_where(path)} is {marker.literal}, which is not a JSON number; send a finite number.",
