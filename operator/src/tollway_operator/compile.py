@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from tollway_operator.resources import (
+    ANY_NAMESPACE,
     API_VERSION,
     BudgetSpec,
     LimitsSpec,
@@ -51,6 +52,8 @@ SECRET_INVALID = "SecretInvalid"
 BUDGET_NOT_FOUND = "BudgetNotFound"
 BUDGET_INVALID = "BudgetInvalid"
 KEY_NOT_MINTED = "KeyNotMinted"
+# A RouteRule claiming a model that an older RouteRule already routes (the operator's Accepted=False).
+MODEL_CONFLICT = "ModelConflict"
 REFERENCE_REASONS = frozenset(
     {SECRET_NOT_FOUND, SECRET_KEY_NOT_FOUND, SECRET_INVALID, BUDGET_NOT_FOUND, BUDGET_INVALID, KEY_NOT_MINTED}
 )
@@ -78,6 +81,19 @@ class Manifest:
     namespace: str  # "" means the compile's default namespace
     body: Mapping[str, Any]
     source: str  # file path (with "#<document>" when a file holds several) or "cluster"
+    # Who claimed first, for what only one resource may hold (a model name, a key value): the older
+    # creationTimestamp (RFC 3339 UTC, as the API server writes it), then the lower `seq` (first seen,
+    # for files, which have no timestamp), then namespace/name.
+    created: str = ""
+    seq: int = 0
+
+    @property
+    def id(self) -> ResourceId:
+        return self.kind, self.namespace, self.name
+
+    @property
+    def claim_rank(self) -> tuple[str, int, str, str]:
+        return self.created, self.seq, self.namespace, self.name
 
     @classmethod
     def from_object(cls, body: Mapping[str, Any], *, source: str, default_namespace: str = "") -> Manifest:
@@ -94,6 +110,7 @@ class Manifest:
             namespace=text(metadata.get("namespace")) or default_namespace,
             body=body,
             source=source,
+            created=text(metadata.get("creationTimestamp")),
         )
 
 
@@ -117,6 +134,9 @@ class CompileResult:
     config: GatewayConfig
     errors: tuple[CompileError, ...]
     accepted: frozenset[ResourceId]  # (kind, namespace, name) of every VirtualKey/Budget/RouteRule compiled
+    # Rejected in their current version but served at their last good one (`tollway_operator.lastgood`);
+    # their errors are those of the current version.
+    held: frozenset[ResourceId] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -146,6 +166,7 @@ class _Compiler:
     bad_secrets: set[tuple[str, str]] = field(default_factory=set)
     budgets: dict[tuple[str, str], Budget] = field(default_factory=dict)
     bad_budgets: set[tuple[str, str]] = field(default_factory=set)
+    route_namespaces: dict[str, frozenset[str]] = field(default_factory=dict)  # model -> who may use it
 
     def error(self, m: Manifest, path: str, message: str, reason: str = "Invalid") -> None:
         self.errors.append(CompileError(m.source, m.kind, m.namespace, m.name, path, message, reason))
@@ -338,7 +359,9 @@ class _Compiler:
             self.error(
                 m,
                 "spec.model",
-                f"model {spec.model!r} is already routed by RouteRule {other.namespace}/{other.name}",
+                f"model {spec.model!r} is already routed by RouteRule {other.namespace}/{other.name}, "
+                "the older claim; only one RouteRule in the cluster may route a model name",
+                MODEL_CONFLICT,
             )
         models.setdefault(spec.model, m)
         backends: list[Backend] = []
@@ -386,6 +409,7 @@ class _Compiler:
         # More attempts than backends start the order again from the first backend.
         attempts = spec.fallback.max_attempts or min(len(backends), 10)
         self.accepted.add(("RouteRule", m.namespace, m.name))
+        self.route_namespaces[spec.model] = frozenset({m.namespace, *spec.allowed_namespaces})
         return Route(
             id=rid,
             name=m.name,
@@ -401,6 +425,16 @@ class _Compiler:
             timeout_ms=spec.timeout_ms,
             sticky_user=spec.sticky_user,
             capture_content=spec.capture_content,
+        )
+
+    def reachable_models(self, namespace: str, routes: Iterable[Route]) -> tuple[str, ...]:
+        """The models a key in `namespace` may call: its own namespace's routes and those that allow it."""
+        return tuple(
+            sorted(
+                route.model
+                for route in routes
+                if namespace in (allowed := self.route_namespaces[route.model]) or ANY_NAMESPACE in allowed
+            )
         )
 
     def credential(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:
@@ -437,7 +471,11 @@ def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str =
                 first[rid] = m
 
     def of_kind(kind: str) -> list[Manifest]:
-        return sorted((m for m in first.values() if m.kind == kind), key=lambda m: (m.namespace, m.name))
+        # Oldest claim first: it keeps a contested model name or key value.
+        return sorted((m for m in first.values() if m.kind == kind), key=lambda m: m.claim_rank)
+
+    def by_name(item: VirtualKey | Route) -> tuple[str, str]:
+        return item.namespace, item.name
 
     for m in of_kind("Secret"):
         c.add_secret(m)
@@ -448,7 +486,14 @@ def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str =
     models: dict[str, Manifest] = {}
     ids: dict[str, Manifest] = {}
     routes = [route for m in of_kind("RouteRule") if (route := c.add_route(m, models, ids)) is not None]
-    config = GatewayConfig(keys=tuple(keys), budgets=tuple(c.budgets.values()), routes=tuple(routes))
+    keys = [
+        key.model_copy(update={"reachable_models": c.reachable_models(key.namespace, routes)}) for key in keys
+    ]
+    config = GatewayConfig(
+        keys=tuple(sorted(keys, key=by_name)),
+        budgets=tuple(c.budgets.values()),
+        routes=tuple(sorted(routes, key=by_name)),
+    )
     return CompileResult(
         config=config.with_checksum(), errors=tuple(c.errors), accepted=frozenset(c.accepted)
     )
@@ -475,7 +520,7 @@ def _header_ok(c: _Compiler, m: Manifest) -> bool:
 
 
 def _with_namespace(m: Manifest, namespace: str) -> Manifest:
-    return Manifest(m.kind, m.api_version, m.name, namespace, m.body, m.source)
+    return replace(m, namespace=namespace)
 
 
 def _limits(spec: LimitsSpec) -> Limits:
@@ -538,7 +583,8 @@ def load_manifests(
 ) -> tuple[list[Manifest], list[CompileError]]:
     """Read *.yaml, *.yml and *.json in `directory` (not recursive), in file-name order.
 
-    Multi-document YAML is supported; empty documents are skipped; a `v1` `List` is expanded.
+    Multi-document YAML is supported; empty documents are skipped; a `v1` `List` is expanded. Each
+    manifest's `seq` is its place in that order (1, 2, ...), which ranks claims (see `Manifest`).
     """
     if not directory.is_dir():
         return [], [CompileError(str(directory), "", "", "", "", "not a directory")]
@@ -600,4 +646,7 @@ def _collect(
         for i, item in enumerate(document["items"]):
             _collect(item, f"{source}.items[{i}]", namespace, manifests, errors)
         return
-    manifests.append(Manifest.from_object(document, source=source, default_namespace=namespace))
+    manifest = Manifest.from_object(document, source=source, default_namespace=namespace)
+    # Files have no creation time of their own (one copied from `kubectl get -o yaml` is not this
+    # resource's): a claim is ranked by its place in the folder instead.
+    manifests.append(replace(manifest, created="", seq=len(manifests) + 1))

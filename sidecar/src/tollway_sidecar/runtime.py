@@ -64,6 +64,8 @@ class CompiledConfig:
 
 
 def model_allowed(key: VirtualKey, model: str) -> bool:
+    if key.reachable_models is not None and model not in key.reachable_models:
+        return False  # another namespace's route that does not allow this key's namespace
     return not key.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in key.models)
 
 

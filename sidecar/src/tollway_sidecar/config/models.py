@@ -55,6 +55,9 @@ class VirtualKey(_Value):
     owner_team: str | None = None
     owner_user: str | None = None
     models: tuple[str, ...] = ()  # client model names, fnmatch globs; empty = all
+    # The models of the routes this key's namespace may use (its own, and those whose RouteRule
+    # allows it), exact names; None = every route. Checked as well as `models`.
+    reachable_models: tuple[str, ...] | None = None
     limits: Limits = Limits()
     per_user_limits: Limits = Limits()
     budgets: tuple[str, ...] = ()  # Budget ids ("namespace/name")
