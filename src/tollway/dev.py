@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tollway.folder import Folder, FolderResult
 from tollway_operator.compile import CompileResult, Manifest, compile_manifests, load_manifests
 from tollway_sidecar.envoy_bootstrap import bootstrap
 
@@ -81,6 +82,18 @@ def compile_folder(folder: Path) -> tuple[CompileResult, list[Manifest]]:
             config=result.config, errors=tuple(load_errors) + result.errors, accepted=result.accepted
         )
     return result, manifests
+
+
+def kept_notes(compiled: FolderResult) -> list[str]:
+    """What is served although the folder says otherwise, one line each, after the errors."""
+    notes = [
+        f"{path}: serving the resources last read from it until it is fixed" for path in compiled.kept_files
+    ]
+    notes += [
+        f"{kind} {namespace}/{name}: rejected, so its last good version is still served until it is fixed"
+        for kind, namespace, name in sorted(compiled.result.held)
+    ]
+    return notes
 
 
 @dataclass
@@ -168,6 +181,7 @@ class DevGateway:
     def __post_init__(self) -> None:
         self.state_dir = self.options.state_dir or Path(tempfile.mkdtemp(prefix="tollway-dev-"))
         self.children = Children(self.state_dir)
+        self.folder = Folder(self.options.config_dir)
 
     @property
     def base_url(self) -> str:
@@ -178,13 +192,14 @@ class DevGateway:
         return self.state_dir / "config.json"
 
     def compile(self) -> CompileResult:
-        result, manifests = compile_folder(self.options.config_dir)
-        errors = tuple(str(error) for error in result.errors)
+        compiled = self.folder.compile()
+        result = compiled.result
+        errors = tuple(str(error) for error in result.errors) + tuple(kept_notes(compiled))
         if errors != self._errors:
             for error in errors:
                 self._say(f"tollway dev: {error}", err=True)
             self._errors = errors
-        self.keys = demo_keys(manifests)
+        self.keys = demo_keys(compiled.manifests)
         payload = result.config.model_dump_json(indent=2)
         if payload != self._config_digest:
             tmp = self.config_file.with_suffix(".tmp")

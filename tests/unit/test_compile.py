@@ -1027,7 +1027,7 @@ def test_a_key_s_own_models_list_still_applies_to_an_allowed_route() -> None:
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [(["Team_B"], "expected a namespace name"), (["team-b", "team-b"], "duplicate namespace 'team-b'")],
+    [(["Team_B"], "expected a namespace (a DNS"), (["team-b", "team-b"], "duplicate namespace 'team-b'")],
 )
 def test_allowed_namespaces_are_namespace_names_or_a_star(value: list[str], problem: str) -> None:
     result = tenants(allowedNamespaces=value)

@@ -590,14 +590,27 @@ def load_manifests(
         return [], [CompileError(str(directory), "", "", "", "", "not a directory")]
     manifests: list[Manifest] = []
     errors: list[CompileError] = []
-    paths = sorted((p for p in directory.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file()), key=str)
-    for path in paths:
-        documents, error = _read_documents(path)
-        if error:
-            errors.append(CompileError(str(path), "", "", "", "", error))
-        for index, document in enumerate(documents, 1):
-            source = f"{path}#{index}" if len(documents) > 1 else str(path)
-            _collect(document, source, default_namespace, manifests, errors)
+    for path in manifest_paths(directory):
+        found, file_errors = load_file(path, default_namespace=default_namespace)
+        manifests += (replace(m, seq=len(manifests) + 1) for m in found)
+        errors += file_errors
+    return manifests, errors
+
+
+def manifest_paths(directory: Path) -> list[Path]:
+    return sorted((p for p in directory.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file()), key=str)
+
+
+def load_file(path: Path, *, default_namespace: str = "default") -> tuple[list[Manifest], list[CompileError]]:
+    """The manifests of one file (those before a syntax error included) and its errors."""
+    manifests: list[Manifest] = []
+    errors: list[CompileError] = []
+    documents, error = _read_documents(path)
+    if error:
+        errors.append(CompileError(str(path), "", "", "", "", error))
+    for index, document in enumerate(documents, 1):
+        source = f"{path}#{index}" if len(documents) > 1 else str(path)
+        _collect(document, source, default_namespace, manifests, errors)
     return manifests, errors
 
 

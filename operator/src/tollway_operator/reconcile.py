@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -232,12 +233,4 @@ class Reconciler:
 
 
 def _with_status(resource: Resource, status: Mapping[str, Any]) -> Resource:
-    return Resource(
-        resource.kind,
-        resource.namespace,
-        resource.name,
-        resource.uid,
-        resource.generation,
-        resource.spec,
-        status,
-    )
+    return replace(resource, status=status)

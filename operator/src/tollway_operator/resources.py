@@ -134,7 +134,7 @@ def _namespace_or_any(value: object) -> str:
         return ANY_NAMESPACE
     if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.match(value):
         raise ValueError(
-            f"expected a namespace name (a DNS label: lowercase letters, digits and '-') or '*', got {value!r}"
+            f"expected a namespace (a DNS label: lowercase letters, digits and '-') or '*', got {value!r}"
         )
     return value
 
