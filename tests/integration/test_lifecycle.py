@@ -279,3 +279,7 @@ def test_compile_prints_the_config_or_each_error(tmp_path: Path) -> None:
     assert "route.yaml" in failed.stderr
     assert "RouteRule default/broken" in failed.stderr
     assert "spec.backends[0].baseURL" in failed.stderr
+    assert (
+        "RouteRule default/broken: left out of this config (`tollway dev` and the operator keep serving"
+        in (failed.stderr)
+    )
