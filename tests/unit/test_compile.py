@@ -20,6 +20,9 @@ from tollway_operator.compile import (
     compile_manifests,
     load_manifests,
 )
+from tollway_sidecar.config.loader import parse_config
+from tollway_sidecar.config.models import VirtualKey
+from tollway_sidecar.runtime import CompiledConfig, model_allowed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "local"
 MOCK_URL = "http://127.0.0.1:9000/v1"
@@ -987,12 +990,16 @@ def tenants(*extra: dict[str, Any], **route_a: Any) -> CompileResult:
     )
 
 
-def test_a_key_reaches_only_the_routes_of_its_own_namespace() -> None:
-    from tollway_sidecar.runtime import CompiledConfig, model_allowed
+def loaded_keys(result: CompileResult) -> dict[str, VirtualKey]:
+    """The keys as the sidecar holds them once the published config has loaded."""
+    config = parse_config(result.config.model_dump_json().encode(), "test")
+    return {key.id: key for key in CompiledConfig.build(config).keys_by_hash.values()}
 
+
+def test_a_key_reaches_only_the_routes_of_its_own_namespace() -> None:
     result = tenants()
     assert result.errors == ()
-    keys = {k.id: k for k in result.config.keys}
+    keys = loaded_keys(result)
     assert keys["team-a/a"].reachable_models == ("gpt-4o",)
     assert keys["team-b/b"].reachable_models == ("cheap",)
     # What the sidecar answers: 403 for the call, and GET /v1/models does not list it.
@@ -1002,26 +1009,27 @@ def test_a_key_reaches_only_the_routes_of_its_own_namespace() -> None:
     assert [r.model for r in compiled.models_for(keys["team-b/b"])] == ["cheap"]
 
 
-def test_allowed_namespaces_opens_a_route_to_the_namespaces_it_lists() -> None:
-    from tollway_sidecar.runtime import model_allowed
+def test_the_published_config_says_who_may_use_a_route_once_per_route() -> None:
+    result = tenants(allowedNamespaces=["team-c", "team-b"])
+    published = json.loads(result.config.model_dump_json())
+    assert [r["allowed_namespaces"] for r in published["routes"]] == [["team-b", "team-c"], []]
+    assert all("reachable_models" not in key for key in published["keys"])  # no keys x routes lists
 
-    shared = tenants(allowedNamespaces=["team-b"])
-    assert shared.errors == ()
-    key_b = next(k for k in shared.config.keys if k.namespace == "team-b")
+
+def test_allowed_namespaces_opens_a_route_to_the_namespaces_it_lists() -> None:
+    key_b = loaded_keys(tenants(allowedNamespaces=["team-b"]))["team-b/b"]
     assert key_b.reachable_models == ("cheap", "gpt-4o")
     assert model_allowed(key_b, "gpt-4o")
 
     everyone = tenants(vkey("c", "team-c"), key_secret("c", namespace="team-c"), allowedNamespaces=["*"])
-    key_c = next(k for k in everyone.config.keys if k.namespace == "team-c")
-    assert key_c.reachable_models == ("gpt-4o",)
+    assert everyone.errors == ()
+    assert loaded_keys(everyone)["team-c/c"].reachable_models == ("gpt-4o",)
 
 
 def test_a_key_s_own_models_list_still_applies_to_an_allowed_route() -> None:
-    from tollway_sidecar.runtime import model_allowed
-
     key_c_docs = (vkey("c", "team-c", models=["cheap*"]), key_secret("c", namespace="team-c"))
-    result = tenants(*key_c_docs, allowedNamespaces=["team-c"])
-    key_c = next(k for k in result.config.keys if k.namespace == "team-c")
+    key_c = loaded_keys(tenants(*key_c_docs, allowedNamespaces=["team-c"]))["team-c/c"]
+    assert key_c.reachable_models == ("gpt-4o",)
     assert not model_allowed(key_c, "gpt-4o")
 
 

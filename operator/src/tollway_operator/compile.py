@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from tollway_operator.resources import (
-    ANY_NAMESPACE,
     API_VERSION,
     BudgetSpec,
     LimitsSpec,
@@ -166,7 +165,6 @@ class _Compiler:
     bad_secrets: set[tuple[str, str]] = field(default_factory=set)
     budgets: dict[tuple[str, str], Budget] = field(default_factory=dict)
     bad_budgets: set[tuple[str, str]] = field(default_factory=set)
-    route_namespaces: dict[str, frozenset[str]] = field(default_factory=dict)  # model -> who may use it
 
     def error(self, m: Manifest, path: str, message: str, reason: str = "Invalid") -> None:
         self.errors.append(CompileError(m.source, m.kind, m.namespace, m.name, path, message, reason))
@@ -409,7 +407,6 @@ class _Compiler:
         # More attempts than backends start the order again from the first backend.
         attempts = spec.fallback.max_attempts or min(len(backends), 10)
         self.accepted.add(("RouteRule", m.namespace, m.name))
-        self.route_namespaces[spec.model] = frozenset({m.namespace, *spec.allowed_namespaces})
         return Route(
             id=rid,
             name=m.name,
@@ -425,16 +422,7 @@ class _Compiler:
             timeout_ms=spec.timeout_ms,
             sticky_user=spec.sticky_user,
             capture_content=spec.capture_content,
-        )
-
-    def reachable_models(self, namespace: str, routes: Iterable[Route]) -> tuple[str, ...]:
-        """The models a key in `namespace` may call: its own namespace's routes and those that allow it."""
-        return tuple(
-            sorted(
-                route.model
-                for route in routes
-                if namespace in (allowed := self.route_namespaces[route.model]) or ANY_NAMESPACE in allowed
-            )
+            allowed_namespaces=tuple(sorted(set(spec.allowed_namespaces))),
         )
 
     def credential(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:
@@ -486,9 +474,6 @@ def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str =
     models: dict[str, Manifest] = {}
     ids: dict[str, Manifest] = {}
     routes = [route for m in of_kind("RouteRule") if (route := c.add_route(m, models, ids)) is not None]
-    keys = [
-        key.model_copy(update={"reachable_models": c.reachable_models(key.namespace, routes)}) for key in keys
-    ]
     config = GatewayConfig(
         keys=tuple(sorted(keys, key=by_name)),
         budgets=tuple(c.budgets.values()),

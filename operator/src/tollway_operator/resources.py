@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstra
 from pydantic.alias_generators import to_camel
 
 from tollway_sidecar.config.models import (
+    ANY_NAMESPACE,
     DEFAULT_RETRY_STATUS,
     BudgetAction,
     FailurePolicy,
@@ -26,8 +27,6 @@ from tollway_sidecar.config.models import (
 )
 
 API_VERSION = "tollway.dev/v1alpha1"
-# In a RouteRule's allowedNamespaces: keys of every namespace may use the rule.
-ANY_NAMESPACE = "*"
 
 # Where a backend goes when its RouteRule gives no baseURL. The other providers must say.
 DEFAULT_BASE_URLS: dict[str, str] = {
