@@ -77,6 +77,7 @@ class Reconciler:
         self._secrets: set[ResourceKey] = set()  # the Secrets the last pass read (or looked for)
         self._written: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}  # id -> (uid, status)
         self._good: dict[tuple[str, str, str], _Good] = {}  # id -> the generation that compiled last
+        self._logged_held: dict[tuple[str, str, str], int] = {}  # id -> the rejected generation logged
 
     # -- what the handlers call (never blocks) ----------------------------------------------------------
 
@@ -165,6 +166,16 @@ class Reconciler:
             for r in resources
             if r.id in result.accepted or r.id in fallbacks
         }
+        for r in resources:
+            if r.id in result.held and self._logged_held.get(r.id) != r.generation:
+                log.warning(
+                    "%s %s/%s generation %d rejected, generation %d is still served: %s",
+                    *r.id,
+                    r.generation,
+                    self._good[r.id].generation,
+                    "; ".join(f"{e.field}: {e.message}" for e in result.errors_for(*r.id)),
+                )
+        self._logged_held = {r.id: r.generation for r in resources if r.id in result.held}
         self.result = result
         self.passes += 1
         kinds: dict[str, int] = {}
