@@ -3,6 +3,7 @@ pure pass (`lastgood`) and in the folder `tollway dev` follows (`tollway.folder`
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,37 @@ def test_in_a_folder_the_first_seen_claim_keeps_a_model(tmp_path: Path) -> None:
     assert [r.namespace for r in compiled.result.config.routes] == ["team-z"]
     (error,) = compiled.result.errors
     assert (error.namespace, error.reason) == ("aaa", "ModelConflict")
+
+
+def test_a_secret_edited_into_a_bad_key_keeps_the_old_key_working() -> None:
+    """The VirtualKey did not change, its Secret did: the Secret's last good value is served."""
+    old = "tw-demo-0123456789abcdef"
+    after = good_then(
+        [key_secret(value=old), vkey(), route("chat")], [key_secret(value="short"), vkey(), route("chat")]
+    )
+
+    result = after.result
+    assert result.held == frozenset(
+        {("Secret", "default", "team-a-key"), ("VirtualKey", "default", "team-a")}
+    )
+    assert [k.key_sha256 for k in result.config.keys] == [hashlib.sha256(old.encode()).hexdigest()]
+    (error,) = result.errors
+    assert (error.kind, error.name, error.field) == ("VirtualKey", "team-a", "spec.secretRef.key")
+    assert "5 characters long" in error.message
+
+
+def test_a_secret_whose_old_value_would_break_something_else_is_not_held() -> None:
+    """Rotating a key Secret to a value that fails is held; a good rotation is not undone for it."""
+    first = [
+        key_secret("a", "tw-a-0123456789abcdef"),
+        vkey("a"),
+        key_secret("b", "tw-b-0123456789abcdef"),
+        vkey("b"),
+    ]
+    # a is rotated to a good value, b to one that is too short: only b's Secret (and key) are held.
+    then = [key_secret("a", "tw-a-new-0123456789abcdef"), vkey("a"), key_secret("b", "tw-b"), vkey("b")]
+    after = good_then(first, then)
+    assert after.result.held == frozenset({("Secret", "default", "b-key"), ("VirtualKey", "default", "b")})
+    hashes = {k.name: k.key_sha256 for k in after.result.config.keys}
+    assert hashes["a"] == hashlib.sha256(b"tw-a-new-0123456789abcdef").hexdigest()
+    assert hashes["b"] == hashlib.sha256(b"tw-b-0123456789abcdef").hexdigest()
