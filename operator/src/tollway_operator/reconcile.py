@@ -161,8 +161,9 @@ class Reconciler:
         result = compile_keeping_last_good(
             manifests, {rid: good.manifest for rid, good in fallbacks.items()}
         ).result
+        # Remember this generation when it is served as written; otherwise keep the one to fall back on.
         self._good = {
-            r.id: fallbacks[r.id] if r.id in result.held or r.id not in result.accepted else _Good.of(r)
+            r.id: _Good.of(r) if r.id in result.accepted and r.id not in result.held else fallbacks[r.id]
             for r in resources
             if r.id in result.accepted or r.id in fallbacks
         }
@@ -257,12 +258,9 @@ class Reconciler:
             )
             written = self._written.get(r.id)
             base = r if written is None or written[0] != r.uid else _with_status(r, written[1])
+            served = held.generation if held else r.generation if r.id in result.accepted else None
             extra: dict[str, Any] = {
-                SERVED_GENERATION: held.generation
-                if held
-                else r.generation
-                if r.id in result.accepted
-                else None,
+                SERVED_GENERATION: served,  # None: not in the config (a merge patch removes the field)
                 SERVED_SPEC: _spec_text(held.manifest) if held else None,
             }
             if r.kind == VIRTUALKEY.name:
