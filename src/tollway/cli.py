@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from tollway_operator.compile import CompileResult
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,8 +85,28 @@ def compile_command(directory: Path, namespace: str) -> None:
     if result.errors:
         for error in result.errors:
             click.echo(str(error), err=True)
+        for line in left_out(result):
+            click.echo(line, err=True)
         sys.exit(1)
     click.echo(result.config.model_dump_json(indent=2))
+
+
+def left_out(result: CompileResult) -> list[str]:
+    """What the errors leave out of this config, and what a running gateway would do instead."""
+    lines: list[str] = []
+    for error in result.errors:
+        if not error.kind and error.source:
+            what = f"{error.source}: not read"
+            instead = "`tollway dev` keeps serving what it last read from this file"
+        elif error.name and (error.kind, error.namespace, error.name) not in result.accepted:
+            what = f"{error.kind} {error.namespace}/{error.name}: left out of this config"
+            instead = "`tollway dev` and the operator keep serving its last good version, if it had one"
+        else:
+            continue
+        line = f"{what} ({instead})"
+        if line not in lines:
+            lines.append(line)
+    return lines
 
 
 @main.command("envoy-bootstrap")

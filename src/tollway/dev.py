@@ -9,7 +9,6 @@ folder are recompiled and picked up by the running gateway within a couple of se
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import shutil
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tollway.children import Children
+from tollway.folder import Folder, FolderResult
 from tollway_operator.compile import CompileResult, Manifest, compile_manifests, load_manifests
 from tollway_sidecar.envoy_bootstrap import bootstrap
 
@@ -83,56 +84,16 @@ def compile_folder(folder: Path) -> tuple[CompileResult, list[Manifest]]:
     return result, manifests
 
 
-@dataclass
-class Children:
-    """Child processes, each in its own session with its output in `<log_dir>/<name>.log`.
-
-    Stopped together, newest first: SIGTERM to each process group, SIGKILL after the grace period,
-    so nothing a child started is left behind. `tollway dev`, the tests and the benchmark share it.
-    """
-
-    log_dir: Path
-    started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-
-    def spawn(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None, *, cwd: Path | None = None
-    ) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.started.append((name, process))
-        return process
-
-    def exited(self, name: str | None = None) -> str | None:
-        """Says which child (of that name, or any) has exited, with the tail of its log; else None."""
-        for child, process in self.started:
-            if (name is None or child == name) and process.poll() is not None:
-                tail = (self.log_dir / f"{child}.log").read_text(errors="replace")[-3000:]
-                return f"{child} exited with code {process.returncode}:\n{tail}"
-        return None
-
-    def stop(self, grace: float = 10.0) -> None:
-        for _name, process in reversed(self.started):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for _name, process in reversed(self.started):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        self.started.clear()
+def kept_notes(compiled: FolderResult) -> list[str]:
+    """What is served although the folder says otherwise, one line each, after the errors."""
+    notes = [
+        f"{path}: serving the resources last read from it until it is fixed" for path in compiled.kept_files
+    ]
+    notes += [
+        f"{kind} {namespace}/{name}: rejected, so its last good version is still served until it is fixed"
+        for kind, namespace, name in sorted(compiled.result.held)
+    ]
+    return notes
 
 
 @dataclass
@@ -168,6 +129,7 @@ class DevGateway:
     def __post_init__(self) -> None:
         self.state_dir = self.options.state_dir or Path(tempfile.mkdtemp(prefix="tollway-dev-"))
         self.children = Children(self.state_dir)
+        self.folder = Folder(self.options.config_dir)
 
     @property
     def base_url(self) -> str:
@@ -178,13 +140,14 @@ class DevGateway:
         return self.state_dir / "config.json"
 
     def compile(self) -> CompileResult:
-        result, manifests = compile_folder(self.options.config_dir)
-        errors = tuple(str(error) for error in result.errors)
+        compiled = self.folder.compile()
+        result = compiled.result
+        errors = tuple(str(error) for error in result.errors) + tuple(kept_notes(compiled))
         if errors != self._errors:
             for error in errors:
                 self._say(f"tollway dev: {error}", err=True)
             self._errors = errors
-        self.keys = demo_keys(manifests)
+        self.keys = demo_keys(compiled.manifests)
         payload = result.config.model_dump_json(indent=2)
         if payload != self._config_digest:
             tmp = self.config_file.with_suffix(".tmp")
@@ -356,15 +319,11 @@ def run_dev(options: DevOptions) -> int:
         print(f"  key {name}: {value}", flush=True)
     print(f"  config: {options.config_dir} (edits are picked up live); logs: {gateway.state_dir}", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
-    try:
-        while not stopping:
-            time.sleep(0.5)
-            gateway._check_alive()
-            gateway.compile()
-    except DevError as exc:
-        print(f"tollway dev: {exc}", file=sys.stderr)
-        gateway.stop()
-        return 1
+    while not stopping:
+        time.sleep(0.5)
+        for note in gateway.children.restart_exited():
+            print(f"tollway dev: {note}", file=sys.stderr, flush=True)
+        gateway.compile()
     gateway.stop()
     print("Tollway stopped.", flush=True)
     return 0

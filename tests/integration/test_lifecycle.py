@@ -3,12 +3,14 @@ and SIGTERM stops every process it started."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +105,47 @@ def test_a_config_that_fails_to_load_leaves_the_previous_one_serving(own_gateway
     assert "checksum" in log
 
 
+@pytest.mark.parametrize(
+    ("file", "good", "bad", "named"),
+    [
+        ("budgets.yaml", 'limit: "10.00"', 'limit: "-5"', "Budget default/demo-monthly: spec.limit"),
+        (
+            "routes.yaml",
+            "  backends:\n    - name: mock\n      provider: openai-compatible\n      model: gpt-4o-mini\n",
+            # ... and the rest of the backend commented out
+            "  backends: []\n#    - name: mock\n#      provider: openai-compatible\n"
+            "#      model: gpt-4o-mini\n#",
+            "RouteRule default/gpt-4o-mini",
+        ),
+        ("keys.yaml", "kind: VirtualKey", "kind: [VirtualKey", "keys.yaml: invalid YAML"),
+    ],
+    ids=["negative-budget", "route-without-backends", "invalid-yaml"],
+)
+def test_a_bad_edit_keeps_the_last_good_version_serving(
+    own_gateway: DevGateway, capsys: pytest.CaptureFixture[str], file: str, good: str, bad: str, named: str
+) -> None:
+    origin = own_gateway.base_url.removesuffix("/v1")
+    path = own_gateway.options.config_dir / file
+    text = path.read_text()
+    assert good in text
+    before = own_gateway.config_file.read_text()
+    capsys.readouterr()
+
+    path.write_text(text.replace(good, bad, 1))
+    result = own_gateway.compile()
+
+    assert result.errors, "the edit should be reported"
+    assert own_gateway.config_file.read_text() == before  # the served config did not change
+    assert chat(origin, "gpt-4o-mini") == 200
+    said = capsys.readouterr().err
+    assert named in said, said
+    assert "still served until it is fixed" in said or "serving the resources last read from it" in said, said
+
+    path.write_text(text)  # fixed: the notes go, the config is the same as before
+    assert own_gateway.compile().errors == ()
+    assert own_gateway.config_file.read_text() == before
+
+
 def _processes_of(state_dir: Path) -> list[int]:
     """Processes started for this state dir: Envoy names it in argv, the others in their environment."""
     found = []
@@ -162,6 +205,60 @@ def test_sigterm_stops_every_process_cleanly(tmp_path: Path) -> None:
             dev.stdout.close()
 
 
+def _named(pids: list[int], word: bytes) -> list[int]:
+    """The processes with `word` as one of their arguments (`tollway sidecar`, `envoy -c envoy.json`)."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if any(arg == word or arg.endswith(b"/" + word) for arg in argv):
+                found.append(pid)
+    return found
+
+
+def test_a_killed_sidecar_is_restarted_behind_the_same_envoy(tmp_path: Path) -> None:
+    mock_port, port, state = free_port(), free_port(), tmp_path / "state"
+    argv = [
+        *(sys.executable, "-m", "tollway", "dev", "--config", str(local_config(tmp_path, mock_port))),
+        *("--port", str(port), "--admin-port", str(free_port()), "--mock-port", str(mock_port)),
+        *("--state-dir", str(state)),
+    ]
+    dev = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert dev.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(dev.stdout or ()), daemon=True)
+        reader.start()
+        assert wait_for(lambda: any(line.startswith("Press Ctrl-C") for line in lines), 60), lines
+        origin = f"http://127.0.0.1:{port}"
+        assert chat(origin, "gpt-4o-mini") == 200
+        children = [pid for pid in _processes_of(state) if pid != dev.pid]
+        (sidecar,) = _named(children, b"sidecar")
+        (envoy,) = _named(children, b"envoy.json")
+
+        os.kill(sidecar, signal.SIGKILL)
+        killed = time.monotonic()
+        assert wait_for(lambda: chat(origin, "gpt-4o-mini") == 200, timeout=10), (
+            "no answer 10 s after the kill"
+        )
+        back_after = time.monotonic() - killed
+
+        assert dev.poll() is None, "".join(lines)
+        assert _named([envoy], b"envoy.json") == [envoy]  # the same Envoy, never restarted
+        (again,) = _named([pid for pid in _processes_of(state) if pid != dev.pid], b"sidecar")
+        assert again != sidecar
+        said = "".join(lines)
+        assert "tollway dev: sidecar exited with code -9; restarting it now" in said, said
+        assert f"tollway dev: sidecar restarted (pid {again}, restart 1 in a row)" in said, said
+        print(f"calls answered again {back_after:.2f} s after the sidecar was killed")
+    finally:
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGTERM)
+            dev.wait(timeout=20)
+        if dev.stdout:
+            dev.stdout.close()
+
+
 def test_compile_prints_the_config_or_each_error(tmp_path: Path) -> None:
     tollway = [sys.executable, "-m", "tollway", "compile"]
     ok = subprocess.run(
@@ -182,3 +279,7 @@ def test_compile_prints_the_config_or_each_error(tmp_path: Path) -> None:
     assert "route.yaml" in failed.stderr
     assert "RouteRule default/broken" in failed.stderr
     assert "spec.backends[0].baseURL" in failed.stderr
+    assert (
+        "RouteRule default/broken: left out of this config (`tollway dev` and the operator keep serving"
+        in (failed.stderr)
+    )

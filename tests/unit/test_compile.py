@@ -20,6 +20,9 @@ from tollway_operator.compile import (
     compile_manifests,
     load_manifests,
 )
+from tollway_sidecar.config.loader import parse_config
+from tollway_sidecar.config.models import VirtualKey
+from tollway_sidecar.runtime import CompiledConfig, model_allowed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "local"
 MOCK_URL = "http://127.0.0.1:9000/v1"
@@ -408,14 +411,15 @@ def test_key_without_secret_ref_or_minted_secret_is_an_error(tmp_path: Path) -> 
     assert "does not exist yet" in error.message
 
 
-def test_two_keys_with_the_same_value_fail_on_the_later(tmp_path: Path) -> None:
+def test_two_keys_with_the_same_value_fail_on_the_newer_claim(tmp_path: Path) -> None:
+    """In files the first one written keeps the key; a key sorting earlier by name cannot displace it."""
     same = "tw-same-0123456789abcdef"
     result = compile_docs(tmp_path, key_secret("b", same), key_secret("a", same), vkey("b"), vkey("a"))
 
     error = only_error(result)
-    assert (error.name, error.field) == ("b", "spec.secretRef")
-    assert "the same key as VirtualKey default/a" in error.message
-    assert [k.name for k in result.config.keys] == ["a"]
+    assert (error.name, error.field) == ("a", "spec.secretRef")
+    assert "the same key as VirtualKey default/b" in error.message
+    assert [k.name for k in result.config.keys] == ["b"]
 
 
 def test_unknown_budget_ref_is_named(tmp_path: Path) -> None:
@@ -873,15 +877,15 @@ def test_provider_must_be_known(tmp_path: Path) -> None:
     assert "'openai-compatible'" in error.message
 
 
-def test_two_rules_for_one_model_fail_on_the_later_across_namespaces(tmp_path: Path) -> None:
+def test_two_rules_for_one_model_fail_on_the_later_in_the_folder(tmp_path: Path) -> None:
     result = compile_docs(
         tmp_path, route("chat", "zeta", model="gpt-4o"), route("chat", "alpha", model="gpt-4o")
     )
 
     error = only_error(result)
-    assert (error.namespace, error.field) == ("zeta", "spec.model")
-    assert "already routed by RouteRule alpha/chat" in error.message
-    assert [r.id for r in result.config.routes] == ["alpha-chat"]
+    assert (error.namespace, error.field, error.reason) == ("alpha", "spec.model", "ModelConflict")
+    assert "already routed by RouteRule zeta/chat, the older claim" in error.message
+    assert [r.id for r in result.config.routes] == ["zeta-chat"]
 
 
 def test_route_ids_are_slugs_and_unique(tmp_path: Path) -> None:
@@ -909,3 +913,154 @@ def test_null_fields_mean_not_set(tmp_path: Path) -> None:
 
     assert result.errors == ()
     assert result.config.keys[0].limits.empty
+
+
+# --- tenants: one namespace cannot take over, read or spend through another's resources -----------------
+
+
+def cluster(doc: dict[str, Any], created: str) -> Manifest:
+    """A manifest as the operator reads it from the API server, with its creationTimestamp."""
+    doc["metadata"]["creationTimestamp"] = created
+    return Manifest.from_object(doc, source="cluster")
+
+
+def mock_backend(port: int) -> list[dict[str, Any]]:
+    return [backend(baseURL=f"http://127.0.0.1:{port}/v1")]
+
+
+def test_a_newer_rule_in_another_namespace_cannot_take_over_a_model() -> None:
+    working = cluster(route("gpt-4o", "team-z", backends=mock_backend(9000)), "2026-01-01T00:00:00Z")
+    # Sorts first by namespace/name, the old winner rule; it is newer, so it is the one refused.
+    intruder = cluster(route("gpt-4o", "aaa", backends=mock_backend(6666)), "2026-06-01T00:00:00Z")
+
+    for order in ([working, intruder], [intruder, working]):
+        result = compile_manifests(order)
+        error = only_error(result)
+        assert (error.kind, error.namespace, error.name) == ("RouteRule", "aaa", "gpt-4o")
+        assert (error.field, error.reason) == ("spec.model", "ModelConflict")
+        assert "already routed by RouteRule team-z/gpt-4o, the older claim" in error.message
+        (served,) = result.config.routes
+        assert (served.namespace, served.backends[0].base_url) == ("team-z", "http://127.0.0.1:9000/v1")
+        assert ("RouteRule", "aaa", "gpt-4o") not in result.accepted
+
+
+def test_claims_made_in_the_same_second_go_to_namespace_then_name() -> None:
+    same = "2026-01-01T00:00:00Z"
+    result = compile_manifests(
+        [cluster(route("chat", "beta", model="m"), same), cluster(route("chat", "alpha", model="m"), same)]
+    )
+    assert only_error(result).namespace == "beta"
+    assert [r.namespace for r in result.config.routes] == ["alpha"]
+
+
+def test_a_newer_key_with_the_same_value_cannot_displace_the_older() -> None:
+    same = "tw-same-0123456789abcdef"
+    old = cluster(vkey("z", "team-z"), "2026-01-01T00:00:00Z")
+    new = cluster(vkey("a", "aaa"), "2026-02-01T00:00:00Z")
+    secrets = [
+        Manifest.from_object(key_secret(n, same, ns), source="cluster")
+        for n, ns in (("z", "team-z"), ("a", "aaa"))
+    ]
+
+    result = compile_manifests([new, old, *secrets])
+
+    assert (only_error(result).namespace, only_error(result).name) == ("aaa", "a")
+    assert [k.id for k in result.config.keys] == ["team-z/z"]
+
+
+def tenants(*extra: dict[str, Any], **route_a: Any) -> CompileResult:
+    """team-a routes gpt-4o with its own provider key; team-b has a key and a route of its own."""
+    return compile_manifests(
+        Manifest.from_object(doc, source="test")
+        for doc in (
+            secret("openai", "team-a", apiKey="sk-team-a-secret"),
+            route(
+                "gpt-4o",
+                "team-a",
+                backends=[backend(credentialsSecretRef={"name": "openai", "key": "apiKey"})],
+                **route_a,
+            ),
+            route("cheap", "team-b"),
+            key_secret("a", namespace="team-a"),
+            vkey("a", "team-a"),
+            key_secret("b", namespace="team-b"),
+            vkey("b", "team-b"),
+            *extra,
+        )
+    )
+
+
+def loaded_keys(result: CompileResult) -> dict[str, VirtualKey]:
+    """The keys as the sidecar holds them once the published config has loaded."""
+    config = parse_config(result.config.model_dump_json().encode(), "test")
+    return {key.id: key for key in CompiledConfig.build(config).keys_by_hash.values()}
+
+
+def test_a_key_reaches_only_the_routes_of_its_own_namespace() -> None:
+    result = tenants()
+    assert result.errors == ()
+    keys = loaded_keys(result)
+    assert keys["team-a/a"].reachable_models == ("gpt-4o",)
+    assert keys["team-b/b"].reachable_models == ("cheap",)
+    # What the sidecar answers: 403 for the call, and GET /v1/models does not list it.
+    assert not model_allowed(keys["team-b/b"], "gpt-4o")
+    assert model_allowed(keys["team-a/a"], "gpt-4o")
+    compiled = CompiledConfig.build(result.config)
+    assert [r.model for r in compiled.models_for(keys["team-b/b"])] == ["cheap"]
+
+
+def test_the_published_config_says_who_may_use_a_route_once_per_route() -> None:
+    result = tenants(allowedNamespaces=["team-c", "team-b"])
+    published = json.loads(result.config.model_dump_json())
+    assert [r["allowed_namespaces"] for r in published["routes"]] == [["team-b", "team-c"], []]
+    assert all("reachable_models" not in key for key in published["keys"])  # no keys x routes lists
+
+
+def test_allowed_namespaces_opens_a_route_to_the_namespaces_it_lists() -> None:
+    key_b = loaded_keys(tenants(allowedNamespaces=["team-b"]))["team-b/b"]
+    assert key_b.reachable_models == ("cheap", "gpt-4o")
+    assert model_allowed(key_b, "gpt-4o")
+
+    everyone = tenants(vkey("c", "team-c"), key_secret("c", namespace="team-c"), allowedNamespaces=["*"])
+    assert everyone.errors == ()
+    assert loaded_keys(everyone)["team-c/c"].reachable_models == ("gpt-4o",)
+
+
+def test_a_key_s_own_models_list_still_applies_to_an_allowed_route() -> None:
+    key_c_docs = (vkey("c", "team-c", models=["cheap*"]), key_secret("c", namespace="team-c"))
+    key_c = loaded_keys(tenants(*key_c_docs, allowedNamespaces=["team-c"]))["team-c/c"]
+    assert key_c.reachable_models == ("gpt-4o",)
+    assert not model_allowed(key_c, "gpt-4o")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(["Team_B"], "expected a namespace (a DNS"), (["team-b", "team-b"], "duplicate namespace 'team-b'")],
+)
+def test_allowed_namespaces_are_namespace_names_or_a_star(value: list[str], problem: str) -> None:
+    result = tenants(allowedNamespaces=value)
+    error = only_error(result)
+    assert error.field.startswith("spec.allowedNamespaces[")
+    assert problem in error.message
+
+
+def test_a_key_cannot_spend_from_another_namespace_s_budget() -> None:
+    result = tenants(
+        budget("shared", "team-a"),
+        vkey("thief", "team-b", budgetRefs=["shared"]),
+        key_secret("thief", namespace="team-b"),
+    )
+    error = only_error(result)
+    assert (error.namespace, error.name, error.reason) == ("team-b", "thief", "BudgetNotFound")
+    assert "Budget team-b/shared not found" in error.message
+    assert "team-b/thief" not in {k.id for k in result.config.keys}
+
+
+def test_a_rule_cannot_use_another_namespace_s_provider_credentials() -> None:
+    result = tenants(
+        route("mine", "team-b", backends=[backend(credentialsSecretRef={"name": "openai", "key": "apiKey"})])
+    )
+    error = only_error(result)
+    assert (error.namespace, error.name, error.reason) == ("team-b", "mine", "SecretNotFound")
+    assert "Secret team-b/openai not found" in error.message
+    assert [r.id for r in result.config.routes] == ["team-a-gpt-4o", "team-b-cheap"]

@@ -368,7 +368,8 @@ async def test_metrics_count_passes_publishes_and_errors(cluster: Cluster) -> No
     assert _sample(cluster, "tollway_operator_config_info", {"version": version}) == 1
     assert _sample(cluster, "tollway_operator_resources", {"kind": BUDGET.name, "accepted": "true"}) == 1
 
-    cluster.apply(BUDGET.name, "monthly", {"limit": "-1"}, generation=2)  # invalid: left out, reported
+    cluster.apply(BUDGET.name, "broken", {"limit": "-1"})  # invalid: left out, reported
+    cluster.apply(BUDGET.name, "monthly", {"limit": "11.00"}, generation=2)  # a new config to publish
     cluster.kube.fail_publish = kopf.TemporaryError("HTTP 503", delay=5)
     with pytest.raises(kopf.TemporaryError):
         await cluster.reconciler.reconcile_once()

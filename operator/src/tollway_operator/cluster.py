@@ -58,6 +58,7 @@ class Resource:
     generation: int
     spec: Mapping[str, Any]
     status: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""  # metadata.creationTimestamp: the older claim on a model name wins
 
     @property
     def key(self) -> ResourceKey:
@@ -71,7 +72,7 @@ class Resource:
         body = {
             "apiVersion": API_VERSION,
             "kind": self.kind,
-            "metadata": {"name": self.name, "namespace": self.namespace},
+            "metadata": {"name": self.name, "namespace": self.namespace, "creationTimestamp": self.created},
             "spec": self.spec,
         }
         return Manifest.from_object(body, source=SOURCE)
@@ -109,6 +110,7 @@ def snapshot_resource(kind: str, body: Mapping[str, Any]) -> Resource:
         generation=int(metadata.get("generation") or 0),
         spec=_plain(body.get("spec")),
         status=_plain(body.get("status")),
+        created=str(metadata.get("creationTimestamp") or ""),
     )
 
 

@@ -2,7 +2,8 @@
 
 `compile_manifests` is pure: the same manifests give the same config and checksum. Each violation is
 one `CompileError` naming the resource and the field; an invalid resource is left out and the rest
-still compile. `load_manifests` reads a folder of YAML/JSON files for local mode and `tollway compile`.
+still compile. `compile_directory` compiles a folder read by `manifests.load_manifests` (local mode,
+`tollway compile`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+# Re-exported: what a caller of the compiler needs (the `as` form says so to mypy).
+from tollway_operator.manifests import MANIFEST_SUFFIXES as MANIFEST_SUFFIXES
+from tollway_operator.manifests import CompileError as CompileError
+from tollway_operator.manifests import Manifest as Manifest
+from tollway_operator.manifests import ResourceId as ResourceId
+from tollway_operator.manifests import load_file as load_file
+from tollway_operator.manifests import load_manifests as load_manifests
+from tollway_operator.manifests import manifest_paths as manifest_paths
 from tollway_operator.resources import (
     API_VERSION,
     BudgetSpec,
@@ -42,8 +49,6 @@ from tollway_sidecar.config.models import (
 )
 from tollway_sidecar.pricing import has_catalog_price
 
-ResourceId = tuple[str, str, str]  # (kind, namespace, name)
-
 # CompileError reasons for a reference that does not resolve (the operator's ResolvedRefs=False).
 SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
@@ -51,6 +56,8 @@ SECRET_INVALID = "SecretInvalid"
 BUDGET_NOT_FOUND = "BudgetNotFound"
 BUDGET_INVALID = "BudgetInvalid"
 KEY_NOT_MINTED = "KeyNotMinted"
+# A RouteRule claiming a model that an older RouteRule already routes (the operator's Accepted=False).
+MODEL_CONFLICT = "ModelConflict"
 REFERENCE_REASONS = frozenset(
     {SECRET_NOT_FOUND, SECRET_KEY_NOT_FOUND, SECRET_INVALID, BUDGET_NOT_FOUND, BUDGET_INVALID, KEY_NOT_MINTED}
 )
@@ -58,7 +65,6 @@ REFERENCE_REASONS = frozenset(
 MIN_KEY_LENGTH = 16
 MINTED_SECRET_PREFIX = "tollway-key-"  # the operator mints a VirtualKey's key into tollway-key-<name>
 MINTED_SECRET_KEY = "key"
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 _API_VERSIONS = {"Secret": "v1", "Budget": API_VERSION, "VirtualKey": API_VERSION, "RouteRule": API_VERSION}
 _TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
@@ -69,54 +75,13 @@ _S = TypeVar("_S", bound=Spec)
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """One parsed document: a resource as written in a file or read from the cluster."""
-
-    kind: str
-    api_version: str
-    name: str
-    namespace: str  # "" means the compile's default namespace
-    body: Mapping[str, Any]
-    source: str  # file path (with "#<document>" when a file holds several) or "cluster"
-
-    @classmethod
-    def from_object(cls, body: Mapping[str, Any], *, source: str, default_namespace: str = "") -> Manifest:
-        metadata = body.get("metadata")
-        metadata = metadata if isinstance(metadata, Mapping) else {}
-
-        def text(value: object) -> str:
-            return value if isinstance(value, str) else ""
-
-        return cls(
-            kind=text(body.get("kind")),
-            api_version=text(body.get("apiVersion")),
-            name=text(metadata.get("name")),
-            namespace=text(metadata.get("namespace")) or default_namespace,
-            body=body,
-            source=source,
-        )
-
-
-@dataclass(frozen=True)
-class CompileError:
-    source: str
-    kind: str
-    namespace: str
-    name: str
-    field: str  # dotted path, e.g. "spec.backends[1].baseURL"; "" for a whole file
-    message: str
-    reason: str = "Invalid"  # CamelCase, for a condition's `reason`; REFERENCE_REASONS for broken refs
-
-    def __str__(self) -> str:
-        resource = f"{self.kind} {self.namespace}/{self.name}" if self.name else self.kind
-        return ": ".join(part for part in (self.source, resource, self.field, self.message) if part)
-
-
-@dataclass(frozen=True)
 class CompileResult:
     config: GatewayConfig
     errors: tuple[CompileError, ...]
     accepted: frozenset[ResourceId]  # (kind, namespace, name) of every VirtualKey/Budget/RouteRule compiled
+    # Rejected in their current version but served at their last good one (`tollway_operator.lastgood`);
+    # their errors are those of the current version.
+    held: frozenset[ResourceId] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -338,7 +303,9 @@ class _Compiler:
             self.error(
                 m,
                 "spec.model",
-                f"model {spec.model!r} is already routed by RouteRule {other.namespace}/{other.name}",
+                f"model {spec.model!r} is already routed by RouteRule {other.namespace}/{other.name}, "
+                "the older claim; only one RouteRule in the cluster may route a model name",
+                MODEL_CONFLICT,
             )
         models.setdefault(spec.model, m)
         backends: list[Backend] = []
@@ -401,6 +368,7 @@ class _Compiler:
             timeout_ms=spec.timeout_ms,
             sticky_user=spec.sticky_user,
             capture_content=spec.capture_content,
+            allowed_namespaces=tuple(sorted(set(spec.allowed_namespaces))),
         )
 
     def credential(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:
@@ -437,7 +405,11 @@ def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str =
                 first[rid] = m
 
     def of_kind(kind: str) -> list[Manifest]:
-        return sorted((m for m in first.values() if m.kind == kind), key=lambda m: (m.namespace, m.name))
+        # Oldest claim first: it keeps a contested model name or key value.
+        return sorted((m for m in first.values() if m.kind == kind), key=lambda m: m.claim_rank)
+
+    def by_name(item: VirtualKey | Route) -> tuple[str, str]:
+        return item.namespace, item.name
 
     for m in of_kind("Secret"):
         c.add_secret(m)
@@ -448,7 +420,11 @@ def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str =
     models: dict[str, Manifest] = {}
     ids: dict[str, Manifest] = {}
     routes = [route for m in of_kind("RouteRule") if (route := c.add_route(m, models, ids)) is not None]
-    config = GatewayConfig(keys=tuple(keys), budgets=tuple(c.budgets.values()), routes=tuple(routes))
+    config = GatewayConfig(
+        keys=tuple(sorted(keys, key=by_name)),
+        budgets=tuple(c.budgets.values()),
+        routes=tuple(sorted(routes, key=by_name)),
+    )
     return CompileResult(
         config=config.with_checksum(), errors=tuple(c.errors), accepted=frozenset(c.accepted)
     )
@@ -475,7 +451,7 @@ def _header_ok(c: _Compiler, m: Manifest) -> bool:
 
 
 def _with_namespace(m: Manifest, namespace: str) -> Manifest:
-    return Manifest(m.kind, m.api_version, m.name, namespace, m.body, m.source)
+    return replace(m, namespace=namespace)
 
 
 def _limits(spec: LimitsSpec) -> Limits:
@@ -530,74 +506,7 @@ def _message(detail: ErrorDetails) -> str:
     return message
 
 
-# --- loading files ------------------------------------------------------------------------------------
-
-
-def load_manifests(
-    directory: Path, *, default_namespace: str = "default"
-) -> tuple[list[Manifest], list[CompileError]]:
-    """Read *.yaml, *.yml and *.json in `directory` (not recursive), in file-name order.
-
-    Multi-document YAML is supported; empty documents are skipped; a `v1` `List` is expanded.
-    """
-    if not directory.is_dir():
-        return [], [CompileError(str(directory), "", "", "", "", "not a directory")]
-    manifests: list[Manifest] = []
-    errors: list[CompileError] = []
-    paths = sorted((p for p in directory.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file()), key=str)
-    for path in paths:
-        documents, error = _read_documents(path)
-        if error:
-            errors.append(CompileError(str(path), "", "", "", "", error))
-        for index, document in enumerate(documents, 1):
-            source = f"{path}#{index}" if len(documents) > 1 else str(path)
-            _collect(document, source, default_namespace, manifests, errors)
-    return manifests, errors
-
-
 def compile_directory(directory: Path, *, default_namespace: str = "default") -> CompileResult:
     manifests, load_errors = load_manifests(directory, default_namespace=default_namespace)
     result = compile_manifests(manifests, default_namespace=default_namespace)
     return CompileResult(result.config, (*load_errors, *result.errors), result.accepted)
-
-
-def _read_documents(path: Path) -> tuple[list[object], str]:
-    """The documents of one file (those before a syntax error included) and an error message or ""."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return [], f"cannot read: {exc}"
-    if path.suffix == ".json":
-        try:
-            return [json.loads(text)], ""
-        except json.JSONDecodeError as exc:
-            return [], f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-    documents: list[object] = []
-    try:
-        documents.extend(yaml.safe_load_all(text))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        return documents, f"invalid YAML{where}: {exc.problem or exc.context}"
-    except yaml.YAMLError as exc:
-        return documents, f"invalid YAML: {exc}"
-    return documents, ""
-
-
-def _collect(
-    document: object, source: str, namespace: str, manifests: list[Manifest], errors: list[CompileError]
-) -> None:
-    if document is None:
-        return
-    if not isinstance(document, dict):
-        errors.append(
-            CompileError(
-                source, "", "", "", "", f"expected a resource (a mapping), got {type(document).__name__}"
-            )
-        )
-        return
-    if document.get("kind") == "List" and isinstance(document.get("items"), list):
-        for i, item in enumerate(document["items"]):
-            _collect(item, f"{source}.items[{i}]", namespace, manifests, errors)
-        return
-    manifests.append(Manifest.from_object(document, source=source, default_namespace=namespace))

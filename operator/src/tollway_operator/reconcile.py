@@ -15,8 +15,10 @@ operator's back (a deleted GatewayConfig Secret is republished at once: its even
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
@@ -34,8 +36,9 @@ from tollway_operator.cluster import (
     snapshot_secret,
     wants_minted_key,
 )
-from tollway_operator.compile import CompileResult, compile_manifests
+from tollway_operator.compile import CompileResult, Manifest
 from tollway_operator.kube import Kube
+from tollway_operator.lastgood import compile_keeping_last_good
 from tollway_operator.metrics import OperatorMetrics
 from tollway_operator.minting import minted_secret
 from tollway_operator.publish import Publisher
@@ -47,6 +50,10 @@ log = logging.getLogger("tollway.operator.reconcile")
 
 _KINDS_BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
 _MAX_RETRY_SECONDS = 60.0
+# Status fields: the generation in the published config, and (while a newer one is rejected) that
+# generation's spec as JSON, so that a restarted operator keeps serving it.
+SERVED_GENERATION = "servedGeneration"
+SERVED_SPEC = "servedSpec"
 
 
 class Reconciler:
@@ -69,6 +76,8 @@ class Reconciler:
         self._seen: dict[tuple[str, str, str], tuple[str, int]] = {}  # id -> (uid, generation) last pass
         self._secrets: set[ResourceKey] = set()  # the Secrets the last pass read (or looked for)
         self._written: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}  # id -> (uid, status)
+        self._good: dict[tuple[str, str, str], _Good] = {}  # id -> the generation that compiled last
+        self._logged_held: dict[tuple[str, str, str], int] = {}  # id -> the rejected generation logged
 
     # -- what the handlers call (never blocks) ----------------------------------------------------------
 
@@ -148,7 +157,26 @@ class Reconciler:
             s for key in sorted(wanted) if (s := self.view.secret(*key) or minted.get(key)) is not None
         ]
         manifests = [r.manifest() for r in resources] + [s.manifest() for s in secrets]
-        result = compile_manifests(manifests)
+        fallbacks = self._fallbacks(resources)
+        result = compile_keeping_last_good(
+            manifests, {rid: good.manifest for rid, good in fallbacks.items()}
+        ).result
+        # Remember this generation when it is served as written; otherwise keep the one to fall back on.
+        self._good = {
+            r.id: _Good.of(r) if r.id in result.accepted and r.id not in result.held else fallbacks[r.id]
+            for r in resources
+            if r.id in result.accepted or r.id in fallbacks
+        }
+        for r in resources:
+            if r.id in result.held and self._logged_held.get(r.id) != r.generation:
+                log.warning(
+                    "%s %s/%s generation %d rejected, generation %d is still served: %s",
+                    *r.id,
+                    r.generation,
+                    self._good[r.id].generation,
+                    "; ".join(f"{e.field}: {e.message}" for e in result.errors_for(*r.id)),
+                )
+        self._logged_held = {r.id: r.generation for r in resources if r.id in result.held}
         self.result = result
         self.passes += 1
         kinds: dict[str, int] = {}
@@ -172,6 +200,17 @@ class Reconciler:
         if mint_failures:
             raise kopf.TemporaryError("; ".join(mint_failures.values()), delay=self.settings.retry_seconds)
         return result
+
+    def _fallbacks(self, resources: list[Resource]) -> dict[tuple[str, str, str], _Good]:
+        """The last good generation of each resource: remembered, else recorded in its status."""
+        found: dict[tuple[str, str, str], _Good] = {}
+        for r in resources:
+            good = self._good.get(r.id)
+            if good is None or good.uid != r.uid:  # a resource recreated under the same name is new
+                good = _Good.from_status(r)
+            if good is not None:
+                found[r.id] = good
+        return found
 
     async def _mint(
         self, resources: list[Resource]
@@ -208,12 +247,22 @@ class Reconciler:
         for rid in [rid for rid in self._written if rid not in live]:
             del self._written[rid]
         for r in resources:
+            held = self._good[r.id] if r.id in result.held else None
             conditions = conditions_for(
-                r, result.errors_for(*r.id), r.id in result.accepted, publication, mint_failures.get(r.id, "")
+                r,
+                result.errors_for(*r.id),
+                r.id in result.accepted,
+                publication,
+                mint_failures.get(r.id, ""),
+                served_generation=held.generation if held is not None else None,
             )
             written = self._written.get(r.id)
             base = r if written is None or written[0] != r.uid else _with_status(r, written[1])
-            extra: dict[str, Any] = {}
+            served = held.generation if held else r.generation if r.id in result.accepted else None
+            extra: dict[str, Any] = {
+                SERVED_GENERATION: served,  # None: not in the config (a merge patch removes the field)
+                SERVED_SPEC: _spec_text(held.manifest) if held else None,
+            }
             if r.kind == VIRTUALKEY.name:
                 key = (r.namespace, minted_secret_name(r.name))
                 has_minted = wants_minted_key(r) and (self.view.secret(*key) is not None or key in minted)
@@ -231,13 +280,36 @@ class Reconciler:
         return errors
 
 
+@dataclass(frozen=True)
+class _Good:
+    """A generation of a resource that compiled: served again while a newer one is rejected."""
+
+    uid: str
+    generation: int
+    manifest: Manifest
+
+    @classmethod
+    def of(cls, resource: Resource) -> _Good:
+        return cls(resource.uid, resource.generation, resource.manifest())
+
+    @classmethod
+    def from_status(cls, resource: Resource) -> _Good | None:
+        """What a previous operator recorded while it served an older generation (it may have restarted)."""
+        text, generation = resource.status.get(SERVED_SPEC), resource.status.get(SERVED_GENERATION)
+        if not isinstance(text, str) or not isinstance(generation, int) or generation == resource.generation:
+            return None
+        try:
+            spec = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(spec, dict):
+            return None
+        return cls(resource.uid, generation, replace(resource, spec=spec).manifest())
+
+
+def _spec_text(manifest: Manifest) -> str:
+    return json.dumps(manifest.body.get("spec"), sort_keys=True, separators=(",", ":"))
+
+
 def _with_status(resource: Resource, status: Mapping[str, Any]) -> Resource:
-    return Resource(
-        resource.kind,
-        resource.namespace,
-        resource.name,
-        resource.uid,
-        resource.generation,
-        resource.spec,
-        status,
-    )
+    return replace(resource, status=status)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstra
 from pydantic.alias_generators import to_camel
 
 from tollway_sidecar.config.models import (
+    ANY_NAMESPACE,
     DEFAULT_RETRY_STATUS,
     BudgetAction,
     FailurePolicy,
@@ -127,6 +128,16 @@ def _api_version(value: object) -> str:
     return value
 
 
+def _namespace_or_any(value: object) -> str:
+    if value == ANY_NAMESPACE:
+        return ANY_NAMESPACE
+    if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"expected a namespace (a DNS label: lowercase letters, digits and '-') or '*', got {value!r}"
+        )
+    return value
+
+
 def _timestamp(value: object) -> datetime:
     """RFC 3339 with an offset. YAML hands over unquoted timestamps as datetimes already."""
     if isinstance(value, str):
@@ -159,6 +170,7 @@ BaseURL = Annotated[str, PlainValidator(base_url)]
 DurationMs = Annotated[int, PlainValidator(parse_duration_ms)]
 Timestamp = Annotated[datetime, PlainValidator(_timestamp)]
 ApiVersion = Annotated[str, PlainValidator(_api_version)]
+NamespaceOrAny = Annotated[str, PlainValidator(_namespace_or_any)]
 
 
 class Spec(BaseModel):
@@ -297,9 +309,14 @@ class RouteRuleSpec(Spec):
     timeout_ms: DurationMs = Field(default=60_000, alias="timeout")
     sticky_user: StrictBool = False
     capture_content: StrictBool | None = None
+    # Namespaces (besides the rule's own) whose VirtualKeys may call this model; "*" for all.
+    allowed_namespaces: tuple[NamespaceOrAny, ...] = ()
 
     def problems(self) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
+        for i, namespace in enumerate(self.allowed_namespaces):
+            if namespace in self.allowed_namespaces[:i]:
+                found.append((f"allowedNamespaces[{i}]", f"duplicate namespace {namespace!r}"))
         if not self.backends:
             found.append(("backends", "at least one backend is required"))
         first_index: dict[str, int] = {}

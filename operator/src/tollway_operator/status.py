@@ -6,6 +6,10 @@
   reference.
 - Ready: accepted and the GatewayConfig holding this generation is published.
 
+A generation that is rejected while an earlier one still compiles leaves that earlier one served
+(`lastgood`): Accepted=False says which generation was rejected and which is served, and Ready is
+False with reason `PreviousGenerationServed`.
+
 Each condition carries the resource's `observedGeneration`; `lastTransitionTime` changes only when
 the condition's status does. Writing is skipped when nothing changed.
 """
@@ -56,7 +60,10 @@ class Publication:
 
 
 def _describe(errors: Iterable[CompileError]) -> str:
-    text = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
+    return _trim("; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors))
+
+
+def _trim(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
@@ -66,6 +73,7 @@ def conditions_for(
     accepted: bool,
     publication: Publication,
     mint_failure: str = "",
+    served_generation: int | None = None,  # set when an earlier generation is served instead of this one
 ) -> list[Condition]:
     generation = resource.generation
     if mint_failure:
@@ -76,7 +84,14 @@ def conditions_for(
             for e in errors
         ]
     refs = [e for e in errors if e.reason in REFERENCE_REASONS]
-    if accepted and not errors:
+    if served_generation is not None:
+        message = (
+            f"generation {generation} rejected, generation {served_generation} is still served: "
+            f"{_describe(errors)}"
+        )
+        reason = errors[0].reason if errors else "Invalid"
+        accepted_c = Condition(ACCEPTED, "False", reason, _trim(message), generation)
+    elif accepted and not errors:
         accepted_c = Condition(ACCEPTED, "True", "Accepted", "compiled into the GatewayConfig", generation)
     else:
         reason = errors[0].reason if errors else "Invalid"
@@ -85,7 +100,13 @@ def conditions_for(
         refs_c = Condition(RESOLVED_REFS, "False", refs[0].reason, _describe(refs), generation)
     else:
         refs_c = Condition(RESOLVED_REFS, "True", "ResolvedRefs", "every reference resolved", generation)
-    if accepted_c.status != "True":
+    if served_generation is not None:
+        message = (
+            f"generation {served_generation} is served (GatewayConfig Secret {publication.where}); "
+            f"generation {generation} is not, see Accepted"
+        )
+        ready_c = Condition(READY, "False", "PreviousGenerationServed", message, generation)
+    elif accepted_c.status != "True":
         ready_c = Condition(READY, "False", "NotAccepted", accepted_c.message, generation)
     elif publication.published:
         # No config version here: it changes with every edit anywhere, and every status would follow.

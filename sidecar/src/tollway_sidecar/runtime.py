@@ -36,9 +36,15 @@ class CompiledConfig:
     def build(cls, config: GatewayConfig) -> CompiledConfig:
         from tollway_sidecar.xds import cluster_name
 
+        reachable: dict[str, tuple[str, ...]] = {}  # by namespace
+        for namespace in {key.namespace for key in config.keys}:
+            reachable[namespace] = tuple(sorted(r.model for r in config.routes if r.allows(namespace)))
         return cls(
             config=config,
-            keys_by_hash={key.key_sha256: key for key in config.keys},
+            keys_by_hash={
+                key.key_sha256: key.model_copy(update={"reachable_models": reachable[key.namespace]})
+                for key in config.keys
+            },
             routes_by_model={route.model: route for route in config.routes},
             routes_by_cluster={cluster_name(route): route for route in config.routes},
             backends={(route.id, b.name): b for route in config.routes for b in route.backends},
@@ -64,6 +70,8 @@ class CompiledConfig:
 
 
 def model_allowed(key: VirtualKey, model: str) -> bool:
+    if key.reachable_models is not None and model not in key.reachable_models:
+        return False  # another namespace's route that does not allow this key's namespace
     return not key.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in key.models)
 
 

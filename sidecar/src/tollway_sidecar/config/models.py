@@ -24,6 +24,7 @@ BudgetAction = Literal["Block", "Alert"]
 FailurePolicy = Literal["FailClosed", "FailOpen"]
 
 DEFAULT_RETRY_STATUS: tuple[int, ...] = (429, 500, 502, 503, 504)
+ANY_NAMESPACE: Final = "*"  # in Route.allowed_namespaces: keys of every namespace may use the route
 
 
 class _Value(BaseModel):
@@ -55,6 +56,10 @@ class VirtualKey(_Value):
     owner_team: str | None = None
     owner_user: str | None = None
     models: tuple[str, ...] = ()  # client model names, fnmatch globs; empty = all
+    # The models of the routes this key may use: its namespace's and those whose `allowed_namespaces`
+    # name it. Derived when a config loads (`runtime.CompiledConfig`), never published: one list per
+    # key would grow the config by keys x routes. None (a key built by hand) = every route.
+    reachable_models: tuple[str, ...] | None = Field(default=None, exclude=True)
     limits: Limits = Limits()
     per_user_limits: Limits = Limits()
     budgets: tuple[str, ...] = ()  # Budget ids ("namespace/name")
@@ -149,6 +154,15 @@ class Route(_Value):
     timeout_ms: int = 60_000  # per attempt
     capture_content: bool | None = None  # prompts/completions on spans; None: the sidecar's setting
     sticky_user: bool = False  # Weighted: one end user always gets the same first backend
+    # Namespaces besides its own whose keys may call this route; ANY_NAMESPACE: every namespace.
+    allowed_namespaces: tuple[str, ...] = ()
+
+    def allows(self, namespace: str) -> bool:
+        return (
+            namespace == self.namespace
+            or namespace in self.allowed_namespaces
+            or (ANY_NAMESPACE in self.allowed_namespaces)
+        )
 
 
 class GatewayConfig(_Value):
