@@ -25,7 +25,7 @@ from tollway_operator.cluster import BUDGET, Resource
 from tollway_operator.kube import Kube
 from tollway_operator.resources import API_VERSION
 from tollway_sidecar.config.models import Budget
-from tollway_sidecar.pricing import format_usd
+from tollway_sidecar.contract.money import format_usd
 
 log = logging.getLogger("tollway.operator.alerts")
 

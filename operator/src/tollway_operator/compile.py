@@ -40,7 +40,7 @@ from tollway_sidecar.config.models import (
     Route,
     VirtualKey,
 )
-from tollway_sidecar.pricing import has_catalog_price
+from tollway_sidecar.contract.catalog import has_catalog_price
 
 ResourceId = tuple[str, str, str]  # (kind, namespace, name)
 
