@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_venv import DOCKERFILES, image_venv
+import pytest
+from image_venv import COLD_BUILD_S, DOCKERFILES, image_venv
 
 OPERATOR = DOCKERFILES["tollway/operator"]
 SIDECAR = DOCKERFILES["tollway/sidecar"]
 
 
+@pytest.mark.timeout(60 + COLD_BUILD_S)
 def test_the_operator_image_imports_its_handlers_and_runs_its_entrypoint() -> None:
     image = image_venv(OPERATOR)
     # It is the operator's environment, not the test one: the sidecar's extras are absent.
@@ -33,6 +35,7 @@ def test_the_operator_image_imports_its_handlers_and_runs_its_entrypoint() -> No
     assert "Run the Kubernetes operator" in help_text.stdout
 
 
+@pytest.mark.timeout(60 + COLD_BUILD_S)
 def test_the_sidecar_image_renders_envoys_bootstrap_and_imports_its_app(tmp_path: Path) -> None:
     image = image_venv(SIDECAR)
     app = image.run("python", "-c", "import tollway_sidecar.app")
