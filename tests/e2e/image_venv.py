@@ -7,8 +7,8 @@ from `docker build`, and why:
 
 - `/opt/tollway` (the image's venv) → a folder under `~/.cache/tollway-tools/image-venvs/` named by a
   hash of the Dockerfile's build stage, this Python's version and every file its COPY lines copy, so
-  a second run with the same source is instant and any change to the source builds a new one (older
-  builds of the same Dockerfile are removed).
+  a second run with the same source is instant and any change to the source builds a new one (the
+  three newest builds of each Dockerfile are kept).
 - the base image's `python` (`ARG PYTHON_IMAGE`) → this machine's interpreter of the same
   major.minor (checked), first on `PATH`.
 - `--no-cache-dir` is dropped: it keeps the image's layer small; here pip's cache (and
@@ -33,6 +33,7 @@ IMAGE_VENV = "/opt/tollway"  # where the Dockerfiles put the image's virtualenv
 # What a test that may build both image venvs from scratch allows for it (measured: about 2 minutes
 # on 2 busy cores with pip's cache warm; the same source builds once, then it is cached).
 COLD_BUILD_S = 420
+KEEP_BUILDS = 3  # per Dockerfile
 DOCKERFILES = {
     "tollway/sidecar": ROOT / "sidecar" / "Dockerfile",
     "tollway/operator": ROOT / "operator" / "Dockerfile",
@@ -241,7 +242,12 @@ def image_venv(dockerfile: Path) -> ImageVenv:
                 )
         shutil.rmtree(workdir)
         (home / "ok").write_text(f"{dockerfile}\n")
-        for old in root.glob(f"{slug}-*"):  # older builds of the same Dockerfile
-            if old != home and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+        # Keep the newest few builds of this Dockerfile (several checkouts may share the cache).
+        builds = sorted(
+            (old for old in root.glob(f"{slug}-*") if (old / "ok").exists()),
+            key=lambda old: (old / "ok").stat().st_mtime,
+            reverse=True,
+        )
+        for old in builds[KEEP_BUILDS:]:
+            shutil.rmtree(old, ignore_errors=True)
     return ImageVenv(dockerfile, venv)
