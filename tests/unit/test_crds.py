@@ -7,6 +7,7 @@ dropped) by the other, so the two are walked side by side here.
 
 from __future__ import annotations
 
+import filecmp
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -16,7 +17,9 @@ from pydantic import BaseModel
 
 from tollway_operator.resources import BudgetSpec, RouteRuleSpec, VirtualKeySpec
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "crds"
+CHART_CRDS = ROOT / "charts" / "tollway" / "files" / "crds"
 SPECS: dict[str, type[BaseModel]] = {
     "Budget": BudgetSpec,
     "VirtualKey": VirtualKeySpec,
@@ -93,3 +96,18 @@ def test_printer_columns_tell_the_story() -> None:
     assert columns("RouteRule") == ["MODEL", "STRATEGY", "BACKENDS", "READY"]
     assert crd("VirtualKey")["spec"]["names"]["shortNames"] == ["vk"]
     assert crd("RouteRule")["spec"]["names"]["shortNames"] == ["rr"]
+
+
+def test_the_chart_ships_byte_copies_of_the_crds() -> None:
+    """The chart renders its CRDs from files/crds/ (Helm reads nothing outside the chart folder), so
+    those files are copies of crds/, checked here without helm; tests/chart checks what is rendered."""
+    names = sorted(p.name for p in CRDS.glob("*.yaml"))
+    copies = CHART_CRDS.relative_to(ROOT)
+    assert sorted(p.name for p in CHART_CRDS.glob("*.yaml")) == names, (
+        f"{copies} must hold exactly the files of crds/: cp crds/*.yaml {copies}/"
+    )
+    match, mismatch, errors = filecmp.cmpfiles(CRDS, CHART_CRDS, names, shallow=False)
+    assert mismatch + errors == [], (
+        f"{copies} differs from crds/ (cp crds/*.yaml {copies}/): {mismatch + errors}"
+    )
+    assert match == names

@@ -530,6 +530,73 @@ async def test_no_usage(http: aiohttp.ClientSession, mock_url: str) -> None:
         assert '"usage"' not in await resp.text()
 
 
+async def test_negative_usage(http: aiohttp.ClientSession, mock_url: str) -> None:
+    headers = {"x-mock-fail": "negative-usage", "x-mock-completion-tokens": "4"}
+    chat = {"model": "m", "messages": MESSAGES}
+    async with http.post(f"{mock_url}/v1/chat/completions", json=chat, headers=headers) as resp:
+        usage = (await resp.json())["usage"]
+    assert usage["prompt_tokens"] == -PROMPT_TOKENS and usage["completion_tokens"] == -4
+    assert usage["prompt_tokens_details"]["cached_tokens"] == -1  # 0 becomes -1: never valid
+    streamed = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    async with http.post(f"{mock_url}/v1/chat/completions", json=streamed, headers=headers) as resp:
+        payloads = sse_payloads(await resp.text())
+    assert json.loads(payloads[-2])["usage"]["completion_tokens"] == -4
+    msg = {"model": "c", "max_tokens": 9, "messages": MESSAGES[1:]}
+    async with http.post(f"{mock_url}/v1/messages", json=msg, headers=headers) as resp:
+        assert (await resp.json())["usage"]["output_tokens"] == -4
+
+
+@pytest.mark.parametrize(
+    ("mode", "content_type"),
+    [("html", "text/html"), ("truncated-json", "application/json"), ("empty-body", "application/json")],
+)
+async def test_broken_200_bodies(
+    http: aiohttp.ClientSession, mock_url: str, mode: str, content_type: str
+) -> None:
+    chat = {"model": "m", "messages": MESSAGES}
+    async with http.post(f"{mock_url}/v1/chat/completions", json=chat) as resp:
+        whole = await resp.read()
+    async with http.post(f"{mock_url}/v1/chat/completions", json=chat, headers={"x-mock-fail": mode}) as resp:
+        assert resp.status == 200 and resp.content_type == content_type
+        body = await resp.read()
+        assert resp.content_length == len(body)  # framed correctly: the client reads it whole
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(body)
+    if mode == "truncated-json":
+        assert body.startswith(b'{"id":"chatcmpl-') and len(body) == len(whole) // 2  # ids differ
+    if mode == "empty-body":
+        assert body == b""
+
+
+async def test_stall_stream_sends_half_then_nothing(http: aiohttp.ClientSession, mock_url: str) -> None:
+    streamed = {"model": "m", "messages": MESSAGES, "stream": True}
+    received = bytearray()
+    async with http.post(
+        f"{mock_url}/v1/chat/completions",
+        json=streamed,
+        headers={"x-mock-fail": "stall-stream", "x-mock-chunks": "4"},
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=0.5),
+    ) as resp:
+        assert resp.status == 200
+
+        async def read_all() -> None:
+            async for piece in resp.content.iter_any():
+                received.extend(piece)
+
+        with pytest.raises(asyncio.TimeoutError):
+            await read_all()
+    payloads = sse_payloads(received.decode())
+    assert len(payloads) == 1 + 2  # the role chunk and half of the 4 content chunks; no end
+    async with http.post(
+        f"{mock_url}/v1/chat/completions",
+        json={"model": "m", "messages": MESSAGES},
+        headers={"x-mock-fail": "stall-stream"},
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=0.5),
+    ) as resp:
+        with pytest.raises(asyncio.TimeoutError):
+            await resp.read()  # half the declared body, then silence
+
+
 async def test_bad_knob_is_a_400(http: aiohttp.ClientSession, mock_url: str) -> None:
     for name, value in [("x-mock-latency-ms", "soon"), ("x-mock-fail", "explode"), ("x-mock-status", "200")]:
         async with http.post(

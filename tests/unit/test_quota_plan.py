@@ -186,7 +186,8 @@ STREAM_CUT = ParsedStream(None, "m", (), complete=False, error="stream ended", o
         (None, None, 429, True, None, Charge(0, 0, 0)),  # the provider refused: it bills nothing
         (None, None, 200, True, STREAM_CUT, Charge(120, 17, 120 * 150 + 17 * 600, True)),
         (None, None, 0, True, None, Charge(120, 0, 120 * 150, True)),  # the client left first
-        (None, None, 200, True, None, Charge(120, 80, 12_500, True)),  # usage unreadable: the estimate
+        # Usage unreadable (a broken body, no or invalid usage): the prompt, not the reservation.
+        (None, None, 200, True, None, Charge(120, 0, 120 * 150, True)),
     ],
 )
 def test_what_a_finished_call_is_charged(

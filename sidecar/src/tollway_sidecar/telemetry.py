@@ -57,6 +57,15 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.unpriced_calls = Counter(
+            "tollway_unpriced_calls",
+            "Successful answers charged without provider usage (the prompt, plus what a stream "
+            "carried), by backend and reason: bad_body (not JSON or empty: the client got a 502), "
+            "body_cut (the body never completed), no_usage, invalid_usage, stream_cut (a stream "
+            "ended before its usage), no_answer (the call ended before any answer).",
+            ["backend", "reason"],
+            registry=r,
+        )
         self.attempts = Counter(
             "tollway_upstream_attempts",
             "Upstream attempts (a fallback is one more), by route, backend and outcome: the HTTP "

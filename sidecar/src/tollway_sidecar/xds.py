@@ -259,7 +259,9 @@ def _route_entry(route: Route) -> dict[str, Any]:
             "retriable_status_codes": list(route.fallback.on_status),
             # More attempts than backends wrap around (previous_priorities starts again at 0).
             "num_retries": max(0, route.fallback.max_attempts - 1),
-            "per_try_timeout": f"{route.timeout_ms / 1000:.3f}s",
+            # One timer per attempt: to its first byte, then between any two bytes, so a stream
+            # that goes silent is cut too. No per_try_timeout: once the response has started,
+            # Envoy 1.40 ignores it when it fires, and that disarms the idle timer as well.
             "per_try_idle_timeout": f"{route.timeout_ms / 1000:.3f}s",
             "retry_priority": {
                 "name": "envoy.retry_priorities.previous_priorities",

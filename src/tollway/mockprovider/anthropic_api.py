@@ -87,7 +87,7 @@ async def messages(call: Call) -> web.StreamResponse:
         "stop_sequence": None,
     }
     if not call.no_usage:
-        reply["usage"] = anthropic_usage(plan, plan.completion_tokens)
+        reply["usage"] = call.reported(anthropic_usage(plan, plan.completion_tokens))
     return await call.json(dumps(reply).encode())
 
 
@@ -105,7 +105,7 @@ async def _stream_message(
     }
     if not call.no_usage:
         # Like the API: message_start carries the input side and a first small output count.
-        start["usage"] = anthropic_usage(plan, min(1, plan.completion_tokens))
+        start["usage"] = call.reported(anthropic_usage(plan, min(1, plan.completion_tokens)))
     head = [sse_event("message_start", dumps({"type": "message_start", "message": start}))]
     texts = split_pieces(plan.words, call.knobs.chunks)
     tail: list[bytes] = []
@@ -130,7 +130,7 @@ async def _stream_message(
         "delta": {"stop_reason": stop_reason, "stop_sequence": None},
     }
     if not call.no_usage:
-        delta["usage"] = _delta_usage(plan)
+        delta["usage"] = call.reported(_delta_usage(plan))
     tail.append(sse_event("message_delta", dumps(delta)))
     tail.append(_STOP)
     return await call.stream(head, pieces, tail)

@@ -22,6 +22,7 @@ from aiohttp import web
 from . import anthropic_api, openai_api
 from .knobs import (
     FAIL_GARBAGE,
+    FAIL_HTML,
     FAIL_RESET,
     FAIL_STALL,
     JSON_CT,
@@ -40,6 +41,11 @@ Impl = Callable[[Call], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 GARBAGE_BODY = b'<html><body>502 upstream hiccup: this is not JSON {"choices": [</body></html>'
+# What a load balancer or captive portal in front of a provider answers with a 200.
+HTML_BODY = (
+    b"<!DOCTYPE html><html><head><title>Service maintenance</title></head>"
+    b"<body><h1>We'll be back soon</h1></body></html>"
+)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
 
 
@@ -100,6 +106,8 @@ def _endpoint(flavor: Flavor, impl: Impl) -> Handler:
             )
         if FAIL_GARBAGE in knobs.fail:
             return web.Response(body=GARBAGE_BODY, content_type=JSON_CT)
+        if FAIL_HTML in knobs.fail:
+            return web.Response(body=HTML_BODY, content_type="text/html")
         return await impl(
             Call(request, body if isinstance(body, dict) else {}, knobs, state, flavor, request_id)
         )

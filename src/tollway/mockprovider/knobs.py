@@ -31,7 +31,25 @@ FAIL_STALL = "stall"
 FAIL_GARBAGE = "garbage"
 FAIL_BROKEN_STREAM = "broken-stream"
 FAIL_NO_USAGE = "no-usage"
-FAIL_MODES = frozenset({FAIL_RESET, FAIL_STALL, FAIL_GARBAGE, FAIL_BROKEN_STREAM, FAIL_NO_USAGE})
+FAIL_HTML = "html"
+FAIL_TRUNCATED_JSON = "truncated-json"
+FAIL_EMPTY_BODY = "empty-body"
+FAIL_NEGATIVE_USAGE = "negative-usage"
+FAIL_STALL_STREAM = "stall-stream"
+FAIL_MODES = frozenset(
+    {
+        FAIL_RESET,
+        FAIL_STALL,
+        FAIL_GARBAGE,
+        FAIL_BROKEN_STREAM,
+        FAIL_NO_USAGE,
+        FAIL_HTML,
+        FAIL_TRUNCATED_JSON,
+        FAIL_EMPTY_BODY,
+        FAIL_NEGATIVE_USAGE,
+        FAIL_STALL_STREAM,
+    }
+)
 
 _MAX_DELAY_MS = 3_600_000.0
 _MAX_COUNT = 100_000_000

@@ -86,7 +86,7 @@ async def chat_completions(call: Call) -> web.StreamResponse:
     finish_reason = "length" if plan.truncated else "stop"
     completion_id = call.state.new_id("chatcmpl-")
     created = int(time.time())
-    usage = None if call.no_usage else openai_usage(plan)
+    usage = call.reported(openai_usage(plan))
 
     if body.get("stream") is True:
         options = body.get("stream_options")
@@ -186,7 +186,7 @@ async def embeddings(call: Call) -> web.StreamResponse:
         tokens = call.knobs.prompt_tokens
         if tokens is None:
             tokens = sum(input_tokens(item) for item in inputs)
-        reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        reply["usage"] = call.reported({"prompt_tokens": tokens, "total_tokens": tokens})
     return await call.json(dumps(reply).encode())
 
 

@@ -13,7 +13,18 @@ from typing import Any
 
 from aiohttp import web
 
-from .knobs import FAIL_BROKEN_STREAM, FAIL_NO_USAGE, JSON_CT, Flavor, Knobs, error_response
+from .knobs import (
+    FAIL_BROKEN_STREAM,
+    FAIL_EMPTY_BODY,
+    FAIL_NEGATIVE_USAGE,
+    FAIL_NO_USAGE,
+    FAIL_STALL_STREAM,
+    FAIL_TRUNCATED_JSON,
+    JSON_CT,
+    Flavor,
+    Knobs,
+    error_response,
+)
 from .settings import MockSettings
 
 
@@ -67,6 +78,19 @@ class Call:
     def broken(self) -> bool:
         return FAIL_BROKEN_STREAM in self.knobs.fail
 
+    @property
+    def stalls_midway(self) -> bool:
+        return FAIL_STALL_STREAM in self.knobs.fail
+
+    def reported(self, usage: dict[str, Any]) -> dict[str, Any] | None:
+        """The usage object to send: none with ``no-usage``, every count negated with
+        ``negative-usage`` (nested details included)."""
+        if self.no_usage:
+            return None
+        if FAIL_NEGATIVE_USAGE in self.knobs.fail:
+            return {key: _negated(value) for key, value in usage.items()}
+        return usage
+
     def id_headers(self) -> dict[str, str]:
         name = "request-id" if self.flavor is Flavor.ANTHROPIC else "x-request-id"
         return {name: self.request_id}
@@ -79,8 +103,15 @@ class Call:
         )
 
     async def json(self, payload: bytes) -> web.StreamResponse:
-        """A JSON reply; with ``x-mock-fail: broken-stream`` half the body, then a reset."""
-        if not self.broken:
+        """A JSON reply. Failure modes: ``broken-stream`` sends half the body, then resets;
+        ``stall-stream`` sends half the body, then nothing more; ``truncated-json`` sends the first
+        half as the whole (well-framed) body; ``empty-body`` sends no body at all."""
+        fail = self.knobs.fail
+        if FAIL_TRUNCATED_JSON in fail:
+            payload = payload[: len(payload) // 2]
+        elif FAIL_EMPTY_BODY in fail:
+            payload = b""
+        if not (self.broken or self.stalls_midway):
             return web.Response(body=payload, content_type=JSON_CT, headers=self.id_headers())
         resp = web.StreamResponse(headers=self.id_headers())
         resp.content_type = JSON_CT
@@ -90,6 +121,8 @@ class Call:
             await resp.write(payload[: len(payload) // 2])
         except ConnectionResetError:
             return resp
+        if self.stalls_midway:
+            await stall(self.request, self.state.stopping)
         await abort_connection(self.request, flush=True)
         return resp
 
@@ -97,10 +130,11 @@ class Call:
         """Send an SSE reply: headers, ttft, ``head`` + first piece, the other pieces, ``tail``.
 
         With ``x-mock-fail: broken-stream`` only half of the pieces are sent, then the connection
-        is reset (no tail, no terminal chunk/event).
+        is reset (no tail, no terminal chunk/event); with ``stall-stream`` the same half is sent,
+        then nothing more until the client disconnects (an upstream that hangs mid-stream).
         """
         knobs = self.knobs
-        if self.broken:
+        if self.broken or self.stalls_midway:
             pieces, tail = pieces[: len(pieces) // 2], []
         resp = web.StreamResponse(headers={"cache-control": "no-cache", **self.id_headers()})
         resp.content_type = "text/event-stream"
@@ -119,7 +153,9 @@ class Call:
                     await resp.write(piece)
                 if tail:
                     await resp.write(b"".join(tail))
-            if self.broken:
+            if self.stalls_midway:
+                await stall(self.request, self.state.stopping)
+            if self.broken or self.stalls_midway:
                 await abort_connection(self.request, flush=True)
                 return resp
             await resp.write_eof()
@@ -148,6 +184,14 @@ async def stall(request: web.BaseRequest, stopping: asyncio.Event) -> None:
         if transport is None or transport.is_closing():
             return
         await asyncio.sleep(0.1)
+
+
+def _negated(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _negated(item) for key, item in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -value if value else -1
+    return value
 
 
 def sse_data(payload: str) -> bytes:

@@ -15,7 +15,22 @@ from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 
-__all__ = ["finish"]
+__all__ = ["BAD_BODY", "finish", "unpriced_reason"]
+
+BAD_BODY = "bad_body"  # a 2xx body that is not an answer (not JSON, cut, empty): the client got a 502
+
+
+def unpriced_reason(error: str | None, *, complete: bool = True) -> str:
+    """Why a successful answer has no usable usage, from the usage parser's `error`: a bounded
+    label for `tollway_unpriced_calls_total` and the span. `complete` is False for a stream that
+    ended before its end marker."""
+    if not complete:
+        return "stream_cut"
+    if error is None or error in ("no usage field", "no usage in stream"):
+        return "no_usage"
+    if error in ("empty body", "body is not JSON", "body is not a JSON object"):
+        return BAD_BODY
+    return "invalid_usage"
 
 
 def finish(
@@ -38,7 +53,9 @@ def finish(
     cost = price.cost(usage, at=datetime.now(UTC)) if usage is not None and price is not None else None
     state.cost = cost
     if backend is not None and usage is None and state.status < 400:
+        state.unpriced = state.unpriced or "no_answer"  # the ext_proc stream closed first
         runtime.metrics.unpriced.labels(backend.name).inc()
+        runtime.metrics.unpriced_calls.labels(backend.name, state.unpriced).inc()
     if state.quota is not None:
         runtime.quota.settle_soon(
             state.quota,

@@ -8,9 +8,9 @@
   sent instead.
 - Translation: an Anthropic backend's answer to an OpenAI client becomes a `chat.completion` (whole
   bodies, errors in OpenAI's shape) or `chat.completion.chunk` events (streams).
-- Garbage: a 2xx answer whose body is not a JSON object cannot be what the client asked for; it
-  becomes a 502 naming the backend (in the client's API's error shape). The usage of an answer that
-  is JSON but unexpected is still passed on unchanged.
+- Garbage: a 2xx answer whose body is not a JSON object (or that has no body at all) cannot be what
+  the client asked for; it becomes a 502 naming the backend (in the client's API's error shape). An
+  answer that is JSON but unexpected (no usage, invalid usage) is still passed on unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tollway_sidecar.runtime import CompiledConfig
 __all__ = [
     "buffered_answer",
     "choose_replacement",
+    "empty_answer",
     "info_headers",
     "note_final",
     "replacement_answer",
@@ -124,6 +125,16 @@ def replacement_answer(state: RequestState, info: dict[str, str]) -> tuple[bytes
     else:
         remove.append("retry-after")
     return body, headers, remove
+
+
+def empty_answer(state: RequestState) -> bytes:
+    """The 502 body for a 2xx answer that came without any body: nothing to pass on or price."""
+    assert state.backend is not None
+    message = (
+        f"Backend '{state.backend.name}' answered {state.status} with an empty body; "
+        "the gateway cannot pass it on as an API response."
+    )
+    return _error_body(state, 502, message, "api_error", "bad_gateway")
 
 
 def buffered_answer(state: RequestState, body: bytes) -> tuple[bytes, dict[str, str]] | None:

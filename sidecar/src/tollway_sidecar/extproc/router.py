@@ -17,7 +17,15 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from tollway_sidecar.extproc import accounting, answer, direct, dispatch, final_attempt, spans
+from tollway_sidecar.extproc import (
+    accounting,
+    answer,
+    direct,
+    dispatch,
+    final_attempt,
+    spans,
+    stream_cost,
+)
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
@@ -65,8 +73,11 @@ class RouterCall:
         state.envoy_request_id = headers.get("x-request-id", "")
         method = headers.get(":method", "")
         path = headers.get(":path", "").split("?", 1)[0]
-        state.path = path
-        endpoint = ENDPOINTS.get(path.rstrip("/") or "/")
+        # A trailing slash names the same endpoint: the call goes on under the path without it
+        # (the path each attempt is built from), so no provider sees a path it does not serve.
+        canonical = path.rstrip("/") or "/"
+        state.path = canonical if canonical in ENDPOINTS else path
+        endpoint = ENDPOINTS.get(canonical)
         if endpoint is None:
             return self._deny(
                 404, f"Unknown request URL: {method} {path}.", "invalid_request_error", "unknown_url"
@@ -114,6 +125,8 @@ class RouterCall:
         self.helicone_user = headers.get("helicone-user-id") or None
         if operation == "messages":
             self.anthropic_version = headers.get("anthropic-version") or None
+        opt_in = headers.get(stream_cost.OPT_IN_HEADER, "")
+        state.cost_comment = opt_in.strip().lower() == stream_cost.OPT_IN_VALUE
 
         if operation == "models":
             return self._list_models()
@@ -126,6 +139,16 @@ class RouterCall:
                 f"{self.runtime.max_request_bytes} bytes.",
                 "invalid_request_error",
                 "request_too_large",
+            )
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # The body is read as JSON and may be rewritten: a compressed one would be misread.
+            return self._deny(
+                415,
+                f"The request body has 'content-encoding: {encoding[:40]}'; the gateway accepts only "
+                "uncompressed JSON bodies (no content-encoding, or identity).",
+                "invalid_request_error",
+                "unsupported_content_encoding",
             )
         if message.end_of_stream:
             return self._deny(
@@ -267,6 +290,11 @@ class RouterCall:
         if state.route is not None and not message.end_of_stream and answer.choose_replacement(state):
             # An earlier attempt failed more usefully: its answer replaces this one (body phase).
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
+        if message.end_of_stream and state.backend is not None and 200 <= state.status < 300:
+            # A success without a body is no answer: a 502 naming the backend, charged the prompt.
+            state.unpriced = accounting.BAD_BODY
+            self._finish(None)
+            return msg.immediate(502, answer.empty_answer(state), details="empty_upstream_body")
         if state.route is None or state.backend is None or message.end_of_stream:
             # An answer Envoy made itself (no backend was reached), or an empty body.
             if state.route is not None and not state.finished:
@@ -305,6 +333,7 @@ class RouterCall:
                 # Settle at the provider's last event ([DONE] / message_stop): the client may hang
                 # up as soon as it has it, before Envoy reports the end of the stream.
                 self._finish_stream()
+                replacement = stream_cost.annotate(state, message.body, replacement)
             return msg.continue_body("response_body", body=replacement)
         # Buffered JSON: the whole body is here, and the headers have not left yet.
         if state.replacement is not None:
@@ -317,7 +346,10 @@ class RouterCall:
         state.finish_reasons = tuple(parsed.finish_reasons)
         if spans.capture_content(self.runtime.tracing, state):
             state.completion = spans.completion_text(message.body)
+        rewritten = answer.buffered_answer(state, message.body)
         if parsed.usage is None and state.status < 400:
+            bad_body = rewritten is not None and rewritten[1].get(":status") == "502"
+            state.unpriced = accounting.BAD_BODY if bad_body else accounting.unpriced_reason(parsed.error)
             log.warning(
                 "usage unknown for %s response from backend %s: %s",
                 state.operation,
@@ -330,7 +362,6 @@ class RouterCall:
             info["x-tollway-cost-usd"] = format_usd(state.cost)
         if state.attempt_log:
             state.attempt_log[-1].usage, state.attempt_log[-1].cost = state.usage, state.cost
-        rewritten = answer.buffered_answer(state, message.body)
         if rewritten is not None:
             body, headers = rewritten
             return msg.continue_body("response_body", body=body, set_headers={**info, **headers})
@@ -344,6 +375,8 @@ class RouterCall:
         state.finish_reasons = tuple(parsed.finish_reasons)
         if state.stream_text is not None:
             state.completion = state.stream_text.text
+        if parsed.usage is None and state.status < 400:
+            state.unpriced = accounting.unpriced_reason(parsed.error, complete=parsed.complete)
         if parsed.usage is None or not parsed.complete:
             log.warning(
                 "stream from backend %s ended %s; usage %s (%s)",
@@ -368,6 +401,8 @@ class RouterCall:
             if state.sse is not None:
                 self._finish_stream()
             else:
+                if 200 <= state.status < 300:
+                    state.unpriced = "body_cut"  # headers came, the whole body never did
                 self._finish(None)
         elif state.route is not None and not state.finished:
             self._finish(None)  # admitted, never sent upstream: settles the reservation at zero

@@ -12,6 +12,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from google.protobuf import duration_pb2
 
 from tollway_sidecar.extproc import messages as msg
+from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.router import RouterCall
 from tollway_sidecar.extproc.upstream import UpstreamAttempt, attribute, backend_from_metadata
 from tollway_sidecar.runtime import Runtime
@@ -52,9 +53,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         reply = call.on_response_body(request.response_body)
                     else:
                         reply = _passthrough(which)
-                except Exception:
-                    log.exception("router filter failed on %s", which)
-                    reply = _internal_error(which)
+                except Exception as exc:
+                    reply = _router_failed(call, which, exc)
                 await context.write(reply)
         finally:
             call.on_stream_closed()
@@ -78,9 +78,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         reply = attempt.on_response_body(request.response_body)
                     else:
                         reply = _passthrough(which)
-                except Exception:
-                    log.exception("upstream filter failed on %s", which)
-                    reply = _internal_error(which)
+                except Exception as exc:
+                    rid = attempt.state.request_id if attempt.state is not None else "?"
+                    log.exception(
+                        "upstream filter failed on %s of call %s (%s)", which, rid, type(exc).__name__
+                    )
+                    messages = attempt.state is not None and attempt.state.operation == "messages"
+                    reply = _internal_error(which, exc, rid, anthropic=messages)
                 if attempt.hold_seconds > 0:
                     await _hold(context, attempt.hold_seconds)
                     attempt.hold_seconds = 0.0
@@ -123,13 +127,45 @@ def _passthrough(which: str | None) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
 
 
-def _internal_error(which: str | None) -> ep.ProcessingResponse:
-    if which in ("response_body", "response_trailers"):
+_STAGES = {
+    "request_headers": "request headers",
+    "request_body": "request body",
+    "response_headers": "response headers",
+}
+
+
+def _router_failed(call: RouterCall, which: str | None, exc: Exception) -> ep.ProcessingResponse:
+    """Log what failed (never a key: the call's id, path, key name and route) and answer it."""
+    state = call.state
+    log.exception(
+        "router filter failed on %s of call %s (%s %s, key %s, route %s): %s",
+        which,
+        state.request_id,
+        state.operation or "-",
+        state.path or "-",
+        state.key.name if state.key is not None else "-",
+        state.route.id if state.route is not None else "-",
+        type(exc).__name__,
+    )
+    reply = _internal_error(which, exc, state.request_id, anthropic=state.operation == "messages")
+    if reply.HasField("immediate_response"):
+        state.status = 500
+        call.runtime.metrics.denials.labels("gateway_error").inc()
+        spans.denied(state, 500, "gateway_error", f"{which} failed: {type(exc).__name__}")
+    return reply
+
+
+def _internal_error(
+    which: str | None, exc: Exception, request_id: str, *, anthropic: bool = False
+) -> ep.ProcessingResponse:
+    if which in ("response_body", "response_trailers") or which not in _STAGES:
         # Headers have left already; let the response through rather than cut it.
         return _passthrough(which)
     return msg.error(
         500,
-        "The gateway failed to process this request; it has been logged.",
+        f"The gateway failed while processing the {_STAGES[which]} ({type(exc).__name__}); "
+        f"the failure is logged as call {request_id}.",
         error_type="api_error",
         code="gateway_error",
+        anthropic=anthropic,
     )

@@ -212,6 +212,8 @@ def finished(tracing: Tracing, state: RequestState, completion: str | None = Non
         attributes["gen_ai.response.finish_reasons"] = list(state.finish_reasons)
     if state.cost is not None:
         attributes["tollway.cost_usd"] = format_usd(state.cost)
+    if state.unpriced is not None:
+        attributes["tollway.unpriced_reason"] = state.unpriced
     if state.first_chunk_at is not None:
         attributes["tollway.time_to_first_token_ms"] = round((state.first_chunk_at - state.started) * 1000, 3)
     attributes["tollway.duration_ms"] = round((time.monotonic() - state.started) * 1000, 3)

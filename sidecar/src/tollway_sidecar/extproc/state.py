@@ -29,6 +29,7 @@ class RequestState:
     client_model: str = ""
     stream: bool = False
     strip_usage_chunk: bool = False
+    cost_comment: bool = False  # the client asked for the stream's cost as a final SSE comment
     body: dict[str, Any] | None = None
     body_length: int = 0  # bytes of the body each upstream attempt starts from (after our rewrite)
     backend: Backend | None = None  # the backend of the latest attempt
@@ -40,6 +41,7 @@ class RequestState:
     response_model: str | None = None
     finished: bool = False
     first_byte_at: float | None = None
+    unpriced: str | None = None  # why a success had no readable usage (`accounting.unpriced_reason`)
     quota: Admission | None = None  # what the call reserved (issue 3); None before admission
     # Routing and fallback (issue 4)
     cluster: str = ""  # the Envoy cluster (backend order) chosen for this call

@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from tollway_sidecar.strictjson import BadJson, parse_strict
+
 __all__ = [
     "ANTHROPIC_VERSION",
     "DEFAULT_MAX_TOKENS",
@@ -132,10 +134,11 @@ def _tool_use_blocks(tool_calls: Any, where: str) -> list[dict[str, Any]]:
             raise TranslationError(f"'{where}.tool_calls[{i}].function.name' is required.", where)
         arguments = function.get("arguments") or "{}"
         try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
+            # Strict: the decoded object is sent on as JSON, so NaN or deep nesting may not pass.
+            parsed = parse_strict(arguments) if isinstance(arguments, str) else arguments
+        except BadJson as exc:
             raise TranslationError(
-                f"'{where}.tool_calls[{i}].function.arguments' is not valid JSON.", where
+                f"'{where}.tool_calls[{i}].function.arguments' is not valid JSON: {exc.message}", where
             ) from None
         if not isinstance(parsed, dict):
             raise TranslationError(

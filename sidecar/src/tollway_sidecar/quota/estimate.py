@@ -63,7 +63,8 @@ def _text_tokens(value: Any, counter: TokenCounter) -> int:
     if isinstance(value, list):
         return sum(_text_tokens(item, counter) for item in value)
     if isinstance(value, dict):
-        if value.get("type") in _MEDIA_TYPES:
+        kind = value.get("type")
+        if isinstance(kind, str) and kind in _MEDIA_TYPES:  # any JSON value may stand there
             return MEDIA_PART_TOKENS
         return sum(_text_tokens(item, counter) for item in value.values())
     return 0

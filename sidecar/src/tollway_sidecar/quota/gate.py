@@ -72,10 +72,11 @@ def charge_for(
     - Usage reported: that usage at its price (a stream cut short is charged at least one output
       token per content event it carried).
     - No backend reached, or an error status: nothing (providers do not bill refusals).
-    - A stream without usage (the client hung up, the upstream broke off): the estimated prompt plus
-      one token per content event streamed.
-    - The upstream had the request but no answer was seen (the client left first): the prompt.
-    - A success whose usage could not be read: the whole estimate.
+    - A stream without usage (the client hung up, the upstream broke off or stalled): the estimated
+      prompt plus one token per content event streamed.
+    - Any other answer without readable usage — none seen (the client left first), a broken body
+      (not JSON, cut short, empty), no usage, invalid usage: the estimated prompt, which the
+      provider was sent; nothing proves what it produced, so no output is charged.
     """
     if usage is not None and stream is not None and not stream.complete:
         usage = TokenUsage(
@@ -90,11 +91,9 @@ def charge_for(
         return Charge(usage.input_tokens, usage.output_tokens, to_nano(cost))
     if not reached_backend or status >= 400:
         return Charge(0, 0, 0)
-    if stream is not None or status == 0:
-        received = TokenUsage(estimate.prompt_tokens, stream.output_chunks if stream is not None else 0)
-        money = price.cost(received) if price is not None else estimate.cost_usd
-        return Charge(received.input_tokens, received.output_tokens, to_nano(money), True)
-    return Charge(estimate.prompt_tokens, estimate.output_tokens, to_nano(estimate.cost_usd), True)
+    received = TokenUsage(estimate.prompt_tokens, stream.output_chunks if stream is not None else 0)
+    money = price.cost(received) if price is not None else estimate.cost_usd
+    return Charge(received.input_tokens, received.output_tokens, to_nano(money), True)
 
 
 @dataclass
