@@ -28,7 +28,7 @@ class SidecarSettings(BaseSettings):
     max_request_bytes: int = 10 * 1024 * 1024
     config_poll_seconds: float = 1.0
     log_level: str = "INFO"
-    # Quotas (issue 3)
+    # Quotas
     redis_url: str | None = None
     """Redis for quotas and budgets, shared by every replica (`redis://[:password@]host:port/db`,
     `rediss://` for TLS, `unix:///path`). Unset: an in-memory store (one process only)."""
