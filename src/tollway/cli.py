@@ -104,6 +104,12 @@ def compile_command(directory: Path, namespace: str) -> None:
     help="Where the sidecar writes cds.json/rds.json (default: OUT/xds).",
 )
 @click.option("--max-request-bytes", default=10 * 1024 * 1024, show_default=True)
+@click.option(
+    "--max-response-bytes",
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Largest non-streamed answer (at least --max-request-bytes); above it, a 502.",
+)
 def envoy_bootstrap(
     out_dir: Path,
     listen_host: str,
@@ -112,6 +118,7 @@ def envoy_bootstrap(
     extproc_address: str,
     xds_dir: Path | None,
     max_request_bytes: int,
+    max_response_bytes: int,
 ) -> None:
     """Write Envoy's bootstrap (what the gateway Pod's init container runs)."""
     import json
@@ -129,6 +136,7 @@ def envoy_bootstrap(
         extproc_address=extproc_address,
         xds_directory=xds,
         max_request_bytes=max_request_bytes,
+        max_response_bytes=max_response_bytes,
     )
     (out_dir / "envoy.json").write_text(json.dumps(document, indent=2))
     if not (xds / "cds.json").exists():

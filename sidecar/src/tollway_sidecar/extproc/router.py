@@ -150,6 +150,15 @@ class RouterCall:
     async def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
         state = self.state
         assert state.key is not None and state.operation is not None
+        if len(message.body) > self.runtime.max_request_bytes:
+            # A body sent without content-length: Envoy buffers up to the answer limit, not this one.
+            return self._deny(
+                413,
+                f"Request body is {len(message.body)} bytes; the gateway's limit is "
+                f"{self.runtime.max_request_bytes} bytes.",
+                "invalid_request_error",
+                "request_too_large",
+            )
         try:
             body = parse_body(message.body)
             model = validate(state.operation, body)
