@@ -11,6 +11,9 @@ reserved at a flat `MEDIA_PART_TOKENS` each. `tools`, `functions`, `response_for
 `prediction` are counted as their compact JSON text. Output: `max_completion_tokens`, else
 `max_tokens`, else the configured default cap, times `n`. Embeddings: the input's tokens (token-id
 arrays count one per id) and no output.
+
+Counting is bounded (`bound.PromptCounter`): past a per-request allowance, or for a string the
+tokenizer would take quadratic time on, a string counts as its UTF-8 bytes, an upper bound.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Final
 from tollway_sidecar.config.models import Route
 from tollway_sidecar.pricing import PriceBook
 from tollway_sidecar.providers.usage import TokenUsage
+from tollway_sidecar.quota.bound import Counts, PromptCounter
 from tollway_sidecar.quota.tokens import TokenCounter, counter_for_model
 
 __all__ = [
@@ -56,7 +60,7 @@ class Estimate:
         return self.prompt_tokens + self.output_tokens
 
 
-def _text_tokens(value: Any, counter: TokenCounter) -> int:
+def _text_tokens(value: Any, counter: Counts) -> int:
     """Tokens of every string inside `value`; media parts at their flat allowance."""
     if isinstance(value, str):
         return counter.count(value)
@@ -73,7 +77,7 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def prompt_tokens(operation: str, body: Mapping[str, Any], counter: TokenCounter) -> int:
+def prompt_tokens(operation: str, body: Mapping[str, Any], counter: Counts) -> int:
     """The prompt tokens of a chat or embeddings request, counted (or estimated high) with `counter`."""
     if operation == "embeddings":
         return _embedding_tokens(body.get("input"), counter)
@@ -90,7 +94,7 @@ def prompt_tokens(operation: str, body: Mapping[str, Any], counter: TokenCounter
     return total
 
 
-def _embedding_tokens(value: Any, counter: TokenCounter) -> int:
+def _embedding_tokens(value: Any, counter: Counts) -> int:
     if isinstance(value, str):
         return counter.count(value)
     if isinstance(value, list):
@@ -132,7 +136,7 @@ def estimate_call(
     for backend in route.backends:
         counter = counter_for_model(backend.model)
         if counter not in counted:
-            counted[counter] = prompt_tokens(operation, body, counter)
+            counted[counter] = prompt_tokens(operation, body, PromptCounter(counter))
         prompt = counted[counter]
         worst_prompt = max(worst_prompt, prompt)
         price = prices.price_for(route.id, backend.name)
