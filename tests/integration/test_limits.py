@@ -5,6 +5,7 @@ logged; and one tenant's huge prompts leave another tenant's FailClosed calls al
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -31,9 +32,12 @@ CHAT = "/v1/chat/completions"
 MIB = 1024 * 1024
 
 
-def chat_body(size: int, unit: bytes = b"word ") -> bytes:
+def chat_body(size: int, unit: bytes = b"word ", model: str = "gpt-4o-mini", stream: bool = False) -> bytes:
     """A chat request of exactly `size` bytes, its one message filled with `unit`."""
-    head = b'{"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "'
+    head = (
+        f'{{"model": "{model}", "stream": {json.dumps(stream)}, "max_tokens": 5, '
+        '"messages": [{"role": "user", "content": "'
+    ).encode()
     tail = b'"}]}'
     fill = size - len(head) - len(tail)
     return head + (unit * (fill // len(unit) + 1))[:fill] + tail
@@ -51,10 +55,8 @@ def send_whole(origin: str, body: bytes, headers: dict[str, str], timeout: float
     ).encode()
 
     def upload() -> None:
-        try:
+        with contextlib.suppress(OSError):  # the gateway answered and closed before taking it all
             sock.sendall(request + body)
-        except OSError:  # the gateway answered and closed before taking it all
-            pass
 
     sender = threading.Thread(target=upload, daemon=True)
     sender.start()
@@ -79,6 +81,23 @@ def test_every_request_size_up_to_the_limit_is_served(gateway: Gateway, size: in
     assert answer.status == 200, answer.body[:300]
     # The mock counts one token per word: the whole body reached it.
     assert answer.json()["usage"]["prompt_tokens"] > (size - 200) // 5
+
+
+@pytest.mark.parametrize(
+    ("model", "stream"),
+    [("two-healthy", False), ("fb-429", False), ("gpt-4o-mini", True)],
+    ids=["rewritten-per-attempt", "after-a-fallback", "streamed-with-usage-asked"],
+)
+def test_a_request_near_the_limit_whose_body_the_sidecar_rewrites_is_served(
+    gateway: Gateway, model: str, stream: bool
+) -> None:
+    """The sidecar's reply carries the whole body back (another model name, the usage request)."""
+    body = chat_body(int(9.9 * MIB), model=model, stream=stream)
+    answer = send_whole(gateway.origin, body, bearer(DEMO_KEY))
+    assert answer.status == 200, answer.body[:300]
+    if stream:
+        assert b'"usage"' not in answer.body  # asked for by the gateway, removed again
+        assert answer.body.rstrip().endswith(b"data: [DONE]")
 
 
 def test_a_request_over_the_limit_is_413_with_or_without_a_length(gateway: Gateway) -> None:
@@ -119,7 +138,15 @@ def test_large_answers_reach_the_client_priced(gateway: Gateway, dimensions: int
     assert "x-tollway-cost-usd" in answer.headers
 
 
+def unpriced(gateway: Gateway) -> float:
+    for line in gateway.metrics().splitlines():
+        if line.startswith('tollway_unpriced_responses_total{backend="mock"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_an_answer_over_the_limit_is_a_502_naming_it_and_logged(gateway: Gateway) -> None:
+    before = unpriced(gateway)
     answer = embeddings(gateway, 128, 16384)  # ~45 MB of JSON
     assert answer.status == 502, answer.body[:300]
     assert answer.error["code"] == "response_too_large"
@@ -131,6 +158,8 @@ def test_an_answer_over_the_limit_is_a_502_naming_it_and_logged(gateway: Gateway
         time.sleep(0.1)
     line = next(line for line in envoy_log(gateway).splitlines() if request_id in line)
     assert "response_payload_too_large" in line
+    # The provider answered and billed: charged at the estimate, counted as unpriced.
+    assert unpriced(gateway) == before + 1
     assert embeddings(gateway, 2, 8).status == 200
 
 
@@ -207,9 +236,7 @@ def test_huge_prompts_from_one_key_leave_another_keys_fail_closed_calls_alone(
     hog_answers: list[Answer] = []
 
     def hog(body: bytes) -> None:
-        hog_answers.append(
-            send_whole(tenants.origin, body, bearer(key_value("hog")), timeout=60)
-        )
+        hog_answers.append(send_whole(tenants.origin, body, bearer(key_value("hog")), timeout=60))
 
     threads = [threading.Thread(target=hog, args=(body,)) for body in huge * 2]
     for thread in threads:

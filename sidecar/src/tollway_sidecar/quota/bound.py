@@ -6,7 +6,7 @@ with no space (one piece) takes about a minute of CPU, against ~35 ms per MiB of
 
 - the request's exact allowance lasts (`EXACT_CHARS` characters in all), and
 - the string has no run longer than `MAX_RUN` characters of whitespace, of anything else, or of
-  `\\r`, `\\n` and `/` (so every piece of OpenAI's encodings is at most 2 × `MAX_RUN` + 1 long:
+  `\\r`, `\\n` and `/` (so every piece of OpenAI's encodings is at most 2 * `MAX_RUN` + 1 long:
   a piece is a run of non-whitespace with one character before it, a whitespace run, or a
   punctuation run followed by `[\\r\\n/]*`);
 
