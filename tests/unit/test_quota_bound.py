@@ -9,7 +9,14 @@ import pytest
 
 from tollway_sidecar.config.models import Backend, GatewayConfig, Route
 from tollway_sidecar.pricing import PriceBook
-from tollway_sidecar.quota.bound import EXACT_CHARS, MAX_RUN, PromptCounter, has_long_run, utf8_length
+from tollway_sidecar.quota.bound import (
+    EXACT_CHARS,
+    MAX_RUN,
+    PER_STRING_CHARS,
+    PromptCounter,
+    has_long_run,
+    utf8_length,
+)
 from tollway_sidecar.quota.estimate import estimate_call
 from tollway_sidecar.quota.tokens import TokenCounter, counter_for_model
 
@@ -55,12 +62,21 @@ def test_runs_up_to_the_bound_are_still_exact() -> None:
 
 def test_past_the_allowance_strings_count_their_bytes_which_is_never_less() -> None:
     counter = PromptCounter(EXACT)
-    first = prose(EXACT_CHARS - 10)
+    first = prose(EXACT_CHARS - PER_STRING_CHARS - 10)
     assert counter.count(first) == EXACT.count(first)
     second = prose(100, seed=8) + " é€😀"
     assert counter.count(second) == utf8_length(second) == len(second.encode())
     assert utf8_length(second) >= EXACT.count(second)
     assert counter.estimated == 1
+
+
+def test_many_short_strings_use_up_the_allowance_too() -> None:
+    counter = PromptCounter(EXACT)
+    exact = EXACT_CHARS // (PER_STRING_CHARS + 2)
+    counts = [counter.count("hi") for _ in range(exact + 10)]
+    assert counts[:exact] == [1] * exact  # "hi" is one token
+    assert counts[exact:] == [2] * 10  # then its two bytes
+    assert counter.estimated == 10
 
 
 def test_a_lone_surrogate_from_json_counts_as_three_bytes() -> None:

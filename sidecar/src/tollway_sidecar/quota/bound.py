@@ -4,7 +4,9 @@ tiktoken's byte-pair merge is quadratic in the length of one pre-tokenized piece
 with no space (one piece) takes about a minute of CPU, against ~35 ms per MiB of ordinary text
 (o200k_base; cl100k_base ~170 ms). `PromptCounter` counts one request's strings exactly while
 
-- the request's exact allowance lasts (`EXACT_CHARS` characters in all), and
+- the request's exact allowance lasts (`EXACT_CHARS` characters in all, each string also using
+  `PER_STRING_CHARS` of it: a call into tiktoken costs ~1 µs however short the string, and a 10 MiB
+  body may hold 600,000 strings), and
 - the string has no run longer than `MAX_RUN` characters of whitespace, of anything else, or of
   `\\r`, `\\n` and `/` (so every piece of OpenAI's encodings is at most 2 * `MAX_RUN` + 1 long:
   a piece is a run of non-whitespace with one character before it, a whitespace run, or a
@@ -22,9 +24,18 @@ from typing import Final, Protocol
 
 from tollway_sidecar.quota.tokens import TokenCounter
 
-__all__ = ["EXACT_CHARS", "MAX_RUN", "Counts", "PromptCounter", "has_long_run", "utf8_length"]
+__all__ = [
+    "EXACT_CHARS",
+    "MAX_RUN",
+    "PER_STRING_CHARS",
+    "Counts",
+    "PromptCounter",
+    "has_long_run",
+    "utf8_length",
+]
 
 EXACT_CHARS: Final = 256 * 1024
+PER_STRING_CHARS: Final = 64
 MAX_RUN: Final = 1024
 
 # Unicode White_Space, which tiktoken's `\s` means; `str.split()` also splits at U+001C..U+001F,
@@ -66,7 +77,7 @@ class PromptCounter:
     def count(self, text: str) -> int:
         if not text:
             return 0
-        size = len(text)
+        size = len(text) + PER_STRING_CHARS
         if size <= self.allowance and (size <= MAX_RUN or not has_long_run(text)):
             self.allowance -= size
             return self.counter.count(text)
