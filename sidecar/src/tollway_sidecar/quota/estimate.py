@@ -137,8 +137,8 @@ def output_cap(operation: str, body: Mapping[str, Any], default_max_tokens: int)
     if operation == "embeddings":
         return 0
     cap = default_max_tokens
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             cap = value
             break
