@@ -129,15 +129,18 @@ def envoy_bootstrap(
 
     xds = xds_dir or out_dir / "xds"
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = bootstrap(
-        listen_host=listen_host,
-        listen_port=listen_port,
-        admin_port=envoy_admin_port,
-        extproc_address=extproc_address,
-        xds_directory=xds,
-        max_request_bytes=max_request_bytes,
-        max_response_bytes=max_response_bytes,
-    )
+    try:
+        document = bootstrap(
+            listen_host=listen_host,
+            listen_port=listen_port,
+            admin_port=envoy_admin_port,
+            extproc_address=extproc_address,
+            xds_directory=xds,
+            max_request_bytes=max_request_bytes,
+            max_response_bytes=max_response_bytes,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-response-bytes") from None
     (out_dir / "envoy.json").write_text(json.dumps(document, indent=2))
     if not (xds / "cds.json").exists():
         write_dynamic_resources(GatewayConfig().with_checksum(), xds)  # Envoy needs the files to start
