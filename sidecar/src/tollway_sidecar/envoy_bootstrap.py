@@ -26,7 +26,13 @@ from tollway_sidecar.xds import (
     extproc_target,
 )
 
-__all__ = ["EXTPROC_FAILURE", "RESPONSE_TOO_LARGE", "UPSTREAM_FAILURE_FLAGS", "bootstrap"]
+__all__ = [
+    "EXTPROC_FAILURE",
+    "RESPONSE_TOO_LARGE",
+    "TOO_LARGE_FOR_GRPC",
+    "UPSTREAM_FAILURE_FLAGS",
+    "bootstrap",
+]
 
 _T = "type.googleapis.com/"
 
@@ -47,8 +53,12 @@ UPSTREAM_FAILURE_FLAGS = ["UF", "UH", "UO", "URX", "UC", "UR", "UT", "NC", "DF",
 EXTPROC_FAILURE = (
     "response.code_details.contains('per-message_timeout') || response.code_details.startsWith('ext_proc')"
 )
-# A buffered answer larger than the stream's buffer limit (Envoy's own 500).
-RESPONSE_TOO_LARGE = "response.code_details == 'response_payload_too_large'"
+# A buffered answer larger than the stream's buffer limit (Envoy's own 500) — or a body larger than
+# the gRPC message limit: when a body arrives while Envoy still waits for the sidecar's reply to the
+# headers (a loaded sidecar), Envoy queues it outside the buffer limit and may send it whole, and the
+# sidecar's gRPC server refuses it (`…Received_message_larger_than_max…`).
+TOO_LARGE_FOR_GRPC = "response.code_details.contains('larger_than_max')"
+RESPONSE_TOO_LARGE = f"response.code_details == 'response_payload_too_large' || {TOO_LARGE_FOR_GRPC}"
 
 
 def _cel(expression: str) -> dict[str, Any]:
@@ -109,7 +119,22 @@ def _gateway_failure_log() -> dict[str, Any]:
     )
     return {
         "name": "envoy.access_loggers.stderr",
-        "filter": _cel(f"({EXTPROC_FAILURE}) || ({RESPONSE_TOO_LARGE})"),
+        # The status test first: CEL is then evaluated for failed calls only.
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "GE",
+                                "value": {"default_value": 500, "runtime_key": "tollway.unused"},
+                            }
+                        }
+                    },
+                    _cel(f"({EXTPROC_FAILURE}) || ({RESPONSE_TOO_LARGE})"),
+                ]
+            }
+        },
         "typed_config": {
             "@type": _T + "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
             "log_format": {"text_format_source": {"inline_string": line}},
@@ -141,6 +166,14 @@ def bootstrap(
         )
     upstream_detail = "%UPSTREAM_METADATA(tollway:backend)%"
     local_reply_mappers = [
+        _openai_error_mapper(
+            500,
+            f"Request body is larger than the gateway's limit of {max_request_bytes} bytes.",
+            "invalid_request_error",
+            "request_too_large",
+            details=f"{TOO_LARGE_FOR_GRPC} && request.size > {max_request_bytes}",
+            answer_status=413,
+        ),
         _openai_error_mapper(
             500,
             f"The backend's answer is larger than the gateway's limit of {max_response_bytes} bytes "

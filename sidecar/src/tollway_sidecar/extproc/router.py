@@ -321,6 +321,15 @@ class RouterCall:
             self._finish(None)
             return msg.continue_body("response_body", body=body, set_headers=set_headers, remove=remove)
         assert state.backend is not None
+        if len(message.body) > self.runtime.max_response_bytes:
+            # Envoy may hand over more than its buffer limit when the body arrived before the
+            # headers' reply; charged as an answer whose usage was not read.
+            log.warning(
+                "answer from backend %s is %d bytes, over the limit", state.backend.name, len(message.body)
+            )
+            self._finish(None)
+            body, headers = answer.too_large(state, len(message.body), self.runtime.max_response_bytes)
+            return msg.continue_body("response_body", body=body, set_headers=headers)
         parsed = parse_json(state.backend.provider, message.body)
         state.response_model = parsed.model
         state.finish_reasons = tuple(parsed.finish_reasons)
