@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from tollway_sidecar.config.models import Backend, GatewayConfig, Route
@@ -28,22 +29,35 @@ def _answer(size: int) -> tuple[ep.ProcessingResponse, RouterCall]:
     return call.on_response_body(ep.HttpBody(body=body, end_of_stream=True)), call
 
 
-def _status_and_body(reply: ep.ProcessingResponse) -> tuple[str | None, bytes]:
-    common = reply.response_body.response
-    headers = {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
-    return headers.get(":status"), common.body_mutation.body
-
-
 def test_an_answer_over_the_limit_becomes_a_502_naming_it() -> None:
     reply, call = _answer(2000)
-    status, body = _status_and_body(reply)
-    assert status == "502"
-    error = json.loads(body)["error"]
+    assert reply.WhichOneof("response") == "immediate_response"
+    assert reply.immediate_response.status.code == 502
+    error = json.loads(reply.immediate_response.body)["error"]
     assert error["code"] == "response_too_large" and "1000 bytes" in error["message"]
+    assert call.state.finished
+
+
+def test_an_answer_announcing_more_than_the_limit_is_refused_before_its_body() -> None:
+    runtime = Runtime(CompiledConfig.build(CONFIG), max_request_bytes=100, max_response_bytes=1000)
+    call = RouterCall(runtime)
+    call.state.operation, call.state.route, call.state.backend = "chat", ROUTE, BACKEND
+    headers = ep.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
+                base_pb2.HeaderValue(key="content-length", raw_value=b"1001"),
+            ]
+        )
+    )
+    reply = call.on_response_headers(headers)
+    assert reply.immediate_response.status.code == 502
+    assert b"response_too_large" in reply.immediate_response.body
     assert call.state.finished
 
 
 def test_an_answer_within_the_limit_passes() -> None:
     reply, _ = _answer(500)
-    status, body = _status_and_body(reply)
-    assert status is None and body == b""
+    assert reply.WhichOneof("response") == "response_body"
+    assert not reply.response_body.response.body_mutation.body

@@ -59,6 +59,8 @@ EXTPROC_FAILURE = (
 # sidecar's gRPC server refuses it (`…Received_message_larger_than_max…`).
 TOO_LARGE_FOR_GRPC = "response.code_details.contains('larger_than_max')"
 RESPONSE_TOO_LARGE = f"response.code_details == 'response_payload_too_large' || {TOO_LARGE_FOR_GRPC}"
+# The sidecar's own refusal of an answer that announced more than the limit (`extproc.answer`).
+SIDECAR_TOO_LARGE = "response.code_details == 'tollway_response_too_large'"
 
 
 def _cel(expression: str) -> dict[str, Any]:
@@ -131,7 +133,7 @@ def _gateway_failure_log() -> dict[str, Any]:
                             }
                         }
                     },
-                    _cel(f"({EXTPROC_FAILURE}) || ({RESPONSE_TOO_LARGE})"),
+                    _cel(f"({EXTPROC_FAILURE}) || ({RESPONSE_TOO_LARGE}) || ({SIDECAR_TOO_LARGE})"),
                 ]
             }
         },

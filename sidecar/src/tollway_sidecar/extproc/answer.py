@@ -127,15 +127,15 @@ def replacement_answer(state: RequestState, info: dict[str, str]) -> tuple[bytes
     return body, headers, remove
 
 
-def too_large(state: RequestState, size: int, limit: int) -> tuple[bytes, dict[str, str]]:
+def too_large(state: RequestState, limit: int) -> msg.ProcessingResponse:
     """A 502 for an answer over the gateway's limit (the same as Envoy's own, mapped)."""
     message = (
         f"The backend's answer is larger than the gateway's limit of {limit} bytes for a "
-        f"non-streamed answer ({size} bytes); ask for less (fewer inputs, fewer dimensions, base64 "
-        "embeddings) or stream it."
+        "non-streamed answer; ask for less (fewer inputs, fewer dimensions, base64 embeddings) "
+        "or stream it."
     )
-    out = _error_body(state, 502, message, "api_error", "response_too_large")
-    return out, {":status": "502", "content-type": _JSON, "content-length": str(len(out))}
+    body = _error_body(state, 502, message, "api_error", "response_too_large")
+    return msg.immediate(502, body, headers=info_headers(state), details="tollway_response_too_large")
 
 
 def buffered_answer(state: RequestState, body: bytes) -> tuple[bytes, dict[str, str]] | None:

@@ -289,6 +289,11 @@ class RouterCall:
             return msg.continue_headers(
                 "response_headers", set_headers=info, mode_override=msg.response_body_mode("STREAMED")
             )
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.runtime.max_response_bytes:
+            # Refused before Envoy buffers it: past its buffer limit Envoy was seen to stall the
+            # call when the body arrived before this reply.
+            return self._too_large()
         # JSON (or anything else): buffer it, so the cost can go into the headers.
         return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
 
@@ -322,14 +327,8 @@ class RouterCall:
             return msg.continue_body("response_body", body=body, set_headers=set_headers, remove=remove)
         assert state.backend is not None
         if len(message.body) > self.runtime.max_response_bytes:
-            # Envoy may hand over more than its buffer limit when the body arrived before the
-            # headers' reply; charged as an answer whose usage was not read.
-            log.warning(
-                "answer from backend %s is %d bytes, over the limit", state.backend.name, len(message.body)
-            )
-            self._finish(None)
-            body, headers = answer.too_large(state, len(message.body), self.runtime.max_response_bytes)
-            return msg.continue_body("response_body", body=body, set_headers=headers)
+            # Handed over whole past Envoy's buffer limit (it arrived before the headers' reply).
+            return self._too_large()
         parsed = parse_json(state.backend.provider, message.body)
         state.response_model = parsed.model
         state.finish_reasons = tuple(parsed.finish_reasons)
@@ -353,6 +352,17 @@ class RouterCall:
             body, headers = rewritten
             return msg.continue_body("response_body", body=body, set_headers={**info, **headers})
         return msg.continue_body("response_body", set_headers=info)
+
+    def _too_large(self) -> ep.ProcessingResponse:
+        """A 502 for an answer over the limit, charged as an answer whose usage was not read."""
+        assert self.state.backend is not None
+        log.warning(
+            "answer from backend %s is over the size limit (request %s)",
+            self.state.backend.name,
+            self.state.envoy_request_id or "-",
+        )
+        self._finish(None)
+        return answer.too_large(self.state, self.runtime.max_response_bytes)
 
     def _finish_stream(self) -> None:
         state = self.state
