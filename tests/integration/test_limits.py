@@ -229,16 +229,17 @@ def tenants(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer)
         gateway.dev.stop()
 
 
-def reserve_buckets(gateway: QuotaGateway) -> dict[str, float]:
-    """The sidecar's reserve latency histogram, summed over outcomes: bucket bound → count."""
+def reserve_outcomes(gateway: QuotaGateway) -> dict[str, dict[str, float]]:
+    """The sidecar's reserve latency histogram by outcome: outcome → bucket bound → count."""
     with urllib.request.urlopen(f"{gateway.admin_url}/metrics", timeout=5) as response:
         text = response.read().decode()
-    buckets: dict[str, float] = {}
+    outcomes: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         if line.startswith("tollway_quota_operation_seconds_bucket{") and 'operation="reserve"' in line:
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
             bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-    return buckets
+            outcomes.setdefault(outcome, {})[bound] = float(line.rsplit(" ", 1)[1])
+    return outcomes
 
 
 def test_huge_prompts_from_one_key_leave_another_keys_fail_closed_calls_alone(
@@ -268,10 +269,11 @@ def test_huge_prompts_from_one_key_leave_another_keys_fail_closed_calls_alone(
     for thread in threads:
         thread.join()
     assert [status for status, _, _ in quiet] == [200] * len(quiet), quiet
-    # What the sidecar saw: every reservation's round trip, hog's and quiet's, stayed far below the
-    # 1 s Redis timeout, so its event loop was never blocked long enough to turn one into a 503.
-    reserve = reserve_buckets(tenants)
-    assert reserve["0.25"] == reserve["+Inf"] >= len(quiet), reserve
+    # What the sidecar saw: no reservation timed out (the 1 s Redis timeout), and they all came back
+    # within 250 ms (measured: under 25 ms), so its event loop was never blocked for long.
+    reserve = reserve_outcomes(tenants)
+    assert set(reserve) == {"admitted"}, reserve
+    assert reserve["admitted"]["0.25"] == reserve["admitted"]["+Inf"] >= len(quiet), reserve
     assert [answer.status for answer in hog_answers] == [200] * len(huge) * 2, [
         (answer.status, answer.body[:200]) for answer in hog_answers
     ]
