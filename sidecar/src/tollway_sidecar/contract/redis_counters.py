@@ -16,7 +16,26 @@ from redis.exceptions import RedisError
 
 from tollway_sidecar.contract.counters import StoreUnavailable, read_reply, read_request, read_script
 
-__all__ = ["RedisCounters"]
+__all__ = ["RedisCounters", "bounded_client"]
+
+
+def bounded_client(
+    url: str, *, timeout_s: float, max_connections: int, password: str | None = None
+) -> aioredis.Redis:
+    """A client that never retries and never waits longer than `timeout_s` (connect and pool waits
+    included): a quota store that hangs must fail the call, not hold it past Envoy's timeout."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=True,
+        **({"password": password} if password else {}),
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 class RedisCounters:
@@ -25,18 +44,9 @@ class RedisCounters:
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            decode_responses=True,
-            **({"password": password} if password else {}),
+        self._redis = bounded_client(
+            url, timeout_s=timeout_s, max_connections=max_connections, password=password
         )
-        self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._read = self._redis.register_script(read_script())
 
     def _where(self) -> str:

@@ -15,13 +15,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from tollway_sidecar.contract.counters import read_reply, read_request, read_script, sweep_source
+from tollway_sidecar.contract.redis_counters import bounded_client
 from tollway_sidecar.quota import resp
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import (
@@ -62,18 +60,9 @@ class RedisStore:
         self.url = url
         self.timeout_s = timeout_s
         self.cooldown_s = cooldown_s
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            decode_responses=True,
-            **({"password": password} if password else {}),
+        self._redis = bounded_client(
+            url, timeout_s=timeout_s, max_connections=max_connections, password=password
         )
-        self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._reserve = self._redis.register_script(script_source("reserve"))
         self._settle = self._redis.register_script(script_source("settle"))
         # The request path's scripts go through one pipelined connection (`quota.resp`).
