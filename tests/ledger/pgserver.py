@@ -28,7 +28,9 @@ def postgres_bin() -> Path:
         check=False,
     )
     if found.returncode != 0:
-        raise RuntimeError(f"PostgreSQL (initdb, pg_ctl) is not available (run `make tools`):\n{found.stderr}")
+        raise RuntimeError(
+            f"PostgreSQL (initdb, pg_ctl) is not available (run `make tools`):\n{found.stderr}"
+        )
     return Path(found.stdout.strip().splitlines()[-1])
 
 
@@ -67,15 +69,31 @@ class PostgresServer:
 
     def start(self) -> None:
         made = self._run(
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
             "--no-sync",
         )
         if made.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{made.stdout}\n{made.stderr}")
         options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
         started = self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.workdir / "postgres.log"),
-            "-o", options, "-w", "-t", "60", "start",
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.workdir / "postgres.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
         if started.returncode != 0:
             log = (self.workdir / "postgres.log").read_text()[-2000:]

@@ -21,10 +21,10 @@ from tollway_meter.rows import (
     ROLLUP_MEASURES,
     EventRow,
     event_row,
+    next_period,
     parse_period,
     period_of,
     period_start,
-    next_period,
     rollup_deltas,
 )
 from tollway_sidecar.contract.usage_event import UsageEvent
@@ -48,7 +48,8 @@ _EVENT_COLUMNS = (
 )
 _ROLLUP_COLUMNS = ("hour", "period", "adjustment", *ROLLUP_DIMENSIONS, *ROLLUP_MEASURES)
 _ROLLUP_UPSERT = (
-    f"INSERT INTO usage_hourly ({', '.join(_ROLLUP_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_ROLLUP_COLUMNS))}) "
+    f"INSERT INTO usage_hourly ({', '.join(_ROLLUP_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_ROLLUP_COLUMNS))}) "
     f"ON CONFLICT ({', '.join(('hour', 'adjustment', *ROLLUP_DIMENSIONS))}) DO UPDATE SET "
     + ", ".join(f"{m} = usage_hourly.{m} + excluded.{m}" for m in ROLLUP_MEASURES)
 )
@@ -96,7 +97,9 @@ class Ledger(abc.ABC):
                 for statement in migration.statements:
                     cur.execute(statement)
                 cur.execute(
-                    self.sql("INSERT INTO schema_version (version, description, applied_at) VALUES (%s, %s, %s)"),
+                    self.sql(
+                        "INSERT INTO schema_version (version, description, applied_at) VALUES (%s, %s, %s)"
+                    ),
                     (migration.version, migration.description, datetime.now(UTC).isoformat()),
                 )
                 current = migration.version
@@ -191,6 +194,7 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     def insert_new(self, cur: Any, rows: Sequence[EventRow]) -> list[EventRow]: ...
 
+    @abc.abstractmethod
     def prepare(self, periods: set[str]) -> None:
         """Anything to do outside the batch's transaction before it (PostgreSQL: partitions)."""
 
@@ -253,6 +257,9 @@ class SqliteLedger(Ledger):
             raise
         finally:
             cur.close()
+
+    def prepare(self, periods: set[str]) -> None:
+        """One file, no partitions."""
 
     def lock_shared(self, cur: Any) -> None:
         """BEGIN IMMEDIATE already serialises writers."""

@@ -44,12 +44,14 @@ _DIMS = """
     backend text NOT NULL,
     provider text NOT NULL"""
 
-_ROLLUP_PK = "PRIMARY KEY (hour, adjustment, namespace, key_name, team, user_id, route, model, backend, provider)"
+_ROLLUP_PK = (
+    "PRIMARY KEY (hour, adjustment, namespace, key_name, team, user_id, route, model, backend, provider)"
+)
 
 POSTGRES: tuple[Migration, ...] = (
     Migration(
         1,
-        "events (monthly partitions), event id gate, hourly roll-ups, periods with a database-enforced freeze",
+        "events (monthly partitions), event id gate, hourly roll-ups, periods frozen by the database",
         (
             # Only closed periods have a row: an absent month is open. A closed period never reopens.
             """CREATE TABLE periods (
@@ -124,7 +126,7 @@ POSTGRES: tuple[Migration, ...] = (
 
 
 def _sqlite_freeze(table: str, column: str) -> tuple[str, ...]:
-    closed = "SELECT 1 FROM periods WHERE period = {row}.%s" % column
+    closed = "SELECT 1 FROM periods WHERE period = {row}." + column
     message = f"'period is closed: its rows in {table} are frozen'"
     return (
         f"""CREATE TRIGGER {table}_frozen_insert BEFORE INSERT ON {table}

@@ -89,7 +89,11 @@ def event_row(event: UsageEvent, closed: frozenset[str]) -> EventRow:
     booked = booking_period(own, closed)
     adjustment = booked != own
     # An adjustment is booked at the first hour of the open period; its own time stays in event_time.
-    hour = period_start(booked) if adjustment else event.time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hour = (
+        period_start(booked)
+        if adjustment
+        else event.time.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    )
     data = event.data
     tokens = data.tokens
     return EventRow(
@@ -98,7 +102,16 @@ def event_row(event: UsageEvent, closed: frozenset[str]) -> EventRow:
         booked_period=booked,
         adjustment=adjustment,
         hour=hour,
-        dims=(data.namespace, data.key_name, data.team, data.user, data.route, data.model, data.backend, data.provider),
+        dims=(
+            data.namespace,
+            data.key_name,
+            data.team,
+            data.user,
+            data.route,
+            data.model,
+            data.backend,
+            data.provider,
+        ),
         measures=(
             1,
             1 if data.billable else 0,
