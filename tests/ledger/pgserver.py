@@ -68,36 +68,26 @@ class PostgresServer:
         return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
 
     def start(self) -> None:
-        made = self._run(
-            str(self.bin / "initdb"),
-            "-D",
-            str(self.data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        if made.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{made.stdout}\n{made.stderr}")
+        """initdb on the first start; a later start (after `halt`) reuses the cluster and its port."""
+        if not self.data.exists():
+            init = [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"]
+            made = self._run(*init, "-E", "UTF8", "--no-sync")
+            if made.returncode != 0:
+                raise RuntimeError(f"initdb failed:\n{made.stdout}\n{made.stderr}")
         options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = self.workdir / "postgres.log"
         started = self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.workdir / "postgres.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start"
         )
         if started.returncode != 0:
-            log = (self.workdir / "postgres.log").read_text()[-2000:]
-            raise RuntimeError(f"pg_ctl start failed:\n{started.stderr}\n{log}")
+            raise RuntimeError(f"pg_ctl start failed:\n{started.stderr}\n{log.read_text()[-2000:]}")
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data: PostgreSQL down, for the outage test."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (self.data / "postmaster.pid").exists():
+            time.sleep(0.05)
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -113,8 +103,5 @@ class PostgresServer:
         return self.dsn(name)
 
     def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (self.data / "postmaster.pid").exists():
-            time.sleep(0.05)
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)

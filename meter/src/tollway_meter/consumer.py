@@ -173,7 +173,7 @@ class MeterConsumer:
             bound = min(bound, _text(pending["min"]), key=_id_key)
         if len(groups) > 1:
             return 0  # another group reads this stream too: its progress is not ours to judge
-        return int(await self.redis.xtrim(o.stream, minid=bound))
+        return int(await self.redis.xtrim(o.stream, minid=bound, approximate=False))
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.ensure_group()
