@@ -109,6 +109,19 @@ def test_round_trip_is_exact() -> None:
             "data.properties." + "a" * MAX_PROPERTY_NAME,
         ),
         ({"data__outcome": "denied"}, "data.cost"),
+        ({"data__cost": "1000000.000000001"}, "data.cost"),
+        ({"data__tokens__reasoning": 10**12 + 1}, "data.tokens.reasoning"),
+        ({"data__latency_ms": -5}, "data.latency_ms"),
+        ({"data__team": "a\x00b"}, "data.team"),
+        ({"data__properties": {"a": "x\x00"}}, "data.properties.a"),
+        (
+            {
+                "data__attempts": [
+                    {"backend": "b" * 600, "provider": "p", "upstream_model": "m", "status": 200}
+                ]
+            },
+            "data.attempts[0].backend",
+        ),
     ],
 )
 def test_bad_events_name_the_field(changes: dict[str, Any], field: str) -> None:

@@ -40,6 +40,11 @@ PROPERTY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # Every other free-text field (names, ids, paths) is at most this long.
 MAX_TEXT = 512
 
+# Counts (tokens, milliseconds) and one call's cost have ceilings, so that a ledger's 64-bit sums
+# cannot overflow from one absurd event and a bad value is refused here, not by the database.
+MAX_COUNT = 10**12
+MAX_COST_USD = 1_000_000
+
 NANOS_PER_USD = 1_000_000_000
 _NANO = Decimal("0.000000001")
 
@@ -363,16 +368,25 @@ def _validate(event: UsageEvent) -> None:
     cost = data.cost_nanos
     if data.outcome == "denied" and (cost != 0 or data.billable):
         raise UsageEventError("data.cost", "a denied call costs 0 and is not billable")
+    if cost > MAX_COST_USD * NANOS_PER_USD:
+        raise UsageEventError("data.cost", f"more than {MAX_COST_USD} USD for one call")
     for f in dataclasses.fields(Tokens):
-        if getattr(data.tokens, f.name) < 0:
-            raise UsageEventError(f"data.tokens.{f.name}", "must be >= 0")
+        _check_count(f"data.tokens.{f.name}", getattr(data.tokens, f.name))
     for name in ("latency_ms", "ttft_ms"):
         value = getattr(data, name)
-        if value is not None and value < 0:
-            raise UsageEventError(f"data.{name}", "must be >= 0")
+        if value is not None:
+            _check_count(f"data.{name}", value)
+    for i, attempt in enumerate(data.attempts):
+        for name in ("backend", "provider", "upstream_model"):
+            _check_text(f"data.attempts[{i}].{name}", getattr(attempt, name), required=False)
     _check_properties(data.properties)
     for i, budget in enumerate(data.budgets):
         _check_text(f"data.budgets[{i}]", budget, required=True)
+
+
+def _check_count(where: str, value: int) -> None:
+    if not 0 <= value <= MAX_COUNT:
+        raise UsageEventError(where, f"must be between 0 and {MAX_COUNT}")
 
 
 def _check_text(where: str, value: str, *, required: bool) -> None:
@@ -380,6 +394,8 @@ def _check_text(where: str, value: str, *, required: bool) -> None:
         raise UsageEventError(where, "required (empty)")
     if len(value) > MAX_TEXT:
         raise UsageEventError(where, f"longer than {MAX_TEXT} characters")
+    if "\x00" in value:
+        raise UsageEventError(where, "contains a NUL character")
 
 
 def _check_properties(properties: dict[str, str]) -> None:
@@ -395,6 +411,8 @@ def _check_properties(properties: dict[str, str]) -> None:
             raise UsageEventError(where, f"expected str, got {type(value).__name__}")
         if len(value) > MAX_PROPERTY_VALUE:
             raise UsageEventError(where, f"value longer than {MAX_PROPERTY_VALUE} characters")
+        if "\x00" in value:
+            raise UsageEventError(where, "contains a NUL character")
 
 
 def _format_time(moment: datetime) -> str:
