@@ -1,0 +1,99 @@
+"""The commands as a user runs them: `tollway meter run` as a process, then close, usage, invoice."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import redis
+from ledger_events import spread
+from redisserver import RedisServer
+
+from tollway_meter.ledger import Ledger
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
+
+TOLLWAY = [sys.executable, "-m", "tollway.cli"]
+
+
+def tollway(*args: str) -> str:
+    done = subprocess.run([*TOLLWAY, *args], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, f"tollway {' '.join(args)} failed:\n{done.stderr}"
+    return done.stdout
+
+
+def test_meter_run_then_close_usage_and_invoice(
+    redis_server: RedisServer, ledger_dsn: str, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    events = spread(30)
+    for event in events:
+        client.xadd(USAGE_STREAM, {USAGE_FIELD: event.to_json()})
+    log = (tmp_path / "meter.log").open("wb")
+    meter = subprocess.Popen(
+        [*TOLLWAY, "meter", "run", "--redis", redis_server.url, "--db", ledger_dsn, "--consumer", "cli"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(300):
+            if client.xlen(USAGE_STREAM) == 0:  # all acknowledged, then trimmed
+                break
+            time.sleep(0.05)
+        assert client.xlen(USAGE_STREAM) == 0, (tmp_path / "meter.log").read_text()
+    finally:
+        meter.send_signal(signal.SIGTERM)
+        assert meter.wait(timeout=20) == 0, (tmp_path / "meter.log").read_text()
+        log.close()
+        client.close()
+
+    assert tollway("meter", "close", "2026-11", "--db", ledger_dsn).strip() == "period 2026-11 closed"
+    table = tollway(
+        "usage", "--by", "team,model", "--since", "2026-11-01", "--until", "2026-12-01", "--db", ledger_dsn
+    )
+    header, _rule, *rows = table.splitlines()
+    assert header.split() == ["team", "model", "requests", "cost_usd", "input", "output", "cached"]
+    assert len(rows) == 6
+    assert (
+        sum(Decimal(row.split()[3]) for row in rows)
+        == Decimal(sum(e.data.cost_nanos for e in events)) / 10**9
+    )
+
+    invoice = tollway(
+        "meter", "invoice", "--period", "2026-11", "--by", "team", "--format", "csv", "--db", ledger_dsn
+    )
+    parsed = list(csv.DictReader(io.StringIO(invoice)))
+    lines = [r for r in parsed if r["kind"] == "line"]
+    [total] = [r for r in parsed if r["kind"] == "total"]
+    assert sorted(r["team"] for r in lines) == ["ops", "research", "sales"]
+    assert sum(Decimal(r["cost_usd"]) for r in lines) == Decimal(total["cost_usd"])
+    body = json.loads(
+        tollway("meter", "invoice", "--period", "2026-11", "--format", "json", "--db", ledger_dsn)
+    )
+    assert body["closed"] is True
+    assert body["total_usd"] == total["cost_usd"]
+
+    top = tollway("usage", "--top", "1", "--since", "2026-11-01", "--until", "2026-12-01", "--db", ledger_dsn)
+    top_id = top.splitlines()[2].split()[0]
+    one = json.loads(tollway("usage", "--request", top_id, "--db", ledger_dsn))
+    assert one["id"] == top_id
+    assert one["data"]["cost"] == max((e.data.cost for e in events), key=Decimal)
+
+    closing_again = subprocess.run(
+        [*TOLLWAY, "meter", "close", "2026-11", "--db", ledger_dsn],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert closing_again.returncode == 1
+    assert "period 2026-11 is already closed" in closing_again.stderr
+    ledger = Ledger.open(ledger_dsn)
+    assert ledger.closed_periods() == frozenset({"2026-11"})
+    ledger.close()
