@@ -50,14 +50,24 @@ def meter() -> None:
 @click.option("--consumer", default=None, help="Consumer name in the group (default: host-pid).")
 @click.option("--batch", default=500, show_default=True, help="Entries per transaction.")
 @click.option("--claim-idle-ms", default=60_000, show_default=True, help="Claim entries pending this long.")
+@click.option("--metrics-port", default=9102, show_default=True, help="/metrics port (0: none).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
-    redis_url: str, dsn: str, consumer: str | None, batch: int, claim_idle_ms: int, log_level: str
+    redis_url: str,
+    dsn: str,
+    consumer: str | None,
+    batch: int,
+    claim_idle_ms: int,
+    metrics_port: int,
+    metrics_host: str,
+    log_level: str,
 ) -> None:
     """Consume the usage stream into the ledger until SIGTERM or Ctrl-C."""
     import redis.asyncio as aioredis
 
     from tollway_meter.consumer import ConsumerOptions, MeterConsumer, default_consumer_name
+    from tollway_meter.metrics import serve_metrics
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ledger = _open(dsn)
@@ -72,7 +82,10 @@ def meter_run(
             loop.add_signal_handler(sig, stop.set)
         client = aioredis.Redis.from_url(redis_url)
         try:
-            await MeterConsumer(client, ledger, options).run(stop)
+            consumer = MeterConsumer(client, ledger, options)
+            if metrics_port:
+                serve_metrics(consumer.stats, metrics_port, metrics_host)
+            await consumer.run(stop)
         finally:
             await client.aclose()
 

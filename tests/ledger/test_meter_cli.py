@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +22,20 @@ from tollway_meter.ledger import Ledger
 from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
 
 TOLLWAY = [sys.executable, "-m", "tollway.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            return str(answer.read().decode())
+    except OSError:
+        return ""
 
 
 def tollway(*args: str) -> str:
@@ -36,9 +52,24 @@ def test_meter_run_then_close_usage_and_invoice(
     events = spread(30)
     for event in events:
         client.xadd(USAGE_STREAM, {USAGE_FIELD: event.to_json()})
+    metrics_port = free_port()
     log = (tmp_path / "meter.log").open("wb")
     meter = subprocess.Popen(
-        [*TOLLWAY, "meter", "run", "--redis", redis_server.url, "--db", ledger_dsn, "--consumer", "cli"],
+        [
+            *TOLLWAY,
+            "meter",
+            "run",
+            "--redis",
+            redis_server.url,
+            "--db",
+            ledger_dsn,
+            "--consumer",
+            "cli",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -48,6 +79,17 @@ def test_meter_run_then_close_usage_and_invoice(
                 break
             time.sleep(0.05)
         assert client.xlen(USAGE_STREAM) == 0, (tmp_path / "meter.log").read_text()
+        # The stream delivered again: nothing new in the ledger, every entry counted as a duplicate.
+        for event in events[:12]:
+            client.xadd(USAGE_STREAM, {USAGE_FIELD: event.to_json()})
+        client.xadd(USAGE_STREAM, {USAGE_FIELD: "{}"})
+        for _ in range(300):
+            metrics = scrape(metrics_port)
+            if 'tollway_meter_events_total{result="dead_lettered"} 1.0' in metrics:
+                break
+            time.sleep(0.05)
+        assert 'tollway_meter_events_total{result="inserted"} 30.0' in metrics, metrics
+        assert 'tollway_meter_events_total{result="duplicate"} 12.0' in metrics, metrics
     finally:
         meter.send_signal(signal.SIGTERM)
         assert meter.wait(timeout=20) == 0, (tmp_path / "meter.log").read_text()
