@@ -206,3 +206,17 @@ async def test_postgresql_down_the_meter_backs_off_and_loses_nothing(redis_clien
         ledger.close()
     finally:
         server.stop()
+
+
+async def test_an_event_the_database_could_not_store_is_dead_lettered(
+    redis_client: aioredis.Redis, ledger: Ledger
+) -> None:
+    # Valid JSON, but a lone surrogate is no UTF-8 text: neither database can store it.
+    poisoned = make_event().to_json().replace('"team":"research"', '"team":"r\\ud800"')
+    await redis_client.xadd(USAGE_STREAM, {USAGE_FIELD: poisoned})
+    await append(redis_client, spread(3))
+    consumer = MeterConsumer(redis_client, ledger, options("a"))
+    await asyncio.wait_for(drain(consumer), timeout=20)
+    assert totals(ledger)[0] == 3
+    [(_, fields)] = await redis_client.xrange(USAGE_DEAD_LETTER_STREAM)
+    assert fields[b"reason"].decode() == "data.team: not valid Unicode text (a lone surrogate)"

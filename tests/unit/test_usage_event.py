@@ -114,6 +114,9 @@ def test_round_trip_is_exact() -> None:
         ({"data__latency_ms": -5}, "data.latency_ms"),
         ({"data__team": "a\x00b"}, "data.team"),
         ({"data__properties": {"a": "x\x00"}}, "data.properties.a"),
+        ({"data__properties": {"a": "x\ud800"}}, "data.properties.a"),
+        ({"source": "gw\udfff"}, "source"),
+        ({"data__properties": {"ab\n": "x"}}, "data.properties.ab\n"),
         (
             {
                 "data__attempts": [

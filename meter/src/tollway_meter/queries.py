@@ -60,7 +60,7 @@ def _dimension(ledger: Ledger, name: str) -> tuple[str, tuple[object, ...], bool
         return DETAIL_COLUMNS[name], (), True
     if name.startswith("property:"):
         prop = name.removeprefix("property:")
-        if not PROPERTY_NAME.match(prop):
+        if not PROPERTY_NAME.fullmatch(prop):
             raise ValueError(f"by: {name!r} is not a valid property name")
         if ledger.dialect == "postgresql":
             return "coalesce(event->'data'->'properties'->>%s, '')", (prop,), True

@@ -394,8 +394,18 @@ def _check_text(where: str, value: str, *, required: bool) -> None:
         raise UsageEventError(where, "required (empty)")
     if len(value) > MAX_TEXT:
         raise UsageEventError(where, f"longer than {MAX_TEXT} characters")
+    _check_storable(where, value)
+
+
+def _check_storable(where: str, value: str) -> None:
+    """Text a database can store: no NUL (PostgreSQL refuses it) and valid UTF-8 (no lone surrogate,
+    which JSON's \\ud800 escapes can carry)."""
     if "\x00" in value:
         raise UsageEventError(where, "contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageEventError(where, "not valid Unicode text (a lone surrogate)") from None
 
 
 def _check_properties(properties: dict[str, str]) -> None:
@@ -403,7 +413,7 @@ def _check_properties(properties: dict[str, str]) -> None:
         raise UsageEventError("data.properties", f"more than {MAX_PROPERTIES} properties ({len(properties)})")
     for name, value in properties.items():
         where = f"data.properties.{name[:MAX_PROPERTY_NAME]}"
-        if len(name) > MAX_PROPERTY_NAME or not PROPERTY_NAME.match(name):
+        if len(name) > MAX_PROPERTY_NAME or not PROPERTY_NAME.fullmatch(name):
             raise UsageEventError(
                 where, f"a name is 1-{MAX_PROPERTY_NAME} of a-z 0-9 _ . - starting with a letter or digit"
             )
@@ -411,8 +421,7 @@ def _check_properties(properties: dict[str, str]) -> None:
             raise UsageEventError(where, f"expected str, got {type(value).__name__}")
         if len(value) > MAX_PROPERTY_VALUE:
             raise UsageEventError(where, f"value longer than {MAX_PROPERTY_VALUE} characters")
-        if "\x00" in value:
-            raise UsageEventError(where, "contains a NUL character")
+        _check_storable(where, value)
 
 
 def _format_time(moment: datetime) -> str:
