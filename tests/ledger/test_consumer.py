@@ -220,3 +220,40 @@ async def test_an_event_the_database_could_not_store_is_dead_lettered(
     assert totals(ledger)[0] == 3
     [(_, fields)] = await redis_client.xrange(USAGE_DEAD_LETTER_STREAM)
     assert fields[b"reason"].decode() == "data.team: not valid Unicode text (a lone surrogate)"
+
+
+async def test_pending_entries_deleted_from_the_stream_do_not_hold_back_the_trim(
+    redis_client: aioredis.Redis, ledger: Ledger
+) -> None:
+    ids = await append(redis_client, spread(6))
+    await MeterConsumer(redis_client, ledger, options("m")).ensure_group()
+    await redis_client.xreadgroup("tollway-meter", "m", {USAGE_STREAM: ">"}, count=6)
+    await redis_client.xdel(USAGE_STREAM, *ids[:2])  # e.g. a producer's XADD MAXLEN
+    restarted = MeterConsumer(redis_client, ledger, options("m", claim_idle_ms=3_600_000))
+    await drain(restarted)
+    assert (restarted.stats.ingested, restarted.stats.lost) == (4, 2)
+    assert await pending(redis_client) == 0
+    assert await redis_client.xlen(USAGE_STREAM) == 0
+
+
+async def test_a_deleted_stream_and_group_are_made_again(
+    redis_client: aioredis.Redis, ledger: Ledger
+) -> None:
+    consumer = MeterConsumer(redis_client, ledger, options("a"))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    await append(redis_client, spread(3))
+    for _ in range(100):
+        if consumer.stats.ingested == 3:
+            break
+        await asyncio.sleep(0.05)
+    await redis_client.delete(USAGE_STREAM)
+    await asyncio.sleep(0.2)
+    await append(redis_client, spread(2))
+    for _ in range(100):
+        if consumer.stats.ingested == 5:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    assert consumer.stats.ingested == 5

@@ -66,6 +66,7 @@ class MeterStats:
     dead_lettered: int = 0
     claimed: int = 0
     ledger_errors: int = 0
+    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,22 @@ class MeterConsumer:
 
     async def _read(self) -> list[Entry]:
         o = self.options
-        if not self._own_pending_done:
+        while not self._own_pending_done:
             # After a restart (or a failed batch) this consumer's own pending entries come first.
             own = await self.redis.xreadgroup(o.group, o.consumer, {o.stream: "0"}, count=o.batch)
-            entries = _entries(own)
+            entries, gone = _entries(own)
+            if gone:
+                # Deleted from the stream (XDEL, or an XADD MAXLEN by someone else) while pending:
+                # nothing left to ingest, and left pending they would hold back the trim forever.
+                await self.redis.xack(o.stream, o.group, *gone)
+                self.stats.lost += len(gone)
+                log.error(
+                    "%d pending entries were deleted from %s before they were ingested", len(gone), o.stream
+                )
             if entries:
                 return entries
-            self._own_pending_done = True
+            if not gone:
+                self._own_pending_done = True
         claimed = await self.redis.xautoclaim(
             o.stream, o.group, o.consumer, o.claim_idle_ms, "0-0", count=o.batch
         )
@@ -113,7 +123,7 @@ class MeterConsumer:
         fresh = await self.redis.xreadgroup(
             o.group, o.consumer, {o.stream: ">"}, count=o.batch, block=o.block_ms
         )
-        return _entries(fresh)
+        return _entries(fresh)[0]
 
     async def step(self) -> StepResult:
         """One batch. Raises LedgerUnavailableError with the entries left pending (retried next step)."""
@@ -182,6 +192,13 @@ class MeterConsumer:
             try:
                 await self.step()
                 delay = self.options.backoff_initial_s
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no longer exists" not in str(exc):
+                    raise
+                # The stream or the group was deleted under us: make them again and carry on.
+                log.warning("meter: %s; creating the consumer group again", exc)
+                await self.ensure_group()
+                self._own_pending_done = False
             except (LedgerUnavailableError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("meter: %s; retrying in %.1f s (events wait in the stream)", exc, delay)
                 with contextlib.suppress(TimeoutError):
@@ -197,17 +214,21 @@ def _fields(raw: dict[Any, Any]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
-def _entries(reply: Any) -> list[Entry]:
-    """XREADGROUP's reply: a list of [stream, entries] (RESP2) or a map stream → entries (RESP3)."""
+def _entries(reply: Any) -> tuple[list[Entry], list[str]]:
+    """XREADGROUP's reply — a list of [stream, entries] (RESP2) or a map stream → entries (RESP3) —
+    as (entries, ids of pending entries whose payload was deleted from the stream)."""
     if not reply:
-        return []
+        return [], []
     pairs = reply.items() if isinstance(reply, dict) else reply
     out: list[Entry] = []
+    gone: list[str] = []
     for _stream, items in pairs:
         for entry_id, fields in items:
-            if fields:  # a pending entry whose payload was trimmed away comes back empty
+            if fields:
                 out.append((_text(entry_id), _fields(fields)))
-    return out
+            else:
+                gone.append(_text(entry_id))
+    return out, gone
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -43,6 +43,11 @@ class StatsCollector(Collector):
             "tollway_meter_claimed", "Entries claimed from consumers presumed dead.", value=s.claimed
         )
         yield CounterMetricFamily(
+            "tollway_meter_lost",
+            "Pending entries deleted from the stream by someone else before they were ingested.",
+            value=s.lost,
+        )
+        yield CounterMetricFamily(
             "tollway_meter_ledger_errors",
             "Batches the database could not take (retried).",
             value=s.ledger_errors,
