@@ -70,3 +70,17 @@ def test_concurrent_writers_never_double_count(postgres: PostgresServer) -> None
         assert cur.fetchone() == (300,)
     setup.ingest([make_event()])
     setup.close()
+
+
+def test_a_new_event_for_a_dropped_month_is_still_stored(postgres: PostgresServer) -> None:
+    ledger = Ledger.open(postgres.new_database())
+    ledger.migrate()
+    ledger.ingest(spread(3, at=datetime(2026, 10, 20, 8, tzinfo=UTC)))
+    ledger.close_period("2026-10")
+    with ledger.transaction() as cur:
+        cur.execute("DROP TABLE usage_events_2026_10")  # retention, by the same or another process
+    late = make_event(at=datetime(2026, 10, 31, 23, tzinfo=UTC), cost="1")
+    assert ledger.ingest([late]) == IngestResult(inserted=1, duplicates=0, adjustments=1)
+    [row] = usage(ledger, [], datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    assert row.cost_nanos == 10**9
+    ledger.close()

@@ -47,7 +47,7 @@ def build_invoice(ledger: Ledger, period: str, by: Sequence[str]) -> Invoice:
         f"SELECT {group}, sum(requests), sum(billable_requests), sum(cost_nanos) FROM usage_hourly "
         f"WHERE period = %s GROUP BY {group} ORDER BY {group}"
     )
-    with ledger.transaction() as cur:
+    with ledger.transaction(readonly=True) as cur:
         cur.execute(ledger.sql(sql), (period,))
         rows = cur.fetchall()
         cur.execute(

@@ -106,7 +106,7 @@ class Ledger(abc.ABC):
         return current
 
     def schema_version(self) -> int:
-        with self.transaction() as cur:
+        with self.transaction(readonly=True) as cur:
             cur.execute("SELECT coalesce(max(version), 0) FROM schema_version")
             row = cur.fetchone()
             return int(row[0]) if row else 0
@@ -147,7 +147,7 @@ class Ledger(abc.ABC):
             cur.execute(self.sql("INSERT INTO periods (period) VALUES (%s)"), (period,))
 
     def closed_periods(self) -> frozenset[str]:
-        with self.transaction() as cur:
+        with self.transaction(readonly=True) as cur:
             return self._closed(cur)
 
     def _closed(self, cur: Any) -> frozenset[str]:
@@ -183,7 +183,9 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     @contextlib.contextmanager
-    def transaction(self, *, exclusive: bool = False) -> Iterator[Any]: ...
+    def transaction(self, *, exclusive: bool = False, readonly: bool = False) -> Iterator[Any]:
+        """One transaction. `exclusive`: serialised with other exclusive ones (migrations).
+        `readonly`: one consistent snapshot for several reads, taking no write lock."""
 
     @abc.abstractmethod
     def lock_shared(self, cur: Any) -> None: ...
@@ -233,11 +235,12 @@ class SqliteLedger(Ledger):
         return migrations.SQLITE
 
     @contextlib.contextmanager
-    def transaction(self, *, exclusive: bool = False) -> Iterator[Any]:
+    def transaction(self, *, exclusive: bool = False, readonly: bool = False) -> Iterator[Any]:
         cur = self.conn.cursor()
         try:
             # IMMEDIATE: the write lock up front, so the period check and the inserts see one state.
-            cur.execute("BEGIN IMMEDIATE")
+            # A reader in WAL mode gets a snapshot from a plain BEGIN and waits for no writer.
+            cur.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
             yield cur
             cur.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -302,7 +305,6 @@ class PostgresLedger(Ledger):
 
         self._psycopg = psycopg
         self.dsn = dsn
-        self._partitions: set[str] = set()
         try:
             self.conn = psycopg.connect(dsn, connect_timeout=5)
         except psycopg.OperationalError as exc:
@@ -312,12 +314,15 @@ class PostgresLedger(Ledger):
         return migrations.POSTGRES
 
     @contextlib.contextmanager
-    def transaction(self, *, exclusive: bool = False) -> Iterator[Any]:
+    def transaction(self, *, exclusive: bool = False, readonly: bool = False) -> Iterator[Any]:
         psycopg = self._psycopg
         if self.conn.closed or self.conn.broken:
             self._reconnect()
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
+                if readonly:
+                    # One snapshot: an invoice's lines and its total are read from the same state.
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 if exclusive:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PERIOD_LOCK + 1,))
                 yield cur
@@ -341,24 +346,29 @@ class PostgresLedger(Ledger):
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PERIOD_LOCK,))
 
     def prepare(self, periods: set[str]) -> None:
-        """Create each month's partition once (its own transaction: DDL locks the parent table)."""
-        missing = sorted(periods - self._partitions)
-        if not missing:
-            return
+        """Make sure each month's partition exists, in its own transaction (DDL locks the parent).
+
+        Checked every batch, not cached: retention may drop a partition that a late event needs.
+        """
+        names = {period: "usage_events_" + period.replace("-", "_") for period in periods}
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NULL", (list(names.values()),)
+            )
+            if not cur.fetchall():
+                return
         with self.transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PERIOD_LOCK + 2,))
-            for period in missing:
-                name = "usage_events_" + period.replace("-", "_")
-                start, end = period_start(period), period_start(next_period(period))
+            for period, name in sorted(names.items()):
                 cur.execute("SELECT to_regclass(%s)", (name,))
                 found = cur.fetchone()
                 if found is None or found[0] is None:
+                    start, end = period_start(period), period_start(next_period(period))
                     # Identifiers cannot be parameters; `name` is built from a validated YYYY-MM.
                     cur.execute(
                         f"CREATE TABLE {name} PARTITION OF usage_events "
                         f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
                     )
-        self._partitions.update(missing)
 
     def insert_new(self, cur: Any, rows: Sequence[EventRow]) -> list[EventRow]:
         if not rows:

@@ -106,7 +106,7 @@ def usage(
         else ""
     )
     sql = f"SELECT {', '.join([*select, *sums])} FROM {table} WHERE hour >= %s AND hour < %s{group}{order}"
-    with ledger.transaction() as cur:
+    with ledger.transaction(readonly=True) as cur:
         cur.execute(ledger.sql(sql), (*params, ledger.time(since), ledger.time(until)))
         rows = cur.fetchall()
     result = []
@@ -137,7 +137,7 @@ def top_requests(ledger: Ledger, n: int, since: datetime, until: datetime) -> li
         "SELECT id, event_time, namespace, key_name, team, model, cost_nanos FROM usage_events "
         "WHERE hour >= %s AND hour < %s ORDER BY cost_nanos DESC, id LIMIT %s"
     )
-    with ledger.transaction() as cur:
+    with ledger.transaction(readonly=True) as cur:
         cur.execute(ledger.sql(sql), (ledger.time(since), ledger.time(until), n))
         return [Expensive(str(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6])) for r in cur.fetchall()]
 
@@ -152,7 +152,7 @@ class Booked:
 def get_request(ledger: Ledger, event_id: str) -> Booked | None:
     """One request by its event id, as the event was received, with where it was booked."""
     sql = "SELECT event, booked_period, adjustment FROM usage_events WHERE id = %s"
-    with ledger.transaction() as cur:
+    with ledger.transaction(readonly=True) as cur:
         cur.execute(ledger.sql(sql), (event_id,))
         row: Any = cur.fetchone()
     if row is None:
