@@ -48,6 +48,30 @@ _ROLLUP_PK = (
     "PRIMARY KEY (hour, adjustment, namespace, key_name, team, user_id, route, model, backend, provider)"
 )
 
+
+def _pg_freeze(table: str, column: str) -> tuple[str, ...]:
+    """A row trigger refusing any change to `table`'s rows of a closed period. One function per
+    table, reading the column directly: the hot path is every inserted event."""
+    check = """
+                IF EXISTS (SELECT 1 FROM periods WHERE period = {row}.{column}) THEN
+                    RAISE EXCEPTION 'period % is closed: its rows in {table} are frozen', {row}.{column}
+                        USING ERRCODE = 'check_violation';
+                END IF;"""
+    return (
+        f"""CREATE FUNCTION {table}_refuse_closed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP <> 'INSERT' THEN{check.format(row="OLD", column=column, table=table)}
+                END IF;
+                IF TG_OP <> 'DELETE' THEN{check.format(row="NEW", column=column, table=table)}
+                    RETURN NEW;
+                END IF;
+                RETURN OLD;
+            END $$""",
+        f"""CREATE TRIGGER {table}_frozen BEFORE INSERT OR UPDATE OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION {table}_refuse_closed()""",
+    )
+
+
 POSTGRES: tuple[Migration, ...] = (
     Migration(
         1,
@@ -83,34 +107,15 @@ POSTGRES: tuple[Migration, ...] = (
                 adjustment boolean NOT NULL,{_DIMS},{_MEASURES},
                 {_ROLLUP_PK})""",
             "CREATE INDEX usage_hourly_period ON usage_hourly (period)",
-            """CREATE FUNCTION tollway_refuse_closed() RETURNS trigger LANGUAGE plpgsql AS $$
-            DECLARE
-                touched text[];
+            *_pg_freeze("usage_hourly", "period"),
+            *_pg_freeze("usage_events", "booked_period"),
+            """CREATE FUNCTION periods_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                IF TG_TABLE_NAME = 'periods' THEN
-                    RAISE EXCEPTION 'period % is closed: closed periods never change', OLD.period
-                        USING ERRCODE = 'check_violation';
-                END IF;
-                IF TG_OP = 'INSERT' THEN
-                    touched := ARRAY[to_jsonb(NEW)->>TG_ARGV[0]];
-                ELSIF TG_OP = 'DELETE' THEN
-                    touched := ARRAY[to_jsonb(OLD)->>TG_ARGV[0]];
-                ELSE
-                    touched := ARRAY[to_jsonb(OLD)->>TG_ARGV[0], to_jsonb(NEW)->>TG_ARGV[0]];
-                END IF;
-                IF EXISTS (SELECT 1 FROM periods WHERE period = ANY (touched)) THEN
-                    RAISE EXCEPTION 'period % is closed: its rows in % are frozen',
-                        (SELECT min(period) FROM periods WHERE period = ANY (touched)), TG_TABLE_NAME
-                        USING ERRCODE = 'check_violation';
-                END IF;
-                RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+                RAISE EXCEPTION 'period % is closed: closed periods never change', OLD.period
+                    USING ERRCODE = 'check_violation';
             END $$""",
-            """CREATE TRIGGER usage_hourly_frozen BEFORE INSERT OR UPDATE OR DELETE ON usage_hourly
-                FOR EACH ROW EXECUTE FUNCTION tollway_refuse_closed('period')""",
-            """CREATE TRIGGER usage_events_frozen BEFORE INSERT OR UPDATE OR DELETE ON usage_events
-                FOR EACH ROW EXECUTE FUNCTION tollway_refuse_closed('booked_period')""",
             """CREATE TRIGGER periods_frozen BEFORE UPDATE OR DELETE ON periods
-                FOR EACH ROW EXECUTE FUNCTION tollway_refuse_closed('period')""",
+                FOR EACH ROW EXECUTE FUNCTION periods_refuse_change()""",
             # TRUNCATE skips row triggers: refuse it on the frozen tables outright.
             """CREATE FUNCTION tollway_refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN

