@@ -52,6 +52,8 @@ def meter() -> None:
 @click.option("--claim-idle-ms", default=60_000, show_default=True, help="Claim entries pending this long.")
 @click.option("--metrics-port", default=9102, show_default=True, help="/metrics port (0: none).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
+@click.option("--api-port", default=8090, show_default=True, help="JSON query API port (0: none).")
+@click.option("--api-host", default="0.0.0.0", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
     redis_url: str,
@@ -61,11 +63,15 @@ def meter_run(
     claim_idle_ms: int,
     metrics_port: int,
     metrics_host: str,
+    api_port: int,
+    api_host: str,
     log_level: str,
 ) -> None:
     """Consume the usage stream into the ledger until SIGTERM or Ctrl-C."""
     import redis.asyncio as aioredis
+    from aiohttp import web
 
+    from tollway_meter.api import create_app
     from tollway_meter.consumer import ConsumerOptions, MeterConsumer, default_consumer_name
     from tollway_meter.metrics import serve_metrics
 
@@ -81,12 +87,24 @@ def meter_run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         client = aioredis.Redis.from_url(redis_url)
+        runner: web.AppRunner | None = None
+        api_ledger: Ledger | None = None
         try:
             consumer = MeterConsumer(client, ledger, options)
             if metrics_port:
                 serve_metrics(consumer.stats, metrics_port, metrics_host)
+            if api_port:
+                # Its own connection: the consumer's is busy with batches.
+                api_ledger = _open(dsn)
+                runner = web.AppRunner(create_app(api_ledger))
+                await runner.setup()
+                await web.TCPSite(runner, api_host, api_port).start()
             await consumer.run(stop)
         finally:
+            if runner is not None:
+                await runner.cleanup()
+            if api_ledger is not None:
+                api_ledger.close()
             await client.aclose()
 
     try:

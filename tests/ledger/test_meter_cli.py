@@ -10,16 +10,18 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import redis
 from ledger_events import spread
 from redisserver import RedisServer
 
 from tollway_meter.ledger import Ledger
-from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent
 
 TOLLWAY = [sys.executable, "-m", "tollway.cli"]
 
@@ -38,6 +40,47 @@ def scrape(port: int) -> str:
         return ""
 
 
+def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as failed:
+        return failed.code, json.loads(failed.read())
+
+
+def check_api(port: int, events: list[UsageEvent]) -> None:
+    """The JSON API on the running meter: the same numbers as the ledger, precise errors."""
+    window = "since=2026-11-01T00:00:00Z&until=2026-12-01T00:00:00Z"
+    status, body = get(port, f"/v1/usage?by=team&granularity=month&{window}")
+    assert status == 200
+    assert {r["team"] for r in body["rows"]} == {"ops", "research", "sales"}
+    assert sum(Decimal(r["cost_usd"]) for r in body["rows"]) * 10**9 == sum(e.data.cost_nanos for e in events)
+    status, body = get(port, f"/v1/requests/top?n=2&{window}")
+    assert status == 200
+    top_id = body["requests"][0]["id"]
+    status, body = get(port, f"/v1/requests/{top_id}")
+    assert (status, body["event"]["id"], body["adjustment"]) == (200, top_id, False)
+    status, body = get(port, "/v1/invoices/2026-11?by=team")
+    assert (status, body["closed"], len(body["lines"])) == (200, False, 3)
+    for path, param in (
+        ("/v1/usage?by=colour", "by"),
+        ("/v1/usage?granularity=week", "granularity"),
+        ("/v1/usage?since=yesterday", "since"),
+        ("/v1/requests/top?n=0", "n"),
+        ("/v1/requests/not-a-uuid", "id"),
+        ("/v1/invoices/2026-13", "period"),
+    ):
+        status, body = get(port, path)
+        assert (status, body["error"]["param"], body["error"]["type"]) == (
+            400,
+            param,
+            "invalid_request_error",
+        ), path
+        assert body["error"]["message"]
+    status, body = get(port, "/v1/requests/0192f2a0-0000-7000-8000-000000000000")
+    assert (status, body["error"]["code"]) == (404, "not_found")
+
+
 def tollway(*args: str) -> str:
     done = subprocess.run([*TOLLWAY, *args], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, f"tollway {' '.join(args)} failed:\n{done.stderr}"
@@ -52,7 +95,7 @@ def test_meter_run_then_close_usage_and_invoice(
     events = spread(30)
     for event in events:
         client.xadd(USAGE_STREAM, {USAGE_FIELD: event.to_json()})
-    metrics_port = free_port()
+    metrics_port, api_port = free_port(), free_port()
     log = (tmp_path / "meter.log").open("wb")
     meter = subprocess.Popen(
         [
@@ -69,6 +112,10 @@ def test_meter_run_then_close_usage_and_invoice(
             "127.0.0.1",
             "--metrics-port",
             str(metrics_port),
+            "--api-host",
+            "127.0.0.1",
+            "--api-port",
+            str(api_port),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -90,6 +137,7 @@ def test_meter_run_then_close_usage_and_invoice(
             time.sleep(0.05)
         assert 'tollway_meter_events_total{result="inserted"} 30.0' in metrics, metrics
         assert 'tollway_meter_events_total{result="duplicate"} 12.0' in metrics, metrics
+        check_api(api_port, events)
     finally:
         meter.send_signal(signal.SIGTERM)
         assert meter.wait(timeout=20) == 0, (tmp_path / "meter.log").read_text()

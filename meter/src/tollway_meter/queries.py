@@ -8,6 +8,7 @@ session, end user or `property:<name>` reads the events themselves.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -151,9 +152,13 @@ class Booked:
 
 def get_request(ledger: Ledger, event_id: str) -> Booked | None:
     """One request by its event id, as the event was received, with where it was booked."""
+    try:
+        canonical = str(uuid.UUID(event_id))  # the form both databases store and compare
+    except ValueError:
+        raise ValueError(f"id: not a UUID: {event_id!r}") from None
     sql = "SELECT event, booked_period, adjustment FROM usage_events WHERE id = %s"
     with ledger.transaction(readonly=True) as cur:
-        cur.execute(ledger.sql(sql), (event_id,))
+        cur.execute(ledger.sql(sql), (canonical,))
         row: Any = cur.fetchone()
     if row is None:
         return None
