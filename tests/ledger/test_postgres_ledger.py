@@ -84,3 +84,31 @@ def test_a_new_event_for_a_dropped_month_is_still_stored(postgres: PostgresServe
     [row] = usage(ledger, [], datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
     assert row.cost_nanos == 10**9
     ledger.close()
+
+
+def test_two_meters_migrating_at_once_apply_each_migration_once(postgres: PostgresServer) -> None:
+    dsn = postgres.new_database()
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        ledger = Ledger.open(dsn)
+        try:
+            versions.append(ledger.migrate())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            ledger.close()
+
+    threads = [threading.Thread(target=migrate) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ledger = Ledger.open(dsn)
+    assert versions == [ledger.schema_version()] * 3
+    with ledger.transaction() as cur:
+        cur.execute("SELECT count(*) FROM schema_version")
+        assert cur.fetchone() == (len(ledger.migrations()),)
+    ledger.close()

@@ -115,6 +115,8 @@ class Ledger(abc.ABC):
 
     def ingest(self, events: Sequence[UsageEvent]) -> IngestResult:
         """Insert the batch in one transaction; re-ingesting any of it changes nothing."""
+        if not events:
+            return IngestResult(0, 0, 0)  # a batch of only dead letters needs no database
         unique = {str(event.id): event for event in events}
         self.prepare({period_of(event.time) for event in unique.values()})
         with self.transaction() as cur:
