@@ -112,3 +112,23 @@ def test_two_meters_migrating_at_once_apply_each_migration_once(postgres: Postgr
         cur.execute("SELECT count(*) FROM schema_version")
         assert cur.fetchone() == (len(ledger.migrations()),)
     ledger.close()
+
+
+def test_closing_waits_for_the_batches_in_flight(postgres: PostgresServer) -> None:
+    dsn = postgres.new_database()
+    batch, closer = Ledger.open(dsn), Ledger.open(dsn)
+    batch.migrate()
+    with batch.transaction() as cur:
+        # A batch that has read November as open: the close must not commit under it.
+        batch.lock_shared(cur)
+        closing = threading.Thread(target=closer.close_period, args=("2026-11",))
+        closing.start()
+        closing.join(0.5)
+        assert closing.is_alive(), "the close should wait for the batch's transaction"
+        cur.execute("SELECT count(*) FROM periods")
+        assert cur.fetchone() == (0,)
+    closing.join(10)
+    assert not closing.is_alive()
+    assert batch.closed_periods() == frozenset({"2026-11"})
+    batch.close()
+    closer.close()
