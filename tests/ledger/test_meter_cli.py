@@ -12,14 +12,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import click
+import pytest
 import redis
 from ledger_events import spread
 from redisserver import RedisServer
 
+from tollway.meter_cli import parse_since
 from tollway_meter.ledger import Ledger
 from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent
 
@@ -187,3 +191,13 @@ def test_meter_run_then_close_usage_and_invoice(
     ledger = Ledger.open(ledger_dsn)
     assert ledger.closed_periods() == frozenset({"2026-11"})
     ledger.close()
+
+
+def test_since_takes_durations_and_dates() -> None:
+    now = datetime(2026, 12, 2, 12, tzinfo=UTC)
+    assert parse_since("7d", now) == datetime(2026, 11, 25, 12, tzinfo=UTC)
+    assert parse_since("12h", now) == datetime(2026, 12, 2, 0, tzinfo=UTC)
+    assert parse_since("2w", now) == datetime(2026, 11, 18, 12, tzinfo=UTC)
+    assert parse_since("2026-11-01", now) == datetime(2026, 11, 1, tzinfo=UTC)
+    with pytest.raises(click.BadParameter, match=r"expected e\.g\. 7d"):
+        parse_since("7 days", now)
