@@ -257,3 +257,20 @@ async def test_a_deleted_stream_and_group_are_made_again(
     stop.set()
     await running
     assert consumer.stats.ingested == 5
+
+
+async def test_an_event_from_the_far_future_is_dead_lettered(
+    redis_client: aioredis.Redis, ledger: Ledger
+) -> None:
+    far = (
+        make_event()
+        .to_json()
+        .replace('"time":"2026-11-10T09:15:00.000000Z"', '"time":"9999-12-31T23:00:00Z"')
+    )
+    await redis_client.xadd(USAGE_STREAM, {USAGE_FIELD: far})
+    await append(redis_client, spread(2))
+    consumer = MeterConsumer(redis_client, ledger, options("a"))
+    await asyncio.wait_for(drain(consumer), timeout=20)
+    assert totals(ledger)[0] == 2
+    [(_, fields)] = await redis_client.xrange(USAGE_DEAD_LETTER_STREAM)
+    assert fields[b"reason"].decode().startswith("time: outside the years 2000")

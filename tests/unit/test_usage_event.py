@@ -87,6 +87,8 @@ def test_round_trip_is_exact() -> None:
         ({"id": "not-a-uuid"}, "id"),
         ({"id": str(uuid.uuid4())}, "id"),
         ({"time": "2026-11-05T10:30:01"}, "time"),
+        ({"time": "9999-12-31T23:00:00Z"}, "time"),
+        ({"time": "1999-12-31T23:59:59Z"}, "time"),
         ({"subject": KeyError}, "subject"),
         ({"data__namespace": KeyError}, "data.namespace"),
         ({"data__cost": 0.1}, "data.cost"),

@@ -46,6 +46,11 @@ MAX_TEXT = 512
 MAX_COUNT = 10**12
 MAX_COST_USD = 1_000_000
 
+# An event's time picks its month partition and billing period: a plausible range, deterministic
+# (not relative to now, so a replay of old events parses the same way).
+MIN_YEAR = 2000
+MAX_YEAR = 9000
+
 NANOS_PER_USD = 1_000_000_000
 _NANO = Decimal("0.000000001")
 
@@ -368,6 +373,8 @@ def _validate(event: UsageEvent) -> None:
         raise UsageEventError("id", f"expected a UUIDv7 made by the gateway, got {event.id}")
     if event.time.tzinfo is None:
         raise UsageEventError("time", "must carry a time zone")
+    if not MIN_YEAR <= event.time.astimezone(UTC).year <= MAX_YEAR:
+        raise UsageEventError("time", f"outside the years {MIN_YEAR}-{MAX_YEAR}: {_format_time(event.time)}")
     for name in ("source", "subject"):
         _check_text(name, getattr(event, name), required=True)
     data = event.data
