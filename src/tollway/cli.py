@@ -130,6 +130,12 @@ def left_out(result: CompileResult) -> list[str]:
     help="Where the sidecar writes cds.json/rds.json (default: OUT/xds).",
 )
 @click.option("--max-request-bytes", default=10 * 1024 * 1024, show_default=True)
+@click.option(
+    "--max-response-bytes",
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Largest non-streamed answer (at least --max-request-bytes); above it, a 502.",
+)
 def envoy_bootstrap(
     out_dir: Path,
     listen_host: str,
@@ -138,6 +144,7 @@ def envoy_bootstrap(
     extproc_address: str,
     xds_dir: Path | None,
     max_request_bytes: int,
+    max_response_bytes: int,
 ) -> None:
     """Write Envoy's bootstrap (what the gateway Pod's init container runs)."""
     import json
@@ -148,14 +155,18 @@ def envoy_bootstrap(
 
     xds = xds_dir or out_dir / "xds"
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = bootstrap(
-        listen_host=listen_host,
-        listen_port=listen_port,
-        admin_port=envoy_admin_port,
-        extproc_address=extproc_address,
-        xds_directory=xds,
-        max_request_bytes=max_request_bytes,
-    )
+    try:
+        document = bootstrap(
+            listen_host=listen_host,
+            listen_port=listen_port,
+            admin_port=envoy_admin_port,
+            extproc_address=extproc_address,
+            xds_directory=xds,
+            max_request_bytes=max_request_bytes,
+            max_response_bytes=max_response_bytes,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-response-bytes") from None
     (out_dir / "envoy.json").write_text(json.dumps(document, indent=2))
     if not (xds / "cds.json").exists():
         write_dynamic_resources(GatewayConfig().with_checksum(), xds)  # Envoy needs the files to start

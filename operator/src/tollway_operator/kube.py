@@ -28,6 +28,19 @@ _IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 MERGE_PATCH = "application/merge-patch+json"
 
 
+class NamespaceMissing(kopf.TemporaryError):
+    """A namespace the operator writes into does not exist. Temporary: creating it is one command
+    away (the Helm chart creates it), so the worker tries again within seconds, not at the resync."""
+
+    def __init__(self, namespace: str, what: str) -> None:
+        super().__init__(
+            f"{what}: namespace {namespace} does not exist; create it (kubectl create namespace "
+            f"{namespace}; the Helm chart creates it)",
+            delay=1,
+        )
+        self.namespace = namespace
+
+
 def api_message(exc: ApiException) -> str:
     """The API server's own words (its Status `message`), else the HTTP reason."""
     try:
@@ -102,6 +115,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 return None
+            if exc.status == 404:  # a create finds nothing else missing: the namespace is
+                raise NamespaceMissing(namespace, f"creating Secret {namespace}/{name}") from exc
             raise as_kopf_error(exc, f"creating Secret {namespace}/{name}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise as_kopf_error(exc, f"creating Secret {namespace}/{name}") from exc

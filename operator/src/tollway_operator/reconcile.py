@@ -7,9 +7,12 @@ one or two compiles, not N. A pass reads Kopf's indexes (complete before any han
 never lists.
 
 Failures use Kopf's error classes: a `kopf.TemporaryError` is retried after its delay (doubling up to
-a minute while it keeps failing), a `kopf.PermanentError` waits for the next change. Any change
-retries at once. A pass also runs every `resync_seconds`, which repairs edits made behind the
-operator's back (a deleted GatewayConfig Secret is republished at once: its events are watched).
+a minute while it keeps failing; up to 5 s while the config Secret's namespace is missing, which a
+person fixes with one command), a `kopf.PermanentError` waits for the next change. Any change
+retries at once. A config that cannot be published is on every resource's `Ready` condition and in
+one Warning Event per resource and failure. A pass also runs every `resync_seconds`, which repairs
+edits made behind the operator's back (a deleted GatewayConfig Secret is republished at once: its
+events are watched).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import kopf
 
+from tollway_operator.alerts import event_body
 from tollway_operator.cluster import (
     KINDS,
     VIRTUALKEY,
@@ -37,7 +42,7 @@ from tollway_operator.cluster import (
     wants_minted_key,
 )
 from tollway_operator.compile import CompileResult, Manifest
-from tollway_operator.kube import Kube
+from tollway_operator.kube import Kube, NamespaceMissing
 from tollway_operator.lastgood import compile_keeping_last_good
 from tollway_operator.metrics import OperatorMetrics
 from tollway_operator.minting import minted_secret
@@ -54,6 +59,10 @@ _MAX_RETRY_SECONDS = 60.0
 # generation's spec as JSON, so that a restarted operator keeps serving it.
 SERVED_GENERATION = "servedGeneration"
 SERVED_SPEC = "servedSpec"
+# A missing namespace costs one failing create per try; a short cap makes its creation take effect
+# within seconds.
+_MAX_NAMESPACE_RETRY_SECONDS = 5.0
+PUBLISH_FAILED: Final = "PublishFailed"  # the Warning Event's reason, as the Ready condition's
 
 
 class Reconciler:
@@ -78,6 +87,7 @@ class Reconciler:
         self._written: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}  # id -> (uid, status)
         self._good: dict[tuple[str, str, str], _Good] = {}  # id -> the generation that compiled last
         self._logged_held: dict[tuple[str, str, str], int] = {}  # id -> the rejected generation logged
+        self._failure_events: dict[str, str] = {}  # uid -> the publish failure its Event reported
 
     # -- what the handlers call (never blocks) ----------------------------------------------------------
 
@@ -119,6 +129,8 @@ class Reconciler:
                 log.error("pass failed, waiting for the next change: %s", exc)
             except kopf.TemporaryError as exc:
                 wait = 0.0 if exc.delay == 0 else max(exc.delay or 0.0, retry)
+                if isinstance(exc, NamespaceMissing):
+                    wait = min(wait, _MAX_NAMESPACE_RETRY_SECONDS)
                 log.warning("pass failed, retrying in %.1f s: %s", wait, exc)
                 retry = min(retry * 2, _MAX_RETRY_SECONDS)
             except Exception:
@@ -193,6 +205,7 @@ class Reconciler:
             publish_error = exc
             publication = Publication(False, where, str(exc))
         status_errors = await self._write_statuses(resources, result, publication, minted, mint_failures)
+        await self._report_publication(resources, publication)
         if publish_error is not None:
             raise publish_error
         if status_errors:
@@ -211,6 +224,27 @@ class Reconciler:
             if good is not None:
                 found[r.id] = good
         return found
+
+    async def _report_publication(self, resources: list[Resource], publication: Publication) -> None:
+        """A Warning Event on each resource the first time a failure (by its message) holds it back."""
+        if publication.published:
+            self._failure_events.clear()
+            return
+        message = (
+            f"the GatewayConfig could not be published to Secret {publication.where}: {publication.error}"
+        )
+        now = datetime.now(UTC)
+        for r in resources:
+            if self._failure_events.get(r.uid) == message:
+                continue
+            try:
+                await self.kube.create_event(r.namespace, event_body(r, message, now, PUBLISH_FAILED))
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                log.warning(
+                    "no Event for the publish failure on %s %s/%s: %s", r.kind, r.namespace, r.name, exc
+                )
+                continue
+            self._failure_events[r.uid] = message
 
     async def _mint(
         self, resources: list[Resource]

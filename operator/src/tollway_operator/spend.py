@@ -1,7 +1,8 @@
 """Live spend: read the gateway's counters from the quota store into Budget and VirtualKey status.
 
-The counters are the ones the sidecar's quota store keeps (`tollway_sidecar.quota`): one per budget
-and period, one per key and month. Reading them is one `QuotaStore.read` per namespace. A status is
+The counters are the ones the sidecar's quota store keeps: one per budget and period, one per key and
+month, named by the key schema both share (`tollway_sidecar.contract`). Reading them is one
+`CounterReader.read` per namespace. A status is
 patched only when what it shows changed, so an idle cluster sees no writes.
 
 `lastUsed` is not a counter: it is the time of the sync that first saw a key's request count grow,
@@ -24,10 +25,10 @@ from tollway_operator.alerts import Alerter
 from tollway_operator.cluster import BUDGET, VIRTUALKEY, ClusterView
 from tollway_operator.kube import Kube
 from tollway_sidecar.config.models import Budget, GatewayConfig
-from tollway_sidecar.pricing import format_usd
-from tollway_sidecar.quota.periods import period_bounds, period_key
-from tollway_sidecar.quota.plan import budget_key, from_nano, key_month_key, ms_to_datetime
-from tollway_sidecar.quota.store import QuotaStore, StoreUnavailable
+from tollway_sidecar.contract.counters import CounterReader, StoreUnavailable
+from tollway_sidecar.contract.keys import budget_key, key_month_key
+from tollway_sidecar.contract.money import format_usd, from_nano
+from tollway_sidecar.contract.periods import ms_to_datetime, period_bounds, period_key
 
 log = logging.getLogger("tollway.operator.spend")
 
@@ -63,7 +64,7 @@ def _money(fields: Mapping[str, int]) -> tuple[Decimal, Decimal]:
     return from_nano(used - reserved), from_nano(reserved)
 
 
-async def read_spend(store: QuotaStore, config: GatewayConfig, now_ms: int) -> Spend:
+async def read_spend(store: CounterReader, config: GatewayConfig, now_ms: int) -> Spend:
     """The current period's spend of every budget and key in `config`. Raises StoreUnavailable."""
     now = ms_to_datetime(now_ms)
     wanted: dict[str, list[str]] = {}
@@ -131,7 +132,7 @@ class SpendSync:
 
     def __init__(
         self,
-        store: QuotaStore,
+        store: CounterReader,
         kube: Kube,
         view: ClusterView,
         config: Any,  # () -> GatewayConfig | None: the last compiled config

@@ -21,6 +21,7 @@ from tollway_sidecar.config.loader import ConfigError, FileWatcher, load_config_
 from tollway_sidecar.config.models import GatewayConfig
 from tollway_sidecar.config.secret_watch import ApiAccess, SecretWatcher, parse_secret_ref
 from tollway_sidecar.extproc.server import ExternalProcessor
+from tollway_sidecar.limits import grpc_message_limit
 from tollway_sidecar.quota.gate import QuotaGate
 from tollway_sidecar.quota.memory import MemoryStore
 from tollway_sidecar.quota.redis_store import RedisStore
@@ -48,6 +49,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
     runtime = Runtime(
         CompiledConfig.build(config),
         max_request_bytes=settings.max_request_bytes,
+        max_response_bytes=settings.max_response_bytes,
         quota=await _quota_gate(settings, config),
         tracing=Tracing.from_env(
             capture_content=settings.capture_content, redact_patterns=settings.redact_patterns
@@ -76,7 +78,15 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         watcher.last_digest = _digest_or_none(settings.config_file)
 
     _prepare_socket(settings.extproc_address)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # gRPC's default 4 MiB receive limit is below the request and answer limits: a body is one message.
+    message_limit = grpc_message_limit(settings.max_request_bytes, settings.max_response_bytes)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+        ]
+    )
     ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(runtime), server)
     server.add_insecure_port(settings.extproc_address)
     await server.start()

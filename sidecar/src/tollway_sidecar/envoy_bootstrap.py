@@ -13,6 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tollway_sidecar.limits import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MESSAGE_TIMEOUT_MS,
+    grpc_message_limit,
+)
 from tollway_sidecar.xds import (
     BLACKHOLE_CLUSTER,
     EXTPROC_CLUSTER,
@@ -21,7 +26,13 @@ from tollway_sidecar.xds import (
     extproc_target,
 )
 
-__all__ = ["UPSTREAM_FAILURE_FLAGS", "bootstrap"]
+__all__ = [
+    "EXTPROC_FAILURE",
+    "RESPONSE_TOO_LARGE",
+    "TOO_LARGE_FOR_GRPC",
+    "UPSTREAM_FAILURE_FLAGS",
+    "bootstrap",
+]
 
 _T = "type.googleapis.com/"
 
@@ -37,13 +48,48 @@ def _path_source(directory: Path, name: str) -> dict[str, Any]:
 UPSTREAM_FAILURE_FLAGS = ["UF", "UH", "UO", "URX", "UC", "UR", "UT", "NC", "DF", "UPE", "UMSDR"]
 
 
+# Envoy's own answers on the ext_proc path, by `response.code_details`: the sidecar did not answer a
+# message in time (`…per-message_timeout_exceeded`), or the gRPC stream failed (`ext_proc_error…`).
+EXTPROC_FAILURE = (
+    "response.code_details.contains('per-message_timeout') || response.code_details.startsWith('ext_proc')"
+)
+# A buffered answer larger than the stream's buffer limit (Envoy's own 500) — or a body larger than
+# the gRPC message limit: when a body arrives while Envoy still waits for the sidecar's reply to the
+# headers (a loaded sidecar), Envoy queues it outside the buffer limit and may send it whole, and the
+# sidecar's gRPC server refuses it (`…Received_message_larger_than_max…`).
+TOO_LARGE_FOR_GRPC = "response.code_details.contains('larger_than_max')"
+RESPONSE_TOO_LARGE = f"response.code_details == 'response_payload_too_large' || {TOO_LARGE_FOR_GRPC}"
+# The sidecar's own refusal of an answer that announced more than the limit (`extproc.answer`).
+SIDECAR_TOO_LARGE = "response.code_details == 'tollway_response_too_large'"
+
+
+def _cel(expression: str) -> dict[str, Any]:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": _T + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
+        }
+    }
+
+
 def _openai_error_mapper(
-    status: int, message: str, error_type: str, code: str, *, flags: list[str] | None = None
+    status: int,
+    message: str,
+    error_type: str,
+    code: str,
+    *,
+    flags: list[str] | None = None,
+    details: str | None = None,
+    answer_status: int | None = None,
 ) -> dict[str, Any]:
     """Rewrite one kind of Envoy local reply into the OpenAI error shape.
 
-    With `flags`, only replies caused by those upstream failures match, so the sidecar's own answers
-    with the same status (they already carry an OpenAI body) are left alone.
+    With `flags` (upstream failures) or `details` (a CEL test of `response.code_details`), only
+    replies Envoy made for that reason match, so the sidecar's own answers with the same status
+    (they already carry an OpenAI body) are left alone. `answer_status` replaces the status.
     """
     status_filter = {
         "status_code_filter": {
@@ -53,10 +99,47 @@ def _openai_error_mapper(
     filters: list[dict[str, Any]] = [status_filter]
     if flags:
         filters.append({"response_flag_filter": {"flags": flags}})
-    return {
+    if details:
+        filters.append(_cel(details))
+    mapper: dict[str, Any] = {
         "filter": {"and_filter": {"filters": filters}} if len(filters) > 1 else status_filter,
         "body_format_override": {
             "json_format": {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        },
+    }
+    if answer_status is not None:
+        mapper["status_code"] = answer_status
+    return mapper
+
+
+def _gateway_failure_log() -> dict[str, Any]:
+    """One stderr line for each answer Envoy made because the sidecar failed or was too slow, or an
+    answer was over the limit: nothing else would say why a client got a 5xx (no key is logged)."""
+    line = (
+        "tollway gateway failure: %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %REQ(:METHOD)% %REQ(:PATH)% "
+        "request_id=%REQ(X-REQUEST-ID)% duration_ms=%DURATION%\n"
+    )
+    return {
+        "name": "envoy.access_loggers.stderr",
+        # The status test first: CEL is then evaluated for failed calls only.
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "GE",
+                                "value": {"default_value": 500, "runtime_key": "tollway.unused"},
+                            }
+                        }
+                    },
+                    _cel(f"({EXTPROC_FAILURE}) || ({RESPONSE_TOO_LARGE}) || ({SIDECAR_TOO_LARGE})"),
+                ]
+            }
+        },
+        "typed_config": {
+            "@type": _T + "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+            "log_format": {"text_format_source": {"inline_string": line}},
         },
     }
 
@@ -69,11 +152,48 @@ def bootstrap(
     extproc_address: str,
     xds_directory: Path,
     max_request_bytes: int,
-    message_timeout_ms: int = 2000,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    message_timeout_ms: int = MESSAGE_TIMEOUT_MS,
 ) -> dict[str, Any]:
-    """The static Envoy bootstrap: listener, ext_proc cluster, and file-based CDS/RDS."""
+    """The static Envoy bootstrap: listener, ext_proc cluster, and file-based CDS/RDS.
+
+    Envoy has one buffer limit per stream, for the request and the answer alike: it is
+    `max_response_bytes`, which must be at least `max_request_bytes`; the sidecar refuses a request
+    body over `max_request_bytes` itself (413), and Envoy answers a larger one with the same 413.
+    """
+    if max_response_bytes < max_request_bytes:
+        raise ValueError(
+            f"max_response_bytes ({max_response_bytes}) must be at least max_request_bytes "
+            f"({max_request_bytes}): Envoy buffers both under one limit"
+        )
     upstream_detail = "%UPSTREAM_METADATA(tollway:backend)%"
     local_reply_mappers = [
+        _openai_error_mapper(
+            500,
+            f"Request body is larger than the gateway's limit of {max_request_bytes} bytes.",
+            "invalid_request_error",
+            "request_too_large",
+            details=f"{TOO_LARGE_FOR_GRPC} && request.size > {max_request_bytes}",
+            answer_status=413,
+        ),
+        _openai_error_mapper(
+            500,
+            f"The backend's answer is larger than the gateway's limit of {max_response_bytes} bytes "
+            "for a non-streamed answer; ask for less (fewer inputs, fewer dimensions, base64 "
+            "embeddings) or stream it.",
+            "api_error",
+            "response_too_large",
+            details=RESPONSE_TOO_LARGE,
+            answer_status=502,
+        ),
+        _openai_error_mapper(
+            504,
+            f"The gateway did not process this request within {message_timeout_ms} ms "
+            "(%RESPONSE_CODE_DETAILS%); it has been logged.",
+            "api_error",
+            "gateway_timeout",
+            details=EXTPROC_FAILURE,
+        ),
         _openai_error_mapper(
             413,
             f"Request body is larger than the gateway's limit of {max_request_bytes} bytes.",
@@ -121,8 +241,16 @@ def bootstrap(
             "config_source": _path_source(xds_directory, "rds.json"),
         },
         "local_reply_config": {"mappers": local_reply_mappers},
+        # An HTTP/2 stream's buffer limit is its window (256 MiB by default), not the listener's.
+        "http2_protocol_options": {"initial_stream_window_size": max_response_bytes},
+        "access_log": [_gateway_failure_log()],
         "http_filters": [
-            extproc_filter("router", upstream=False, message_timeout_ms=message_timeout_ms),
+            extproc_filter(
+                "router",
+                upstream=False,
+                message_timeout_ms=message_timeout_ms,
+                max_message_bytes=grpc_message_limit(max_request_bytes, max_response_bytes),
+            ),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -141,7 +269,9 @@ def bootstrap(
                 {
                     "name": "gateway",
                     "address": {"socket_address": {"address": listen_host, "port_value": listen_port}},
-                    "per_connection_buffer_limit_bytes": max_request_bytes,
+                    # What one call may buffer: a JSON answer, or a request (the sidecar holds
+                    # requests to their own, lower limit).
+                    "per_connection_buffer_limit_bytes": max_response_bytes,
                     "filter_chains": [
                         {
                             "filters": [

@@ -12,9 +12,10 @@ from decimal import Context, Decimal, localcontext
 from typing import Any, Final, Literal
 
 from genai_prices import Usage as CatalogUsage
-from genai_prices import data_snapshot
 
 from tollway_sidecar.config.models import Backend, GatewayConfig, Pricing, Provider
+from tollway_sidecar.contract.catalog import GENAI_PROVIDER_IDS, catalog_model, has_catalog_price
+from tollway_sidecar.contract.money import format_usd
 from tollway_sidecar.providers.usage import TokenUsage
 
 __all__ = [
@@ -27,32 +28,9 @@ __all__ = [
     "resolve_price",
 ]
 
-# Our provider names → genai-prices provider ids (None: let genai-prices infer from the model name).
-GENAI_PROVIDER_IDS: dict[str, str | None] = {
-    "openai": "openai",
-    "azure-openai": "azure",
-    "anthropic": "anthropic",
-    "gemini": "google",
-    "openai-compatible": None,
-}
-
 _MILLION: Final = Decimal(1_000_000)
 # Wide enough that no product or sum of token counts and per-million prices is ever rounded.
 _EXACT: Final = Context(prec=100)
-
-
-def catalog_model(provider: Provider, model: str) -> Any | None:
-    """The genai-prices ModelInfo for a backend's model, or None when the catalogue has no price."""
-    snapshot = data_snapshot.get_snapshot()
-    try:
-        _provider, info = snapshot.find_provider_model(model, None, GENAI_PROVIDER_IDS[provider], None)
-    except LookupError:
-        return None
-    return info
-
-
-def has_catalog_price(provider: Provider, model: str) -> bool:
-    return catalog_model(provider, model) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,16 +212,3 @@ class PriceBook:
     def unpriced(self) -> tuple[tuple[str, str], ...]:
         """(route id, backend name) of every backend without a price, for warnings and status."""
         return tuple(key for key, price in self._prices.items() if price is None)
-
-
-def format_usd(amount: Decimal) -> str:
-    """A plain decimal string: no exponent, no trailing zeros (`Decimal("0.000135")` → `"0.000135"`,
-    `Decimal("0E-9")` → `"0"`, `Decimal("1.50")` → `"1.5"`)."""
-    if not amount.is_finite():
-        raise ValueError(f"not a finite amount: {amount}")
-    text = format(amount, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    if text in ("-0", ""):
-        text = "0"
-    return text

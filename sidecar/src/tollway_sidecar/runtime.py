@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Route, VirtualKey
+from tollway_sidecar.limits import DEFAULT_MAX_RESPONSE_BYTES
 from tollway_sidecar.pricing import PriceBook
 from tollway_sidecar.routing.plan import RoutePlan, plans_for
 from tollway_sidecar.tracing import Tracing
@@ -106,6 +107,7 @@ class Runtime:
         compiled: CompiledConfig,
         *,
         max_request_bytes: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         quota: QuotaGate | None = None,
         tracing: Tracing | None = None,
     ) -> None:
@@ -115,6 +117,7 @@ class Runtime:
 
         self.compiled = compiled
         self.max_request_bytes = max_request_bytes
+        self.max_response_bytes = max_response_bytes
         self.quota = quota or QuotaGate(MemoryStore())
         self.inflight = Inflight()
         self.tracing = tracing or Tracing()  # no-op unless the app configures an exporter

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tollway_sidecar.limits import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 
 
 class SidecarSettings(BaseSettings):
@@ -25,10 +27,17 @@ class SidecarSettings(BaseSettings):
     admin_port: int = 9090
     xds_dir: Path = Path("/var/run/tollway/xds")
     """Where the sidecar writes Envoy's cds.json and rds.json."""
-    max_request_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, gt=0)
+    """Largest request body served; above it, 413 `request_too_large`. Envoy's bootstrap
+    (`tollway envoy-bootstrap --max-request-bytes`, the chart's `gateway.maxRequestBytes`) must say
+    the same."""
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, gt=0)
+    """Largest non-streamed answer passed to the client (it is buffered to be priced); above it,
+    502 `response_too_large`. Streamed answers are not limited. Envoy's bootstrap
+    (`--max-response-bytes`, the chart's `gateway.maxResponseBytes`) must say the same."""
     config_poll_seconds: float = 1.0
     log_level: str = "INFO"
-    # Quotas (issue 3)
+    # Quotas
     redis_url: str | None = None
     """Redis for quotas and budgets, shared by every replica (`redis://[:password@]host:port/db`,
     `rediss://` for TLS, `unix:///path`). Unset: an in-memory store (one process only)."""
@@ -51,3 +60,13 @@ class SidecarSettings(BaseSettings):
     """Record prompts and completions on spans (redacted) for every route; off by default."""
     redact_patterns: list[str] = []
     """Extra regular expressions (a JSON list) whose matches are redacted from captured content."""
+
+    @model_validator(mode="after")
+    def _answer_limit_covers_requests(self) -> SidecarSettings:
+        # Envoy buffers the request and the answer of a call under one limit (the larger one).
+        if self.max_response_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"TOLLWAY_MAX_RESPONSE_BYTES ({self.max_response_bytes}) must be at least "
+                f"TOLLWAY_MAX_REQUEST_BYTES ({self.max_request_bytes})"
+            )
+        return self

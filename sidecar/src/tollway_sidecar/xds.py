@@ -86,7 +86,9 @@ def extproc_target(address: str) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": int(port)}}
 
 
-def extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> dict[str, Any]:
+def extproc_filter(
+    role: str, *, upstream: bool, message_timeout_ms: int, max_message_bytes: int | None = None
+) -> dict[str, Any]:
     # The same messages for both filters. The upstream filter's response headers are each attempt's
     # status and retry-after (error bodies buffered by mode_override); each attempt's request-headers
     # reply drops the phases it does not need (`extproc.messages.UPSTREAM_MODES`).
@@ -114,12 +116,16 @@ def extproc_filter(role: str, *, upstream: bool, message_timeout_ms: int) -> dic
                 "response.code_details",
             ],
         }
+    envoy_grpc: dict[str, Any] = {"cluster_name": EXTPROC_CLUSTER}
+    if max_message_bytes is not None:
+        # The sidecar's reply may carry a whole rewritten body (a translated answer).
+        envoy_grpc["max_receive_message_length"] = max_message_bytes
     return {
         "name": f"envoy.filters.http.ext_proc.{role}",
         "typed_config": {
             "@type": _EXTPROC,
             "grpc_service": {
-                "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
+                "envoy_grpc": envoy_grpc,
                 "timeout": "5s",
                 "initial_metadata": [{"key": FILTER_ROLE_HEADER, "value": role}],
             },

@@ -34,6 +34,7 @@ __all__ = [
     "note_final",
     "replacement_answer",
     "stream_translator",
+    "too_large",
     "translates",
 ]
 
@@ -135,6 +136,17 @@ def empty_answer(state: RequestState) -> bytes:
         "the gateway cannot pass it on as an API response."
     )
     return _error_body(state, 502, message, "api_error", "bad_gateway")
+
+
+def too_large(state: RequestState, limit: int) -> msg.ProcessingResponse:
+    """A 502 for an answer over the gateway's limit (the same as Envoy's own, mapped)."""
+    message = (
+        f"The backend's answer is larger than the gateway's limit of {limit} bytes for a "
+        "non-streamed answer; ask for less (fewer inputs, fewer dimensions, base64 embeddings) "
+        "or stream it."
+    )
+    body = _error_body(state, 502, message, "api_error", "response_too_large")
+    return msg.immediate(502, body, headers=info_headers(state), details="tollway_response_too_large")
 
 
 def buffered_answer(state: RequestState, body: bytes) -> tuple[bytes, dict[str, str]] | None:

@@ -120,7 +120,7 @@ class RouterCall:
             )
         state.key = key
         spans.identified(state)
-        # The end user: x-tollway-user, else the body's `user`, else Helicone-User-Id (issue 3).
+        # The end user: x-tollway-user, else the body's `user`, else Helicone-User-Id.
         state.end_user = headers.get("x-tollway-user") or None
         self.helicone_user = headers.get("helicone-user-id") or None
         if operation == "messages":
@@ -173,6 +173,15 @@ class RouterCall:
     async def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
         state = self.state
         assert state.key is not None and state.operation is not None
+        if len(message.body) > self.runtime.max_request_bytes:
+            # A body sent without content-length: Envoy buffers up to the answer limit, not this one.
+            return self._deny(
+                413,
+                f"Request body is {len(message.body)} bytes; the gateway's limit is "
+                f"{self.runtime.max_request_bytes} bytes.",
+                "invalid_request_error",
+                "request_too_large",
+            )
         try:
             body = parse_body(message.body)
             model = validate(state.operation, body)
@@ -308,6 +317,11 @@ class RouterCall:
             return msg.continue_headers(
                 "response_headers", set_headers=info, mode_override=msg.response_body_mode("STREAMED")
             )
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.runtime.max_response_bytes:
+            # Refused before Envoy buffers it: past its buffer limit Envoy was seen to stall the
+            # call when the body arrived before this reply.
+            return self._too_large()
         # JSON (or anything else): buffer it, so the cost can go into the headers.
         return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
 
@@ -341,6 +355,9 @@ class RouterCall:
             self._finish(None)
             return msg.continue_body("response_body", body=body, set_headers=set_headers, remove=remove)
         assert state.backend is not None
+        if len(message.body) > self.runtime.max_response_bytes:
+            # Handed over whole past Envoy's buffer limit (it arrived before the headers' reply).
+            return self._too_large()
         parsed = parse_json(state.backend.provider, message.body)
         state.response_model = parsed.model
         state.finish_reasons = tuple(parsed.finish_reasons)
@@ -366,6 +383,17 @@ class RouterCall:
             body, headers = rewritten
             return msg.continue_body("response_body", body=body, set_headers={**info, **headers})
         return msg.continue_body("response_body", set_headers=info)
+
+    def _too_large(self) -> ep.ProcessingResponse:
+        """A 502 for an answer over the limit, charged as an answer whose usage was not read."""
+        assert self.state.backend is not None
+        log.warning(
+            "answer from backend %s is over the size limit (request %s)",
+            self.state.backend.name,
+            self.state.envoy_request_id or "-",
+        )
+        self._finish(None)
+        return answer.too_large(self.state, self.runtime.max_response_bytes)
 
     def _finish_stream(self) -> None:
         state = self.state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -15,10 +16,32 @@ from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.router import RouterCall
 from tollway_sidecar.extproc.upstream import UpstreamAttempt, attribute, backend_from_metadata
+from tollway_sidecar.limits import MESSAGE_TIMEOUT_MS
 from tollway_sidecar.runtime import Runtime
 from tollway_sidecar.xds import FILTER_ROLE_HEADER
 
 log = logging.getLogger("tollway.extproc")
+
+# A reply slower than this is logged: past Envoy's message timeout Envoy has already answered the
+# client (504), and half of it is the warning that this is coming.
+SLOW_REPLY_S = MESSAGE_TIMEOUT_MS / 2000
+
+
+def note_slow(role: str, phase: str | None, started: float, request_id: str) -> None:
+    """Log a reply that took more than half of Envoy's message timeout (no key, only the ids)."""
+    elapsed = time.perf_counter() - started
+    if elapsed <= SLOW_REPLY_S:
+        return
+    late = elapsed * 1000 > MESSAGE_TIMEOUT_MS
+    log.warning(
+        "%s filter took %.0f ms on %s (request %s); Envoy's message timeout is %d ms%s",
+        role,
+        elapsed * 1000,
+        phase,
+        request_id or "-",
+        MESSAGE_TIMEOUT_MS,
+        ": Envoy has answered the client with a 504" if late else "",
+    )
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -40,6 +63,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if request is grpc.aio.EOF:
                     return
                 which = request.WhichOneof("request")
+                started = time.perf_counter()
                 try:
                     if which == "request_headers":
                         reply = call.on_request_headers(request.request_headers)
@@ -55,6 +79,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         reply = _passthrough(which)
                 except Exception as exc:
                     reply = _router_failed(call, which, exc)
+                note_slow("router", which, started, call.state.envoy_request_id)
                 await context.write(reply)
         finally:
             call.on_stream_closed()

@@ -42,8 +42,8 @@ class RequestState:
     finished: bool = False
     first_byte_at: float | None = None
     unpriced: str | None = None  # why a success had no readable usage (`accounting.unpriced_reason`)
-    quota: Admission | None = None  # what the call reserved (issue 3); None before admission
-    # Routing and fallback (issue 4)
+    quota: Admission | None = None  # what the call reserved; None before admission
+    # Routing and fallback
     cluster: str = ""  # the Envoy cluster (backend order) chosen for this call
     order: tuple[str, ...] = ()  # backend names in the order they will be tried
     choice: str = ""  # why: priority, weighted, sticky, cost
@@ -53,7 +53,7 @@ class RequestState:
     replacement: Attempt | None = None  # the failed attempt answered in place of the final one
     translator: ChunkTranslator | None = None  # Anthropic events → OpenAI chunks
     translate_json: bool = False  # a buffered Anthropic answer to an OpenAI client
-    # Tracing and metrics (issue 6)
+    # Tracing and metrics
     span: Any = None  # the call's SERVER span (opentelemetry Span), None once ended
     session: str | None = None  # x-tollway-session
     properties: dict[str, str] = field(default_factory=dict)  # x-tollway-property-<name>

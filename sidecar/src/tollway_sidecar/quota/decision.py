@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from tollway_sidecar.pricing import format_usd
+from tollway_sidecar.contract.money import format_usd
 from tollway_sidecar.quota.plan import Line, Plan, from_nano
 
 __all__ = ["Denial", "decide", "go_duration", "ratelimit_headers", "remaining_usd", "unavailable"]

@@ -11,19 +11,23 @@ reserved at a flat `MEDIA_PART_TOKENS` each. `tools`, `functions`, `response_for
 `prediction` are counted as their compact JSON text. Output: `max_completion_tokens`, else
 `max_tokens`, else the configured default cap, times `n`. Embeddings: the input's tokens (token-id
 arrays count one per id) and no output.
+
+Counting is bounded (`bound.PromptCounter`): past a per-request allowance, or for a string the
+tokenizer would take quadratic time on, a string counts as its UTF-8 bytes, an upper bound.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
 from tollway_sidecar.config.models import Route
 from tollway_sidecar.pricing import PriceBook
 from tollway_sidecar.providers.usage import TokenUsage
+from tollway_sidecar.quota.bound import Counts, PromptCounter
 from tollway_sidecar.quota.tokens import TokenCounter, counter_for_model
 
 __all__ = [
@@ -31,8 +35,10 @@ __all__ = [
     "PER_MESSAGE_TOKENS",
     "REPLY_PRIMING_TOKENS",
     "Estimate",
+    "PromptParts",
     "estimate_call",
     "output_cap",
+    "prompt_parts",
     "prompt_tokens",
 ]
 
@@ -56,49 +62,75 @@ class Estimate:
         return self.prompt_tokens + self.output_tokens
 
 
-def _text_tokens(value: Any, counter: TokenCounter) -> int:
-    """Tokens of every string inside `value`; media parts at their flat allowance."""
+@dataclass(slots=True)
+class PromptParts:
+    """What a prompt is made of: tokens known without a tokenizer, and the strings to count.
+
+    Walking a large body costs more than counting its strings (a 10 MiB body may hold 300,000
+    messages), so it is walked once per call and its strings counted with each backend's tokenizer.
+    """
+
+    fixed: int = 0
+    strings: list[str] = field(default_factory=list)
+
+    def tokens(self, counter: Counts) -> int:
+        return self.fixed + sum(counter.count(text) for text in self.strings)
+
+
+def _collect(value: Any, parts: PromptParts) -> None:
+    """Every string inside `value`; media parts at their flat allowance."""
     if isinstance(value, str):
-        return counter.count(value)
-    if isinstance(value, list):
-        return sum(_text_tokens(item, counter) for item in value)
-    if isinstance(value, dict):
+        parts.strings.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _collect(item, parts)
+    elif isinstance(value, dict):
         kind = value.get("type")
         if isinstance(kind, str) and kind in _MEDIA_TYPES:  # any JSON value may stand there
-            return MEDIA_PART_TOKENS
-        return sum(_text_tokens(item, counter) for item in value.values())
-    return 0
+            parts.fixed += MEDIA_PART_TOKENS
+        else:
+            for item in value.values():
+                _collect(item, parts)
 
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def prompt_tokens(operation: str, body: Mapping[str, Any], counter: TokenCounter) -> int:
-    """The prompt tokens of a chat or embeddings request, counted (or estimated high) with `counter`."""
+def prompt_parts(operation: str, body: Mapping[str, Any]) -> PromptParts:
+    """The strings and fixed tokens of a chat, messages or embeddings request's prompt."""
+    parts = PromptParts()
     if operation == "embeddings":
-        return _embedding_tokens(body.get("input"), counter)
-    total = REPLY_PRIMING_TOKENS
+        _embedding_parts(body.get("input"), parts)
+        return parts
+    parts.fixed = REPLY_PRIMING_TOKENS
     messages = body.get("messages")
     if isinstance(messages, list):
+        parts.fixed += PER_MESSAGE_TOKENS * len(messages)
         for message in messages:
-            total += PER_MESSAGE_TOKENS + _text_tokens(message, counter)
+            _collect(message, parts)
     if body.get("system") is not None:  # Anthropic Messages: the system prompt
-        total += _text_tokens(body["system"], counter)
-    for field in _JSON_FIELDS:
-        if body.get(field) is not None:
-            total += counter.count(_compact(body[field]))
-    return total
+        _collect(body["system"], parts)
+    for name in _JSON_FIELDS:
+        if body.get(name) is not None:
+            parts.strings.append(_compact(body[name]))
+    return parts
 
 
-def _embedding_tokens(value: Any, counter: TokenCounter) -> int:
+def prompt_tokens(operation: str, body: Mapping[str, Any], counter: Counts) -> int:
+    """The prompt tokens of a chat or embeddings request, counted (or estimated high) with `counter`."""
+    return prompt_parts(operation, body).tokens(counter)
+
+
+def _embedding_parts(value: Any, parts: PromptParts) -> None:
     if isinstance(value, str):
-        return counter.count(value)
-    if isinstance(value, list):
+        parts.strings.append(value)
+    elif isinstance(value, list):
         if value and all(isinstance(item, int) for item in value):
-            return len(value)  # one array of token ids
-        return sum(_embedding_tokens(item, counter) for item in value)
-    return 0
+            parts.fixed += len(value)  # one array of token ids
+        else:
+            for item in value:
+                _embedding_parts(item, parts)
 
 
 def output_cap(operation: str, body: Mapping[str, Any], default_max_tokens: int) -> int:
@@ -106,8 +138,8 @@ def output_cap(operation: str, body: Mapping[str, Any], default_max_tokens: int)
     if operation == "embeddings":
         return 0
     cap = default_max_tokens
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             cap = value
             break
@@ -127,13 +159,14 @@ def estimate_call(
 ) -> Estimate:
     """The worst case of the call over every backend of `route`."""
     output = output_cap(operation, body, default_max_tokens)
+    parts = prompt_parts(operation, body)
     counted: dict[TokenCounter, int] = {}
     worst_prompt = 0
     worst_cost = Decimal(0)
     for backend in route.backends:
         counter = counter_for_model(backend.model)
         if counter not in counted:
-            counted[counter] = prompt_tokens(operation, body, counter)
+            counted[counter] = parts.tokens(PromptCounter(counter))
         prompt = counted[counter]
         worst_prompt = max(worst_prompt, prompt)
         price = prices.price_for(route.id, backend.name)

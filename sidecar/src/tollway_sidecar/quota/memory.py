@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from tollway_sidecar.contract.keys import index_key, reservation_prefix
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import READ_SWEEP_LIMIT, SWEEP_LIMIT, Batch, ReserveResult, record_of
 
@@ -144,8 +145,7 @@ class MemoryStore:
         return True
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
-        prefix = f"tw:{{{namespace}}}:"
-        self._sweep(prefix + "rz", prefix + "r:", now_ms, READ_SWEEP_LIMIT)
+        self._sweep(index_key(namespace), reservation_prefix(namespace), now_ms, READ_SWEEP_LIMIT)
         return {key: dict(self._hashes[key]) if self._exists(key, now_ms) else {} for key in keys}
 
     async def ping(self) -> None:

@@ -15,21 +15,31 @@ Both stores (Redis through Lua, memory through Python) execute plans the same wa
 
 Money is integer nano-USD (`to_nano` rounds a cost up to the next nano-dollar when it is not whole).
 Windows are fixed and in UTC: the minute and the day for rate limits, the calendar period for budgets.
-Every Redis key of a plan shares the hash tag `{<namespace>}` (a key's budgets live in its namespace),
-so one script call touches one Redis Cluster slot.
+The key names, periods and money helpers are the operator's too: they live in `tollway_sidecar.contract`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import ROUND_CEILING, Decimal
+from datetime import datetime
 from typing import Final, Literal
 
-from tollway_sidecar.config.models import Budget, FailurePolicy, Limits, Period, VirtualKey
+from tollway_sidecar.config.models import Budget, FailurePolicy, Limits, VirtualKey
+from tollway_sidecar.contract.keys import (
+    KEY_PERIOD,
+    anonymous_user,
+    budget_key,
+    index_key,
+    key_day_key,
+    key_minute_key,
+    key_month_key,
+    namespace_prefix,
+    reservation_prefix,
+    user_tag,
+)
+from tollway_sidecar.contract.money import NANO_PER_USD, from_nano, to_nano
+from tollway_sidecar.contract.periods import ms_to_datetime, period_bounds
 from tollway_sidecar.quota.estimate import Estimate
-from tollway_sidecar.quota.periods import period_bounds, period_key
 
 __all__ = [
     "KEY_PERIOD",
@@ -53,8 +63,6 @@ __all__ = [
     "user_tag",
 ]
 
-NANO_PER_USD: Final = 1_000_000_000
-KEY_PERIOD: Final[Period] = "Monthly"  # the period /spend reports a key's own spend for
 MINUTE_MS: Final = 60_000
 DAY_MS: Final = 86_400_000
 # How long a window's counters outlive the window (late settles still land; /spend still reads them).
@@ -67,55 +75,8 @@ Scope = Literal["key", "user", "budget", "tally"]
 Window = Literal["minute", "day", "period", "month"]
 
 
-def to_nano(usd: Decimal) -> int:
-    """USD → integer nano-USD, rounded up only when not already whole."""
-    return int((usd * NANO_PER_USD).to_integral_value(rounding=ROUND_CEILING))
-
-
-def from_nano(nano: int) -> Decimal:
-    return Decimal(nano).scaleb(-9)
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def _datetime_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
-
-
-def namespace_prefix(namespace: str) -> str:
-    """`tw:{<namespace>}:` — the hash tag keeps a namespace's keys in one Redis Cluster slot."""
-    return f"tw:{{{namespace}}}:"
-
-
-def user_tag(user: str | None) -> str:
-    """How an end user appears in key names: a digest (user ids are arbitrary client text)."""
-    if user is None:
-        return anonymous_user()
-    return hashlib.sha256(user.encode()).hexdigest()[:32]
-
-
-def anonymous_user() -> str:
-    return "-"
-
-
-def key_minute_key(key: VirtualKey, minute: int) -> str:
-    return f"{namespace_prefix(key.namespace)}k:{key.name}:m:{minute}"
-
-
-def key_day_key(key: VirtualKey, day: int) -> str:
-    return f"{namespace_prefix(key.namespace)}k:{key.name}:d:{day}"
-
-
-def key_month_key(key: VirtualKey, now: datetime) -> str:
-    return f"{namespace_prefix(key.namespace)}k:{key.name}:mo:{period_key(KEY_PERIOD, now)}"
-
-
-def budget_key(budget: Budget, now: datetime, user: str | None = None) -> str:
-    """The budget's counter for the period containing `now`; `user` (a `user_tag`) for perUser copies."""
-    base = f"{namespace_prefix(budget.namespace)}b:{budget.name}:{period_key(budget.period, now)}"
-    return base if user is None else f"{base}:u:{user}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,15 +125,15 @@ class Plan:
 
     @property
     def reservation_key(self) -> str:
-        return f"{self.prefix}r:{self.rid}"
+        return reservation_prefix(self.namespace) + self.rid
 
     @property
     def index_key(self) -> str:
-        return f"{self.prefix}rz"
+        return index_key(self.namespace)
 
     @property
     def reservation_prefix(self) -> str:
-        return f"{self.prefix}r:"
+        return reservation_prefix(self.namespace)
 
     @property
     def expires_at_ms(self) -> int:

@@ -21,10 +21,10 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from tollway_sidecar.contract.counters import read_reply, read_request, read_script, sweep_source
 from tollway_sidecar.quota import resp
-from tollway_sidecar.quota.plan import Plan, Settlement, namespace_prefix
+from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import (
-    READ_SWEEP_LIMIT,
     SWEEP_LIMIT,
     Batch,
     ReserveResult,
@@ -39,9 +39,12 @@ T = TypeVar("T")
 
 
 def script_source(name: str) -> str:
-    """A script with the shared sweep function in front of it."""
+    """A script with the shared sweep function in front of it (the read is the operator's too:
+    `tollway_sidecar.contract.counters`)."""
+    if name == "read":
+        return read_script()
     folder = resources.files("tollway_sidecar.quota") / "lua"
-    return (folder / "sweep.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    return sweep_source() + "\n" + (folder / f"{name}.lua").read_text()
 
 
 class RedisStore:
@@ -148,14 +151,9 @@ class RedisStore:
         return int(reply) == 1
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
-        prefix = namespace_prefix(namespace)
-        all_keys = [prefix + "rz", *keys]
-        args: list[str | int] = [now_ms, prefix + "r:", READ_SWEEP_LIMIT]
+        all_keys, args = read_request(namespace, keys, now_ms)
         reply = await self._call("read", lambda: self._read(keys=all_keys, args=args))
-        out: dict[str, dict[str, int]] = {}
-        for key, flat in zip(keys, reply, strict=True):
-            out[key] = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return out
+        return read_reply(keys, reply)
 
     async def ping(self) -> None:
         await self._call("ping", self._redis.ping)

@@ -14,9 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 from tollway_sidecar.config.models import Budget, GatewayConfig, Limits, VirtualKey
-from tollway_sidecar.pricing import format_usd
+from tollway_sidecar.contract.money import format_usd
+from tollway_sidecar.contract.periods import period_bounds
 from tollway_sidecar.quota.gate import QuotaGate
-from tollway_sidecar.quota.periods import period_bounds
 from tollway_sidecar.quota.plan import (
     DAY_MS,
     KEY_PERIOD,

@@ -8,13 +8,14 @@ another time instead of sleeping. Each operation is one atomic step (one Lua scr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from tollway_sidecar.contract.counters import READ_SWEEP_LIMIT, CounterReader, StoreUnavailable
 from tollway_sidecar.quota.plan import Plan, Settlement
 
 __all__ = [
+    "READ_SWEEP_LIMIT",
     "SWEEP_LIMIT",
     "Batch",
     "BatchLine",
@@ -24,12 +25,7 @@ __all__ = [
     "record_of",
 ]
 
-SWEEP_LIMIT: Final = 32  # expired reservations cleared per reserve/settle (reads clear up to 1000)
-READ_SWEEP_LIMIT: Final = 1000
-
-
-class StoreUnavailable(Exception):
-    """The store could not be reached or did not answer in time."""
+SWEEP_LIMIT: Final = 32  # expired reservations cleared per reserve/settle (reads: READ_SWEEP_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +63,9 @@ def record_of(plan: Plan) -> str:
     return json.dumps([rsv, expiry], separators=(",", ":"))
 
 
-class QuotaStore(Protocol):
+class QuotaStore(CounterReader, Protocol):
+    """Also a `CounterReader` (its `read`), which is all the operator needs of a store."""
+
     name: str
 
     async def reserve(self, plan: Plan) -> ReserveResult:
@@ -80,10 +78,6 @@ class QuotaStore(Protocol):
 
     async def apply(self, batch: Batch) -> bool:
         """Add a batch of counts once; False when this batch was applied before."""
-        ...
-
-    async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
-        """The fields of each counter (missing counters are empty), after expiring due reservations."""
         ...
 
     async def ping(self) -> None: ...

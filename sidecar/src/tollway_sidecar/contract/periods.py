@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 from tollway_sidecar.config.models import Period
 
+__all__ = ["EPOCH", "ms_to_datetime", "period_bounds", "period_key"]
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime | None]:

@@ -1,0 +1,62 @@
+"""Reading the quota counters: the one store operation the operator shares with the sidecar.
+
+A read first expires the namespace's due reservations (the sweep every store operation runs), so
+`usd_r` is current; then it returns each counter's fields. Both quota stores and the operator's
+reader (`redis_counters.RedisCounters`) implement `CounterReader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Final, Protocol
+
+from tollway_sidecar.contract.keys import index_key, reservation_prefix
+
+__all__ = [
+    "READ_SWEEP_LIMIT",
+    "CounterReader",
+    "StoreUnavailable",
+    "read_reply",
+    "read_request",
+    "read_script",
+    "sweep_source",
+]
+
+READ_SWEEP_LIMIT: Final = 1000  # expired reservations a read clears
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+class CounterReader(Protocol):
+    async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
+        """The fields of each counter (missing counters are empty), after expiring due reservations."""
+        ...
+
+
+def _lua(name: str) -> str:
+    return (resources.files("tollway_sidecar.contract") / "lua" / f"{name}.lua").read_text()
+
+
+def sweep_source() -> str:
+    """The Lua function every quota script starts with: expire a namespace's due reservations."""
+    return _lua("sweep")
+
+
+def read_script() -> str:
+    return sweep_source() + "\n" + _lua("read")
+
+
+def read_request(namespace: str, keys: Sequence[str], now_ms: int) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the read script."""
+    return [index_key(namespace), *keys], [now_ms, reservation_prefix(namespace), READ_SWEEP_LIMIT]
+
+
+def read_reply(keys: Sequence[str], reply: Any) -> dict[str, dict[str, int]]:
+    """The read script's reply (one flat HGETALL array per counter) by counter key."""
+    out: dict[str, dict[str, int]] = {}
+    for key, flat in zip(keys, reply, strict=True):
+        out[key] = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return out
