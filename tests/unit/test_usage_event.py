@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tollway_sidecar.contract.money import format_usd, from_nano
 from tollway_sidecar.contract.usage_event import (
     MAX_PROPERTIES,
     MAX_PROPERTY_NAME,
@@ -178,3 +179,9 @@ def test_money_is_exact() -> None:
     assert str(nanos_to_usd(1_500_000_000)) == "1.500000000"
     with pytest.raises(UsageEventError):
         usd_to_nanos(Decimal("0.0000000005"))
+
+
+@pytest.mark.parametrize("nanos", [0, 1, 135_000, 10**9, 123_456_789_012])
+def test_the_settled_cost_string_parses_back_to_the_same_nanos(nanos: int) -> None:
+    """The producer writes the settled nano-USD with the shared money contract; the meter reads it exactly."""
+    assert usd_to_nanos(parse_usd(format_usd(from_nano(nanos)))) == nanos

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from tollway_sidecar.contract.money import NANO_PER_USD
+
 USAGE_STREAM = "tollway:usage"
 USAGE_DEAD_LETTER_STREAM = "tollway:usage:dead"
 USAGE_FIELD = "event"
@@ -51,7 +53,7 @@ MAX_COST_USD = 1_000_000
 MIN_YEAR = 2000
 MAX_YEAR = 9000
 
-NANOS_PER_USD = 1_000_000_000
+NANOS_PER_USD = NANO_PER_USD
 _NANO = Decimal("0.000000001")
 
 
