@@ -1,4 +1,4 @@
-"""The `tollway` command: dev, compile, sidecar, operator, mock-provider."""
+"""The `tollway` command: dev, compile, sidecar, operator, mock-provider, meter, usage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from tollway import meter_cli
 
 if TYPE_CHECKING:
     from tollway_operator.compile import CompileResult
@@ -237,6 +239,10 @@ def mock_provider(
         fail=frozenset(part.strip() for part in (fail or "").split(",") if part.strip()),
     )
     run(host, port, settings)
+
+
+# `tollway meter …` and `tollway usage` live in their own module (they import nothing until run).
+meter_cli.register(main)
 
 
 if __name__ == "__main__":

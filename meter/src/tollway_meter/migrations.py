@@ -1,0 +1,201 @@
+"""Versioned schema migrations: a numbered list of SQL scripts per dialect, applied in order.
+
+Each migration runs inside one transaction together with its row in `schema_version`, so a meter
+that dies half-way leaves the schema at the previous version. Two meters starting at once
+serialise on a lock (PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE). A released migration
+is never edited: a change is a new number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: tuple[object, ...] = ...) -> object: ...
+    def fetchone(self) -> tuple[object, ...] | None: ...
+
+
+_MEASURES = """
+    requests bigint NOT NULL,
+    billable_requests bigint NOT NULL,
+    cost_nanos bigint NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cached_read_tokens bigint NOT NULL,
+    cache_write_tokens bigint NOT NULL,
+    reasoning_tokens bigint NOT NULL"""
+
+_DIMS = """
+    namespace text NOT NULL,
+    key_name text NOT NULL,
+    team text NOT NULL,
+    user_id text NOT NULL,
+    route text NOT NULL,
+    model text NOT NULL,
+    backend text NOT NULL,
+    provider text NOT NULL"""
+
+_ROLLUP_PK = (
+    "PRIMARY KEY (hour, adjustment, namespace, key_name, team, user_id, route, model, backend, provider)"
+)
+
+
+def _pg_freeze(table: str, column: str) -> tuple[str, ...]:
+    """A row trigger refusing any change to `table`'s rows of a closed period. One function per
+    table, reading the column directly: the hot path is every inserted event."""
+    check = """
+                IF EXISTS (SELECT 1 FROM periods WHERE period = {row}.{column}) THEN
+                    RAISE EXCEPTION 'period % is closed: its rows in {table} are frozen', {row}.{column}
+                        USING ERRCODE = 'check_violation';
+                END IF;"""
+    return (
+        f"""CREATE FUNCTION {table}_refuse_closed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP <> 'INSERT' THEN{check.format(row="OLD", column=column, table=table)}
+                END IF;
+                IF TG_OP <> 'DELETE' THEN{check.format(row="NEW", column=column, table=table)}
+                    RETURN NEW;
+                END IF;
+                RETURN OLD;
+            END $$""",
+        f"""CREATE TRIGGER {table}_frozen BEFORE INSERT OR UPDATE OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION {table}_refuse_closed()""",
+    )
+
+
+POSTGRES: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events (monthly partitions), event id gate, hourly roll-ups, periods frozen by the database",
+        (
+            # Only closed periods have a row: an absent month is open. A closed period never reopens.
+            """CREATE TABLE periods (
+                period text PRIMARY KEY CHECK (period ~ '^[0-9]{4}-(0[1-9]|1[0-2])$'),
+                closed_at timestamptz NOT NULL DEFAULT now())""",
+            # The dedupe gate: a partitioned table's primary key must include the partition key, so
+            # usage_events alone could only refuse a repeated (id, time), not a repeated id.
+            """CREATE TABLE event_ids (id uuid PRIMARY KEY, event_time timestamptz NOT NULL)""",
+            f"""CREATE TABLE usage_events (
+                id uuid NOT NULL,
+                event_time timestamptz NOT NULL,
+                booked_period text NOT NULL,
+                adjustment boolean NOT NULL,
+                hour timestamptz NOT NULL,{_DIMS},{_MEASURES},
+                session_id text NOT NULL,
+                end_user text NOT NULL,
+                status integer NOT NULL,
+                outcome text NOT NULL,
+                latency_ms bigint NOT NULL,
+                request_id text NOT NULL,
+                trace_id text NOT NULL,
+                event jsonb NOT NULL,
+                PRIMARY KEY (id, event_time)
+            ) PARTITION BY RANGE (event_time)""",
+            "CREATE INDEX usage_events_cost ON usage_events (cost_nanos DESC)",
+            f"""CREATE TABLE usage_hourly (
+                hour timestamptz NOT NULL,
+                period text NOT NULL,
+                adjustment boolean NOT NULL,{_DIMS},{_MEASURES},
+                {_ROLLUP_PK})""",
+            "CREATE INDEX usage_hourly_period ON usage_hourly (period)",
+            *_pg_freeze("usage_hourly", "period"),
+            *_pg_freeze("usage_events", "booked_period"),
+            """CREATE FUNCTION periods_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'period % is closed: closed periods never change', OLD.period
+                    USING ERRCODE = 'check_violation';
+            END $$""",
+            """CREATE TRIGGER periods_frozen BEFORE UPDATE OR DELETE ON periods
+                FOR EACH ROW EXECUTE FUNCTION periods_refuse_change()""",
+            # TRUNCATE skips row triggers: refuse it on the frozen tables outright.
+            """CREATE FUNCTION tollway_refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'TRUNCATE % is refused: drop a month partition instead', TG_TABLE_NAME;
+            END $$""",
+            """CREATE TRIGGER usage_hourly_no_truncate BEFORE TRUNCATE ON usage_hourly
+                FOR EACH STATEMENT EXECUTE FUNCTION tollway_refuse_truncate()""",
+            """CREATE TRIGGER periods_no_truncate BEFORE TRUNCATE ON periods
+                FOR EACH STATEMENT EXECUTE FUNCTION tollway_refuse_truncate()""",
+        ),
+    ),
+)
+
+
+def _sqlite_freeze(table: str, column: str) -> tuple[str, ...]:
+    closed = "SELECT 1 FROM periods WHERE period = {row}." + column
+    message = f"'period is closed: its rows in {table} are frozen'"
+    return (
+        f"""CREATE TRIGGER {table}_frozen_insert BEFORE INSERT ON {table}
+            WHEN EXISTS ({closed.format(row="NEW")})
+            BEGIN SELECT RAISE(ABORT, {message}); END""",
+        f"""CREATE TRIGGER {table}_frozen_update BEFORE UPDATE ON {table}
+            WHEN EXISTS ({closed.format(row="OLD")}) OR EXISTS ({closed.format(row="NEW")})
+            BEGIN SELECT RAISE(ABORT, {message}); END""",
+        f"""CREATE TRIGGER {table}_frozen_delete BEFORE DELETE ON {table}
+            WHEN EXISTS ({closed.format(row="OLD")})
+            BEGIN SELECT RAISE(ABORT, {message}); END""",
+    )
+
+
+SQLITE: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events, hourly roll-ups, periods with a database-enforced freeze",
+        (
+            """CREATE TABLE periods (
+                period text PRIMARY KEY CHECK (period GLOB '[0-9][0-9][0-9][0-9]-[01][0-9]'),
+                closed_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))""",
+            # One file, no partitions: the event id alone is the primary key (the dedupe).
+            f"""CREATE TABLE usage_events (
+                id text PRIMARY KEY,
+                event_time text NOT NULL,
+                booked_period text NOT NULL,
+                adjustment integer NOT NULL,
+                hour text NOT NULL,{_DIMS},{_MEASURES},
+                session_id text NOT NULL,
+                end_user text NOT NULL,
+                status integer NOT NULL,
+                outcome text NOT NULL,
+                latency_ms integer NOT NULL,
+                request_id text NOT NULL,
+                trace_id text NOT NULL,
+                event text NOT NULL)""",
+            "CREATE INDEX usage_events_time ON usage_events (event_time)",
+            "CREATE INDEX usage_events_cost ON usage_events (cost_nanos DESC)",
+            f"""CREATE TABLE usage_hourly (
+                hour text NOT NULL,
+                period text NOT NULL,
+                adjustment integer NOT NULL,{_DIMS},{_MEASURES},
+                {_ROLLUP_PK})""",
+            "CREATE INDEX usage_hourly_period ON usage_hourly (period)",
+            *_sqlite_freeze("usage_hourly", "period"),
+            *_sqlite_freeze("usage_events", "booked_period"),
+            """CREATE TRIGGER periods_frozen_update BEFORE UPDATE ON periods
+                BEGIN SELECT RAISE(ABORT, 'period is closed: closed periods never change'); END""",
+            """CREATE TRIGGER periods_frozen_delete BEFORE DELETE ON periods
+                BEGIN SELECT RAISE(ABORT, 'period is closed: closed periods never change'); END""",
+        ),
+    ),
+)
+
+SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at text NOT NULL)"""
+
+
+def pending(migrations: tuple[Migration, ...], current: int) -> list[Migration]:
+    """The migrations after `current`, checked to be numbered 1, 2, 3… with no gap."""
+    for index, migration in enumerate(migrations, start=1):
+        if migration.version != index:
+            raise RuntimeError(f"migration {migration.version} is out of order (expected {index})")
+    return [m for m in migrations if m.version > current]

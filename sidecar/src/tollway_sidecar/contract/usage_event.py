@@ -1,0 +1,463 @@
+"""The usage event (v1): one per settled call, the contract between the sidecar and the meter.
+
+A CloudEvents 1.0 JSON envelope (structured mode) whose `data` says who called, what was routed
+where, the tokens and the exact cost. The sidecar appends it to the Redis Stream `USAGE_STREAM`
+(field `USAGE_FIELD`); the meter reads that stream as a consumer group. Standard library only, so
+the meter can import it without the sidecar's dependencies.
+
+Money is a decimal string in USD with at most 9 fraction digits (one nano-dollar), never a float;
+`cost_nanos` gives the integer nano-USD the ledger adds up. A new field that older meters may ignore
+keeps `v1`; a change of meaning or a removed field is a new `type` (`...usage.v2`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from tollway_sidecar.contract.money import NANO_PER_USD
+
+USAGE_STREAM = "tollway:usage"
+USAGE_DEAD_LETTER_STREAM = "tollway:usage:dead"
+USAGE_FIELD = "event"
+USAGE_TYPE_V1 = "dev.tollway.usage.v1"
+SPEC_VERSION = "1.0"
+
+# Properties are caller-chosen labels (`x-tollway-property-<name>` headers) that end up as group-by
+# keys in the ledger: bounded so one client cannot blow up an event or the ledger's indexes.
+MAX_PROPERTIES = 16
+MAX_PROPERTY_NAME = 64
+MAX_PROPERTY_VALUE = 256
+PROPERTY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+# Every other free-text field (names, ids, paths) is at most this long.
+MAX_TEXT = 512
+
+# Counts (tokens, milliseconds) and one call's cost have ceilings, so that a ledger's 64-bit sums
+# cannot overflow from one absurd event and a bad value is refused here, not by the database.
+MAX_COUNT = 10**12
+MAX_COST_USD = 1_000_000
+
+# An event's time picks its month partition and billing period: a plausible range, deterministic
+# (not relative to now, so a replay of old events parses the same way).
+MIN_YEAR = 2000
+MAX_YEAR = 9000
+
+NANOS_PER_USD = NANO_PER_USD
+_NANO = Decimal("0.000000001")
+
+
+class UsageEventError(ValueError):
+    """An event that does not match the v1 contract; the message names the field."""
+
+    def __init__(self, field_path: str, problem: str) -> None:
+        super().__init__(f"{field_path}: {problem}")
+        self.field = field_path
+        self.problem = problem
+
+
+# --- money --------------------------------------------------------------------------------------
+
+
+def parse_usd(text: str, where: str = "cost") -> Decimal:
+    """A non-negative USD amount from its decimal string, exact to the nano-dollar."""
+    if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d{1,9})?", text):
+        raise UsageEventError(where, f"expected a decimal string like '0.000125', <= 9 decimals: {text!r}")
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # unreachable after the pattern, kept for safety
+        raise UsageEventError(where, f"not a decimal: {text!r}") from exc
+
+
+def usd_to_nanos(amount: Decimal) -> int:
+    """Exact integer nano-USD; refuses an amount finer than a nano-dollar rather than rounding it."""
+    nanos = amount * NANOS_PER_USD
+    if nanos != nanos.to_integral_value():
+        raise UsageEventError("cost", f"{amount} is finer than one nano-dollar")
+    return int(nanos)
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    """The Decimal USD for integer nano-USD, always with 9 fraction digits."""
+    return (Decimal(nanos) / NANOS_PER_USD).quantize(_NANO)
+
+
+# --- UUIDv7 -------------------------------------------------------------------------------------
+
+_RAND_BITS = 74  # 12 bits rand_a + 62 bits rand_b
+
+
+class Uuid7Generator:
+    """RFC 9562 UUIDv7s: 48 bits of Unix ms, version 7, variant 10, 74 random bits.
+
+    Ids strictly increase even within one millisecond (RFC 9562 §6.2 method 3: the random part
+    counts up) and when the clock steps back, so one replica's event ids sort by creation.
+    """
+
+    def __init__(self, clock_ms: Callable[[], int] | None = None) -> None:
+        self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._last_rand = 0
+
+    def __call__(self) -> uuid.UUID:
+        ms = self._clock()
+        with self._lock:
+            if ms <= self._last_ms:
+                # Same millisecond (or the clock stepped back): stay on the last one and count up.
+                ms = self._last_ms
+                rand = self._last_rand + 1 + int.from_bytes(os.urandom(2))
+                if rand >> _RAND_BITS:
+                    ms += 1
+                    rand = int.from_bytes(os.urandom(10)) >> 7
+            else:
+                # The top random bit starts at 0, leaving room to count up within the millisecond.
+                rand = int.from_bytes(os.urandom(10)) >> 7
+            self._last_ms, self._last_rand = ms, rand
+        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62
+        return uuid.UUID(int=value | (rand & ((1 << 62) - 1)))
+
+
+uuid7 = Uuid7Generator()
+
+
+def uuid7_time(value: uuid.UUID) -> datetime:
+    """When a UUIDv7 was made (millisecond precision, UTC)."""
+    return datetime.fromtimestamp((value.int >> 80) / 1000, tz=UTC)
+
+
+# --- the event ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at a backend, in order; the last one answered (or failed) the call."""
+
+    backend: str
+    provider: str
+    upstream_model: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token counts as the provider reported them (or the gateway counted them)."""
+
+    input: int = 0
+    output: int = 0
+    cached_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+@dataclass(frozen=True)
+class UsageData:
+    """The `data` of a v1 usage event. `key_name` names the VirtualKey; the key itself never appears."""
+
+    namespace: str
+    key_name: str
+    route: str
+    model: str
+    status: int
+    outcome: str
+    cost: str
+    billable: bool
+    team: str = ""
+    user: str = ""
+    end_user: str = ""
+    session_id: str = ""
+    session_path: str = ""
+    session_name: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+    attempts: tuple[Attempt, ...] = ()
+    tokens: Tokens = field(default_factory=Tokens)
+    price_source: str = ""
+    price_version: str = ""
+    budgets: tuple[str, ...] = ()
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    streamed: bool = False
+    request_id: str = ""
+    trace_id: str = ""
+
+    @functools.cached_property
+    def cost_nanos(self) -> int:
+        return usd_to_nanos(parse_usd(self.cost, "data.cost"))
+
+    @property
+    def backend(self) -> str:
+        return self.attempts[-1].backend if self.attempts else ""
+
+    @property
+    def provider(self) -> str:
+        return self.attempts[-1].provider if self.attempts else ""
+
+
+OUTCOMES = frozenset({"ok", "error", "denied", "cancelled"})
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """A CloudEvents 1.0 envelope around `UsageData`. `id` is the gateway's UUIDv7 for the call."""
+
+    id: uuid.UUID
+    source: str
+    time: datetime
+    subject: str
+    data: UsageData
+    type: str = USAGE_TYPE_V1
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_json(self) -> str:
+        body = {
+            "specversion": SPEC_VERSION,
+            "id": str(self.id),
+            "source": self.source,
+            "type": self.type,
+            "time": _format_time(self.time),
+            "subject": self.subject,
+            "datacontenttype": "application/json",
+            "data": _data_to_dict(self.data),
+        }
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> UsageEvent:
+        """Parse and validate; raises `UsageEventError` naming the first bad field."""
+        try:
+            body = json.loads(text, parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageEventError("(event)", f"not JSON: {exc}") from exc
+        return cls.from_dict(body)
+
+    @classmethod
+    def from_dict(cls, body: Any) -> UsageEvent:
+        if not isinstance(body, dict):
+            raise UsageEventError("(event)", "expected a JSON object")
+        if body.get("specversion") != SPEC_VERSION:
+            raise UsageEventError(
+                "specversion", f"expected {SPEC_VERSION!r}, got {body.get('specversion')!r}"
+            )
+        if body.get("type") != USAGE_TYPE_V1:
+            raise UsageEventError(
+                "type", f"unknown event type {body.get('type')!r} (this meter reads {USAGE_TYPE_V1})"
+            )
+        content_type = body.get("datacontenttype", "application/json")
+        if content_type != "application/json":
+            raise UsageEventError("datacontenttype", f"expected 'application/json', got {content_type!r}")
+        raw_id = _get(body, "id", str, "")
+        try:
+            event_id = uuid.UUID(raw_id)
+        except ValueError as exc:
+            raise UsageEventError("id", f"not a UUID: {raw_id!r}") from exc
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise UsageEventError("data", "expected a JSON object")
+        return cls(
+            id=event_id,
+            source=_get(body, "source", str, ""),
+            time=_parse_time(_get(body, "time", str, "")),
+            subject=_get(body, "subject", str, ""),
+            data=_data_from_dict(data),
+        )
+
+
+_DATA_FIELDS = tuple(f.name for f in dataclasses.fields(UsageData))
+
+
+def _data_to_dict(data: UsageData) -> dict[str, Any]:
+    """Like dataclasses.asdict, without its deep copies (the event is immutable): ~3x faster."""
+    body = {name: getattr(data, name) for name in _DATA_FIELDS}
+    body["attempts"] = [
+        {"backend": a.backend, "provider": a.provider, "upstream_model": a.upstream_model, "status": a.status}
+        for a in data.attempts
+    ]
+    body["tokens"] = dataclasses.asdict(data.tokens)
+    body["budgets"] = list(data.budgets)
+    return body
+
+
+def _get(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    path = f"{where}.{name}" if where else name
+    if name not in obj:
+        raise UsageEventError(path, "required")
+    value = obj[name]
+    # bool is an int in Python: a `true` where a count belongs is still an error.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UsageEventError(path, f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _opt(obj: dict[str, Any], name: str, kind: type, where: str, default: Any) -> Any:
+    if name not in obj or (obj[name] is None and default is None):
+        return default
+    return _get(obj, name, kind, where)
+
+
+_OPTIONAL_TEXT = (
+    "team",
+    "user",
+    "end_user",
+    "session_id",
+    "session_path",
+    "session_name",
+    "price_source",
+    "price_version",
+    "request_id",
+    "trace_id",
+)
+
+
+def _data_from_dict(data: dict[str, Any]) -> UsageData:
+    w = "data"
+    # Unknown fields are ignored: a later v1 producer may add one (see the module docstring).
+    text = {n: _opt(data, n, str, w, "") for n in _OPTIONAL_TEXT}
+    properties = _opt(data, "properties", dict, w, {})
+    tokens = _opt(data, "tokens", dict, w, {})
+    attempts = _opt(data, "attempts", list, w, [])
+    budgets = _opt(data, "budgets", list, w, [])
+    for i, budget in enumerate(budgets):
+        if not isinstance(budget, str):
+            raise UsageEventError(f"data.budgets[{i}]", "expected str")
+    parsed_attempts = []
+    for i, attempt in enumerate(attempts):
+        where = f"data.attempts[{i}]"
+        if not isinstance(attempt, dict):
+            raise UsageEventError(where, "expected a JSON object")
+        parsed_attempts.append(
+            Attempt(
+                backend=_get(attempt, "backend", str, where),
+                provider=_get(attempt, "provider", str, where),
+                upstream_model=_get(attempt, "upstream_model", str, where),
+                status=_get(attempt, "status", int, where),
+            )
+        )
+    token_fields = {f.name for f in dataclasses.fields(Tokens)}
+    return UsageData(
+        **text,
+        cost=_get(data, "cost", str, w),
+        namespace=_get(data, "namespace", str, w),
+        key_name=_get(data, "key_name", str, w),
+        route=_get(data, "route", str, w),
+        model=_get(data, "model", str, w),
+        outcome=_get(data, "outcome", str, w),
+        status=_get(data, "status", int, w),
+        billable=_get(data, "billable", bool, w),
+        properties=dict(properties),
+        attempts=tuple(parsed_attempts),
+        tokens=Tokens(**{n: _opt(tokens, n, int, "data.tokens", 0) for n in token_fields}),
+        budgets=tuple(budgets),
+        latency_ms=_opt(data, "latency_ms", int, w, 0),
+        ttft_ms=_opt(data, "ttft_ms", int, w, None),
+        streamed=_opt(data, "streamed", bool, w, False),
+    )
+
+
+_REQUIRED_TEXT = frozenset({"namespace", "key_name", "model", "outcome"})
+
+
+def _validate(event: UsageEvent) -> None:
+    if event.type != USAGE_TYPE_V1:
+        raise UsageEventError("type", f"unknown event type {event.type!r}")
+    if event.id.version != 7 or event.id.variant != uuid.RFC_4122:
+        raise UsageEventError("id", f"expected a UUIDv7 made by the gateway, got {event.id}")
+    if event.time.tzinfo is None:
+        raise UsageEventError("time", "must carry a time zone")
+    if not MIN_YEAR <= event.time.astimezone(UTC).year <= MAX_YEAR:
+        raise UsageEventError("time", f"outside the years {MIN_YEAR}-{MAX_YEAR}: {_format_time(event.time)}")
+    for name in ("source", "subject"):
+        _check_text(name, getattr(event, name), required=True)
+    data = event.data
+    for f in dataclasses.fields(UsageData):
+        value = getattr(data, f.name)
+        if isinstance(value, str):
+            _check_text(
+                f"data.{f.name}", value, required=f.name in {"namespace", "key_name", "model", "outcome"}
+            )
+    if data.outcome not in OUTCOMES:
+        raise UsageEventError("data.outcome", f"expected one of {sorted(OUTCOMES)}, got {data.outcome!r}")
+    if not 100 <= data.status <= 599:
+        raise UsageEventError("data.status", f"expected an HTTP status, got {data.status}")
+    cost = data.cost_nanos
+    if data.outcome == "denied" and (cost != 0 or data.billable):
+        raise UsageEventError("data.cost", "a denied call costs 0 and is not billable")
+    if cost > MAX_COST_USD * NANOS_PER_USD:
+        raise UsageEventError("data.cost", f"more than {MAX_COST_USD} USD for one call")
+    for f in dataclasses.fields(Tokens):
+        _check_count(f"data.tokens.{f.name}", getattr(data.tokens, f.name))
+    for name in ("latency_ms", "ttft_ms"):
+        value = getattr(data, name)
+        if value is not None:
+            _check_count(f"data.{name}", value)
+    for i, attempt in enumerate(data.attempts):
+        for name in ("backend", "provider", "upstream_model"):
+            _check_text(f"data.attempts[{i}].{name}", getattr(attempt, name), required=False)
+    _check_properties(data.properties)
+    for i, budget in enumerate(data.budgets):
+        _check_text(f"data.budgets[{i}]", budget, required=True)
+
+
+def _check_count(where: str, value: int) -> None:
+    if not 0 <= value <= MAX_COUNT:
+        raise UsageEventError(where, f"must be between 0 and {MAX_COUNT}")
+
+
+def _check_text(where: str, value: str, *, required: bool) -> None:
+    if required and not value:
+        raise UsageEventError(where, "required (empty)")
+    if len(value) > MAX_TEXT:
+        raise UsageEventError(where, f"longer than {MAX_TEXT} characters")
+    _check_storable(where, value)
+
+
+def _check_storable(where: str, value: str) -> None:
+    """Text a database can store: no NUL (PostgreSQL refuses it) and valid UTF-8 (no lone surrogate,
+    which JSON's \\ud800 escapes can carry)."""
+    if "\x00" in value:
+        raise UsageEventError(where, "contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageEventError(where, "not valid Unicode text (a lone surrogate)") from None
+
+
+def _check_properties(properties: dict[str, str]) -> None:
+    if len(properties) > MAX_PROPERTIES:
+        raise UsageEventError("data.properties", f"more than {MAX_PROPERTIES} properties ({len(properties)})")
+    for name, value in properties.items():
+        where = f"data.properties.{name[:MAX_PROPERTY_NAME]}"
+        if len(name) > MAX_PROPERTY_NAME or not PROPERTY_NAME.fullmatch(name):
+            raise UsageEventError(
+                where, f"a name is 1-{MAX_PROPERTY_NAME} of a-z 0-9 _ . - starting with a letter or digit"
+            )
+        if not isinstance(value, str):
+            raise UsageEventError(where, f"expected str, got {type(value).__name__}")
+        if len(value) > MAX_PROPERTY_VALUE:
+            raise UsageEventError(where, f"value longer than {MAX_PROPERTY_VALUE} characters")
+        _check_storable(where, value)
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageEventError("time", f"not an RFC 3339 time: {text!r}") from exc
+    if moment.tzinfo is None:
+        raise UsageEventError("time", f"must carry a time zone (e.g. 'Z'): {text!r}")
+    return moment.astimezone(UTC)
