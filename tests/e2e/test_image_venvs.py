@@ -50,3 +50,16 @@ def test_the_sidecar_image_renders_envoys_bootstrap_and_imports_its_app(tmp_path
     assert rendered.returncode == 0, rendered.stderr
     assert (tmp_path / "envoy" / "envoy.json").is_file()
     assert (tmp_path / "envoy" / "xds" / "cds.json").is_file()
+
+
+@pytest.mark.timeout(60 + COLD_BUILD_S)
+def test_the_meter_image_has_only_the_meters_extra_and_runs_its_commands() -> None:
+    image = image_venv(DOCKERFILES["tollway/meter"])
+    for heavy in ("tiktoken", "grpc", "envoy", "opentelemetry"):
+        absent = image.run("python", "-c", f"import importlib.util as u; print(u.find_spec('{heavy}'))")
+        assert absent.stdout.strip() == "None", f"{heavy} in the meter image: {absent.stdout}{absent.stderr}"
+    modules = image.run("python", "-c", "import tollway_meter.consumer, tollway_meter.api, psycopg")
+    assert modules.returncode == 0, modules.stderr
+    for command in (("meter", "run", "--help"), ("usage", "--help")):
+        shown = image.run("tollway", *command)
+        assert shown.returncode == 0, f"tollway {' '.join(command)}: {shown.stderr}"
