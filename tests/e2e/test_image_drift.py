@@ -79,7 +79,13 @@ def test_every_deployed_image_is_a_dockerfile_the_e2e_builds_or_envoys_wheel(hel
                 "so the e2e cannot build its environment"
             )
             seen.add(repository)
-    assert seen == set(DOCKERFILES), f"Dockerfiles no Deployment uses: {set(DOCKERFILES) - seen}"
+    # The chart does not deploy the meter yet (docs/metering.md, "Not built yet"); its image is still
+    # built and run by test_image_venvs.py. Remove it here when the chart gains its Deployment.
+    undeployed = {"tollway/meter"}
+    assert not seen & undeployed, f"the chart deploys {seen & undeployed}: drop it from `undeployed`"
+    assert seen == set(DOCKERFILES) - undeployed, (
+        f"Dockerfiles no Deployment uses: {set(DOCKERFILES) - undeployed - seen}"
+    )
 
 
 def test_what_each_deployment_runs_is_a_command_of_its_images_entrypoint(helm: str) -> None:
