@@ -43,24 +43,9 @@ if path="$(find_postgres)"; then
 	exit 0
 fi
 
-[[ "${TOLLWAY_TOOLS_NO_BUILD:-}" == "1" ]] && die "PostgreSQL is not installed (TOLLWAY_TOOLS_NO_BUILD=1: not installing it now)"
-[[ "$(id -u)" == "0" ]] || die "PostgreSQL is not installed and installing Debian's package needs root"
-command -v apt-get >/dev/null 2>&1 || die "PostgreSQL is not installed and apt-get is not available here"
-
-echo "postgres.sh: installing Debian's postgresql package" >&2
-export DEBIAN_FRONTEND=noninteractive
-# policy-rc.d 101: the package must not start (or enable) its own system service.
-policy=/usr/sbin/policy-rc.d
-created_policy=0
-if [[ ! -e "$policy" ]]; then
-	printf '#!/bin/sh\nexit 101\n' >"$policy"
-	chmod +x "$policy"
-	created_policy=1
-fi
-cleanup() { if [[ "$created_policy" == "1" ]]; then rm -f "$policy"; fi; }
-trap cleanup EXIT
-apt-get update >&2 || die "apt-get update failed"
-apt-get install -y --no-install-recommends postgresql >&2 || die "apt-get install postgresql failed"
+# shellcheck source=lib/apt.sh
+source "$(dirname "$0")/lib/apt.sh"
+apt_install "PostgreSQL" postgresql
 
 path="$(find_postgres)" || die "PostgreSQL was installed but initdb cannot be found"
 echo "$path"

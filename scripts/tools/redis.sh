@@ -40,25 +40,9 @@ if path="$(find_redis)"; then
 	exit 0
 fi
 
-[[ "${TOLLWAY_TOOLS_NO_BUILD:-}" == "1" ]] && die "redis-server is not installed (TOLLWAY_TOOLS_NO_BUILD=1: not installing it now)"
-[[ "$(id -u)" == "0" ]] || die "redis-server is not installed and installing Debian's package needs root"
-command -v apt-get >/dev/null 2>&1 || die "redis-server is not installed and apt-get is not available here"
-
-echo "redis.sh: installing Debian's redis-server package" >&2
-export DEBIAN_FRONTEND=noninteractive
-# policy-rc.d 101: the package must not start (or enable) its own system service.
-policy=/usr/sbin/policy-rc.d
-created_policy=0
-if [[ ! -e "$policy" ]]; then
-	printf '#!/bin/sh\nexit 101\n' >"$policy"
-	chmod +x "$policy"
-	created_policy=1
-fi
-# An `if`, not `[[ … ]] && rm`: a false test as the trap's last command became the script's exit code.
-cleanup() { if [[ "$created_policy" == "1" ]]; then rm -f "$policy"; fi; }
-trap cleanup EXIT
-apt-get update >&2 || die "apt-get update failed"
-apt-get install -y --no-install-recommends redis-server >&2 || die "apt-get install redis-server failed"
+# shellcheck source=lib/apt.sh
+source "$(dirname "$0")/lib/apt.sh"
+apt_install "redis-server" redis-server
 
 path="$(find_redis)" || die "redis-server was installed but cannot be found"
 echo "$path"
