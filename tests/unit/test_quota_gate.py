@@ -46,9 +46,15 @@ class Switch:
         self._check()
         return await self.inner.reserve(plan)
 
-    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+    async def settle(
+        self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None
+    ) -> bool:
         self._check()
-        return await self.inner.settle(plan, settlement, now_ms)
+        return await self.inner.settle(plan, settlement, now_ms, event)
+
+    async def emit(self, event: str) -> None:
+        self._check()
+        await self.inner.emit(event)
 
     async def apply(self, batch: Batch) -> bool:
         self._check()

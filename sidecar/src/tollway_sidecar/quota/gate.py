@@ -102,11 +102,22 @@ class _Journal:
 
     counts: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)  # -> [amount, drop_at]
     batches: list[Batch] = field(default_factory=list)
-    settles: list[tuple[Plan, Settlement]] = field(default_factory=list)
+    settles: list[tuple[Plan, Settlement, str | None]] = field(default_factory=list)  # + event JSON
 
     @property
     def pending(self) -> int:
         return len(self.counts) + len(self.batches) + len(self.settles)
+
+
+def _build_event(event: Callable[[Charge], str] | None, charge: Charge, rid: str) -> str | None:
+    """The event's JSON; a call whose event cannot be built is still settled (and logged)."""
+    if event is None:
+        return None
+    try:
+        return event(charge)
+    except ValueError as exc:  # UsageEventError: a field outside the contract
+        log.error("usage event of call %s not built: %s", rid, exc)
+        return None
 
 
 class QuotaGate:
@@ -206,7 +217,7 @@ class QuotaGate:
             # The script may have run with its reply lost (a timeout): release that reservation when
             # the store answers again, or it would expire charged at its estimate. Settling is
             # idempotent, so this is a no-op when nothing was reserved.
-            self._journal.settles.append((plan, settlement_for(plan, Charge(0, 0, 0))))
+            self._journal.settles.append((plan, settlement_for(plan, Charge(0, 0, 0)), None))
             self._kick()
             if plan.failure_policy == "FailClosed":
                 return unavailable(plan)
@@ -234,9 +245,11 @@ class QuotaGate:
         reached_backend: bool,
         stream: ParsedStream | None,
         price: BackendPrice | None,
+        event: Callable[[Charge], str] | None = None,
     ) -> None:
         """Settle in the background: the response does not wait for the round trip. `drain()`
-        (which /spend awaits) waits for every settle started so far."""
+        (which /spend awaits) waits for every settle started so far. `event` builds the call's
+        usage event JSON from its charge; it runs in that background task, off the reply."""
         if admission.settled:
             return
         charge = charge_for(
@@ -248,15 +261,31 @@ class QuotaGate:
             stream=stream,
             price=price,
         )
-        task = asyncio.get_running_loop().create_task(self.settle(admission, charge))
+        task = asyncio.get_running_loop().create_task(self.settle(admission, charge, event))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+
+    def emit_soon(self, event: str) -> None:
+        """Append a usage event that settles nothing (a refused call) in the background; lost,
+        with a warning, when the store cannot be reached (nothing was charged)."""
+        task = asyncio.get_running_loop().create_task(self._emit(event))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _emit(self, event: str) -> None:
+        try:
+            await self.store.emit(event)
+        except StoreUnavailable as exc:
+            self._unreachable(exc)
+            log.warning("usage event of a refused call not recorded: %s", exc)
 
     async def drain(self) -> None:
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def settle(self, admission: Admission, charge: Charge) -> None:
+    async def settle(
+        self, admission: Admission, charge: Charge, event: Callable[[Charge], str] | None = None
+    ) -> None:
         if admission.settled:
             return
         admission.settled = True
@@ -266,13 +295,14 @@ class QuotaGate:
         if admission.local:
             self._count_locally(plan, settlement)
             return
+        record = _build_event(event, charge, plan.rid)
         started = time.perf_counter()
         try:
-            applied = await self.store.settle(plan, settlement, self.clock())
+            applied = await self.store.settle(plan, settlement, self.clock(), record)
         except StoreUnavailable as exc:
             self._timed("settle", "unavailable", started)
             self._unreachable(exc)
-            self._journal.settles.append((plan, settlement))
+            self._journal.settles.append((plan, settlement, record))
             self._kick()
             return
         self._timed("settle", "settled" if applied else "expired", started)
@@ -336,9 +366,9 @@ class QuotaGate:
                 raise
             journal.batches.pop(0)
         while journal.settles:
-            plan, settlement = journal.settles[0]
+            plan, settlement, record = journal.settles[0]
             try:
-                await self.store.settle(plan, settlement, self.clock())
+                await self.store.settle(plan, settlement, self.clock(), record)
             except StoreUnavailable as exc:
                 self._unreachable(exc)
                 raise

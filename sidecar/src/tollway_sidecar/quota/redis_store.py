@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from tollway_sidecar.contract.counters import read_reply, read_request, read_script, sweep_source
 from tollway_sidecar.contract.redis_counters import bounded_client
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
 from tollway_sidecar.quota import resp
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import (
@@ -118,7 +119,9 @@ class RedisStore:
         values = [int(value) for value in reply]
         return ReserveResult(values[0] == 1, tuple(values[1:]))
 
-    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+    async def settle(
+        self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None
+    ) -> bool:
         items = [*settlement.deltas, *settlement.tallies]
         counters = list(dict.fromkeys(item.key for item in items))
         position = {key: i + 3 for i, key in enumerate(counters)}
@@ -126,8 +129,14 @@ class RedisStore:
         args: list[str | int] = [now_ms, plan.rid, plan.reservation_prefix, SWEEP_LIMIT, len(items)]
         for item in items:
             args += [position[item.key], item.field, item.amount]
+        if event is not None:
+            keys.append(USAGE_STREAM)  # the script's last key
+            args += [event, USAGE_FIELD]
         reply = await self._call("settle", lambda: self._script(self._settle, keys, args))
         return int(reply) == 1
+
+    async def emit(self, event: str) -> None:
+        await self._call("emit", lambda: self._redis.xadd(USAGE_STREAM, {USAGE_FIELD: event}))
 
     async def apply(self, batch: Batch) -> bool:
         counters = list(dict.fromkeys(line.key for line in batch.lines))
