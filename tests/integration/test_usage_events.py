@@ -28,6 +28,7 @@ from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, Usag
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
+METER = [sys.executable, "-m", "tollway.cli", "meter", "run"]
 EXACT = {"x-mock-prompt-tokens": "9", "x-mock-completion-tokens": "10"}  # usage = the estimate
 
 FALLBACK_ROUTE = """\
@@ -38,8 +39,15 @@ metadata: {{name: ev-fallback}}
 spec:
   model: ev-fallback
   backends:
-    - {{name: broken, provider: openai-compatible, model: gpt-4o-mini, baseURL: "http://127.0.0.1:{broken}/v1", priority: 0}}
-    - {{name: mock, provider: openai-compatible, model: gpt-4o-mini, baseURL: "http://127.0.0.1:{mock}/v1", priority: 1}}
+    - name: broken
+      provider: openai-compatible
+      model: gpt-4o-mini
+      baseURL: "http://127.0.0.1:{broken}/v1"
+    - name: mock
+      provider: openai-compatible
+      model: gpt-4o-mini
+      baseURL: "http://127.0.0.1:{mock}/v1"
+      priority: 1
 """
 
 
@@ -132,8 +140,7 @@ def run_meter(server: RedisServer, dsn: str, log: Path) -> None:
     client = redis.Redis.from_url(server.url)
     with log.open("ab") as out:
         meter = subprocess.Popen(
-            [sys.executable, "-m", "tollway.cli", "meter", "run", "--redis", server.url, "--db", dsn]
-            + ["--metrics-port", "0", "--api-port", "0"],
+            [*METER, "--redis", server.url, "--db", dsn, "--metrics-port", "0", "--api-port", "0"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -46,9 +46,7 @@ class Switch:
         self._check()
         return await self.inner.reserve(plan)
 
-    async def settle(
-        self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None
-    ) -> bool:
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         self._check()
         return await self.inner.settle(plan, settlement, now_ms, event)
 

@@ -118,9 +118,7 @@ class MemoryStore:
         heapq.heappush(self._heaps.setdefault(plan.index_key, []), (expiry, plan.rid))
         return ReserveResult(True, used)
 
-    async def settle(
-        self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None
-    ) -> bool:
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         applied = False
         record = self._record(plan.reservation_key, now_ms)
         expiry = self._index.get(plan.index_key, {}).get(plan.rid)

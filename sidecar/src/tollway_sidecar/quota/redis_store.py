@@ -119,9 +119,7 @@ class RedisStore:
         values = [int(value) for value in reply]
         return ReserveResult(values[0] == 1, tuple(values[1:]))
 
-    async def settle(
-        self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None
-    ) -> bool:
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         items = [*settlement.deltas, *settlement.tallies]
         counters = list(dict.fromkeys(item.key for item in items))
         position = {key: i + 3 for i, key in enumerate(counters)}

@@ -72,9 +72,7 @@ class QuotaStore(CounterReader, Protocol):
         """Reserve every line of `plan` if all checked lines have room; nothing otherwise."""
         ...
 
-    async def settle(
-        self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None
-    ) -> bool:
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         """Replace the reservation with the settlement; False (and no change) when it is not open.
         `event` (a usage event's JSON) is appended to the outbox in the same step, only when the
         settlement is applied: a settle retried after a lost reply adds no second event."""
