@@ -35,6 +35,7 @@ KEY = VirtualKey(
     budgets=("team/cap",),
 )
 BUDGET = Budget(name="cap", namespace="team", limit_usd=Decimal("10"))
+ESTIMATE = Estimate(prompt_tokens=10, output_tokens=10, cost_usd=Decimal("0.001"))
 NOW = datetime(2026, 11, 5, 10, 30, 1, 250000, tzinfo=UTC)
 
 
@@ -61,18 +62,14 @@ def admitted_state() -> RequestState:
         key=KEY,
         budgets={"team/cap": BUDGET},
         user="u-42",
-        estimate=Estimate(prompt_tokens=10, output_tokens=10, cost_usd=Decimal("0.001")),
+        estimate=ESTIMATE,
         rid="rid-1",
         now_ms=int(NOW.timestamp() * 1000),
         reservation_ttl_ms=600_000,
         default_failure_policy="FailClosed",
     )
-    state.quota = Admission(plan, plan_estimate(), {})
+    state.quota = Admission(plan, ESTIMATE, {})
     return state
-
-
-def plan_estimate() -> Estimate:
-    return Estimate(prompt_tokens=10, output_tokens=10, cost_usd=Decimal("0.001"))
 
 
 def test_an_admitted_call_becomes_one_event_with_its_exact_charge() -> None:
