@@ -95,4 +95,4 @@ def refused(runtime: Runtime, state: RequestState, status: int) -> None:
     facts = usage_record.facts_of(
         state, price=None, now=datetime.now(UTC), monotonic=time.monotonic(), denied=True
     )
-    runtime.quota.emit_soon(usage_record.event_json(facts, None))
+    runtime.quota.emit_soon(functools.partial(usage_record.event_json, facts, None))

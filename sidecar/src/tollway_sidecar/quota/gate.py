@@ -265,16 +265,16 @@ class QuotaGate:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    def emit_soon(self, event: str) -> None:
-        """Append a usage event that settles nothing (a refused call) in the background; lost,
-        with a warning, when the store cannot be reached (nothing was charged)."""
+    def emit_soon(self, event: Callable[[], str]) -> None:
+        """Build and append a usage event that settles nothing (a refused call) in the background;
+        lost, with a warning, when the store cannot be reached (nothing was charged)."""
         task = asyncio.get_running_loop().create_task(self._emit(event))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _emit(self, event: str) -> None:
+    async def _emit(self, event: Callable[[], str]) -> None:
         try:
-            await self.store.emit(event)
+            await self.store.emit(event())
         except StoreUnavailable as exc:
             self._unreachable(exc)
             log.warning("usage event of a refused call not recorded: %s", exc)
