@@ -318,3 +318,16 @@ async def test_a_settle_without_an_event_appends_none_and_emit_appends_one(
     refused = json.dumps({"namespace": namespace, "billable": False})
     await store.emit(refused)
     assert await outbox(store, namespace) == [refused]
+
+
+async def test_a_batch_appends_the_events_of_the_calls_it_counts_once(
+    store: QuotaStore, namespace: str
+) -> None:
+    key = f"tw:{{{namespace}}}:b:cap:2026-03-14"
+    now = at("2026-03-14T12:00:00")
+    events = tuple(json.dumps({"namespace": namespace, "n": n}) for n in range(3))
+    batch = Batch(namespace, uuid.uuid4().hex, now, (BatchLine(key, "usd", 700, 60_000),), events)
+    assert await store.apply(batch) is True
+    assert await store.apply(batch) is False  # a retry after a lost answer: no second copy
+    assert await outbox(store, namespace) == list(events)
+    assert (await store.read(namespace, [key], now))[key] == {"usd": 700}

@@ -189,3 +189,21 @@ async def test_a_refused_calls_event_is_built_and_appended_in_the_background() -
     await gate.drain()  # an unreachable store loses it (with a warning), never raises
     assert list(store.inner.outbox) == ['{"billable": false}']
     await gate.close()
+
+
+async def test_a_fail_open_calls_event_is_added_with_its_counts_once() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW)
+    store.down = True
+    admission = await admit(gate, key("default/cap"), {"default/cap": budget("FailOpen")})
+    assert isinstance(admission, Admission) and admission.local
+    await gate.settle(admission, Charge(9, 41, 50_000), lambda charge: f'{{"n": {charge.nano_usd}}}')
+    assert list(store.inner.outbox) == []
+    with contextlib.suppress(StoreUnavailable):
+        await gate.reconcile()  # still down: the event waits in the batch
+    store.down = False
+    await gate.reconcile()
+    await gate.reconcile()
+    assert gate.pending == 0
+    assert list(store.inner.outbox) == ['{"n": 50000}']
+    await gate.close()

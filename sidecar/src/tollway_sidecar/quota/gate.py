@@ -103,10 +103,11 @@ class _Journal:
     counts: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)  # -> [amount, drop_at]
     batches: list[Batch] = field(default_factory=list)
     settles: list[tuple[Plan, Settlement, str | None]] = field(default_factory=list)  # + event JSON
+    events: dict[str, list[str]] = field(default_factory=dict)  # namespace -> events of counted calls
 
     @property
     def pending(self) -> int:
-        return len(self.counts) + len(self.batches) + len(self.settles)
+        return len(self.counts) + len(self.batches) + len(self.settles) + len(self.events)
 
 
 def _build_event(event: Callable[[Charge], str] | None, charge: Charge, rid: str) -> str | None:
@@ -292,10 +293,10 @@ class QuotaGate:
         self.open -= 1
         plan = admission.plan
         settlement = settlement_for(plan, charge)
-        if admission.local:
-            self._count_locally(plan, settlement)
-            return
         record = _build_event(event, charge, plan.rid)
+        if admission.local:
+            self._count_locally(plan, settlement, record)
+            return
         started = time.perf_counter()
         try:
             applied = await self.store.settle(plan, settlement, self.clock(), record)
@@ -314,7 +315,7 @@ class QuotaGate:
             log.error("quota store unreachable: %s", exc)
         self.last_error = str(exc)
 
-    def _count_locally(self, plan: Plan, settlement: Settlement) -> None:
+    def _count_locally(self, plan: Plan, settlement: Settlement, event: str | None = None) -> None:
         """FailOpen: what a call used, kept until the store answers (see module docstring)."""
         amounts: dict[tuple[str, str], int] = {}
         drop_at: dict[str, int] = {}
@@ -327,6 +328,8 @@ class QuotaGate:
             if amount:
                 entry = self._journal.counts.setdefault((plan.namespace, key, name), [0, drop_at[key]])
                 entry[0] += amount
+        if event is not None:  # added by the batch that carries these counts, in the same script
+            self._journal.events.setdefault(plan.namespace, []).append(event)
         self._kick()
 
     # -- reconcile ----------------------------------------------------------------------------------
@@ -345,17 +348,18 @@ class QuotaGate:
         """Send what was kept locally; raises StoreUnavailable (keeping the rest) if the store fails."""
         journal = self._journal
         now = self.clock()
-        if journal.counts:
-            by_namespace: dict[str, list[BatchLine]] = {}
+        if journal.counts or journal.events:
+            by_namespace: dict[str, list[BatchLine]] = {namespace: [] for namespace in journal.events}
             for (namespace, key, name), (amount, drop_at) in journal.counts.items():
                 if drop_at and drop_at <= now:
                     continue  # the window is over: nothing left to enforce there
                 ttl = 0 if not drop_at else drop_at - now
                 by_namespace.setdefault(namespace, []).append(BatchLine(key, name, amount, ttl))
-            journal.counts = {}
+            events, journal.counts, journal.events = journal.events, {}, {}
             journal.batches += [
-                Batch(namespace, uuid.uuid4().hex, now, tuple(lines))
+                Batch(namespace, uuid.uuid4().hex, now, tuple(lines), tuple(events.get(namespace, ())))
                 for namespace, lines in by_namespace.items()
+                if lines or events.get(namespace)
             ]
         while journal.batches:
             batch = journal.batches[0]

@@ -152,6 +152,7 @@ class MemoryStore:
             self._hincrby(line.key, line.field, line.amount, now)
             if line.ttl_ms > 0 and (fresh or line.key not in self._expiry):
                 self._expiry[line.key] = now + line.ttl_ms
+        self.outbox.extend(batch.events)
         return True
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:

@@ -143,6 +143,9 @@ class RedisStore:
         for line in batch.lines:
             args += [position[line.key], line.field, line.amount, line.ttl_ms]
         keys = [batch.mark_key, *counters]
+        if batch.events:
+            keys.append(USAGE_STREAM)  # the script's last key
+            args += [len(batch.events), USAGE_FIELD, *batch.events]
         reply = await self._call("apply", lambda: self._apply(keys=keys, args=args))
         return int(reply) == 1
 

@@ -50,6 +50,7 @@ class Batch:
     batch_id: str
     now_ms: int
     lines: tuple[BatchLine, ...]
+    events: tuple[str, ...] = ()  # usage events' JSON of the calls counted, appended with the counts
 
     @property
     def mark_key(self) -> str:
