@@ -331,3 +331,19 @@ async def test_a_batch_appends_the_events_of_the_calls_it_counts_once(
     assert await store.apply(batch) is False  # a retry after a lost answer: no second copy
     assert await outbox(store, namespace) == list(events)
     assert (await store.read(namespace, [key], now))[key] == {"usd": 700}
+
+
+async def test_the_redis_usage_stream_is_capped_when_no_meter_reads_it(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, timeout_s=1.0, usage_stream_maxlen=200)
+    client = redis.asyncio.from_url(redis_server.url)
+    try:
+        await client.delete(USAGE_STREAM)
+        for n in range(2000):
+            await store.emit(json.dumps({"n": n}))
+        length = await client.xlen(USAGE_STREAM)
+        assert 200 <= length < 2000  # approximate: Redis trims whole nodes
+        newest = await client.xrevrange(USAGE_STREAM, count=1)
+        assert json.loads(newest[0][1][USAGE_FIELD.encode()]) == {"n": 1999}
+    finally:
+        await client.aclose()
+        await store.close()

@@ -3,7 +3,7 @@
 -- KEYS[1] the batch mark, KEYS[2..] the counters.
 -- ARGV[1] increments, then 4 per increment: counter index in KEYS, field, amount, counter ttl (ms;
 -- 0: never expires; applied only to a counter that has no expiry yet); then the count of usage
--- events, the stream field and the events' JSON, appended to the stream KEYS[#KEYS] with the counts
+-- events, the stream field, the stream's approximate length cap and the events' JSON, appended to the stream KEYS[#KEYS] with the counts
 -- (a retried batch appends none).
 -- Returns 1 when applied, 0 when this batch had been applied before.
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', 86400000) then
@@ -22,6 +22,6 @@ end
 local e = 2 + n * 4
 local events = tonumber(ARGV[e] or '0')
 for i = 1, events do
-  redis.call('XADD', KEYS[#KEYS], '*', ARGV[e + 1], ARGV[e + 1 + i])
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[e + 2], '*', ARGV[e + 1], ARGV[e + 2 + i])
 end
 return 1
