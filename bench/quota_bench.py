@@ -6,8 +6,10 @@ Starts its own redis-server (scripts/tools/redis.sh) on a free loopback port, th
 
 1. In process, exactly what the sidecar does per call, against that Redis:
    `QuotaGate.admit` (estimate + plan + the reserve script: one round trip) and `QuotaGate.settle`
-   (the settle script: one round trip), for a key with requests/tokens per minute, tokens per day
-   and two budgets (one perUser). Sequential (latency of one call) and 32 at a time (a busy sidecar).
+   (the settle script: one round trip), with and without the call's usage event (built from its
+   facts and appended by the same script: `extproc/usage_record.py`), for a key with
+   requests/tokens per minute, tokens per day and two budgets (one perUser). Sequential (latency
+   of one call) and 32 at a time (a busy sidecar).
    `store.reserve` alone is timed too, to separate the round trip from estimating and planning.
 2. End to end through `tollway dev` (Envoy + sidecar + mock provider, one at a time, keep-alive):
    the same gateway with Redis, a key with limits and budgets versus a key with none (which still
@@ -32,11 +34,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 from tollway.dev import DevGateway, DevOptions, free_port
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Limits, Pricing, Route, VirtualKey
+from tollway_sidecar.contract.usage_event import Attempt, uuid7
+from tollway_sidecar.extproc.usage_record import CallFacts, event_json
 from tollway_sidecar.pricing import PriceBook
 from tollway_sidecar.quota.gate import Admission, QuotaGate
 from tollway_sidecar.quota.plan import Charge
@@ -100,6 +105,34 @@ def bench_objects() -> tuple[VirtualKey, dict[str, Budget], Route, PriceBook]:
     return key, budgets, route, PriceBook(GatewayConfig(routes=(route,)))
 
 
+def sample_facts(key: VirtualKey) -> CallFacts:
+    """A typical call's event facts: a session, two properties, one fallback, a budget."""
+    return CallFacts(
+        id=uuid7(),
+        source="tollway-7d9f8-abcde",
+        at=datetime.now(UTC),
+        namespace=key.namespace,
+        key_name=key.name,
+        model="gpt-4o-mini",
+        status=200,
+        outcome="ok",
+        team="search",
+        end_user="user-1",
+        session_id="c1a2b3",
+        properties={"env": "prod", "feature": "summaries"},
+        route="default-gpt-4o-mini",
+        attempts=(
+            Attempt("primary", "openai", "gpt-4o-mini", 503),
+            Attempt("spare", "openai", "gpt-4o-mini", 200),
+        ),
+        budgets=("bench/monthly", "bench/per-user"),
+        latency_ms=412,
+        ttft_ms=120,
+        request_id=str(uuid.uuid4()),
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+    )
+
+
 async def in_process(url: str, ops: int) -> list[tuple[str, float, float]]:
     key, budgets, route, prices = bench_objects()
     store = RedisStore(url, timeout_s=0.2)
@@ -124,32 +157,63 @@ async def in_process(url: str, ops: int) -> list[tuple[str, float, float]]:
         await make()
         return (time.perf_counter() - started) * 1e6
 
+    facts = sample_facts(key)
+
+    def event(charge: Charge) -> str:
+        return event_json(dataclasses.replace(facts, id=uuid7()), charge)
+
+    prebuilt = event(Charge(10, 10, 9_000))
+
+    def ready(_charge: Charge) -> str:
+        return prebuilt  # the append alone: what the outbox costs Redis
+
     rows: list[tuple[str, float, float]] = []
     for _ in range(200):  # warm up: connections, script cache
         await gate.settle(await admit(), Charge(10, 10, 9_000))
     for concurrency in (1, 32):
         reserve_us: list[float] = []
         settle_us: list[float] = []
+        outbox_us: list[float] = []
+        append_us: list[float] = []
         raw_us: list[float] = []
 
         async def worker(
-            count: int, reserve_us: list[float], settle_us: list[float], raw_us: list[float]
+            count: int,
+            reserve_us: list[float],
+            settle_us: list[float],
+            raw_us: list[float],
+            outbox_us: list[float],
+            append_us: list[float],
         ) -> None:
-            for _ in range(count):
+            for i in range(count):
                 started = time.perf_counter()
                 admission = await admit()
                 reserve_us.append((time.perf_counter() - started) * 1e6)
-                settle_us.append(await timed(lambda a=admission: gate.settle(a, Charge(10, 10, 9_000))))  # type: ignore[misc]
+                if i % 3 == 2:  # rotate, so the settles see the same load and the same Redis
+                    append_us.append(
+                        await timed(lambda a=admission: gate.settle(a, Charge(10, 10, 9_000), ready))  # type: ignore[misc]
+                    )
+                elif i % 3 == 1:
+                    outbox_us.append(
+                        await timed(lambda a=admission: gate.settle(a, Charge(10, 10, 9_000), event))  # type: ignore[misc]
+                    )
+                else:
+                    settle_us.append(await timed(lambda a=admission: gate.settle(a, Charge(10, 10, 9_000))))  # type: ignore[misc]
                 fresh = dataclasses.replace(admission.plan, rid=uuid.uuid4().hex)
                 raw_us.append(await timed(lambda p=fresh: store.reserve(p)))  # type: ignore[misc]
 
         await asyncio.gather(
-            *(worker(ops // concurrency, reserve_us, settle_us, raw_us) for _ in range(concurrency))
+            *(
+                worker(ops // concurrency, reserve_us, settle_us, raw_us, outbox_us, append_us)
+                for _ in range(concurrency)
+            )
         )
         label = "sequential" if concurrency == 1 else f"{concurrency} concurrent"
         rows.append((f"admit: estimate + plan + reserve ({label})", *percentiles(reserve_us)))
         rows.append((f"reserve script alone ({label})", *percentiles(raw_us)))
         rows.append((f"settle ({label})", *percentiles(settle_us)))
+        rows.append((f"settle + usage event built and appended ({label})", *percentiles(outbox_us)))
+        rows.append((f"settle + a prebuilt event appended ({label})", *percentiles(append_us)))
     await gate.close()
     return rows
 

@@ -7,15 +7,18 @@ namespace, so the Redis tests share one server without seeing each other's count
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+import redis.asyncio
 from redisserver import RedisServer
 
 from tollway_sidecar.config.models import Budget, Limits, VirtualKey
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
 from tollway_sidecar.quota.estimate import Estimate
 from tollway_sidecar.quota.memory import MemoryStore
 from tollway_sidecar.quota.plan import (
@@ -258,3 +261,89 @@ async def test_a_batch_of_local_counts_is_applied_once(store: QuotaStore, namesp
     assert await store.apply(batch) is True
     assert await store.apply(batch) is False  # the retry of a batch whose answer was lost
     assert (await store.read(namespace, [key], now))[key] == {"usd": 700}
+
+
+async def outbox(store: QuotaStore, namespace: str) -> list[str]:
+    """The usage events a store appended that mention `namespace` (tests share one Redis)."""
+    if isinstance(store, MemoryStore):
+        events = list(store.outbox)
+    else:
+        assert isinstance(store, RedisStore)
+        client = redis.asyncio.from_url(store.url)
+        try:
+            entries = await client.xrange(USAGE_STREAM)
+        finally:
+            await client.aclose()
+        events = [fields[USAGE_FIELD.encode()].decode() for _id, fields in entries]
+    return [event for event in events if f'"{namespace}"' in event]
+
+
+async def test_a_settle_appends_its_event_once_with_the_counters(store: QuotaStore, namespace: str) -> None:
+    budget = make_budget(namespace, "1.00")
+    key = make_key(namespace, budgets=("cap",))
+    now = at("2026-03-14T12:00:00")
+    plan = plan_for(key, now, budgets=(budget,))
+    assert (await store.reserve(plan)).admitted
+    event = json.dumps({"namespace": namespace, "cost": "0.123456789"})
+    settlement = settlement_for(plan, Charge(80, 20, 123_456_789))
+    assert await store.settle(plan, settlement, now + 1000, event) is True
+    assert await outbox(store, namespace) == [event]
+    # A settle retried after a lost reply changes no counter and adds no second event.
+    assert await store.settle(plan, settlement, now + 2000, event) is False
+    assert await outbox(store, namespace) == [event]
+    assert await budget_fields(store, budget, now) == {"usd": 123_456_789, "usd_r": 0}
+
+
+async def test_an_expired_reservation_settles_nothing_and_appends_no_event(
+    store: QuotaStore, namespace: str
+) -> None:
+    key = make_key(namespace)
+    now = at("2026-03-14T12:00:00")
+    plan = plan_for(key, now, ttl_ms=1000)
+    assert (await store.reserve(plan)).admitted
+    event = json.dumps({"namespace": namespace})
+    assert await store.settle(plan, settlement_for(plan, Charge(1, 1, 1)), now + 5000, event) is False
+    assert await outbox(store, namespace) == []
+
+
+async def test_a_settle_without_an_event_appends_none_and_emit_appends_one(
+    store: QuotaStore, namespace: str
+) -> None:
+    key = make_key(namespace)
+    now = at("2026-03-14T12:00:00")
+    plan = plan_for(key, now)
+    assert (await store.reserve(plan)).admitted
+    assert await store.settle(plan, settlement_for(plan, Charge(1, 1, 1)), now + 1) is True
+    assert await outbox(store, namespace) == []
+    refused = json.dumps({"namespace": namespace, "billable": False})
+    await store.emit(refused)
+    assert await outbox(store, namespace) == [refused]
+
+
+async def test_a_batch_appends_the_events_of_the_calls_it_counts_once(
+    store: QuotaStore, namespace: str
+) -> None:
+    key = f"tw:{{{namespace}}}:b:cap:2026-03-14"
+    now = at("2026-03-14T12:00:00")
+    events = tuple(json.dumps({"namespace": namespace, "n": n}) for n in range(3))
+    batch = Batch(namespace, uuid.uuid4().hex, now, (BatchLine(key, "usd", 700, 60_000),), events)
+    assert await store.apply(batch) is True
+    assert await store.apply(batch) is False  # a retry after a lost answer: no second copy
+    assert await outbox(store, namespace) == list(events)
+    assert (await store.read(namespace, [key], now))[key] == {"usd": 700}
+
+
+async def test_the_redis_usage_stream_is_capped_when_no_meter_reads_it(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, timeout_s=1.0, usage_stream_maxlen=200)
+    client = redis.asyncio.from_url(redis_server.url)
+    try:
+        await client.delete(USAGE_STREAM)
+        for n in range(2000):
+            await store.emit(json.dumps({"n": n}))
+        length = await client.xlen(USAGE_STREAM)
+        assert 200 <= length < 2000  # approximate: Redis trims whole nodes
+        newest = await client.xrevrange(USAGE_STREAM, count=1)
+        assert json.loads(newest[0][1][USAGE_FIELD.encode()]) == {"n": 1999}
+    finally:
+        await client.aclose()
+        await store.close()

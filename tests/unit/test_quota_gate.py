@@ -46,9 +46,13 @@ class Switch:
         self._check()
         return await self.inner.reserve(plan)
 
-    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         self._check()
-        return await self.inner.settle(plan, settlement, now_ms)
+        return await self.inner.settle(plan, settlement, now_ms, event)
+
+    async def emit(self, event: str) -> None:
+        self._check()
+        await self.inner.emit(event)
 
     async def apply(self, batch: Batch) -> bool:
         self._check()
@@ -149,4 +153,57 @@ async def test_a_settle_that_fails_is_retried_until_the_store_answers() -> None:
     await gate.reconcile()
     cap = budget_key(budgets["default/cap"], datetime.fromtimestamp(NOW / 1000, tz=UTC))
     assert (await store.read("default", [cap], NOW))[cap] == {"usd": 10_000, "usd_r": 0}
+    await gate.close()
+
+
+async def test_a_settle_retried_after_an_outage_carries_its_event_once() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW)
+    admission = await admit(gate, key("default/cap"), {"default/cap": budget("FailClosed")})
+    assert isinstance(admission, Admission)
+    built: list[Charge] = []
+
+    def event(charge: Charge) -> str:
+        built.append(charge)
+        return f'{{"cost_nanos": {charge.nano_usd}}}'
+
+    store.down = True
+    await gate.settle(admission, Charge(9, 1, 10_000), event)
+    store.down = False
+    await gate.reconcile()
+    await gate.reconcile()  # nothing left: no second settle, no second event
+    assert list(store.inner.outbox) == ['{"cost_nanos": 10000}']
+    assert built == [Charge(9, 1, 10_000)]  # built once, from the charge the counters got
+    await gate.close()
+
+
+async def test_a_refused_calls_event_is_built_and_appended_in_the_background() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW)
+    gate.emit_soon(lambda: '{"billable": false}')
+    assert list(store.inner.outbox) == []  # not on the caller's path
+    await gate.drain()
+    assert list(store.inner.outbox) == ['{"billable": false}']
+    store.down = True
+    gate.emit_soon(lambda: "lost")
+    await gate.drain()  # an unreachable store loses it (with a warning), never raises
+    assert list(store.inner.outbox) == ['{"billable": false}']
+    await gate.close()
+
+
+async def test_a_fail_open_calls_event_is_added_with_its_counts_once() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW)
+    store.down = True
+    admission = await admit(gate, key("default/cap"), {"default/cap": budget("FailOpen")})
+    assert isinstance(admission, Admission) and admission.local
+    await gate.settle(admission, Charge(9, 41, 50_000), lambda charge: f'{{"n": {charge.nano_usd}}}')
+    assert list(store.inner.outbox) == []
+    with contextlib.suppress(StoreUnavailable):
+        await gate.reconcile()  # still down: the event waits in the batch
+    store.down = False
+    await gate.reconcile()
+    await gate.reconcile()
+    assert gate.pending == 0
+    assert list(store.inner.outbox) == ['{"n": 50000}']
     await gate.close()

@@ -7,15 +7,16 @@ but never sent): usage is then what was seen, or none.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 
-from tollway_sidecar.extproc import spans
+from tollway_sidecar.extproc import spans, usage_record
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 
-__all__ = ["BAD_BODY", "finish", "unpriced_reason"]
+__all__ = ["BAD_BODY", "finish", "refused", "unpriced_reason"]
 
 BAD_BODY = "bad_body"  # a 2xx body that is not an answer (not JSON, cut, empty): the client got a 502
 
@@ -57,6 +58,7 @@ def finish(
         runtime.metrics.unpriced.labels(backend.name).inc()
         runtime.metrics.unpriced_calls.labels(backend.name, state.unpriced).inc()
     if state.quota is not None:
+        facts = usage_record.facts_of(state, price=price, now=datetime.now(UTC), monotonic=time.monotonic())
         runtime.quota.settle_soon(
             state.quota,
             usage=usage,
@@ -65,6 +67,7 @@ def finish(
             reached_backend=backend is not None,
             stream=stream,
             price=price,
+            event=functools.partial(usage_record.event_json, facts),
         )
     runtime.metrics.observe_call(
         key=key.id,
@@ -81,3 +84,15 @@ def finish(
         attempts=max(state.attempts, 1),
     )
     spans.finished(runtime.tracing, state, state.completion)
+
+
+def refused(runtime: Runtime, state: RequestState, status: int) -> None:
+    """A call refused by a limit or budget: its usage event (cost 0, not billable), appended in the
+    background. Calls refused before admission (401, 403, 404) and 503s have no event."""
+    if state.key is None:
+        return
+    state.status = status
+    facts = usage_record.facts_of(
+        state, price=None, now=datetime.now(UTC), monotonic=time.monotonic(), denied=True
+    )
+    runtime.quota.emit_soon(functools.partial(usage_record.event_json, facts, None))

@@ -235,6 +235,8 @@ class RouterCall:
             body_bytes=len(message.body),
         )
         if isinstance(admission, Denial):
+            if admission.status == 429:  # refused by a limit or budget (503: the store is down)
+                accounting.refused(self.runtime, state, admission.status)
             return self._deny(
                 admission.status,
                 admission.message,

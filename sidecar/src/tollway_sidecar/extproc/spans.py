@@ -45,6 +45,8 @@ _PROPERTY_PREFIXES = ("x-tollway-property-", "helicone-property-")
 def start_call(tracing: Tracing, state: RequestState, headers: Mapping[str, str]) -> None:
     state.span = tracing.start_call(headers)
     state.session = headers.get("x-tollway-session") or headers.get("helicone-session-id") or None
+    state.session_path = headers.get("x-tollway-session-path") or headers.get("helicone-session-path")
+    state.session_name = headers.get("x-tollway-session-name") or headers.get("helicone-session-name")
     properties: dict[str, str] = {}
     for prefix in _PROPERTY_PREFIXES:  # Tollway's own headers win over Helicone's of the same name
         for name, value in headers.items():

@@ -56,6 +56,8 @@ class RequestState:
     # Tracing and metrics
     span: Any = None  # the call's SERVER span (opentelemetry Span), None once ended
     session: str | None = None  # x-tollway-session
+    session_path: str | None = None  # x-tollway-session-path
+    session_name: str | None = None  # x-tollway-session-name
     properties: dict[str, str] = field(default_factory=dict)  # x-tollway-property-<name>
     first_chunk_at: float | None = None  # monotonic; the first streamed body chunk
     finish_reasons: tuple[str, ...] = ()

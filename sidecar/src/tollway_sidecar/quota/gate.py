@@ -102,11 +102,23 @@ class _Journal:
 
     counts: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)  # -> [amount, drop_at]
     batches: list[Batch] = field(default_factory=list)
-    settles: list[tuple[Plan, Settlement]] = field(default_factory=list)
+    settles: list[tuple[Plan, Settlement, str | None]] = field(default_factory=list)  # + event JSON
+    events: dict[str, list[str]] = field(default_factory=dict)  # namespace -> events of counted calls
 
     @property
     def pending(self) -> int:
-        return len(self.counts) + len(self.batches) + len(self.settles)
+        return len(self.counts) + len(self.batches) + len(self.settles) + len(self.events)
+
+
+def _build_event(event: Callable[[Charge], str] | None, charge: Charge, rid: str) -> str | None:
+    """The event's JSON; a call whose event cannot be built is still settled (and logged)."""
+    if event is None:
+        return None
+    try:
+        return event(charge)
+    except ValueError as exc:  # UsageEventError: a field outside the contract
+        log.error("usage event of call %s not built: %s", rid, exc)
+        return None
 
 
 class QuotaGate:
@@ -206,7 +218,7 @@ class QuotaGate:
             # The script may have run with its reply lost (a timeout): release that reservation when
             # the store answers again, or it would expire charged at its estimate. Settling is
             # idempotent, so this is a no-op when nothing was reserved.
-            self._journal.settles.append((plan, settlement_for(plan, Charge(0, 0, 0))))
+            self._journal.settles.append((plan, settlement_for(plan, Charge(0, 0, 0)), None))
             self._kick()
             if plan.failure_policy == "FailClosed":
                 return unavailable(plan)
@@ -234,9 +246,11 @@ class QuotaGate:
         reached_backend: bool,
         stream: ParsedStream | None,
         price: BackendPrice | None,
+        event: Callable[[Charge], str] | None = None,
     ) -> None:
         """Settle in the background: the response does not wait for the round trip. `drain()`
-        (which /spend awaits) waits for every settle started so far."""
+        (which /spend awaits) waits for every settle started so far. `event` builds the call's
+        usage event JSON from its charge; it runs in that background task, off the reply."""
         if admission.settled:
             return
         charge = charge_for(
@@ -248,31 +262,48 @@ class QuotaGate:
             stream=stream,
             price=price,
         )
-        task = asyncio.get_running_loop().create_task(self.settle(admission, charge))
+        task = asyncio.get_running_loop().create_task(self.settle(admission, charge, event))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+
+    def emit_soon(self, event: Callable[[], str]) -> None:
+        """Build and append a usage event that settles nothing (a refused call) in the background;
+        lost, with a warning, when the store cannot be reached (nothing was charged)."""
+        task = asyncio.get_running_loop().create_task(self._emit(event))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _emit(self, event: Callable[[], str]) -> None:
+        try:
+            await self.store.emit(event())
+        except StoreUnavailable as exc:
+            self._unreachable(exc)
+            log.warning("usage event of a refused call not recorded: %s", exc)
 
     async def drain(self) -> None:
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def settle(self, admission: Admission, charge: Charge) -> None:
+    async def settle(
+        self, admission: Admission, charge: Charge, event: Callable[[Charge], str] | None = None
+    ) -> None:
         if admission.settled:
             return
         admission.settled = True
         self.open -= 1
         plan = admission.plan
         settlement = settlement_for(plan, charge)
+        record = _build_event(event, charge, plan.rid)
         if admission.local:
-            self._count_locally(plan, settlement)
+            self._count_locally(plan, settlement, record)
             return
         started = time.perf_counter()
         try:
-            applied = await self.store.settle(plan, settlement, self.clock())
+            applied = await self.store.settle(plan, settlement, self.clock(), record)
         except StoreUnavailable as exc:
             self._timed("settle", "unavailable", started)
             self._unreachable(exc)
-            self._journal.settles.append((plan, settlement))
+            self._journal.settles.append((plan, settlement, record))
             self._kick()
             return
         self._timed("settle", "settled" if applied else "expired", started)
@@ -284,7 +315,7 @@ class QuotaGate:
             log.error("quota store unreachable: %s", exc)
         self.last_error = str(exc)
 
-    def _count_locally(self, plan: Plan, settlement: Settlement) -> None:
+    def _count_locally(self, plan: Plan, settlement: Settlement, event: str | None = None) -> None:
         """FailOpen: what a call used, kept until the store answers (see module docstring)."""
         amounts: dict[tuple[str, str], int] = {}
         drop_at: dict[str, int] = {}
@@ -297,6 +328,8 @@ class QuotaGate:
             if amount:
                 entry = self._journal.counts.setdefault((plan.namespace, key, name), [0, drop_at[key]])
                 entry[0] += amount
+        if event is not None:  # added by the batch that carries these counts, in the same script
+            self._journal.events.setdefault(plan.namespace, []).append(event)
         self._kick()
 
     # -- reconcile ----------------------------------------------------------------------------------
@@ -315,17 +348,18 @@ class QuotaGate:
         """Send what was kept locally; raises StoreUnavailable (keeping the rest) if the store fails."""
         journal = self._journal
         now = self.clock()
-        if journal.counts:
-            by_namespace: dict[str, list[BatchLine]] = {}
+        if journal.counts or journal.events:
+            by_namespace: dict[str, list[BatchLine]] = {namespace: [] for namespace in journal.events}
             for (namespace, key, name), (amount, drop_at) in journal.counts.items():
                 if drop_at and drop_at <= now:
                     continue  # the window is over: nothing left to enforce there
                 ttl = 0 if not drop_at else drop_at - now
                 by_namespace.setdefault(namespace, []).append(BatchLine(key, name, amount, ttl))
-            journal.counts = {}
+            events, journal.counts, journal.events = journal.events, {}, {}
             journal.batches += [
-                Batch(namespace, uuid.uuid4().hex, now, tuple(lines))
+                Batch(namespace, uuid.uuid4().hex, now, tuple(lines), tuple(events.get(namespace, ())))
                 for namespace, lines in by_namespace.items()
+                if lines or events.get(namespace)
             ]
         while journal.batches:
             batch = journal.batches[0]
@@ -336,9 +370,9 @@ class QuotaGate:
                 raise
             journal.batches.pop(0)
         while journal.settles:
-            plan, settlement = journal.settles[0]
+            plan, settlement, record = journal.settles[0]
             try:
-                await self.store.settle(plan, settlement, self.clock())
+                await self.store.settle(plan, settlement, self.clock(), record)
             except StoreUnavailable as exc:
                 self._unreachable(exc)
                 raise

@@ -2,12 +2,15 @@
 
 One process, one event loop: each method runs to completion without awaiting, so it is as atomic
 as a Lua script. Counters expire by the caller's clock (`now_ms`), as Redis keys expire by theirs.
+Usage events go to `outbox`, an in-process deque of the last `OUTBOX_LIMIT` events' JSON (there is
+no meter reading it: it is bounded so a long `tollway dev` session cannot grow without limit).
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +18,10 @@ from tollway_sidecar.contract.keys import index_key, reservation_prefix
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import READ_SWEEP_LIMIT, SWEEP_LIMIT, Batch, ReserveResult, record_of
 
-__all__ = ["MemoryStore"]
+__all__ = ["OUTBOX_LIMIT", "MemoryStore"]
 
 _RECORD_GRACE_MS = 86_400_000
+OUTBOX_LIMIT = 10_000
 
 
 class MemoryStore:
@@ -30,6 +34,7 @@ class MemoryStore:
         self._index: dict[str, dict[str, int]] = {}  # index key -> {rid: expiry}
         self._heaps: dict[str, list[tuple[int, str]]] = {}  # index key -> (expiry, rid), lazily pruned
         self._marks: dict[str, int] = {}  # applied batch marks -> dropped at
+        self.outbox: deque[str] = deque(maxlen=OUTBOX_LIMIT)  # usage events' JSON, oldest first
 
     # -- helpers (all by the caller's clock) -----------------------------------------------------
 
@@ -113,7 +118,7 @@ class MemoryStore:
         heapq.heappush(self._heaps.setdefault(plan.index_key, []), (expiry, plan.rid))
         return ReserveResult(True, used)
 
-    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         applied = False
         record = self._record(plan.reservation_key, now_ms)
         expiry = self._index.get(plan.index_key, {}).get(plan.rid)
@@ -127,9 +132,14 @@ class MemoryStore:
                     self._hincrby(item.key, item.field, item.amount, now_ms)
             del self._records[plan.reservation_key]
             del self._index[plan.index_key][plan.rid]
+            if event is not None:
+                self.outbox.append(event)
             applied = True
         self._sweep(plan.index_key, plan.reservation_prefix, now_ms, SWEEP_LIMIT)
         return applied
+
+    async def emit(self, event: str) -> None:
+        self.outbox.append(event)
 
     async def apply(self, batch: Batch) -> bool:
         now = batch.now_ms
@@ -142,6 +152,7 @@ class MemoryStore:
             self._hincrby(line.key, line.field, line.amount, now)
             if line.ttl_ms > 0 and (fresh or line.key not in self._expiry):
                 self._expiry[line.key] = now + line.ttl_ms
+        self.outbox.extend(batch.events)
         return True
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from tollway_sidecar.contract.counters import read_reply, read_request, read_script, sweep_source
 from tollway_sidecar.contract.redis_counters import bounded_client
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
 from tollway_sidecar.quota import resp
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import (
@@ -30,10 +31,15 @@ from tollway_sidecar.quota.store import (
     record_of,
 )
 
-__all__ = ["RedisStore", "script_source"]
+__all__ = ["USAGE_STREAM_MAXLEN", "RedisStore", "script_source"]
 
 log = logging.getLogger("tollway.quota.redis")
 T = TypeVar("T")
+
+# The usage stream's length cap (approximate: Redis trims whole nodes). The meter trims what it has
+# acknowledged; the cap bounds Redis memory (~1 KB an event) when no meter runs, and drops the oldest
+# unread events only once a meter is this many events behind.
+USAGE_STREAM_MAXLEN = 1_000_000
 
 
 def script_source(name: str) -> str:
@@ -56,8 +62,10 @@ class RedisStore:
         cooldown_s: float = 0.5,
         max_connections: int = 64,
         password: str | None = None,
+        usage_stream_maxlen: int = USAGE_STREAM_MAXLEN,
     ) -> None:
         self.url = url
+        self.usage_stream_maxlen = usage_stream_maxlen
         self.timeout_s = timeout_s
         self.cooldown_s = cooldown_s
         self._redis = bounded_client(
@@ -118,7 +126,7 @@ class RedisStore:
         values = [int(value) for value in reply]
         return ReserveResult(values[0] == 1, tuple(values[1:]))
 
-    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         items = [*settlement.deltas, *settlement.tallies]
         counters = list(dict.fromkeys(item.key for item in items))
         position = {key: i + 3 for i, key in enumerate(counters)}
@@ -126,8 +134,19 @@ class RedisStore:
         args: list[str | int] = [now_ms, plan.rid, plan.reservation_prefix, SWEEP_LIMIT, len(items)]
         for item in items:
             args += [position[item.key], item.field, item.amount]
+        if event is not None:
+            keys.append(USAGE_STREAM)  # the script's last key
+            args += [event, USAGE_FIELD, self.usage_stream_maxlen]
         reply = await self._call("settle", lambda: self._script(self._settle, keys, args))
         return int(reply) == 1
+
+    async def emit(self, event: str) -> None:
+        await self._call(
+            "emit",
+            lambda: self._redis.xadd(
+                USAGE_STREAM, {USAGE_FIELD: event}, maxlen=self.usage_stream_maxlen, approximate=True
+            ),
+        )
 
     async def apply(self, batch: Batch) -> bool:
         counters = list(dict.fromkeys(line.key for line in batch.lines))
@@ -136,6 +155,9 @@ class RedisStore:
         for line in batch.lines:
             args += [position[line.key], line.field, line.amount, line.ttl_ms]
         keys = [batch.mark_key, *counters]
+        if batch.events:
+            keys.append(USAGE_STREAM)  # the script's last key
+            args += [len(batch.events), USAGE_FIELD, self.usage_stream_maxlen, *batch.events]
         reply = await self._call("apply", lambda: self._apply(keys=keys, args=args))
         return int(reply) == 1
 

@@ -50,6 +50,7 @@ class Batch:
     batch_id: str
     now_ms: int
     lines: tuple[BatchLine, ...]
+    events: tuple[str, ...] = ()  # usage events' JSON of the calls counted, appended with the counts
 
     @property
     def mark_key(self) -> str:
@@ -72,8 +73,14 @@ class QuotaStore(CounterReader, Protocol):
         """Reserve every line of `plan` if all checked lines have room; nothing otherwise."""
         ...
 
-    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int) -> bool:
-        """Replace the reservation with the settlement; False (and no change) when it is not open."""
+    async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
+        """Replace the reservation with the settlement; False (and no change) when it is not open.
+        `event` (a usage event's JSON) is appended to the outbox in the same step, only when the
+        settlement is applied: a settle retried after a lost reply adds no second event."""
+        ...
+
+    async def emit(self, event: str) -> None:
+        """Append a usage event that settles nothing (a call refused by a limit or budget)."""
         ...
 
     async def apply(self, batch: Batch) -> bool:

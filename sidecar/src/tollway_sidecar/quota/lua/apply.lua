@@ -2,7 +2,9 @@
 -- batch change nothing.
 -- KEYS[1] the batch mark, KEYS[2..] the counters.
 -- ARGV[1] increments, then 4 per increment: counter index in KEYS, field, amount, counter ttl (ms;
--- 0: never expires; applied only to a counter that has no expiry yet).
+-- 0: never expires; applied only to a counter that has no expiry yet); then the count of usage
+-- events, the stream field, the stream's approximate length cap and the events' JSON, appended to the stream KEYS[#KEYS] with the counts
+-- (a retried batch appends none).
 -- Returns 1 when applied, 0 when this batch had been applied before.
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', 86400000) then
   return 0
@@ -16,5 +18,10 @@ for i = 0, n - 1 do
   if ttl > 0 and redis.call('PTTL', key) == -1 then
     redis.call('PEXPIRE', key, ttl)
   end
+end
+local e = 2 + n * 4
+local events = tonumber(ARGV[e] or '0')
+for i = 1, events do
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', ARGV[e + 2], '*', ARGV[e + 1], ARGV[e + 2 + i])
 end
 return 1
