@@ -129,6 +129,7 @@ async def _quota_gate(settings: SidecarSettings, config: GatewayConfig) -> Quota
             settings.redis_url,
             timeout_s=settings.redis_timeout_ms / 1000,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            usage_stream_maxlen=settings.usage_stream_maxlen,
         )
         try:
             await redis_store.ping()

@@ -49,6 +49,10 @@ class SidecarSettings(BaseSettings):
     It covers the sidecar's own event-loop lag too: under a burst on a busy node, 200 ms was seen to
     pass with Redis healthy, which turned local saturation into 'quota store unreachable' answers. An
     unreachable Redis still fails at once (connection refused); only a hung one waits this long."""
+    usage_stream_maxlen: int = Field(default=1_000_000, gt=0)
+    """About how many usage events the Redis stream keeps (`XADD MAXLEN ~`): the bound on Redis
+    memory (~1 KB an event) while no meter reads it. A meter further behind than this loses the
+    oldest unread events: size it to the lag you must survive (events per second times seconds)."""
     quota_default_max_tokens: int = Field(default=4096, gt=0)
     """Output tokens reserved for a chat call that sets neither max_tokens nor max_completion_tokens."""
     quota_reservation_ttl_seconds: float = Field(default=600, gt=0)
