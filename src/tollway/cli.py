@@ -45,6 +45,12 @@ def main() -> None:
     default=None,
     help="Where logs, the compiled config and Envoy's files go (default: a new temp folder).",
 )
+@click.option(
+    "--meter/--no-meter",
+    default=None,
+    help="Run the meter: the Redis usage stream into <state-dir>/ledger.db for `tollway usage` "
+    "(default: on with --redis; it needs --redis).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def dev(
     config_dir: Path,
@@ -55,9 +61,10 @@ def dev(
     mock_provider: bool,
     mock_port: int,
     state_dir: Path | None,
+    meter: bool | None,
     log_level: str,
 ) -> None:
-    """Run the gateway locally: sidecar + Envoy (+ mock provider), until Ctrl-C."""
+    """Run the gateway locally: sidecar + Envoy (+ mock provider, + meter with --redis), until Ctrl-C."""
     from tollway.dev import DevOptions, run_dev
 
     options = DevOptions(
@@ -70,6 +77,7 @@ def dev(
         mock_port=mock_port,
         state_dir=state_dir,
         log_level=log_level,
+        meter=meter,
     )
     sys.exit(run_dev(options))
 

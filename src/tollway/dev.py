@@ -1,7 +1,7 @@
 """`tollway dev`: the whole data plane on one machine, from a folder of resource manifests.
 
 Compiles the folder with the operator's compiler, writes the GatewayConfig where the sidecar follows
-it, starts the mock provider (optional), the sidecar and Envoy as child processes in their own
+it, starts the mock provider (optional), the sidecar, the meter (with Redis) and Envoy as child processes in their own
 process group, waits until each is ready, and stops them all on Ctrl-C or SIGTERM. Edits to the
 folder are recompiled and picked up by the running gateway within a couple of seconds.
 """
@@ -113,6 +113,13 @@ class DevOptions:
     # ("namespace/name") through the Kubernetes API with `kubeconfig`; config_dir is not compiled.
     config_secret: str | None = None
     kubeconfig: Path | None = None
+    # The meter consumes the Redis usage stream into a SQLite ledger in the state folder; None: on
+    # exactly when there is a Redis (the in-memory store's events have no consumer yet).
+    meter: bool | None = None
+
+    @property
+    def meter_on(self) -> bool:
+        return self.redis_url is not None if self.meter is None else self.meter
 
 
 @dataclass
@@ -138,6 +145,11 @@ class DevGateway:
     @property
     def config_file(self) -> Path:
         return self.state_dir / "config.json"
+
+    @property
+    def ledger_dsn(self) -> str:
+        """The dev meter's ledger, absolute so the printed command works from any folder."""
+        return f"sqlite:///{(self.state_dir / 'ledger.db').resolve()}"
 
     def compile(self) -> CompileResult:
         compiled = self.folder.compile()
@@ -175,6 +187,8 @@ class DevGateway:
                     ) from None
 
     def start(self) -> None:
+        if self.options.meter_on and not self.options.redis_url:
+            raise DevError("--meter needs --redis: the in-memory store's usage events are not consumed yet")
         self._check_ports()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         routes = 0
@@ -210,6 +224,10 @@ class DevGateway:
                 sidecar_env["TOLLWAY_KUBECONFIG"] = str(self.options.kubeconfig)
         self._spawn("sidecar", [*tollway, "sidecar"], sidecar_env)
         self._wait_http(f"http://127.0.0.1:{self.options.admin_port}/readyz", "sidecar")
+        if self.options.meter_on and self.options.redis_url:
+            # The URL through the environment, as for the sidecar: it may hold a password, and argv is
+            # visible to every user of the machine.
+            self._spawn("meter", self._meter_argv(tollway), {**env, "TOLLWAY_REDIS_URL": self.options.redis_url})
         envoy_admin = self.options.envoy_admin_port or free_port()
         config = bootstrap(
             listen_host=self.options.host,
@@ -238,6 +256,25 @@ class DevGateway:
             env,
         )
         self._wait_envoy(envoy_admin, routes)
+
+    def _meter_argv(self, tollway: list[str]) -> list[str]:
+        # A fixed consumer name: a restarted meter re-reads its own pending entries at once rather
+        # than after the claim delay. No metrics or API port, so gateways side by side cannot clash.
+        return [
+            *tollway,
+            "meter",
+            "run",
+            "--db",
+            self.ledger_dsn,
+            "--consumer",
+            "tollway-dev",
+            "--metrics-port",
+            "0",
+            "--api-port",
+            "0",
+            "--log-level",
+            self.options.log_level,
+        ]
 
     @property
     def processes(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
@@ -294,6 +331,19 @@ class DevGateway:
             print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
+def usage_lines(gateway: DevGateway) -> list[str]:
+    """The banner's lines on the usage ledger: how to read it, or why there is none."""
+    options = gateway.options
+    if options.meter_on:
+        return [
+            f"  usage:  tollway usage --db {gateway.ledger_dsn} --by model",
+            f"          (or export TOLLWAY_METER_DB={gateway.ledger_dsn}; the meter logs to meter.log)",
+        ]
+    if options.redis_url:
+        return ["  usage ledger: off (--no-meter); the calls' events wait in the Redis stream tollway:usage"]
+    return ["  usage ledger: needs --redis for now (the in-memory store's usage events are not consumed yet)"]
+
+
 def run_dev(options: DevOptions) -> int:
     gateway = DevGateway(options)
     stopping = False
@@ -317,6 +367,8 @@ def run_dev(options: DevOptions) -> int:
         print(f"  mock provider: http://127.0.0.1:{options.mock_port}/v1", flush=True)
     for name, value in sorted(gateway.keys.items()):
         print(f"  key {name}: {value}", flush=True)
+    for line in usage_lines(gateway):
+        print(line, flush=True)
     print(f"  config: {options.config_dir} (edits are picked up live); logs: {gateway.state_dir}", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
     while not stopping:
