@@ -1,8 +1,9 @@
 """`tollway dev`: the whole data plane on one machine, from a folder of resource manifests.
 
 Compiles the folder with the operator's compiler, writes the GatewayConfig where the sidecar follows
-it, starts the mock provider (optional), the sidecar, the meter (with Redis) and Envoy as child processes in their own
-process group, waits until each is ready, and stops them all on Ctrl-C or SIGTERM. Edits to the
+it, starts the mock provider (optional), the sidecar, the meter (with Redis) and Envoy as child
+processes in their own process group, waits until each is ready, and stops them all on Ctrl-C or
+SIGTERM. Edits to the
 folder are recompiled and picked up by the running gateway within a couple of seconds.
 """
 
@@ -227,7 +228,9 @@ class DevGateway:
         if self.options.meter_on and self.options.redis_url:
             # The URL through the environment, as for the sidecar: it may hold a password, and argv is
             # visible to every user of the machine.
-            self._spawn("meter", self._meter_argv(tollway), {**env, "TOLLWAY_REDIS_URL": self.options.redis_url})
+            self._spawn(
+                "meter", self._meter_argv(tollway), {**env, "TOLLWAY_REDIS_URL": self.options.redis_url}
+            )
         envoy_admin = self.options.envoy_admin_port or free_port()
         config = bootstrap(
             listen_host=self.options.host,
