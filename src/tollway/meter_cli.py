@@ -229,7 +229,15 @@ def usage(
             return
         if top is not None:
             rows = [
-                [r.id, str(r.time), r.namespace, r.key_name, r.team, r.model, str(nanos_to_usd(r.cost_nanos))]
+                [
+                    r.id,
+                    str(r.time),
+                    r.namespace,
+                    r.key_name,
+                    r.team,
+                    r.model,
+                    format(nanos_to_usd(r.cost_nanos), "f"),
+                ]
                 for r in top_requests(ledger, top, start, end)
             ]
             click.echo(
@@ -249,7 +257,13 @@ def usage(
     table = [
         ([r.bucket or ""] if granularity else [])
         + [r.keys[d] or "-" for d in dims]
-        + [str(r.requests), str(r.cost), str(r.input_tokens), str(r.output_tokens), str(r.cached_read_tokens)]
+        + [
+            str(r.requests),
+            format(r.cost, "f"),
+            str(r.input_tokens),
+            str(r.output_tokens),
+            str(r.cached_read_tokens),
+        ]
         for r in result
     ]
     click.echo(render_table(headers, table), nl=False)

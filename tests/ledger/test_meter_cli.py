@@ -20,7 +20,7 @@ from typing import Any
 import click
 import pytest
 import redis
-from ledger_events import spread
+from ledger_events import make_event, spread
 from redisserver import RedisServer
 
 from tollway.meter_cli import parse_since
@@ -201,3 +201,18 @@ def test_since_takes_durations_and_dates() -> None:
     assert parse_since("2026-11-01", now) == datetime(2026, 11, 1, tzinfo=UTC)
     with pytest.raises(click.BadParameter, match=r"expected e\.g\. 7d"):
         parse_since("7 days", now)
+
+
+def test_usage_prints_costs_as_plain_decimals_even_when_zero(tmp_path: Path) -> None:
+    dsn = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger.open(dsn)
+    try:
+        ledger.migrate()
+        ledger.ingest([make_event(cost="0", model="refused-model"), make_event(cost="0.000001")])
+    finally:
+        ledger.close()
+    table = tollway("usage", "--by", "model", "--since", "2026-11-01", "--until", "2026-12-01", "--db", dsn)
+    costs = {row.split()[0]: row.split()[2] for row in table.splitlines()[2:]}
+    assert costs == {"refused-model": "0.000000000", "gpt-4o-mini": "0.000001000"}, table
+    top = tollway("usage", "--top", "2", "--since", "2026-11-01", "--until", "2026-12-01", "--db", dsn)
+    assert "0E-9" not in top and "0.000000000" in top, top
