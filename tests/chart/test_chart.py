@@ -248,11 +248,16 @@ def test_meter_has_no_kubernetes_api_access(helm: str) -> None:
     pod = _meter(rendered)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     (account,) = [
-        d for d in rendered if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == pod["serviceAccountName"]
+        d
+        for d in rendered
+        if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == pod["serviceAccountName"]
     ]
     assert account["automountServiceAccountToken"] is False
     bound = [
-        s for d in rendered if d["kind"] in ("RoleBinding", "ClusterRoleBinding") for s in d.get("subjects", [])
+        s
+        for d in rendered
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        for s in d.get("subjects", [])
     ]
     assert pod["serviceAccountName"] not in {s["name"] for s in bound}
 
