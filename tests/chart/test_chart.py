@@ -239,6 +239,16 @@ def test_meter_arguments_and_environment_are_options_of_meter_run(helm: str) -> 
     assert env["TOLLWAY_REDIS_URL"]["value"] == (
         "rediss://:$(TOLLWAY_REDIS_PASSWORD)@redis.example.internal:6380/0"
     )
+    # The URL Kubernetes makes from it is one redis-py (the meter's client) takes the password from.
+    from redis.connection import parse_url
+
+    expanded = env["TOLLWAY_REDIS_URL"]["value"].replace("$(TOLLWAY_REDIS_PASSWORD)", "s3cr3t-p@ss")
+    parsed = parse_url(expanded)
+    assert (parsed["password"], parsed["host"], parsed["port"]) == (
+        "s3cr3t-p@ss",
+        "redis.example.internal",
+        6380,
+    )
     # Kubernetes expands $(VAR) only from variables listed before it.
     assert list(env).index("TOLLWAY_REDIS_PASSWORD") < list(env).index("TOLLWAY_REDIS_URL")
 
