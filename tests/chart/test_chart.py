@@ -215,8 +215,11 @@ def _meter(rendered: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_meter_is_off_by_default(helm: str) -> None:
-    rendered = documents(template(helm).stdout)
-    assert [d["metadata"]["name"] for d in rendered if "meter" in d["metadata"]["name"]] == []
+    result = template(helm)
+    assert result.returncode == 0, result.stderr
+    names = [d["metadata"]["name"] for d in documents(result.stdout)]
+    assert "tw-tollway-gateway" in names
+    assert [name for name in names if "meter" in name] == []
 
 
 def test_meter_arguments_and_environment_are_options_of_meter_run(helm: str) -> None:
