@@ -43,6 +43,22 @@ VALUES_SETS: dict[str, list[str]] = {
         "--set",
         "gateway.podDisruptionBudget.enabled=true",
     ],
+    "meter": [
+        "--set",
+        "meter.enabled=true",
+        "--set",
+        "meter.database.existingSecret=ledger-dsn",
+        "--set",
+        "meter.podDisruptionBudget.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "redis.mode=external",
+        "--set",
+        "redis.external.url=rediss://redis.example.internal:6380/0",
+        "--set",
+        "redis.external.passwordSecret.name=redis-password",
+    ],
 }
 
 
@@ -91,6 +107,8 @@ def test_render_matches_the_golden_file(helm: str, name: str) -> None:
         (["--set", "tracing.protocol=zipkin"], "/tracing/protocol"),
         (["--set", "operator.spendSyncInterval=soon"], "/operator/spendSyncInterval"),
         (["--set", "gatway.replicas=2"], "additional properties 'gatway' not allowed"),
+        (["--set", "meter.enabled=true"], "/meter/database/existingSecret"),
+        (["--set", "meter.replicas=0"], "/meter/replicas"),
     ],
 )
 def test_schema_rejects_nonsense_with_a_message(helm: str, args: list[str], message: str) -> None:
@@ -162,8 +180,99 @@ def test_sidecar_environment_names_real_settings(helm: str) -> None:
     )
     sidecar = next(c for c in gateway["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
     env = {e["name"] for e in sidecar["env"] if e["name"].startswith("TOLLWAY_")}
-    known = {f"TOLLWAY_{name.upper()}" for name in SidecarSettings.model_fields}
+    known = {f"TOLLWAY_{name.upper()}" for name in SidecarSettings.model_fields} | _read_outside_settings()
     assert env - known == set(), f"the chart sets variables the sidecar ignores: {sorted(env - known)}"
+
+
+def _read_outside_settings() -> set[str]:
+    """TOLLWAY_* variables the sidecar's code reads from os.environ itself (not via SidecarSettings)."""
+    pattern = re.compile(r'os\.(?:environ(?:\.get)?|getenv)[(\[]"(TOLLWAY_[A-Z0-9_]+)"')
+    found: set[str] = set()
+    for path in (ROOT / "sidecar" / "src").rglob("*.py"):
+        found.update(pattern.findall(path.read_text()))
+    return found
+
+
+def test_sidecar_names_itself_by_its_pod_in_usage_events(helm: str) -> None:
+    """The usage event's `source` is TOLLWAY_REPLICA (extproc/usage_record.replica): the Pod's name."""
+    from tollway_sidecar.extproc import usage_record
+
+    rendered = documents(template(helm).stdout)
+    gateway = next(
+        d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway")
+    )
+    sidecar = next(c for c in gateway["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
+    (replica,) = [e for e in sidecar["env"] if e["name"] == "TOLLWAY_REPLICA"]
+    assert replica["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "TOLLWAY_REPLICA" in _read_outside_settings()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOLLWAY_REPLICA", "tw-tollway-gateway-7d9f-abcde")
+        assert usage_record.replica() == "tw-tollway-gateway-7d9f-abcde"
+
+
+def _meter(rendered: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-meter"))
+
+
+def test_meter_is_off_by_default(helm: str) -> None:
+    result = template(helm)
+    assert result.returncode == 0, result.stderr
+    names = [d["metadata"]["name"] for d in documents(result.stdout)]
+    assert "tw-tollway-gateway" in names
+    assert [name for name in names if "meter" in name] == []
+
+
+def test_meter_arguments_and_environment_are_options_of_meter_run(helm: str) -> None:
+    """What the chart passes the meter is what `tollway meter run` reads: its flags and its envvars
+    (TOLLWAY_REDIS_PASSWORD only feeds the $(VAR) in the Redis URL)."""
+    from tollway.meter_cli import meter_run
+
+    (container,) = _meter(documents(template(helm, *VALUES_SETS["meter"]).stdout))["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert container["args"][:2] == ["meter", "run"]
+    flags = {opt for param in meter_run.params for opt in param.opts}
+    for arg in container["args"][2:]:
+        assert arg.split("=", 1)[0] in flags, f"`tollway meter run` has no option {arg}"
+    envvars = {param.envvar for param in meter_run.params if isinstance(param.envvar, str)}
+    env = {e["name"]: e for e in container["env"]}
+    referenced = {name for e in env.values() for name in re.findall(r"\$\((\w+)\)", e.get("value", ""))}
+    assert set(env) - envvars - referenced == set()
+    assert env["TOLLWAY_METER_DB"]["valueFrom"] == {"secretKeyRef": {"name": "ledger-dsn", "key": "dsn"}}
+    assert env["TOLLWAY_REDIS_URL"]["value"] == (
+        "rediss://:$(TOLLWAY_REDIS_PASSWORD)@redis.example.internal:6380/0"
+    )
+    # The URL Kubernetes makes from it is one redis-py (the meter's client) takes the password from.
+    from redis.connection import parse_url
+
+    expanded = env["TOLLWAY_REDIS_URL"]["value"].replace("$(TOLLWAY_REDIS_PASSWORD)", "s3cr3t-p@ss")
+    parsed = parse_url(expanded)
+    assert (parsed["password"], parsed["host"], parsed["port"]) == (
+        "s3cr3t-p@ss",
+        "redis.example.internal",
+        6380,
+    )
+    # Kubernetes expands $(VAR) only from variables listed before it.
+    assert list(env).index("TOLLWAY_REDIS_PASSWORD") < list(env).index("TOLLWAY_REDIS_URL")
+
+
+def test_meter_has_no_kubernetes_api_access(helm: str) -> None:
+    rendered = documents(template(helm, *VALUES_SETS["meter"]).stdout)
+    pod = _meter(rendered)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (account,) = [
+        d
+        for d in rendered
+        if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == pod["serviceAccountName"]
+    ]
+    assert account["automountServiceAccountToken"] is False
+    bound = [
+        s
+        for d in rendered
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        for s in d.get("subjects", [])
+    ]
+    assert pod["serviceAccountName"] not in {s["name"] for s in bound}
 
 
 def test_operator_environment_names_real_settings(helm: str) -> None:
@@ -187,11 +296,13 @@ def test_operator_environment_names_real_settings(helm: str) -> None:
     assert env - known == set(), f"the chart sets variables the operator ignores: {sorted(env - known)}"
 
 
-def test_pods_run_as_non_root_with_read_only_root(helm: str) -> None:
-    rendered = documents(template(helm, *VALUES_SETS["jaeger"]).stdout)
-    for doc in rendered:
-        if doc["kind"] not in ("Deployment", "StatefulSet"):
-            continue
+@pytest.mark.parametrize("values", ["jaeger", "meter"])
+def test_pods_run_as_non_root_with_read_only_root(helm: str, values: str) -> None:
+    result = template(helm, *VALUES_SETS[values])
+    assert result.returncode == 0, result.stderr
+    workloads = [d for d in documents(result.stdout) if d["kind"] in ("Deployment", "StatefulSet")]
+    assert f"tw-tollway-{values}" in {d["metadata"]["name"] for d in workloads}
+    for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
         for container in pod["containers"] + pod.get("initContainers", []):

@@ -36,6 +36,10 @@ VALUES_SETS: dict[str, list[str]] = {
         "redis.external.url=rediss://redis.example.internal:6380/0",
         "--set",
         "redis.external.passwordSecret.name=redis-password",
+        "--set",
+        "meter.enabled=true",
+        "--set",
+        "meter.database.existingSecret=ledger-dsn",
     ],
     "jaeger-nodeport": [
         "--set",
@@ -94,7 +98,7 @@ def installs(cluster: Cluster) -> dict[str, subprocess.CompletedProcess[str]]:
     results = {}
     for name, values in VALUES_SETS.items():
         rel, namespace = release(name)
-        if name == "external-redis":  # the user's own Redis password Secret, made before the install
+        if name == "external-redis":  # the user's own Redis password and ledger DSN Secrets, made first
             cluster.cp.kubectl("create", "namespace", namespace)
             cluster.cp.kubectl(
                 "create",
@@ -102,6 +106,15 @@ def installs(cluster: Cluster) -> dict[str, subprocess.CompletedProcess[str]]:
                 "generic",
                 "redis-password",
                 "--from-literal=password=s3cret",
+                "-n",
+                namespace,
+            )
+            cluster.cp.kubectl(
+                "create",
+                "secret",
+                "generic",
+                "ledger-dsn",
+                "--from-literal=dsn=postgresql://meter:s3cret@postgres.example.internal/ledger",
                 "-n",
                 namespace,
             )
@@ -208,6 +221,23 @@ def test_every_rendered_object_is_accepted_and_stored(
         assert cluster.get("secret", ref["name"], namespace) is not None
         operator = env_of(container(objects["Deployment"][f"{fullname}-operator"], "operator"))
         assert operator["TOLLWAY_REDIS_PASSWORD"] == sidecar["TOLLWAY_REDIS_PASSWORD"]
+        meter_deployment = objects["Deployment"][f"{fullname}-meter"]
+        meter = env_of(container(meter_deployment, "meter"))
+        assert meter["TOLLWAY_REDIS_PASSWORD"] == sidecar["TOLLWAY_REDIS_PASSWORD"]
+        assert (
+            meter["TOLLWAY_REDIS_URL"] == "rediss://:$(TOLLWAY_REDIS_PASSWORD)@redis.example.internal:6380/0"
+        )
+        db = meter["TOLLWAY_METER_DB"]["secretKeyRef"]
+        assert db == {"name": "ledger-dsn", "key": "dsn"}
+        assert cluster.get("secret", db["name"], namespace) is not None
+        assert meter_deployment["spec"]["replicas"] == 2
+        pod = meter_deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert objects["ServiceAccount"][pod["serviceAccountName"]]["automountServiceAccountToken"] is False
+        assert {p["name"] for p in objects["Service"][f"{fullname}-meter"]["spec"]["ports"]} == {
+            "api",
+            "metrics",
+        }
     elif name == "jaeger-nodeport":
         ports = {p["name"]: p for p in objects["Service"][f"{fullname}-gateway"]["spec"]["ports"]}
         assert objects["Service"][f"{fullname}-gateway"]["spec"]["type"] == "NodePort"

@@ -34,7 +34,8 @@ def deployments(helm: str) -> list[dict[str, Any]]:
     """The chart's Deployments with every optional component on, and the examples' Deployments."""
     rendered = subprocess.run(
         [helm, "template", "tollway", str(ROOT / "charts" / "tollway"), "--namespace", "tollway-system",
-         "--set", "tracing.jaeger.enabled=true"],
+         "--set", "tracing.jaeger.enabled=true",
+         "--set", "meter.enabled=true", "--set", "meter.database.existingSecret=ledger-dsn"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     documents = list(yaml.safe_load_all(rendered))
@@ -79,13 +80,7 @@ def test_every_deployed_image_is_a_dockerfile_the_e2e_builds_or_envoys_wheel(hel
                 "so the e2e cannot build its environment"
             )
             seen.add(repository)
-    # The chart does not deploy the meter yet (docs/metering.md, "Not built yet"); its image is still
-    # built and run by test_image_venvs.py. Remove it here when the chart gains its Deployment.
-    undeployed = {"tollway/meter"}
-    assert not seen & undeployed, f"the chart deploys {seen & undeployed}: drop it from `undeployed`"
-    assert seen == set(DOCKERFILES) - undeployed, (
-        f"Dockerfiles no Deployment uses: {set(DOCKERFILES) - undeployed - seen}"
-    )
+    assert seen == set(DOCKERFILES), f"Dockerfiles no Deployment uses: {set(DOCKERFILES) - seen}"
 
 
 def test_what_each_deployment_runs_is_a_command_of_its_images_entrypoint(helm: str) -> None:

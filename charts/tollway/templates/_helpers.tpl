@@ -69,3 +69,24 @@ app.kubernetes.io/component: {{ .component }}
       key: {{ .Values.redis.external.passwordSecret.key }}
 {{- end }}
 {{- end -}}
+
+{{/* The meter's Redis, from the same URL and password Secret as the others. The meter reads only a
+URL (`tollway meter run --redis`), so the password goes into it by Kubernetes' $(VAR) expansion of the
+variable defined just before; so for the meter the password must not hold "/", "?", "#" or "%"
+(URL syntax; the sidecar and the operator read the same Secret raw). */}}
+{{- define "tw.meterRedisEnv" -}}
+{{- $password := and (eq .Values.redis.mode "external") .Values.redis.external.passwordSecret.name -}}
+{{- if $password -}}
+- name: TOLLWAY_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.passwordSecret.name }}
+      key: {{ .Values.redis.external.passwordSecret.key }}
+{{ end -}}
+- name: TOLLWAY_REDIS_URL
+  {{- if $password }}
+  value: {{ regexReplaceAll "^(rediss?://)" (include "tw.redisUrl" .) "${1}:$(TOLLWAY_REDIS_PASSWORD)@" | quote }}
+  {{- else }}
+  value: {{ include "tw.redisUrl" . | quote }}
+  {{- end }}
+{{- end -}}
