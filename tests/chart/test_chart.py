@@ -180,21 +180,12 @@ def test_sidecar_environment_names_real_settings(helm: str) -> None:
     )
     sidecar = next(c for c in gateway["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
     env = {e["name"] for e in sidecar["env"] if e["name"].startswith("TOLLWAY_")}
-    known = {f"TOLLWAY_{name.upper()}" for name in SidecarSettings.model_fields} | _read_outside_settings()
+    known = {f"TOLLWAY_{name.upper()}" for name in SidecarSettings.model_fields}
     assert env - known == set(), f"the chart sets variables the sidecar ignores: {sorted(env - known)}"
 
 
-def _read_outside_settings() -> set[str]:
-    """TOLLWAY_* variables the sidecar's code reads from os.environ itself (not via SidecarSettings)."""
-    pattern = re.compile(r'os\.(?:environ(?:\.get)?|getenv)[(\[]"(TOLLWAY_[A-Z0-9_]+)"')
-    found: set[str] = set()
-    for path in (ROOT / "sidecar" / "src").rglob("*.py"):
-        found.update(pattern.findall(path.read_text()))
-    return found
-
-
 def test_sidecar_names_itself_by_its_pod_in_usage_events(helm: str) -> None:
-    """The usage event's `source` is TOLLWAY_REPLICA (extproc/usage_record.replica): the Pod's name."""
+    """The usage event's `source` is TOLLWAY_REPLICA (`SidecarSettings.replica`): the Pod's name."""
     from tollway_sidecar.extproc import usage_record
 
     rendered = documents(template(helm).stdout)
@@ -204,10 +195,8 @@ def test_sidecar_names_itself_by_its_pod_in_usage_events(helm: str) -> None:
     sidecar = next(c for c in gateway["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar")
     (replica,) = [e for e in sidecar["env"] if e["name"] == "TOLLWAY_REPLICA"]
     assert replica["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert "TOLLWAY_REPLICA" in _read_outside_settings()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TOLLWAY_REPLICA", "tw-tollway-gateway-7d9f-abcde")
-        assert usage_record.replica() == "tw-tollway-gateway-7d9f-abcde"
+    assert "replica" in SidecarSettings.model_fields
+    assert usage_record.replica_name("tw-tollway-gateway-7d9f-abcde") == "tw-tollway-gateway-7d9f-abcde"
 
 
 def _meter(rendered: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -15,6 +16,7 @@ from tollway_sidecar.extproc.usage_record import (
     bounded_properties,
     event_json,
     facts_of,
+    replica_name,
     usage_event,
 )
 from tollway_sidecar.providers.attempts import Attempt
@@ -73,7 +75,7 @@ def admitted_state() -> RequestState:
 
 
 def test_an_admitted_call_becomes_one_event_with_its_exact_charge() -> None:
-    facts = facts_of(admitted_state(), price=None, now=NOW, monotonic=101.5)
+    facts = facts_of(admitted_state(), price=None, now=NOW, monotonic=101.5, source="gw-0")
     event = UsageEvent.from_json(event_json(facts, Charge(120, 30, 1_234_567_891)))
     data = event.data
     assert event.id.version == 7
@@ -105,11 +107,11 @@ def test_an_admitted_call_becomes_one_event_with_its_exact_charge() -> None:
 def test_the_event_id_is_made_once_per_call_and_never_the_providers() -> None:
     state = admitted_state()
     state.response_model = "chatcmpl-provider-id"
-    facts = facts_of(state, price=None, now=NOW, monotonic=101.0)
+    facts = facts_of(state, price=None, now=NOW, monotonic=101.0, source="gw-0")
     first = usage_event(facts, Charge(1, 1, 1))
     again = usage_event(facts, Charge(1, 1, 1))
     assert first.id == again.id  # a retried settle carries the same id: the ledger dedupes it
-    assert facts_of(state, price=None, now=NOW, monotonic=101.0).id != first.id
+    assert facts_of(state, price=None, now=NOW, monotonic=101.0, source="gw-0").id != first.id
 
 
 def test_a_refused_call_costs_nothing_and_is_not_billable() -> None:
@@ -117,7 +119,7 @@ def test_a_refused_call_costs_nothing_and_is_not_billable() -> None:
     state.quota = None
     state.status = 429
     state.usage = None
-    facts = facts_of(state, price=None, now=NOW, monotonic=100.01, denied=True)
+    facts = facts_of(state, price=None, now=NOW, monotonic=100.01, source="gw-0", denied=True)
     data = UsageEvent.from_json(event_json(facts, None)).data
     assert (data.outcome, data.status, data.cost, data.billable) == ("denied", 429, "0", False)
     assert data.budgets == () and data.tokens.input == 0
@@ -126,21 +128,27 @@ def test_a_refused_call_costs_nothing_and_is_not_billable() -> None:
 def test_a_client_gone_before_any_answer_is_cancelled_with_499() -> None:
     state = admitted_state()
     state.status = 0
-    data = usage_event(facts_of(state, price=None, now=NOW, monotonic=101.0), Charge(10, 0, 5)).data
+    data = usage_event(
+        facts_of(state, price=None, now=NOW, monotonic=101.0, source="gw-0"), Charge(10, 0, 5)
+    ).data
     assert (data.status, data.outcome, data.cost) == (CLIENT_CLOSED, "cancelled", "0.000000005")
 
 
 def test_an_error_answer_is_an_error_event() -> None:
     state = admitted_state()
     state.status = 502
-    data = usage_event(facts_of(state, price=None, now=NOW, monotonic=101.0), Charge(0, 0, 0)).data
+    data = usage_event(
+        facts_of(state, price=None, now=NOW, monotonic=101.0, source="gw-0"), Charge(0, 0, 0)
+    ).data
     assert (data.status, data.outcome, data.cost) == (502, "error", "0")
 
 
 def test_one_backend_rewritten_by_the_router_is_the_only_attempt() -> None:
     state = admitted_state()
     state.attempt_log = []
-    data = usage_event(facts_of(state, price=None, now=NOW, monotonic=101.0), Charge(1, 1, 1)).data
+    data = usage_event(
+        facts_of(state, price=None, now=NOW, monotonic=101.0, source="gw-0"), Charge(1, 1, 1)
+    ).data
     assert [(a.backend, a.upstream_model, a.status) for a in data.attempts] == [("spare", "claude-x", 200)]
 
 
@@ -162,6 +170,15 @@ def test_client_text_outside_the_contract_is_clipped_not_lost() -> None:
     state = admitted_state()
     state.end_user = "u\x00" + "x" * 600
     state.session = "\ud800s"
-    data = usage_event(facts_of(state, price=None, now=NOW, monotonic=101.0), Charge(1, 1, 1)).data
+    data = usage_event(
+        facts_of(state, price=None, now=NOW, monotonic=101.0, source="gw-0"), Charge(1, 1, 1)
+    ).data
     assert data.end_user == "u" + "x" * 511
     assert "\x00" not in data.end_user and data.session_id == "?s"
+
+
+def test_the_source_is_the_configured_replica_else_the_host_name() -> None:
+    facts = facts_of(admitted_state(), price=None, now=NOW, monotonic=101.0, source="tw-gateway-7d9f")
+    assert usage_event(facts, Charge(1, 1, 1)).source == "tw-gateway-7d9f"
+    assert replica_name("tw-gateway-7d9f") == "tw-gateway-7d9f"
+    assert replica_name("") == socket.gethostname()

@@ -50,6 +50,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         CompiledConfig.build(config),
         max_request_bytes=settings.max_request_bytes,
         max_response_bytes=settings.max_response_bytes,
+        replica=settings.replica,
         quota=await _quota_gate(settings, config),
         tracing=Tracing.from_env(
             capture_content=settings.capture_content, redact_patterns=settings.redact_patterns

@@ -110,7 +110,9 @@ class Runtime:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         quota: QuotaGate | None = None,
         tracing: Tracing | None = None,
+        replica: str = "",
     ) -> None:
+        from tollway_sidecar.extproc.usage_record import replica_name
         from tollway_sidecar.quota.gate import QuotaGate
         from tollway_sidecar.quota.memory import MemoryStore
         from tollway_sidecar.telemetry import Metrics
@@ -118,6 +120,7 @@ class Runtime:
         self.compiled = compiled
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
+        self.replica = replica_name(replica)  # the usage events' source
         self.quota = quota or QuotaGate(MemoryStore())
         self.inflight = Inflight()
         self.tracing = tracing or Tracing()  # no-op unless the app configures an exporter

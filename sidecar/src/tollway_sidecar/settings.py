@@ -35,6 +35,9 @@ class SidecarSettings(BaseSettings):
     """Largest non-streamed answer passed to the client (it is buffered to be priced); above it,
     502 `response_too_large`. Streamed answers are not limited. Envoy's bootstrap
     (`--max-response-bytes`, the chart's `gateway.maxResponseBytes`) must say the same."""
+    replica: str = ""
+    """This replica's name, the usage events' `source` (the chart sets the Pod's name); empty: the
+    host name."""
     config_poll_seconds: float = 1.0
     log_level: str = "INFO"
     # Quotas

@@ -58,7 +58,13 @@ def finish(
         runtime.metrics.unpriced.labels(backend.name).inc()
         runtime.metrics.unpriced_calls.labels(backend.name, state.unpriced).inc()
     if state.quota is not None:
-        facts = usage_record.facts_of(state, price=price, now=datetime.now(UTC), monotonic=time.monotonic())
+        facts = usage_record.facts_of(
+            state,
+            price=price,
+            now=datetime.now(UTC),
+            monotonic=time.monotonic(),
+            source=runtime.replica,
+        )
         runtime.quota.settle_soon(
             state.quota,
             usage=usage,
@@ -93,6 +99,11 @@ def refused(runtime: Runtime, state: RequestState, status: int) -> None:
         return
     state.status = status
     facts = usage_record.facts_of(
-        state, price=None, now=datetime.now(UTC), monotonic=time.monotonic(), denied=True
+        state,
+        price=None,
+        now=datetime.now(UTC),
+        monotonic=time.monotonic(),
+        source=runtime.replica,
+        denied=True,
     )
     runtime.quota.emit_soon(functools.partial(usage_record.event_json, facts, None))

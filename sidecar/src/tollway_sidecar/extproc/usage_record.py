@@ -9,7 +9,6 @@ off the client's reply. The cost is the charge's nano-USD, so the ledger equals 
 from __future__ import annotations
 
 import functools
-import os
 import socket
 import uuid
 from collections.abc import Mapping
@@ -35,15 +34,15 @@ from tollway_sidecar.pricing import BackendPrice
 from tollway_sidecar.providers.usage import TokenUsage
 from tollway_sidecar.quota.plan import Charge, Plan
 
-__all__ = ["CLIENT_CLOSED", "CallFacts", "bounded_properties", "facts_of", "replica", "usage_event"]
+__all__ = ["CLIENT_CLOSED", "CallFacts", "bounded_properties", "facts_of", "replica_name", "usage_event"]
 
 CLIENT_CLOSED = 499  # the status of a call whose client left before any answer (no HTTP status)
 
 
 @functools.cache
-def replica() -> str:
-    """The event's `source`: `TOLLWAY_REPLICA`, else the host name (a Kubernetes pod's name)."""
-    return clip(os.environ.get("TOLLWAY_REPLICA") or socket.gethostname() or "tollway") or "tollway"
+def replica_name(configured: str) -> str:
+    """The events' `source`: the configured name (`TOLLWAY_REPLICA`), else the host name."""
+    return clip(configured or socket.gethostname() or "tollway") or "tollway"
 
 
 @functools.cache
@@ -148,6 +147,7 @@ def facts_of(
     price: BackendPrice | None,
     now: datetime,
     monotonic: float,
+    source: str,
     denied: bool = False,
     event_id: uuid.UUID | None = None,
 ) -> CallFacts:
@@ -158,7 +158,7 @@ def facts_of(
     plan = state.quota.plan if state.quota is not None else None
     return CallFacts(
         id=event_id or uuid7(),
-        source=replica(),
+        source=source,
         at=now,
         namespace=key.namespace,
         key_name=key.name,
