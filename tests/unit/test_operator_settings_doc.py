@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import AliasChoices
 
 from tollway_operator.settings import OperatorSettings
@@ -61,3 +62,12 @@ def test_every_setting_is_in_the_table_with_its_default() -> None:
 def test_the_table_lists_no_setting_that_does_not_exist() -> None:
     known = {f"{PREFIX}{name.upper()}" for name in OperatorSettings.model_fields}
     assert set(table()) - known == set()
+
+
+def test_an_empty_port_variable_turns_that_server_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLWAY_OPERATOR_METRICS_PORT", "")
+    monkeypatch.setenv("TOLLWAY_OPERATOR_HEALTH_PORT", " ")
+    settings = OperatorSettings()
+    assert settings.metrics_port is None and settings.health_port is None
+    monkeypatch.setenv("TOLLWAY_OPERATOR_METRICS_PORT", "9182")
+    assert OperatorSettings().metrics_port == 9182

@@ -76,10 +76,11 @@ class OperatorSettings(BaseSettings):
             raise ValueError("must be greater than 0")
         return value
 
-    @field_validator("health_port", mode="before")
+    @field_validator("metrics_port", "health_port", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        return None if value == "" else value
+        # An empty variable turns that server off, as documented, rather than failing to parse.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def clusterwide(self) -> bool:
