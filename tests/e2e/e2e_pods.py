@@ -300,6 +300,16 @@ class LocalPod:
                 argv = [executable, *(rewrites.apply(a) for a in args), *extra_args]
                 env = dict(image.env)
                 for item in c.get("env", ()):
+                    field_path = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+                    if field_path in ("metadata.name", "metadata.namespace"):
+                        # The downward API: the kubelet gives the Pod's own name (a Deployment's
+                        # name plus a suffix) or namespace.
+                        local_value = f"{pod.name}-local" if field_path == "metadata.name" else pod.namespace
+                        env[item["name"]] = local_value
+                        pod.mappings.append(
+                            f"container {c['name']}: env {item['name']} = {field_path} → {local_value!r}"
+                        )
+                        continue
                     assert "value" in item, f"{c['name']}: env {item['name']} comes from {item}; not mapped"
                     env[item["name"]] = rewrites.apply(item["value"])
                 pod.mappings.extend(f"container {c['name']}: {used}" for used in rewrites.used)

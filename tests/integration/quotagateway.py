@@ -106,6 +106,7 @@ def start_gateway(
         mock_port=mock_port,
         mock_provider=mock_provider,
         redis_url=redis_url,
+        meter=False,  # no dev meter draining the usage stream (test_dev_meter.py runs one)
         state_dir=base,
         quiet=True,
     )

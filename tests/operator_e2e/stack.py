@@ -290,6 +290,7 @@ def running_stack(cp: ControlPlane, audit_log: Path, workdir: Path) -> Iterator[
             mock_port=free_port(),
             state_dir=workdir / "gateway",
             redis_url=redis.url,
+            meter=False,  # no dev meter draining the usage stream (test_dev_meter.py runs one)
             quiet=True,
             config_secret=f"{SYSTEM_NS}/{CONFIG_SECRET}",
             kubeconfig=cp.service_account_kubeconfig(SYSTEM_NS, GATEWAY_SA, workdir / "gateway.kubeconfig"),

@@ -106,6 +106,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -
         admin_port=free_port(),
         mock_port=mock_port,
         redis_url=redis_server.url,
+        meter=False,  # no dev meter draining the usage stream (test_dev_meter.py runs one)
         state_dir=base / "state",
         log_level="DEBUG",
         quiet=True,
