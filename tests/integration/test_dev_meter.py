@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import openai
 import pytest
 from gateway_env import DEMO_KEY
 from redisserver import RedisServer
-from test_lifecycle import local_config, wait_for
+from test_lifecycle import dev_process, local_config, wait_for
 
 from tollway.dev import DevError, DevGateway, DevOptions, free_port, usage_lines
 
@@ -72,18 +71,8 @@ def test_dev_with_redis_meters_the_calls_into_the_ledger_the_banner_names(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     mock_port, port, admin_port, state = free_port(), free_port(), free_port(), tmp_path / "state"
-    argv = [
-        *(sys.executable, "-m", "tollway", "dev", "--config", str(local_config(tmp_path, mock_port))),
-        *("--port", str(port), "--admin-port", str(admin_port), "--mock-port", str(mock_port)),
-        *("--state-dir", str(state), "--redis", redis_server.url),
-    ]
-    dev = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    try:
-        assert dev.stdout is not None
-        reader = threading.Thread(target=lambda: lines.extend(dev.stdout or ()), daemon=True)
-        reader.start()
-        assert wait_for(lambda: any(line.startswith("Press Ctrl-C") for line in lines), 60), lines
+    options = ("--admin-port", str(admin_port), "--state-dir", str(state), "--redis", redis_server.url)
+    with dev_process(tmp_path, mock_port, port, *options) as (dev, lines):
         ledger = (state / "ledger.db").resolve()
         command = f"tollway usage --db sqlite:///{ledger} --by model"
         assert f"  usage:  {command}\n" in lines, "".join(lines)
@@ -112,12 +101,6 @@ def test_dev_with_redis_meters_the_calls_into_the_ledger_the_banner_names(
         assert (model, requests) == ("gpt-4o-mini", "3"), shown.stdout
         assert Decimal(cost) == spent == told > 0
         assert dev.poll() is None, "".join(lines)
-    finally:
-        if dev.poll() is None:
-            dev.send_signal(signal.SIGTERM)
-            dev.wait(timeout=20)
-        if dev.stdout:
-            dev.stdout.close()
 
 
 def test_the_banner_says_the_ledger_needs_redis_without_it(tmp_path: Path) -> None:

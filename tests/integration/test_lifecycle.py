@@ -58,6 +58,32 @@ def local_config(tmp: Path, mock_port: int) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def dev_process(
+    tmp: Path, mock_port: int, port: int, *options: str
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`tollway dev` as a user runs it, on the examples, once its banner is out: the process and
+    every line it has printed so far (read on a thread); stopped with SIGTERM afterwards."""
+    argv = [
+        *(sys.executable, "-m", "tollway", "dev", "--config", str(local_config(tmp, mock_port))),
+        *("--port", str(port), "--mock-port", str(mock_port), *options),
+    ]
+    dev = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert dev.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(dev.stdout or ()), daemon=True)
+        reader.start()
+        assert wait_for(lambda: any(line.startswith("Press Ctrl-C") for line in lines), 60), lines
+        yield dev, lines
+    finally:
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGTERM)
+            dev.wait(timeout=20)
+        if dev.stdout:
+            dev.stdout.close()
+
+
 @pytest.fixture
 def own_gateway(tmp_path: Path) -> Iterator[DevGateway]:
     """A gateway of its own, since these tests change its configuration."""
@@ -218,18 +244,8 @@ def _named(pids: list[int], word: bytes) -> list[int]:
 
 def test_a_killed_sidecar_is_restarted_behind_the_same_envoy(tmp_path: Path) -> None:
     mock_port, port, state = free_port(), free_port(), tmp_path / "state"
-    argv = [
-        *(sys.executable, "-m", "tollway", "dev", "--config", str(local_config(tmp_path, mock_port))),
-        *("--port", str(port), "--admin-port", str(free_port()), "--mock-port", str(mock_port)),
-        *("--state-dir", str(state)),
-    ]
-    dev = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    try:
-        assert dev.stdout is not None
-        reader = threading.Thread(target=lambda: lines.extend(dev.stdout or ()), daemon=True)
-        reader.start()
-        assert wait_for(lambda: any(line.startswith("Press Ctrl-C") for line in lines), 60), lines
+    options = ("--admin-port", str(free_port()), "--state-dir", str(state))
+    with dev_process(tmp_path, mock_port, port, *options) as (dev, lines):
         origin = f"http://127.0.0.1:{port}"
         assert chat(origin, "gpt-4o-mini") == 200
         children = [pid for pid in _processes_of(state) if pid != dev.pid]
@@ -251,12 +267,6 @@ def test_a_killed_sidecar_is_restarted_behind_the_same_envoy(tmp_path: Path) -> 
         assert "tollway dev: sidecar exited with code -9; restarting it now" in said, said
         assert f"tollway dev: sidecar restarted (pid {again}, restart 1 in a row)" in said, said
         print(f"calls answered again {back_after:.2f} s after the sidecar was killed")
-    finally:
-        if dev.poll() is None:
-            dev.send_signal(signal.SIGTERM)
-            dev.wait(timeout=20)
-        if dev.stdout:
-            dev.stdout.close()
 
 
 def test_compile_prints_the_config_or_each_error(tmp_path: Path) -> None:
