@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollway_sidecar.contract.usage_event import USAGE_STREAM_MAXLEN
 from tollway_sidecar.limits import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 
 
@@ -52,7 +53,7 @@ class SidecarSettings(BaseSettings):
     It covers the sidecar's own event-loop lag too: under a burst on a busy node, 200 ms was seen to
     pass with Redis healthy, which turned local saturation into 'quota store unreachable' answers. An
     unreachable Redis still fails at once (connection refused); only a hung one waits this long."""
-    usage_stream_maxlen: int = Field(default=1_000_000, gt=0)
+    usage_stream_maxlen: int = Field(default=USAGE_STREAM_MAXLEN, gt=0)
     """About how many usage events the Redis stream keeps (`XADD MAXLEN ~`): the bound on Redis
     memory (~1 KB an event) while no meter reads it. A meter further behind than this loses the
     oldest unread events: size it to the lag you must survive (events per second times seconds)."""

@@ -31,6 +31,10 @@ from tollway_sidecar.contract.money import NANO_PER_USD
 USAGE_STREAM = "tollway:usage"
 USAGE_DEAD_LETTER_STREAM = "tollway:usage:dead"
 USAGE_FIELD = "event"
+# The producer's cap on the stream (XADD MAXLEN ~, `TOLLWAY_USAGE_STREAM_MAXLEN`): the meter trims
+# what it acknowledged; the cap bounds Redis memory (~1 KB an event) when no meter runs, and drops
+# the oldest unread events only once a meter is this many events behind.
+USAGE_STREAM_MAXLEN = 1_000_000
 USAGE_TYPE_V1 = "dev.tollway.usage.v1"
 SPEC_VERSION = "1.0"
 

@@ -39,7 +39,6 @@ __all__ = ["CLIENT_CLOSED", "CallFacts", "bounded_properties", "facts_of", "repl
 CLIENT_CLOSED = 499  # the status of a call whose client left before any answer (no HTTP status)
 
 
-@functools.cache
 def replica_name(configured: str) -> str:
     """The events' `source`: the configured name (`TOLLWAY_REPLICA`), else the host name."""
     return clip(configured or socket.gethostname() or "tollway") or "tollway"

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from tollway_sidecar.contract.counters import read_reply, read_request, read_script, sweep_source
 from tollway_sidecar.contract.redis_counters import bounded_client
-from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, USAGE_STREAM_MAXLEN
 from tollway_sidecar.quota import resp
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import (
@@ -31,15 +31,10 @@ from tollway_sidecar.quota.store import (
     record_of,
 )
 
-__all__ = ["USAGE_STREAM_MAXLEN", "RedisStore", "script_source"]
+__all__ = ["RedisStore", "script_source"]
 
 log = logging.getLogger("tollway.quota.redis")
 T = TypeVar("T")
-
-# The usage stream's length cap (approximate: Redis trims whole nodes). The meter trims what it has
-# acknowledged; the cap bounds Redis memory (~1 KB an event) when no meter runs, and drops the oldest
-# unread events only once a meter is this many events behind.
-USAGE_STREAM_MAXLEN = 1_000_000
 
 
 def script_source(name: str) -> str:
