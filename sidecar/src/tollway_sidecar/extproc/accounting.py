@@ -16,9 +16,10 @@ from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 
-__all__ = ["BAD_BODY", "finish", "refused", "unpriced_reason"]
+__all__ = ["BAD_BODY", "BODY_CUT", "finish", "refused", "unpriced_reason"]
 
 BAD_BODY = "bad_body"  # a 2xx body that is not an answer (not JSON, cut, empty): the client got a 502
+BODY_CUT = "body_cut"  # a 2xx whose headers came but whose whole body never did
 
 
 def unpriced_reason(error: str | None, *, complete: bool = True) -> str:

@@ -133,13 +133,7 @@ class RouterCall:
 
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.runtime.max_request_bytes:
-            return self._deny(
-                413,
-                f"Request body is {length} bytes; the gateway's limit is "
-                f"{self.runtime.max_request_bytes} bytes.",
-                "invalid_request_error",
-                "request_too_large",
-            )
+            return self._request_too_large(int(length))
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             # The body is read as JSON and may be rewritten: a compressed one would be misread.
@@ -175,13 +169,7 @@ class RouterCall:
         assert state.key is not None and state.operation is not None
         if len(message.body) > self.runtime.max_request_bytes:
             # A body sent without content-length: Envoy buffers up to the answer limit, not this one.
-            return self._deny(
-                413,
-                f"Request body is {len(message.body)} bytes; the gateway's limit is "
-                f"{self.runtime.max_request_bytes} bytes.",
-                "invalid_request_error",
-                "request_too_large",
-            )
+            return self._request_too_large(len(message.body))
         try:
             body = parse_body(message.body)
             model = validate(state.operation, body)
@@ -386,6 +374,14 @@ class RouterCall:
             return msg.continue_body("response_body", body=body, set_headers={**info, **headers})
         return msg.continue_body("response_body", set_headers=info)
 
+    def _request_too_large(self, length: int) -> ep.ProcessingResponse:
+        return self._deny(
+            413,
+            f"Request body is {length} bytes; the gateway's limit is {self.runtime.max_request_bytes} bytes.",
+            "invalid_request_error",
+            "request_too_large",
+        )
+
     def _too_large(self) -> ep.ProcessingResponse:
         """A 502 for an answer over the limit, charged as an answer whose usage was not read."""
         assert self.state.backend is not None
@@ -432,7 +428,7 @@ class RouterCall:
                 self._finish_stream()
             else:
                 if 200 <= state.status < 300:
-                    state.unpriced = "body_cut"  # headers came, the whole body never did
+                    state.unpriced = accounting.BODY_CUT  # headers came, the whole body never did
                 self._finish(None)
         elif state.route is not None and not state.finished:
             self._finish(None)  # admitted, never sent upstream: settles the reservation at zero
