@@ -183,8 +183,8 @@ def _router_failed(call: RouterCall, which: str | None, exc: Exception) -> ep.Pr
 def _internal_error(
     which: str | None, exc: Exception, request_id: str, *, anthropic: bool = False
 ) -> ep.ProcessingResponse:
-    if which in ("response_body", "response_trailers") or which not in _STAGES:
-        # Headers have left already; let the response through rather than cut it.
+    if which not in _STAGES:
+        # A response body or trailers: headers have left already; let it through rather than cut it.
         return _passthrough(which)
     return msg.error(
         500,

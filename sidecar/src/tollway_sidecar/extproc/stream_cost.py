@@ -1,14 +1,12 @@
 """The cost of a streamed call, told to the client at the end of the stream.
 
 A JSON answer carries `x-tollway-cost-usd` in its headers; a stream's headers leave before any
-usage exists. Its cost goes out two ways, both with the same exact decimal as the JSON header:
-
-- an HTTP trailer `x-tollway-cost-usd` on every priced stream (HTTP/2, and HTTP/1.1 chunked
-  trailers, for clients that read them);
-- with the request header `x-tollway-stream-cost: comment`, an SSE comment line
-  `: x-tollway-cost-usd=<usd>` just before the end marker (`data: [DONE]`; `event: message_stop`
-  on `/v1/messages`). Every SSE parser skips comment lines, so the SDKs read the stream unchanged;
-  a client reading the raw lines sees the cost before the stream ends.
+usage exists. With the request header `x-tollway-stream-cost: comment`, its cost goes out as an SSE
+comment line `: x-tollway-cost-usd=<usd>` just before the end marker (`data: [DONE]`;
+`event: message_stop` on `/v1/messages`), the same exact decimal as the JSON header. Every SSE
+parser skips comment lines, so the SDKs read the stream unchanged; a client reading the raw lines
+sees the cost before the stream ends. (No HTTP trailer: Envoy 1.40's ext_proc cannot add one to a
+response that had none, and the SDKs' HTTP client drops trailers anyway.)
 """
 
 from __future__ import annotations
