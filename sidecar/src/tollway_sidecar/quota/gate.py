@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -262,20 +262,24 @@ class QuotaGate:
             stream=stream,
             price=price,
         )
-        task = asyncio.get_running_loop().create_task(self.settle(admission, charge, event))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._in_background(self.settle(admission, charge, event))
 
     def emit_soon(self, event: Callable[[], str]) -> None:
         """Build and append a usage event that settles nothing (a refused call) in the background;
         lost, with a warning, when the store cannot be reached (nothing was charged)."""
-        task = asyncio.get_running_loop().create_task(self._emit(event))
+        self._in_background(self._emit(event))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task that `drain()` waits for."""
+        task = asyncio.get_running_loop().create_task(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
     async def _emit(self, event: Callable[[], str]) -> None:
         try:
             await self.store.emit(event())
+        except ValueError as exc:  # UsageEventError: a field outside the contract, as in a settle
+            log.error("usage event of a refused call not built: %s", exc)
         except StoreUnavailable as exc:
             self._unreachable(exc)
             log.warning("usage event of a refused call not recorded: %s", exc)
