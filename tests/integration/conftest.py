@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import openai
 import pytest
 from gateway_env import DEMO_KEY, ROOT, Gateway, start_fleet
-from redisserver import RedisServer
+from redisserver import redis_server_fixture  # noqa: F401  (the shared fixture)
 
 from tollway.dev import Children, DevGateway, DevOptions, envoy_binary, free_port
 
@@ -72,14 +72,3 @@ def sdk_for(gateway: Gateway) -> Iterator[Callable[..., openai.OpenAI]]:
 async def async_sdk(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=DEMO_KEY, max_retries=0) as sdk:
         yield sdk
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server on a free port, shared by the quota tests (each uses its own keys)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

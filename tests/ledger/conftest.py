@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests" / "integration") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from redisserver import RedisServer  # noqa: E402
+from redisserver import RedisServer, redis_server_fixture  # noqa: E402, F401  (the shared fixture)
 
 
 @pytest.fixture(scope="session")
@@ -46,16 +46,6 @@ def ledger(ledger_dsn: str) -> Iterator[Ledger]:
         yield opened
     finally:
         opened.close()
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redisserver import redis_server_fixture  # noqa: F401  (the shared fixture)
 from reliability_env import (
     FIGURES,
     FIGURES_FILE,
@@ -36,16 +37,6 @@ def figures_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = Path(chosen) if chosen else tmp_path_factory.getbasetemp() / "reliability-figures.json"
     FIGURES_FILE[:] = [path]
     return path
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
