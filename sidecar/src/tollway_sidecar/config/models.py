@@ -22,6 +22,8 @@ Strategy = Literal["Cost", "Weighted", "Priority"]
 Period = Literal["Daily", "Weekly", "Monthly", "Total"]
 BudgetAction = Literal["Block", "Alert"]
 FailurePolicy = Literal["FailClosed", "FailOpen"]
+CacheMode = Literal["Off", "Exact", "Semantic"]
+CachePartition = Literal["Key", "Team", "Namespace"]
 
 DEFAULT_RETRY_STATUS: tuple[int, ...] = (429, 500, 502, 503, 504)
 ANY_NAMESPACE: Final = "*"  # in Route.allowed_namespaces: keys of every namespace may use the route
@@ -47,6 +49,44 @@ class Limits(_Value):
         )
 
 
+class SemanticCache(_Value):
+    """Semantic matching: the last user message is embedded through `embedding_route` (a Route id)."""
+
+    embedding_route: str
+    threshold: Decimal = Decimal("0.95")  # cosine similarity at or above which a stored entry is a hit
+
+
+class CacheSettings(_Value):
+    """A route's response cache, after the key's narrowing (what the data plane applies to a call).
+
+    Off unless configured. `ttl_s` is the default entry lifetime, `max_ttl_s` the most a request's
+    `Cache-Control: max-age` may ask for; answers over `max_entry_bytes` are never stored.
+    """
+
+    mode: CacheMode = "Off"
+    ttl_s: int = Field(default=300, ge=1)
+    max_ttl_s: int = Field(default=86_400, ge=1)
+    max_entry_bytes: int = Field(default=1_048_576, ge=1)
+    partition: CachePartition = "Key"
+    semantic: SemanticCache | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "Off"
+
+
+class KeyCache(_Value):
+    """A VirtualKey's say over the response cache: opt in or out, and narrow its route's settings.
+
+    `None` fields follow the route. How the two combine is `cache_for(route, key)` (the one place).
+    """
+
+    mode: CacheMode | None = None
+    ttl_s: int | None = Field(default=None, ge=1)
+    max_entry_bytes: int | None = Field(default=None, ge=1)
+    partition: CachePartition | None = None
+
+
 class VirtualKey(_Value):
     """A client credential. Only the SHA-256 of the key is stored, as lowercase hex."""
 
@@ -65,6 +105,7 @@ class VirtualKey(_Value):
     budgets: tuple[str, ...] = ()  # Budget ids ("namespace/name")
     disabled: bool = False
     expires_at: datetime | None = None
+    cache: KeyCache | None = None
 
     @property
     def id(self) -> str:
@@ -156,6 +197,7 @@ class Route(_Value):
     sticky_user: bool = False  # Weighted: one end user always gets the same first backend
     # Namespaces besides its own whose keys may call this route; ANY_NAMESPACE: every namespace.
     allowed_namespaces: tuple[str, ...] = ()
+    cache: CacheSettings = CacheSettings()
 
     def allows(self, namespace: str) -> bool:
         return (
