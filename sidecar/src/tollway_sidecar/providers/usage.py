@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -328,6 +329,10 @@ class SseParser:
     several lines; comments (`: ping`), `event:`, `id:` and `retry:` lines are understood. Chunk
     boundaries may fall anywhere, even inside a UTF-8 sequence. Only events that can carry usage, the
     model, a finish reason or an error are JSON-decoded; each byte is scanned a bounded number of times.
+
+    `on_event(name, data)` (optional) is called with every dispatched event's `event:` name (None when
+    it has none) and its joined `data:` lines, in order: a reader that needs the whole content (the
+    response cache) reuses this framing instead of splitting the stream a second way.
     """
 
     __slots__ = (
@@ -342,6 +347,7 @@ class SseParser:
         "_event",
         "_finish",
         "_model",
+        "_on_event",
         "_owed",
         "_pos",
         "_scan",
@@ -349,8 +355,15 @@ class SseParser:
         "_usage_src",
     )
 
-    def __init__(self, provider: Provider | str, *, strip_usage_chunk: bool = False) -> None:
+    def __init__(
+        self,
+        provider: Provider | str,
+        *,
+        strip_usage_chunk: bool = False,
+        on_event: Callable[[bytes | None, bytes], None] | None = None,
+    ) -> None:
         self._anthropic = provider in ANTHROPIC_SHAPE
+        self._on_event = on_event
         self._strip = strip_usage_chunk and not self._anthropic
         self._buf = bytearray()  # from the start of the first event not yet complete
         self._pos = 0  # start of the first line in _buf not yet read
@@ -483,6 +496,8 @@ class SseParser:
         if not lines:
             return None  # comments or empty lines only: nothing is dispatched
         data = lines[0] if len(lines) == 1 else b"\n".join(lines)
+        if self._on_event is not None:
+            self._on_event(event, data)
         if self._anthropic:
             self._anthropic_event(event, data)
             return None

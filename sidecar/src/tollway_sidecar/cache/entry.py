@@ -1,0 +1,94 @@
+"""What the cache stores for one key: a complete answer, its usage, what it cost, when it was made.
+
+The answer is kept in one normalised form per client API (`chat.ChatAnswer` for
+`/v1/chat/completions`, `messages.MessagesAnswer` for `/v1/messages`), whichever way it was first
+filled, and rendered for each request: `to_json()` for a JSON request, `to_sse()` for a streamed one.
+
+Stored as one JSON document: the format version, the API, the rendered JSON answer (read back by the
+same reader that reads a provider's answer, so there is one schema, not two), the `TokenUsage` counts,
+the cost in nano-USD and the creation time. Anything that does not decode is `CorruptEntry`, which a
+store turns into a miss and a delete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any, Final, Literal
+
+from tollway_sidecar.cache.chat import ChatAnswer, chat_from_json, chat_json, chat_sse
+from tollway_sidecar.cache.messages import MessagesAnswer, messages_from_json, messages_json, messages_sse
+from tollway_sidecar.cache.sse import dumps
+from tollway_sidecar.cache.unstorable import Unstorable
+from tollway_sidecar.providers.usage import TokenUsage
+
+__all__ = ["ENTRY_VERSION", "Api", "CacheEntry", "CorruptEntry", "decode_entry"]
+
+Api = Literal["chat", "messages"]  # the client's API: `/v1/chat/completions`, `/v1/messages`
+ENTRY_VERSION: Final = 1
+
+
+class CorruptEntry(Exception):
+    """Stored bytes that are not an entry this version can read."""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    answer: ChatAnswer | MessagesAnswer
+    usage: TokenUsage  # what the call that filled the entry used; replayed, never billed again
+    cost_nano: int  # what that call cost: the amount each hit saves
+    created_ms: int  # the caller's clock when it was filled (the `age` of a hit counts from here)
+
+    @property
+    def api(self) -> Api:
+        return "chat" if isinstance(self.answer, ChatAnswer) else "messages"
+
+    def age_s(self, now_ms: int) -> int:
+        return max(0, now_ms - self.created_ms) // 1000
+
+    def to_json(self) -> bytes:
+        if isinstance(self.answer, ChatAnswer):
+            return chat_json(self.answer, self.usage)
+        return messages_json(self.answer, self.usage)
+
+    def to_sse(self, *, include_usage: bool) -> bytes:
+        """A valid event stream; `include_usage` is the OpenAI client's `stream_options.include_usage`
+        (an Anthropic stream always carries its usage)."""
+        if isinstance(self.answer, ChatAnswer):
+            return chat_sse(self.answer, self.usage, include_usage=include_usage)
+        return messages_sse(self.answer, self.usage)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The stored form (computed once: the size bound and the store both need it)."""
+        document = {
+            "v": ENTRY_VERSION,
+            "api": self.api,
+            "created_ms": self.created_ms,
+            "cost_nano": self.cost_nano,
+            "usage": asdict(self.usage),
+            "answer": json.loads(self.to_json()),
+        }
+        return dumps(document).encode()
+
+
+def decode_entry(data: bytes) -> CacheEntry:
+    """The entry stored as `data`; `CorruptEntry` when it is not one."""
+    try:
+        document: Any = json.loads(data)
+        if not isinstance(document, dict) or document.get("v") != ENTRY_VERSION:
+            raise CorruptEntry("unknown entry format")
+        api, answer = document.get("api"), document.get("answer")
+        if api not in ("chat", "messages"):
+            raise CorruptEntry(f"unknown API {api!r}")
+        parsed = chat_from_json(answer) if api == "chat" else messages_from_json(answer)
+        usage = TokenUsage(**document["usage"])
+        cost, created = document["cost_nano"], document["created_ms"]
+        if type(cost) is not int or cost < 0 or type(created) is not int:
+            raise CorruptEntry("cost_nano or created_ms is not an integer")
+        return CacheEntry(parsed, usage, cost, created)
+    except CorruptEntry:
+        raise
+    except (ValueError, TypeError, KeyError, RecursionError, Unstorable) as exc:
+        raise CorruptEntry(f"undecodable entry ({type(exc).__name__})") from exc
