@@ -424,3 +424,60 @@ async def test_a_fill_stores_with_the_decisions_ttl(store: CacheStore, key: str)
     assert late.outcome == "MISS"
     assert late.fill is not None
     await late.fill.abandon()
+
+
+async def test_a_cancelled_leader_releases_its_local_waiters(store: CacheStore, key: str) -> None:
+    filler, replica = Coalescer(store, clock=clock), Coalescer(store, clock=clock)
+    held = await filler.lookup(key, DECISION, wait_s=30)  # another replica's fill in flight
+    assert held.fill is not None
+    leader = asyncio.create_task(replica.lookup(key, DECISION, wait_s=30))  # polls the store
+    await asyncio.sleep(0.02)
+    follower = asyncio.create_task(replica.lookup(key, DECISION, wait_s=30))  # awaits the leader
+    await asyncio.sleep(0.02)
+    leader.cancel()  # its client went away
+    started = time.monotonic()
+    followed = await asyncio.wait_for(follower, 2.0)
+    assert time.monotonic() - started < 0.5
+    assert followed.outcome == "MISS" and followed.fill is not None and followed.waited
+    await held.fill.abandon()
+
+
+async def test_a_fill_ends_once(store: CacheStore, key: str) -> None:
+    looked = await Coalescer(store, clock=clock).lookup(key, DECISION, wait_s=5)
+    assert looked.fill is not None
+    assert await looked.fill.complete(entry("first"))
+    assert not await looked.fill.complete(entry("second"))
+    await looked.fill.abandon()  # after complete: nothing happens
+    assert await store.get(key, NOW) == entry("first")
+
+
+async def test_a_fill_whose_store_went_down_still_serves_its_local_waiters(
+    private_redis: RedisServer,
+) -> None:
+    store = RedisCacheStore(private_redis.url, timeout_s=0.3)
+    coalescer = Coalescer(store, clock=clock)
+    try:
+        first = await coalescer.lookup("k", DECISION, wait_s=5)
+        assert first.fill is not None
+        waiter = asyncio.create_task(coalescer.lookup("k", DECISION, wait_s=5))
+        await asyncio.sleep(0.02)
+        private_redis.stop()
+        assert not await first.fill.complete(entry())  # not stored, and no error
+        second = await asyncio.wait_for(waiter, 1.0)
+        assert (second.outcome, second.entry) == ("HIT", entry())
+    finally:
+        await store.close()
+
+
+async def test_a_decision_that_neither_reads_nor_writes_does_not_touch_the_store(
+    private_redis: RedisServer,
+) -> None:
+    store = RedisCacheStore(private_redis.url, timeout_s=0.3)
+    private_redis.stop()
+    try:
+        looked = await Coalescer(store, clock=clock).lookup(
+            "k", decide(SETTINGS, {"x-tollway-cache": "off"}), wait_s=1
+        )
+        assert (looked.outcome, looked.unavailable, looked.fill) == ("BYPASS", False, None)
+    finally:
+        await store.close()

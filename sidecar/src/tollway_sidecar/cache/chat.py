@@ -196,20 +196,24 @@ def chat_json(answer: ChatAnswer, usage: TokenUsage) -> bytes:
     return dumps(body).encode()
 
 
-def _deltas(choice: ChatChoice) -> Iterator[dict[str, Any]]:
-    """The deltas of one choice, as a provider streams them: role, reasoning, text, refusal, calls."""
-    yield {"role": "assistant", "content": "" if choice.content is not None else None}
-    for piece in pieces(choice.reasoning or ""):
-        yield {choice.reasoning_field: piece}
-    for piece in pieces(choice.content or ""):
-        yield {"content": piece}
-    for piece in pieces(choice.refusal or ""):
-        yield {"refusal": piece}
+def _deltas(choice: ChatChoice) -> Iterator[str]:
+    """The deltas of one choice as JSON text, as a provider streams them: role, reasoning, text,
+    refusal, tool calls. Text pieces are spelled out directly: most of a replay is made of them."""
+    yield dumps({"role": "assistant", "content": "" if choice.content is not None else None})
+    for name, text in (
+        (choice.reasoning_field, choice.reasoning),
+        ("content", choice.content),
+        ("refusal", choice.refusal),
+    ):
+        head = "{" + dumps(name) + ":"
+        for piece in pieces(text or ""):
+            yield head + dumps(piece) + "}"
     for index, call in enumerate(choice.tool_calls):
         start = {"index": index, "id": call.id, "type": "function"}
-        yield {"tool_calls": [{**start, "function": {"name": call.name, "arguments": ""}}]}
+        yield dumps({"tool_calls": [{**start, "function": {"name": call.name, "arguments": ""}}]})
+        head = '{"tool_calls":[{"index":' + str(index) + ',"function":{"arguments":'
         for piece in pieces(call.arguments):
-            yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            yield head + dumps(piece) + "}}]}"
 
 
 def chat_sse(answer: ChatAnswer, usage: TokenUsage, *, include_usage: bool) -> bytes:
@@ -230,11 +234,11 @@ def chat_sse(answer: ChatAnswer, usage: TokenUsage, *, include_usage: bool) -> b
     tail = (',"usage":null}\n\n' if include_usage else "}\n\n").encode()
     out = bytearray()
     for choice in answer.choices:
+        item = '{"index":' + str(choice.index) + ',"delta":'
         for delta in _deltas(choice):
-            item = {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}
-            out += head + dumps(item).encode() + b"]" + tail
-        item = {"index": choice.index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason}
-        out += head + dumps(item).encode() + b"]" + tail
+            out += head + (item + delta + ',"logprobs":null,"finish_reason":null}]').encode() + tail
+        last = {"index": choice.index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason}
+        out += head + dumps(last).encode() + b"]" + tail
     if include_usage:
         out += head + b'],"usage":' + dumps(openai_usage(usage)).encode() + b"}\n\n"
     out += b"data: [DONE]\n\n"

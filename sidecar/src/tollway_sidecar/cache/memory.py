@@ -17,6 +17,7 @@ from tollway_sidecar.cache.store import Polled
 __all__ = ["DEFAULT_MAX_BYTES", "MemoryCacheStore"]
 
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+_LEASE_SWEEP_AT: Final = 4096  # leases held before expired ones are cleared (a fill never ended)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,8 @@ class MemoryCacheStore:
         held = self._leases.get(key)
         if held is not None and now_ms < held[1]:
             return False
+        if len(self._leases) >= _LEASE_SWEEP_AT:
+            self._leases = {k: v for k, v in self._leases.items() if now_ms < v[1]}
         self._leases[key] = (token, now_ms + ttl_ms)
         return True
 
