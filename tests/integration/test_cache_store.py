@@ -27,6 +27,7 @@ from tollway_sidecar.cache import (
     Lookup,
     MemoryCacheStore,
     decide,
+    wall_ms,
 )
 from tollway_sidecar.cache.chat import ChatAnswer, ChatChoice
 from tollway_sidecar.cache.redis_store import RedisCacheStore
@@ -481,3 +482,21 @@ async def test_a_decision_that_neither_reads_nor_writes_does_not_touch_the_store
         assert (looked.outcome, looked.unavailable, looked.fill) == ("BYPASS", False, None)
     finally:
         await store.close()
+
+
+async def test_a_fill_lease_lasts_lease_s_not_the_waiters_bound(store: CacheStore, key: str) -> None:
+    # Real time for both stores here: Redis expires leases by its own clock.
+    filler, replica = Coalescer(store, clock=wall_ms), Coalescer(store, clock=wall_ms)
+    long = await filler.lookup(key, DECISION, wait_s=0.05, lease_s=30)
+    assert long.fill is not None and long.fill.token is not None
+    await asyncio.sleep(0.1)
+    behind = await replica.lookup(key, DECISION, wait_s=0.1)
+    assert behind.waited and behind.fill is not None and behind.fill.token is None  # still leased
+    await long.fill.abandon()
+
+    short = await filler.lookup(key, DECISION, wait_s=0.05)  # the lease lasts wait_s by default
+    assert short.fill is not None and short.fill.token is not None
+    await asyncio.sleep(0.1)
+    after = await replica.lookup(key, DECISION, wait_s=0.1)
+    assert not after.waited and after.fill is not None and after.fill.token is not None
+    await after.fill.abandon()

@@ -116,16 +116,21 @@ class Coalescer:
 
         return Fill(key, decision.ttl_s * 1000, token, self.store, self.clock, future, ended)
 
-    async def lookup(self, key: str, decision: CacheDecision, *, wait_s: float) -> Lookup:
-        """Serve `key` from the cache, wait for a fill in flight, or hand the call a `Fill`."""
+    async def lookup(
+        self, key: str, decision: CacheDecision, *, wait_s: float, lease_s: float | None = None
+    ) -> Lookup:
+        """Serve `key` from the cache, wait up to `wait_s` for a fill in flight, or hand the call a
+        `Fill`. A fill's lease lasts `lease_s` (default `wait_s`): about as long as the filler's
+        upstream call may take, after which another caller may fill the key too."""
         if not decision.active:
             return Lookup("BYPASS")
+        lease_ms = max(1, int((wait_s if lease_s is None else lease_s) * 1000))
         try:
             if not decision.read:  # refresh: no read, but waiters for the key may take its answer
                 token = secrets.token_hex(8)
-                leased = await self.store.try_lease(key, token, int(wait_s * 1000), self.clock())
+                leased = await self.store.try_lease(key, token, lease_ms, self.clock())
                 return Lookup("REFRESH", fill=self._fill(key, decision, token if leased else None))
-            return await self._read(key, decision, wait_s)
+            return await self._read(key, decision, wait_s, lease_ms)
         except CacheUnavailable as exc:
             log.warning("cache bypassed: %s", exc)
             return Lookup("BYPASS", unavailable=True)
@@ -141,7 +146,7 @@ class Coalescer:
         fill = self._fill(key, decision) if decision.write else None
         return Lookup(decision.outcome(None), fill=fill, waited=True)
 
-    async def _read(self, key: str, decision: CacheDecision, wait_s: float) -> Lookup:
+    async def _read(self, key: str, decision: CacheDecision, wait_s: float, lease_ms: int) -> Lookup:
         deadline = asyncio.get_running_loop().time() + wait_s
         leader = self._leaders.get(key)
         if leader is not None:
@@ -160,7 +165,7 @@ class Coalescer:
                 return Lookup(decision.outcome("exact"), entry)
             if decision.write:
                 token = secrets.token_hex(8)
-                if await self.store.try_lease(key, token, int(wait_s * 1000), self.clock()):
+                if await self.store.try_lease(key, token, lease_ms, self.clock()):
                     handed_over = True  # the Fill wakes this process's waiters and ends the lead
                     fill = self._fill(key, decision, token, future)
                     return Lookup(decision.outcome(None), fill=fill)

@@ -62,15 +62,15 @@ class CacheEntry:
     @cached_property
     def encoded(self) -> bytes:
         """The stored form (computed once: the size bound and the store both need it)."""
-        document = {
+        head = {
             "v": ENTRY_VERSION,
             "api": self.api,
             "created_ms": self.created_ms,
             "cost_nano": self.cost_nano,
             "usage": asdict(self.usage),
-            "answer": json.loads(self.to_json()),
         }
-        return dumps(document).encode()
+        # The rendered answer goes in as it is: it is a JSON object already.
+        return dumps(head)[:-1].encode() + b',"answer":' + self.to_json() + b"}"
 
 
 def decode_entry(data: bytes) -> CacheEntry:
