@@ -427,7 +427,7 @@ async def test_a_fill_stores_with_the_decisions_ttl(store: CacheStore, key: str)
     await late.fill.abandon()
 
 
-async def test_a_cancelled_leader_releases_its_local_waiters(store: CacheStore, key: str) -> None:
+async def test_a_cancelled_leader_hands_the_lead_to_a_waiter(store: CacheStore, key: str) -> None:
     filler, replica = Coalescer(store, clock=clock), Coalescer(store, clock=clock)
     held = await filler.lookup(key, DECISION, wait_s=30)  # another replica's fill in flight
     assert held.fill is not None
@@ -435,12 +435,26 @@ async def test_a_cancelled_leader_releases_its_local_waiters(store: CacheStore, 
     await asyncio.sleep(0.02)
     follower = asyncio.create_task(replica.lookup(key, DECISION, wait_s=30))  # awaits the leader
     await asyncio.sleep(0.02)
-    leader.cancel()  # its client went away
-    started = time.monotonic()
-    followed = await asyncio.wait_for(follower, 2.0)
-    assert time.monotonic() - started < 0.5
-    assert followed.outcome == "MISS" and followed.fill is not None and followed.waited
-    await held.fill.abandon()
+    leader.cancel()  # its client went away: the follower now polls in its place
+    await asyncio.sleep(0.05)
+    assert not follower.done()
+    await held.fill.complete(entry())
+    followed = await asyncio.wait_for(follower, 1.0)
+    assert (followed.outcome, followed.entry, followed.waited) == ("HIT", entry(), True)
+
+
+async def test_a_read_only_leader_with_nothing_in_flight_hands_the_lead_on(
+    store: CacheStore, key: str
+) -> None:
+    upstream = Upstream()
+    coalescer = Coalescer(store, clock=clock)
+    read_only = decide(SETTINGS, {"x-tollway-cache": "read-only"})
+    first = asyncio.create_task(upstream.serve(coalescer, key, read_only))
+    others = [asyncio.create_task(upstream.serve(coalescer, key, DECISION)) for _ in range(20)]
+    results = await asyncio.gather(first, *others)
+    # The read-only call goes upstream without storing; the next one leads and fills for the rest.
+    assert upstream.calls == 2
+    assert sorted(r.outcome for r in results) == ["HIT"] * 19 + ["MISS"] * 2
 
 
 async def test_a_fill_ends_once(store: CacheStore, key: str) -> None:

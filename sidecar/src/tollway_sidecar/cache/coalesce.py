@@ -5,7 +5,9 @@ future, so however many wait, one of them talks to the store. Across processes (
 on one Redis), the leader takes the store's fill lease; a leader that finds the lease held by
 another replica polls the store (5 ms, doubling to 50 ms) until the entry is there or the lease is
 gone. Waiting is bounded by `wait_s` (the route's timeout): a waiter whose fill fails, or that
-waited long enough, goes upstream itself, and may still store what it gets.
+waited long enough, goes upstream itself, and may still store what it gets. A leader that led to
+nothing (it was cancelled, or it only reads and no fill was in flight) hands the lead on: one of
+its waiters takes it.
 
 The wiring must end every `Fill` it is given, with `complete(entry)` or `abandon()` (in a
 `finally`): until then, this process's waiters for the key wait, up to their bound.
@@ -22,6 +24,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Final
 
 from tollway_sidecar.cache.entry import CacheEntry
@@ -40,6 +43,13 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Lead(Enum):
+    AGAIN = "again"  # what a leader that led to nothing tells its waiters: one of you lead
+
+
+_Outcome = CacheEntry | None | _Lead  # what a leader's waiters learn: the entry, none, or lead again
+
+
 @dataclass(eq=False)
 class Fill:
     """A call's duty to store its answer under `key` (it holds the fill lease when `token` is set)."""
@@ -49,7 +59,7 @@ class Fill:
     token: str | None
     _store: CacheStore
     _clock: Callable[[], int]
-    _waiters: asyncio.Future[CacheEntry | None] | None = None  # this process's, when it leads them
+    _waiters: asyncio.Future[_Outcome] | None = None  # this process's, when it leads them
     _ended: Callable[[], None] = lambda: None
     done: bool = field(default=False, init=False)
 
@@ -92,23 +102,23 @@ class Lookup:
     unavailable: bool = False  # the store failed: bypassed (the wiring counts it)
 
 
-def _wake(future: asyncio.Future[CacheEntry | None] | None, entry: CacheEntry | None) -> None:
+def _wake(future: asyncio.Future[_Outcome] | None, outcome: _Outcome) -> None:
     if future is not None and not future.done():
-        future.set_result(entry)
+        future.set_result(outcome)
 
 
 class Coalescer:
     def __init__(self, store: CacheStore, *, clock: Callable[[], int] = wall_ms) -> None:
         self.store = store
         self.clock = clock
-        self._leaders: dict[str, asyncio.Future[CacheEntry | None]] = {}
+        self._leaders: dict[str, asyncio.Future[_Outcome]] = {}
 
     def _fill(
         self,
         key: str,
         decision: CacheDecision,
         token: str | None = None,
-        future: asyncio.Future[CacheEntry | None] | None = None,
+        future: asyncio.Future[_Outcome] | None = None,
     ) -> Fill:
         def ended() -> None:
             if future is not None and self._leaders.get(key) is future:
@@ -147,15 +157,19 @@ class Coalescer:
         return Lookup(decision.outcome(None), fill=fill, waited=True)
 
     async def _read(self, key: str, decision: CacheDecision, wait_s: float, lease_ms: int) -> Lookup:
-        deadline = asyncio.get_running_loop().time() + wait_s
-        leader = self._leaders.get(key)
-        if leader is not None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while (leader := self._leaders.get(key)) is not None:
             try:
-                entry = await asyncio.wait_for(asyncio.shield(leader), wait_s)
+                outcome = await asyncio.wait_for(asyncio.shield(leader), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                entry = None
-            return self._after_wait(key, decision, entry)
-        future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
+                return self._after_wait(key, decision, None)
+            if not isinstance(outcome, _Lead):
+                return self._after_wait(key, decision, outcome)
+        return await self._lead(key, decision, deadline, lease_ms)
+
+    async def _lead(self, key: str, decision: CacheDecision, deadline: float, lease_ms: int) -> Lookup:
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._leaders[key] = future
         handed_over = False
         try:
@@ -169,25 +183,33 @@ class Coalescer:
                     handed_over = True  # the Fill wakes this process's waiters and ends the lead
                     fill = self._fill(key, decision, token, future)
                     return Lookup(decision.outcome(None), fill=fill)
-            entry = await self._wait_remote(key, deadline)
+            entry, in_flight = await self._wait_remote(key, deadline)
+            if not in_flight:  # nothing to wait for: this caller only reads, or the fill just ended
+                _wake(future, entry if entry is not None else _Lead.AGAIN)
+                lookup = self._after_wait(key, decision, entry)
+                return Lookup(lookup.outcome, lookup.entry, lookup.fill)  # it did not wait
             _wake(future, entry)
             return self._after_wait(key, decision, entry)
         finally:
             if not handed_over:
-                _wake(future, None)
+                _wake(future, _Lead.AGAIN)  # an error or a cancellation: a waiter takes the lead
                 if self._leaders.get(key) is future:
                     del self._leaders[key]
 
-    async def _wait_remote(self, key: str, deadline: float) -> CacheEntry | None:
-        """Poll until the entry is stored, the lease is gone (the fill failed) or `deadline`."""
+    async def _wait_remote(self, key: str, deadline: float) -> tuple[CacheEntry | None, bool]:
+        """Poll until the entry is stored, the lease is gone (the fill failed) or `deadline`; the
+        entry, and whether a fill was in flight when the wait began."""
         loop = asyncio.get_running_loop()
         pause = _FIRST_POLL_S
+        in_flight: bool | None = None
         while True:
             polled = await self.store.poll(key, self.clock())
+            if in_flight is None:
+                in_flight = polled.leased
             if polled.entry is not None or not polled.leased:
-                return polled.entry
+                return polled.entry, in_flight
             left = deadline - loop.time()
             if left <= 0:
-                return None
+                return None, in_flight
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, _MAX_POLL_S)
