@@ -98,10 +98,11 @@ def chat_from_json(obj: Any) -> ChatAnswer:
     choices = obj.get("choices")
     if not isinstance(choices, list):
         raise Unstorable("answer has no choices")
+    # Some OpenAI-compatible servers leave out `id` or `created`; the replay then has them empty.
     return ChatAnswer(
-        id=_str(obj, "id") or "",
+        id=_str(obj, "id", optional=True) or "",
         model=_str(obj, "model") or "",
-        created=_int(obj.get("created"), "created"),
+        created=_int(obj.get("created", 0), "created"),
         choices=tuple(_choice(choice) for choice in choices),
         system_fingerprint=_str(obj, "system_fingerprint", optional=True),
         service_tier=_str(obj, "service_tier", optional=True),

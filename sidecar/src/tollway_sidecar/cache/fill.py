@@ -54,7 +54,7 @@ def entry_from_json(
     """The entry for a buffered answer, or `Unstorable`."""
     if status != 200:
         raise Unstorable(f"status {status}")
-    if len(body) > max_entry_bytes * 2:  # the stored form is never under half the answer's size
+    if len(body) > max_entry_bytes * 2:  # not worth parsing: its stored form would hardly fit
         raise Unstorable(f"answer of {len(body)} bytes is over max_entry_bytes {max_entry_bytes}")
     try:
         obj = json.loads(body)
