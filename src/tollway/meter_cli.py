@@ -45,7 +45,9 @@ def meter() -> None:
 
 
 @meter.command("run")
-@click.option("--redis", "redis_url", envvar="TOLLWAY_REDIS_URL", default=None, help="Redis URL of the stream.")
+@click.option(
+    "--redis", "redis_url", envvar="TOLLWAY_REDIS_URL", default=None, help="Redis URL of the stream."
+)
 @click.option(
     "--outbox",
     "outbox_url",

@@ -161,6 +161,8 @@ def test_dev_without_redis_meters_the_outbox_and_a_killed_meter_loses_nothing(tm
     assert ledger_events(ledger) == 24, meter_log(state)
     assert usage_by_model(command) == ("gpt-4o-mini", 24, told + sum(costs) + last)
     assert "dropped" not in meter_log(state)
+
+
 def test_the_banner_prints_the_usage_command_with_or_without_redis(tmp_path: Path) -> None:
     memory = DevGateway(DevOptions(config_dir=tmp_path, state_dir=tmp_path / "state"))
     assert usage_lines(memory)[0] == f"  usage:  tollway usage --db {memory.ledger_dsn} --by model"

@@ -7,8 +7,8 @@ import asyncio
 import json
 import logging
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +19,7 @@ from tollway_meter.ledger import Ledger, LedgerUnavailableError, SqliteLedger
 from tollway_meter.outbox_source import OutboxConsumer, OutboxOptions
 from tollway_sidecar.admin import create_admin_app
 from tollway_sidecar.config.models import GatewayConfig
+from tollway_sidecar.contract.usage_event import Tokens, UsageData, UsageEvent, uuid7
 from tollway_sidecar.contract.usage_outbox import OutboxAck, OutboxPage, OutboxWireError
 from tollway_sidecar.quota.gate import QuotaGate
 from tollway_sidecar.quota.memory import MemoryStore
@@ -26,8 +27,23 @@ from tollway_sidecar.quota.outbox import Outbox, OutboxAckError
 from tollway_sidecar.quota.redis_store import RedisStore
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ledger"))
-from ledger_events import make_event  # noqa: E402
+
+def make_event(cost: str = "0.000123456") -> UsageEvent:
+    """A valid v1 event, built through the contract."""
+    data = UsageData(
+        namespace="default",
+        key_name="demo",
+        route="chat",
+        model="gpt-4o-mini",
+        status=200,
+        outcome="ok",
+        cost=cost,
+        billable=True,
+        tokens=Tokens(input=100, output=20),
+    )
+    return UsageEvent(
+        id=uuid7(), source="sidecar-0", time=datetime.now(UTC), subject="default/demo", data=data
+    )
 
 
 def test_entries_are_numbered_from_one_and_read_after_a_sequence_number() -> None:
@@ -89,7 +105,8 @@ def test_the_wire_shapes_round_trip_and_name_the_bad_field() -> None:
 
 
 def _runtime(quota: QuotaGate | None = None) -> Runtime:
-    return Runtime(CompiledConfig.build(GatewayConfig().with_checksum()), max_request_bytes=1 << 20, quota=quota)
+    config = CompiledConfig.build(GatewayConfig().with_checksum())
+    return Runtime(config, max_request_bytes=1 << 20, quota=quota)
 
 
 @pytest.fixture
@@ -186,7 +203,8 @@ async def test_the_meter_ingests_the_outbox_exactly_then_acks_and_dead_letters_b
         assert (await meter.step()).read == 0
     assert _totals(tmp_path) == (5, sum(e.data.cost_nanos for e in events))
     (dead,) = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-    assert dead["entry"] == "4" and dead["event"] == '{"not": "an event"}' and dead["outbox"] == store.outbox.id
+    assert (dead["entry"], dead["event"]) == ("4", '{"not": "an event"}')
+    assert dead["outbox"] == store.outbox.id and dead["reason"]
     assert meter.stats.ingested == 5 and meter.stats.dead_lettered == 1 and meter.stats.batches == 2
     ledger.close()
 
