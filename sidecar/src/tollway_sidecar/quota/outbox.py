@@ -39,7 +39,8 @@ class Outbox:
         # Names this process's outbox: sequence numbers start again when the sidecar restarts.
         self.id = uuid.uuid4().hex
         self.dropped = 0
-        self._entries: deque[OutboxEntry] = deque()
+        # (seq, event) tuples: the append is on the settle's path, and a tuple is the cheapest record.
+        self._entries: deque[tuple[int, str]] = deque()
         self._next = 1
 
     def append(self, event: str) -> None:
@@ -53,7 +54,7 @@ class Outbox:
                     self.limit,
                     self.dropped,
                 )
-        self._entries.append(OutboxEntry(self._next, event))
+        self._entries.append((self._next, event))
         self._next += 1
 
     def extend(self, events: Iterable[str]) -> None:
@@ -61,7 +62,7 @@ class Outbox:
             self.append(event)
 
     def __iter__(self) -> Iterator[str]:
-        return (entry.event for entry in self._entries)
+        return (event for _seq, event in self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,13 +70,14 @@ class Outbox:
     @property
     def first(self) -> int:
         """The oldest sequence number kept (the next one when empty)."""
-        return self._entries[0].seq if self._entries else self._next
+        return self._entries[0][0] if self._entries else self._next
 
     def pending(self, after: int = 0, limit: int = 500) -> list[OutboxEntry]:
         """Entries with a sequence number above `after`, oldest first, at most `limit`."""
         # Sequence numbers are contiguous from `first`, so the position is arithmetic.
         start = max(0, after + 1 - self.first)
-        return list(itertools.islice(self._entries, start, start + max(0, limit)))
+        window = itertools.islice(self._entries, start, start + max(0, limit))
+        return [OutboxEntry(seq, event) for seq, event in window]
 
     def page(self, after: int = 0, limit: int = 500) -> OutboxPage:
         entries = self.pending(after, min(limit, OUTBOX_PAGE_MAX))
@@ -88,7 +90,7 @@ class Outbox:
                 f"upto: {upto} was never handed out (the last sequence number is {self._next - 1})"
             )
         acked = 0
-        while self._entries and self._entries[0].seq <= upto:
+        while self._entries and self._entries[0][0] <= upto:
             self._entries.popleft()
             acked += 1
         return acked
