@@ -1,4 +1,5 @@
-"""`tollway meter …` (run the stream consumer, migrate, close a period, invoice) and `tollway usage`."""
+"""`tollway meter …` (run the stream consumer, migrate, close a period, invoice, reconcile, retain)
+and `tollway usage`."""
 
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def meter() -> None:
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--api-port", default=8090, show_default=True, help="JSON query API port (0: none).")
 @click.option("--api-host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--close-after",
+    default=None,
+    help="Close each month this long after it ended (e.g. 72h, 3d), once the stream holds none of "
+    "its events. Default: never (only `tollway meter close`).",
+)
+@click.option(
+    "--retain-months",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Drop the event detail of closed months older than the current one and this many before "
+    "it (roll-ups stay). Default: keep all.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
     redis_url: str,
@@ -65,6 +79,8 @@ def meter_run(
     metrics_host: str,
     api_port: int,
     api_host: str,
+    close_after: str | None,
+    retain_months: int | None,
     log_level: str,
 ) -> None:
     """Consume the usage stream into the ledger until SIGTERM or Ctrl-C."""
@@ -73,12 +89,17 @@ def meter_run(
 
     from tollway_meter.api import create_app
     from tollway_meter.consumer import ConsumerOptions, MeterConsumer, default_consumer_name
+    from tollway_meter.maintenance import Maintenance, MaintenanceOptions
     from tollway_meter.metrics import serve_metrics
 
+    after = parse_duration(close_after, "--close-after") if close_after else None
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ledger = _open(dsn)
     options = ConsumerOptions(
         consumer=consumer or default_consumer_name(), batch=batch, claim_idle_ms=claim_idle_ms
+    )
+    housekeeping = MaintenanceOptions(
+        stream=options.stream, group=options.group, close_after=after, retain_months=retain_months
     )
 
     async def main() -> None:
@@ -89,10 +110,14 @@ def meter_run(
         client = aioredis.Redis.from_url(redis_url)
         runner: web.AppRunner | None = None
         api_ledger: Ledger | None = None
+        # Its own connection, like the API's: lag, period state, --close-after, --retain-months.
+        maintenance = Maintenance(client, _open(dsn), housekeeping)
+        tasks: list[asyncio.Task[None]] = []
         try:
             consumer = MeterConsumer(client, ledger, options)
             if metrics_port:
-                serve_metrics(consumer.stats, metrics_port, metrics_host)
+                serve_metrics(consumer.stats, metrics_port, metrics_host, maintenance.state)
+            tasks.append(asyncio.create_task(maintenance.run(stop)))
             if api_port:
                 # Its own connection: the consumer's is busy with batches.
                 api_ledger = _open(dsn)
@@ -101,6 +126,9 @@ def meter_run(
                 await web.TCPSite(runner, api_host, api_port).start()
             await consumer.run(stop)
         finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            maintenance.ledger.close()
             if runner is not None:
                 await runner.cleanup()
             if api_ledger is not None:
@@ -159,6 +187,15 @@ def meter_invoice(period: str, by: str, fmt: str, dsn: str) -> None:
 
 
 _DURATION = re.compile(r"^(\d+)([hdw])$")
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    """`72h`, `3d`, `1w`."""
+    match = _DURATION.match(text)
+    if not match:
+        raise click.BadParameter(f"expected e.g. 72h, 3d or 1w, got {text!r}", param_hint=name)
+    unit = {"h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -270,5 +307,9 @@ def usage(
 
 
 def register(main: click.Group) -> None:
+    from tollway.meter_ops_cli import meter_reconcile, meter_retain
+
+    meter.add_command(meter_reconcile)
+    meter.add_command(meter_retain)
     main.add_command(meter)
     main.add_command(usage)

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tollway_meter.ledger import Ledger, LedgerUnavailableError
+from tollway_meter.ledger import IngestResult, Ledger, LedgerRefusedError, LedgerUnavailableError
 from tollway_sidecar.contract.usage_event import (
     USAGE_DEAD_LETTER_STREAM,
     USAGE_FIELD,
@@ -130,7 +130,7 @@ class MeterConsumer:
         entries = await self._read()
         if not entries:
             return StepResult(0, 0, 0, 0)
-        events: list[UsageEvent] = []
+        events: list[tuple[str, str, UsageEvent]] = []
         rejected: list[tuple[str, str, str]] = []
         for entry_id, fields in entries:
             raw = fields.get(USAGE_FIELD)
@@ -138,11 +138,14 @@ class MeterConsumer:
                 rejected.append((entry_id, "", f"no {USAGE_FIELD!r} field in the stream entry"))
                 continue
             try:
-                events.append(UsageEvent.from_json(raw))
+                events.append((entry_id, raw, UsageEvent.from_json(raw)))
             except UsageEventError as exc:
                 rejected.append((entry_id, raw, str(exc)))
         try:
-            result = await asyncio.to_thread(self.ledger.ingest, events)
+            try:
+                result = await asyncio.to_thread(self.ledger.ingest, [e for _, _, e in events])
+            except LedgerRefusedError:
+                result = await asyncio.to_thread(self._isolate, events, rejected)
         except LedgerUnavailableError:
             self.stats.ledger_errors += 1
             self._own_pending_done = False
@@ -167,6 +170,22 @@ class MeterConsumer:
         if o.trim:
             await self.trim()
         return StepResult(len(entries), result.inserted, result.duplicates, len(rejected))
+
+    def _isolate(
+        self, events: list[tuple[str, str, UsageEvent]], rejected: list[tuple[str, str, str]]
+    ) -> IngestResult:
+        """The database refused the batch for its data: ingest its events one by one, and
+        dead-letter those it refuses alone, so one event cannot fail its batch for ever."""
+        inserted = duplicates = adjustments = 0
+        for entry_id, raw, event in events:
+            try:
+                one = self.ledger.ingest([event])
+            except LedgerRefusedError as exc:
+                rejected.append((entry_id, raw, f"the ledger refused it: {exc}"))
+                continue
+            inserted, duplicates = inserted + one.inserted, duplicates + one.duplicates
+            adjustments += one.adjustments
+        return IngestResult(inserted, duplicates, adjustments)
 
     async def trim(self) -> int:
         """XTRIM MINID to the oldest entry not yet acknowledged (pending or never delivered)."""
