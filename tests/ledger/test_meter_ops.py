@@ -192,3 +192,16 @@ async def test_an_event_the_database_refuses_is_dead_lettered_not_retried_foreve
     assert fields[b"reason"].decode().startswith("the ledger refused it: ")
     assert int((await redis_client.xpending(USAGE_STREAM, "tollway-meter"))["pending"]) == 0
     assert isinstance(meter.stats, MeterStats)
+
+
+def test_a_month_holding_an_adjustment_booked_in_a_kept_closed_month_is_kept(ledger: Ledger) -> None:
+    ledger.ingest(spread(3, at=SEP))
+    ledger.close_period("2026-09")
+    assert (
+        ledger.ingest([make_event(at=datetime(2026, 9, 30, 23, tzinfo=UTC))]).adjustments == 1
+    )  # in October
+    ledger.close_period("2026-10")
+    # Keeping October (closed, but inside the window) keeps September's partition, which holds its row.
+    [kept] = retain(ledger, datetime(2026, 12, 15, tzinfo=UTC), keep_months=2)
+    assert (kept.period, kept.dropped) == ("2026-09", False)
+    assert detail_count(ledger) == 4
