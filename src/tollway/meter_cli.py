@@ -1,4 +1,5 @@
-"""`tollway meter …` (run the stream consumer, migrate, close a period, invoice) and `tollway usage`."""
+"""`tollway meter …` (run the stream consumer, migrate, close a period, invoice, reconcile, retain)
+and `tollway usage`."""
 
 from __future__ import annotations
 
@@ -72,6 +73,19 @@ def meter() -> None:
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--api-port", default=8090, show_default=True, help="JSON query API port (0: none).")
 @click.option("--api-host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--close-after",
+    default=None,
+    help="Close each month this long after it ended (e.g. 72h, 3d), once the stream holds none of "
+    "its events. Default: never (only `tollway meter close`).",
+)
+@click.option(
+    "--retain-months",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Drop the event detail of closed months older than the current one and this many before "
+    "it (roll-ups stay). Default: keep all.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
     redis_url: str | None,
@@ -85,6 +99,8 @@ def meter_run(
     metrics_host: str,
     api_port: int,
     api_host: str,
+    close_after: str | None,
+    retain_months: int | None,
     log_level: str,
 ) -> None:
     """Consume the usage stream (--redis) or a sidecar's outbox (--outbox) into the ledger until
@@ -103,9 +119,14 @@ def meter_run(
 
     from tollway_meter.api import create_app
     from tollway_meter.consumer import ConsumerOptions, MeterConsumer, default_consumer_name
+    from tollway_meter.maintenance import Maintenance, MaintenanceOptions
     from tollway_meter.metrics import serve_metrics
     from tollway_meter.outbox_source import OutboxConsumer, OutboxOptions, OutboxRefused
 
+    if outbox_url is not None and (close_after or retain_months is not None):
+        raise click.UsageError("--close-after and --retain-months need the Redis stream (--redis)")
+
+    after = parse_duration(close_after, "--close-after") if close_after else None
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ledger = _open(dsn)
 
@@ -116,6 +137,7 @@ def meter_run(
             loop.add_signal_handler(sig, stop.set)
         async with contextlib.AsyncExitStack() as stack:
             source: MeterConsumer | OutboxConsumer
+            maintenance: Maintenance | None = None
             if redis_url is not None:
                 client = aioredis.Redis.from_url(redis_url)
                 stack.push_async_callback(client.aclose)
@@ -123,6 +145,18 @@ def meter_run(
                     consumer=consumer or default_consumer_name(), batch=batch, claim_idle_ms=claim_idle_ms
                 )
                 source = MeterConsumer(client, ledger, options)
+                # Its own connection, like the API's: lag, period state, --close-after, --retain-months.
+                maintenance = Maintenance(
+                    client,
+                    _open(dsn),
+                    MaintenanceOptions(
+                        stream=options.stream,
+                        group=options.group,
+                        close_after=after,
+                        retain_months=retain_months,
+                    ),
+                )
+                stack.callback(maintenance.ledger.close)
             else:
                 assert outbox_url is not None
                 outbox = OutboxOptions(url=outbox_url, dead_letter=dead_letter_file, batch=batch)
@@ -130,7 +164,17 @@ def meter_run(
                 stack.push_async_callback(session.close)
                 source = OutboxConsumer(session, ledger, outbox)
             if metrics_port:
-                serve_metrics(source.stats, metrics_port, metrics_host)
+                serve_metrics(
+                    source.stats, metrics_port, metrics_host, maintenance.state if maintenance else None
+                )
+            if maintenance is not None:
+                task = asyncio.create_task(maintenance.run(stop))
+
+                async def finish_maintenance() -> None:
+                    stop.set()
+                    await asyncio.gather(task, return_exceptions=True)
+
+                stack.push_async_callback(finish_maintenance)
             if api_port:
                 # Its own connection: the consumer's is busy with batches.
                 api_ledger = _open(dsn)
@@ -195,6 +239,15 @@ def meter_invoice(period: str, by: str, fmt: str, dsn: str) -> None:
 
 
 _DURATION = re.compile(r"^(\d+)([hdw])$")
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    """`72h`, `3d`, `1w`."""
+    match = _DURATION.match(text)
+    if not match:
+        raise click.BadParameter(f"expected e.g. 72h, 3d or 1w, got {text!r}", param_hint=name)
+    unit = {"h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -306,5 +359,9 @@ def usage(
 
 
 def register(main: click.Group) -> None:
+    from tollway.meter_ops_cli import meter_reconcile, meter_retain
+
+    meter.add_command(meter_reconcile)
+    meter.add_command(meter_retain)
     main.add_command(meter)
     main.add_command(usage)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tollway_meter.batch import Rejected, parse_entries
+from tollway_meter import batch
+from tollway_meter.batch import Rejected
 from tollway_meter.consumer import MeterStats, StepResult
 from tollway_meter.ledger import Ledger, LedgerUnavailableError
 from tollway_sidecar.contract.usage_outbox import (
@@ -99,9 +100,9 @@ class OutboxConsumer:
         page = await self._read()
         if not page.entries:
             return StepResult(0, 0, 0, 0)
-        events, rejected = parse_entries((str(e.seq), e.event) for e in page.entries)
+        events, rejected = batch.parse_entries((str(e.seq), e.event) for e in page.entries)
         try:
-            result = await asyncio.to_thread(self.ledger.ingest, events)
+            result = await asyncio.to_thread(batch.ingest, self.ledger, events, rejected)
         except LedgerUnavailableError:
             self.stats.ledger_errors += 1
             raise
