@@ -37,17 +37,25 @@ def meter_replicas(cluster: Cluster) -> int:
     return int(deployment["spec"]["replicas"])
 
 
+def upgrade(cluster: Cluster, *values: str) -> None:
+    cluster.cp.helm(
+        "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--wait=hookOnly", "--reuse-values", *values
+    )
+
+
 def test_the_password_outlives_upgrades_and_uninstall(cluster: Cluster) -> None:
-    cluster.install(RELEASE, NAMESPACE, *BUNDLED)
+    # As the README's kind walkthrough does: a release without the meter, then the meter enabled by
+    # `helm upgrade --reuse-values`.
+    cluster.install(RELEASE, NAMESPACE, "--set", "crds.install=false")
+    assert cluster.get("secret", SECRET, NAMESPACE) is None
+    upgrade(cluster, *BUNDLED)
     password = stored_password(cluster)
     assert len(password) == 32
 
     # An upgrade that changes something else, then one that asks for another password: the database
     # still has the first one, so the Secret keeps it.
     for extra in (["--set", "meter.replicas=3"], ["--set", "meter.postgresql.bundled.password=another-one"]):
-        cluster.cp.helm(
-            "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--wait=hookOnly", "--reuse-values", *extra
-        )
+        upgrade(cluster, *extra)
         assert stored_password(cluster) == password, extra
     assert meter_replicas(cluster) == 3  # the upgrades did apply
 
