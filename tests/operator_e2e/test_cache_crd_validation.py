@@ -1,15 +1,18 @@
 """`spec.cache` of RouteRules and VirtualKeys, validated by a real API server: OpenAPI and CEL refuse
-what can be checked within one resource, with the message `kubectl apply` shows."""
+what can be checked within one resource, with the message `kubectl apply` shows; what needs another
+resource (the embeddings route) is a condition the real operator writes."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import Plane
+from stack import Stack, in_namespace, mock_route, running_stack, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "cache-validation"
@@ -218,3 +221,47 @@ def test_unknown_cache_fields_are_dropped_by_the_api_server_and_refused_by_kubec
     result = apply(cp, manifest)
     assert result.returncode != 0
     assert "unknown field" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(plane: Plane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(plane.cp, plane.audit_log, tmp_path_factory.mktemp("cache")) as s:
+        yield s
+
+
+@pytest.mark.timeout(300)
+def test_a_missing_embeddings_route_is_a_condition_and_the_route_serves_exact_until_it_exists(
+    stack: Stack,
+) -> None:
+    ns = stack.namespace("cache-operator")
+    mock = stack.gateway.options.mock_port
+    stack.apply(in_namespace(ns, mock_route("chat", "cache-chat", mock, cache=SEMANTIC)))
+
+    def conditions_with(reason: str) -> dict[str, dict[str, Any]] | None:
+        found = stack.conditions("routerule", ns, "chat")
+        accepted = found.get("Accepted")
+        return found if accepted is not None and accepted["reason"] == reason else None
+
+    def published_cache() -> dict[str, Any]:
+        (route,) = [r for r in stack.published()["routes"] if r["model"] == "cache-chat"]
+        return dict(route["cache"])
+
+    found = wait_for(lambda: conditions_with("EmbeddingRouteNotFound"), 30, "the missing route reported")
+    accepted, refs, ready = found["Accepted"], found["ResolvedRefs"], found["Ready"]
+    assert accepted["status"] == "True"
+    assert accepted["message"].startswith(
+        f"compiled into the GatewayConfig, narrower than written: spec.cache.semantic.embeddingRoute: "
+        f"RouteRule {ns}/embed not found"
+    )
+    assert (refs["status"], refs["reason"]) == ("False", "EmbeddingRouteNotFound")
+    assert (ready["status"], ready["reason"]) == ("True", "Published")
+    assert (published_cache()["mode"], published_cache()["semantic"]) == ("Exact", None)
+
+    embed = mock_route("embed", "cache-embed", mock)
+    stack.apply(in_namespace(ns, embed))
+    found = wait_for(lambda: conditions_with("Accepted"), 30, "the route accepted as written")
+    assert found["ResolvedRefs"]["status"] == "True"
+    cache = wait_for(
+        lambda: c if (c := published_cache())["mode"] == "Semantic" else None, 30, "Semantic published"
+    )
+    assert cache["semantic"] == {"embedding_route": f"{ns}-embed", "threshold": "0.95"}

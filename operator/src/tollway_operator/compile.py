@@ -21,7 +21,6 @@ from typing import TypeVar
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-# Re-exported: what a caller of the compiler needs (the `as` form says so to mypy).
 from tollway_operator.cachecompile import (
     CACHE_REFERENCE_REASONS,
     CacheWarning,
@@ -30,6 +29,8 @@ from tollway_operator.cachecompile import (
     route_cache,
     settle_routes,
 )
+
+# Re-exported: what a caller of the compiler needs (the `as` form says so to mypy).
 from tollway_operator.manifests import MANIFEST_SUFFIXES as MANIFEST_SUFFIXES
 from tollway_operator.manifests import CompileError as CompileError
 from tollway_operator.manifests import Manifest as Manifest
