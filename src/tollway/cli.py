@@ -92,6 +92,8 @@ def compile_command(directory: Path, namespace: str) -> None:
     from tollway_operator.compile import compile_directory
 
     result = compile_directory(directory, default_namespace=namespace)
+    for warning in result.warnings:  # served, but narrower than written: not a reason to fail
+        click.echo(f"warning: {warning}", err=True)
     if result.errors:
         for error in result.errors:
             click.echo(str(error), err=True)

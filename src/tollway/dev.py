@@ -83,7 +83,10 @@ def compile_folder(folder: Path) -> tuple[CompileResult, list[Manifest]]:
     result = compile_manifests(manifests)
     if load_errors:
         result = CompileResult(
-            config=result.config, errors=tuple(load_errors) + result.errors, accepted=result.accepted
+            config=result.config,
+            errors=tuple(load_errors) + result.errors,
+            accepted=result.accepted,
+            warnings=result.warnings,
         )
     return result, manifests
 
@@ -159,6 +162,7 @@ class DevGateway:
         compiled = self.folder.compile()
         result = compiled.result
         errors = tuple(str(error) for error in result.errors) + tuple(kept_notes(compiled))
+        errors += tuple(f"warning: {warning}" for warning in result.warnings)
         if errors != self._errors:
             for error in errors:
                 self._say(f"tollway dev: {error}", err=True)
