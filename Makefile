@@ -61,7 +61,7 @@ test-kube: setup tool-kube tool-kubectl tool-helm tool-jaeger ## tests/kube: the
 test-operator-e2e: setup tool-kube tool-kubectl tool-helm tool-redis ## tests/operator_e2e: CRD validation, the operator end to end
 	$(PYTEST) tests/operator_e2e $(PYTEST_ARGS)
 
-test-e2e: setup tool-kube tool-kubectl tool-helm tool-redis tool-jaeger ## tests/e2e: helm install/upgrade, the cluster-less end to end
+test-e2e: setup tool-kube tool-kubectl tool-helm tool-redis tool-jaeger tool-postgres ## tests/e2e: helm install/upgrade, the cluster-less end to end
 	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 test-reliability: setup tools ## tests/reliability: the reliability tier (after every tool)

@@ -48,8 +48,8 @@ def main() -> None:
 @click.option(
     "--meter/--no-meter",
     default=None,
-    help="Run the meter: the Redis usage stream into <state-dir>/ledger.db for `tollway usage` "
-    "(default: on with --redis; it needs --redis).",
+    help="Run the meter: the usage events (the Redis stream with --redis, else the sidecar's "
+    "in-memory outbox) into <state-dir>/ledger.db for `tollway usage` (default: on).",
 )
 @click.option("--log-level", default="INFO", show_default=True)
 def dev(
@@ -64,7 +64,7 @@ def dev(
     meter: bool | None,
     log_level: str,
 ) -> None:
-    """Run the gateway locally: sidecar + Envoy (+ mock provider, + meter with --redis), until Ctrl-C."""
+    """Run the gateway locally: sidecar + Envoy + meter (+ mock provider), until Ctrl-C."""
     from tollway.dev import DevOptions, run_dev
 
     options = DevOptions(
@@ -92,6 +92,8 @@ def compile_command(directory: Path, namespace: str) -> None:
     from tollway_operator.compile import compile_directory
 
     result = compile_directory(directory, default_namespace=namespace)
+    for warning in result.warnings:  # served, but narrower than written: not a reason to fail
+        click.echo(f"warning: {warning}", err=True)
     if result.errors:
         for error in result.errors:
             click.echo(str(error), err=True)

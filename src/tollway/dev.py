@@ -1,10 +1,11 @@
 """`tollway dev`: the whole data plane on one machine, from a folder of resource manifests.
 
 Compiles the folder with the operator's compiler, writes the GatewayConfig where the sidecar follows
-it, starts the mock provider (optional), the sidecar, the meter (with Redis) and Envoy as child
-processes in their own process group, waits until each is ready, and stops them all on Ctrl-C or
-SIGTERM. Edits to the
-folder are recompiled and picked up by the running gateway within a couple of seconds.
+it, starts the mock provider (optional), the sidecar, the meter and Envoy as child processes in their own
+process group, waits until each is ready, and stops them all on Ctrl-C or SIGTERM. Edits to the
+folder are recompiled and picked up by the running gateway within a couple of seconds. The meter
+reads the Redis usage stream with --redis, else the in-memory store's outbox on the sidecar's
+admin port, into a SQLite ledger in the state folder.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Any
 from tollway.children import Children
 from tollway.folder import Folder, FolderResult
 from tollway_operator.compile import CompileResult, Manifest, compile_manifests, load_manifests
+from tollway_sidecar.contract.usage_outbox import OUTBOX_PATH
 from tollway_sidecar.envoy_bootstrap import bootstrap
+from tollway_sidecar.quota.outbox import OUTBOX_LIMIT
 
 
 class DevError(Exception):
@@ -80,7 +83,10 @@ def compile_folder(folder: Path) -> tuple[CompileResult, list[Manifest]]:
     result = compile_manifests(manifests)
     if load_errors:
         result = CompileResult(
-            config=result.config, errors=tuple(load_errors) + result.errors, accepted=result.accepted
+            config=result.config,
+            errors=tuple(load_errors) + result.errors,
+            accepted=result.accepted,
+            warnings=result.warnings,
         )
     return result, manifests
 
@@ -114,13 +120,13 @@ class DevOptions:
     # ("namespace/name") through the Kubernetes API with `kubeconfig`; config_dir is not compiled.
     config_secret: str | None = None
     kubeconfig: Path | None = None
-    # The meter consumes the Redis usage stream into a SQLite ledger in the state folder; None: on
-    # exactly when there is a Redis (the in-memory store's events have no consumer yet).
+    # The meter: the usage events (the Redis stream, or the in-memory store's outbox) into a SQLite
+    # ledger in the state folder. None: on.
     meter: bool | None = None
 
     @property
     def meter_on(self) -> bool:
-        return self.redis_url is not None if self.meter is None else self.meter
+        return self.meter is not False
 
 
 @dataclass
@@ -156,6 +162,7 @@ class DevGateway:
         compiled = self.folder.compile()
         result = compiled.result
         errors = tuple(str(error) for error in result.errors) + tuple(kept_notes(compiled))
+        errors += tuple(f"warning: {warning}" for warning in result.warnings)
         if errors != self._errors:
             for error in errors:
                 self._say(f"tollway dev: {error}", err=True)
@@ -188,8 +195,6 @@ class DevGateway:
                     ) from None
 
     def start(self) -> None:
-        if self.options.meter_on and not self.options.redis_url:
-            raise DevError("--meter needs --redis: the in-memory store's usage events are not consumed yet")
         self._check_ports()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         routes = 0
@@ -225,12 +230,8 @@ class DevGateway:
                 sidecar_env["TOLLWAY_KUBECONFIG"] = str(self.options.kubeconfig)
         self._spawn("sidecar", [*tollway, "sidecar"], sidecar_env)
         self._wait_http(f"http://127.0.0.1:{self.options.admin_port}/readyz", "sidecar")
-        if self.options.meter_on and self.options.redis_url:
-            # The URL through the environment, as for the sidecar: it may hold a password, and argv is
-            # visible to every user of the machine.
-            self._spawn(
-                "meter", self._meter_argv(tollway), {**env, "TOLLWAY_REDIS_URL": self.options.redis_url}
-            )
+        if self.options.meter_on:
+            self._spawn("meter", self._meter_argv(tollway), self._meter_env(env))
         envoy_admin = self.options.envoy_admin_port or free_port()
         config = bootstrap(
             listen_host=self.options.host,
@@ -260,6 +261,21 @@ class DevGateway:
         )
         self._wait_envoy(envoy_admin, routes)
 
+    @property
+    def outbox_url(self) -> str:
+        """Where the in-memory store's outbox is served (the sidecar's admin port)."""
+        return f"http://127.0.0.1:{self.options.admin_port}"
+
+    def _meter_env(self, env: dict[str, str]) -> dict[str, str]:
+        # The source through the environment, as for the sidecar: a Redis URL may hold a password,
+        # and argv is visible to every user of the machine. Only one source may be set.
+        meter_env = {k: v for k, v in env.items() if k not in ("TOLLWAY_REDIS_URL", "TOLLWAY_METER_OUTBOX")}
+        if self.options.redis_url:
+            meter_env["TOLLWAY_REDIS_URL"] = self.options.redis_url
+        else:
+            meter_env["TOLLWAY_METER_OUTBOX"] = self.outbox_url
+        return meter_env
+
     def _meter_argv(self, tollway: list[str]) -> list[str]:
         # A fixed consumer name: a restarted meter re-reads its own pending entries at once rather
         # than after the claim delay. No metrics or API port, so gateways side by side cannot clash.
@@ -271,6 +287,8 @@ class DevGateway:
             self.ledger_dsn,
             "--consumer",
             "tollway-dev",
+            "--dead-letter-file",
+            str(self.state_dir / "usage-dead.jsonl"),
             "--metrics-port",
             "0",
             "--api-port",
@@ -327,7 +345,25 @@ class DevGateway:
         raise DevError(f"Envoy did not become ready within {timeout:.0f}s (see {self.state_dir}/envoy.log)")
 
     def stop(self) -> None:
+        if self.options.meter_on and not self.options.redis_url:
+            self._drain_outbox()
         self.children.stop()
+
+    def _drain_outbox(self, timeout: float = 5.0) -> None:
+        """Give the meter a moment to take the last calls' events: the outbox dies with the sidecar."""
+        url = f"{self.outbox_url}{OUTBOX_PATH}?limit=1"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.children.exited("sidecar") or self.children.exited("meter"):
+                return
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    page = json.loads(response.read())
+                if not page["entries"]:
+                    return
+            except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+                return
+            time.sleep(0.1)
 
     def _say(self, text: str, *, err: bool = False) -> None:
         if not self.options.quiet or err:
@@ -344,7 +380,10 @@ def usage_lines(gateway: DevGateway) -> list[str]:
         ]
     if options.redis_url:
         return ["  usage ledger: off (--no-meter); the calls' events wait in the Redis stream tollway:usage"]
-    return ["  usage ledger: needs --redis for now (the in-memory store's usage events are not consumed yet)"]
+    return [
+        "  usage ledger: off (--no-meter); the calls' events wait in the sidecar's outbox "
+        f"({gateway.outbox_url}{OUTBOX_PATH}, the last {OUTBOX_LIMIT:,} kept)"
+    ]
 
 
 def run_dev(options: DevOptions) -> int:

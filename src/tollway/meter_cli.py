@@ -1,13 +1,16 @@
-"""`tollway meter …` (run the stream consumer, migrate, close a period, invoice) and `tollway usage`."""
+"""`tollway meter …` (run the stream consumer, migrate, close a period, invoice, reconcile, retain)
+and `tollway usage`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -44,71 +47,148 @@ def meter() -> None:
 
 @meter.command("run")
 @click.option(
-    "--redis", "redis_url", envvar="TOLLWAY_REDIS_URL", required=True, help="Redis URL of the stream."
+    "--redis", "redis_url", envvar="TOLLWAY_REDIS_URL", default=None, help="Redis URL of the stream."
+)
+@click.option(
+    "--outbox",
+    "outbox_url",
+    envvar="TOLLWAY_METER_OUTBOX",
+    default=None,
+    help="Instead of --redis: a sidecar's admin URL (http://127.0.0.1:9090) whose in-memory outbox to read.",
 )
 @_db_option
-@click.option("--consumer", default=None, help="Consumer name in the group (default: host-pid).")
+@click.option("--consumer", default=None, help="Consumer name in the group (default: host-pid; --redis).")
 @click.option("--batch", default=500, show_default=True, help="Entries per transaction.")
-@click.option("--claim-idle-ms", default=60_000, show_default=True, help="Claim entries pending this long.")
+@click.option(
+    "--claim-idle-ms", default=60_000, show_default=True, help="Claim entries pending this long (--redis)."
+)
+@click.option(
+    "--dead-letter-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("tollway-usage-dead.jsonl"),
+    show_default=True,
+    help="With --outbox: JSON lines of the entries that are not valid events, with their reason.",
+)
 @click.option("--metrics-port", default=9102, show_default=True, help="/metrics port (0: none).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--api-port", default=8090, show_default=True, help="JSON query API port (0: none).")
 @click.option("--api-host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--close-after",
+    default=None,
+    help="Close each month this long after it ended (e.g. 72h, 3d), once the stream holds none of "
+    "its events. Default: never (only `tollway meter close`).",
+)
+@click.option(
+    "--retain-months",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Drop the event detail of closed months older than the current one and this many before "
+    "it (roll-ups stay). Default: keep all.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
-    redis_url: str,
+    redis_url: str | None,
+    outbox_url: str | None,
     dsn: str,
     consumer: str | None,
     batch: int,
     claim_idle_ms: int,
+    dead_letter_file: Path,
     metrics_port: int,
     metrics_host: str,
     api_port: int,
     api_host: str,
+    close_after: str | None,
+    retain_months: int | None,
     log_level: str,
 ) -> None:
-    """Consume the usage stream into the ledger until SIGTERM or Ctrl-C."""
+    """Consume the usage stream (--redis) or a sidecar's outbox (--outbox) into the ledger until
+    SIGTERM or Ctrl-C."""
+    if (redis_url is None) == (outbox_url is None):
+        raise click.UsageError(
+            "give exactly one source: --redis URL (env TOLLWAY_REDIS_URL) for the Redis usage stream, "
+            "or --outbox URL (env TOLLWAY_METER_OUTBOX) for a sidecar's in-memory outbox"
+            + ("; both are set" if redis_url is not None else "")
+        )
+    if outbox_url is not None and not outbox_url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"expected http://host:port, got {outbox_url!r}", param_hint="--outbox")
+    import aiohttp
     import redis.asyncio as aioredis
     from aiohttp import web
 
     from tollway_meter.api import create_app
     from tollway_meter.consumer import ConsumerOptions, MeterConsumer, default_consumer_name
+    from tollway_meter.maintenance import Maintenance, MaintenanceOptions
     from tollway_meter.metrics import serve_metrics
+    from tollway_meter.outbox_source import OutboxConsumer, OutboxOptions, OutboxRefused
 
+    if outbox_url is not None and (close_after or retain_months is not None):
+        raise click.UsageError("--close-after and --retain-months need the Redis stream (--redis)")
+
+    after = parse_duration(close_after, "--close-after") if close_after else None
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ledger = _open(dsn)
-    options = ConsumerOptions(
-        consumer=consumer or default_consumer_name(), batch=batch, claim_idle_ms=claim_idle_ms
-    )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        client = aioredis.Redis.from_url(redis_url)
-        runner: web.AppRunner | None = None
-        api_ledger: Ledger | None = None
-        try:
-            consumer = MeterConsumer(client, ledger, options)
+        async with contextlib.AsyncExitStack() as stack:
+            source: MeterConsumer | OutboxConsumer
+            maintenance: Maintenance | None = None
+            if redis_url is not None:
+                client = aioredis.Redis.from_url(redis_url)
+                stack.push_async_callback(client.aclose)
+                options = ConsumerOptions(
+                    consumer=consumer or default_consumer_name(), batch=batch, claim_idle_ms=claim_idle_ms
+                )
+                source = MeterConsumer(client, ledger, options)
+                # Its own connection, like the API's: lag, period state, --close-after, --retain-months.
+                maintenance = Maintenance(
+                    client,
+                    _open(dsn),
+                    MaintenanceOptions(
+                        stream=options.stream,
+                        group=options.group,
+                        close_after=after,
+                        retain_months=retain_months,
+                    ),
+                )
+                stack.callback(maintenance.ledger.close)
+            else:
+                assert outbox_url is not None
+                outbox = OutboxOptions(url=outbox_url, dead_letter=dead_letter_file, batch=batch)
+                session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=outbox.timeout_s))
+                stack.push_async_callback(session.close)
+                source = OutboxConsumer(session, ledger, outbox)
             if metrics_port:
-                serve_metrics(consumer.stats, metrics_port, metrics_host)
+                serve_metrics(
+                    source.stats, metrics_port, metrics_host, maintenance.state if maintenance else None
+                )
+            if maintenance is not None:
+                task = asyncio.create_task(maintenance.run(stop))
+
+                async def finish_maintenance() -> None:
+                    stop.set()
+                    await asyncio.gather(task, return_exceptions=True)
+
+                stack.push_async_callback(finish_maintenance)
             if api_port:
                 # Its own connection: the consumer's is busy with batches.
                 api_ledger = _open(dsn)
+                stack.callback(api_ledger.close)
                 runner = web.AppRunner(create_app(api_ledger))
                 await runner.setup()
+                stack.push_async_callback(runner.cleanup)
                 await web.TCPSite(runner, api_host, api_port).start()
-            await consumer.run(stop)
-        finally:
-            if runner is not None:
-                await runner.cleanup()
-            if api_ledger is not None:
-                api_ledger.close()
-            await client.aclose()
+            await source.run(stop)
 
     try:
         asyncio.run(main())
+    except OutboxRefused as exc:
+        raise click.ClickException(f"the sidecar has no outbox to read: {exc}") from None
     finally:
         ledger.close()
 
@@ -159,6 +239,15 @@ def meter_invoice(period: str, by: str, fmt: str, dsn: str) -> None:
 
 
 _DURATION = re.compile(r"^(\d+)([hdw])$")
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    """`72h`, `3d`, `1w`."""
+    match = _DURATION.match(text)
+    if not match:
+        raise click.BadParameter(f"expected e.g. 72h, 3d or 1w, got {text!r}", param_hint=name)
+    unit = {"h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -270,5 +359,9 @@ def usage(
 
 
 def register(main: click.Group) -> None:
+    from tollway.meter_ops_cli import meter_reconcile, meter_retain
+
+    meter.add_command(meter_reconcile)
+    meter.add_command(meter_retain)
     main.add_command(meter)
     main.add_command(usage)

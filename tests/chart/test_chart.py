@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_env import CHART, ROOT
+from chart_env import CHART, METER_VALUES_SETS, ROOT, documents, template
 
 from tollway_sidecar.settings import SidecarSettings
 
@@ -59,20 +59,8 @@ VALUES_SETS: dict[str, list[str]] = {
         "--set",
         "redis.external.passwordSecret.name=redis-password",
     ],
+    **METER_VALUES_SETS,
 }
-
-
-def template(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [helm, "template", "tw", str(CHART), "--namespace", "tollway-system", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-def documents(text: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 def test_lint_strict(helm: str) -> None:
@@ -107,7 +95,28 @@ def test_render_matches_the_golden_file(helm: str, name: str) -> None:
         (["--set", "tracing.protocol=zipkin"], "/tracing/protocol"),
         (["--set", "operator.spendSyncInterval=soon"], "/operator/spendSyncInterval"),
         (["--set", "gatway.replicas=2"], "additional properties 'gatway' not allowed"),
-        (["--set", "meter.enabled=true"], "/meter/database/existingSecret"),
+        (["--set", "meter.enabled=true"], "'/meter/database/existingSecret': minLength: got 0, want 1"),
+        (["--set", "meter.enabled=true"], "'/meter/postgresql/bundled/enabled': value must be true"),
+        (
+            [
+                "--set",
+                "meter.enabled=true,meter.postgresql.bundled.enabled=true,meter.database.existingSecret=x",
+            ],
+            "'/meter/database/existingSecret': value must be ''",
+        ),
+        (["--set", "meter.postgresql.bundled.enabled=true"], "'/meter/enabled': value must be true"),
+        (
+            [
+                "--set",
+                "meter.enabled=true,meter.postgresql.bundled.enabled=true,meter.postgresql.bundled.password=a@b",
+            ],
+            "/meter/postgresql/bundled/password",
+        ),
+        (
+            ["--set", "meter.postgresql.bundled.persistence.size=lots"],
+            "/meter/postgresql/bundled/persistence/size",
+        ),
+        (["--set", "meter.networkPolicy.enabled=yes"], "/meter/networkPolicy/enabled"),
         (["--set", "meter.replicas=0"], "/meter/replicas"),
     ],
 )
@@ -285,12 +294,15 @@ def test_operator_environment_names_real_settings(helm: str) -> None:
     assert env - known == set(), f"the chart sets variables the operator ignores: {sorted(env - known)}"
 
 
-@pytest.mark.parametrize("values", ["jaeger", "meter"])
-def test_pods_run_as_non_root_with_read_only_root(helm: str, values: str) -> None:
+@pytest.mark.parametrize(
+    ("values", "workload"),
+    [("jaeger", "jaeger"), ("meter", "meter"), ("meter-bundled", "meter"), ("meter-bundled", "postgresql")],
+)
+def test_pods_run_as_non_root_with_read_only_root(helm: str, values: str, workload: str) -> None:
     result = template(helm, *VALUES_SETS[values])
     assert result.returncode == 0, result.stderr
     workloads = [d for d in documents(result.stdout) if d["kind"] in ("Deployment", "StatefulSet")]
-    assert f"tw-tollway-{values}" in {d["metadata"]["name"] for d in workloads}
+    assert f"tw-tollway-{workload}" in {d["metadata"]["name"] for d in workloads}
     for doc in workloads:
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]

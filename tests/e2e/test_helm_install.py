@@ -18,6 +18,7 @@ against a gateway is done by test_clusterless_e2e.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -63,6 +64,15 @@ VALUES_SETS: dict[str, list[str]] = {
         "--set",
         "operator.watchNamespaces={team-a,team-b}",
     ],
+    # The trial ledger database (password generated at install), with the NetworkPolicies.
+    "meter-bundled": [
+        "--set",
+        "meter.enabled=true",
+        "--set",
+        "meter.postgresql.bundled.enabled=true",
+        "--set",
+        "meter.networkPolicy.enabled=true",
+    ],
 }
 # metrics.serviceMonitor.enabled is left out: a ServiceMonitor needs the Prometheus Operator's CRD,
 # which a bare API server does not have (the server would rightly reject it).
@@ -84,6 +94,7 @@ NAMESPACED_KINDS = {
     "RoleBinding",
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
+    "NetworkPolicy",
     "Pod",
 }
 
@@ -268,6 +279,33 @@ def test_every_rendered_object_is_accepted_and_stored(
         )
         args = container(objects["Deployment"][f"{fullname}-operator"], "operator")["args"]
         assert args == ["operator", "--namespace=team-a", "--namespace=team-b"]
+    elif name == "meter-bundled":
+        check_bundled_postgresql(cluster, objects, fullname, namespace)
+
+
+def check_bundled_postgresql(
+    cluster: Cluster, objects: dict[str, dict[str, dict[str, Any]]], fullname: str, namespace: str
+) -> None:
+    """The meter's DSN, as the server stored the Secret the chart generated, reaches the bundled
+    PostgreSQL's Service with the password its container starts with; the NetworkPolicies are stored."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    name = f"{fullname}-postgresql"
+    meter = env_of(container(objects["Deployment"][f"{fullname}-meter"], "meter"))
+    assert meter["TOLLWAY_METER_DB"] == {"secretKeyRef": {"name": name, "key": "dsn"}}
+    stored = cluster.get("secret", name, namespace)
+    assert stored is not None
+    data = {k: base64.b64decode(v).decode() for k, v in stored["data"].items()}
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", data["password"])
+    dsn = conninfo_to_dict(data["dsn"])
+    assert (dsn["host"], dsn["port"], dsn["password"]) == (name, "5432", data["password"])
+    assert name in objects["Service"]
+    postgres = env_of(container(objects["StatefulSet"][name], "postgresql"))
+    assert postgres["POSTGRES_PASSWORD"] == {"secretKeyRef": {"name": name, "key": "password"}}
+    assert (dsn["user"], dsn["dbname"]) == (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"])
+    (claim,) = objects["StatefulSet"][name]["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    assert sorted(objects["NetworkPolicy"]) == [f"{fullname}-meter", name]
 
 
 @pytest.mark.parametrize("name", list(VALUES_SETS))

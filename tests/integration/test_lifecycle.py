@@ -218,7 +218,7 @@ def test_sigterm_stops_every_process_cleanly(tmp_path: Path) -> None:
         assert "Tollway gateway ready at http://127.0.0.1:" in banner, banner
         assert f"key demo: {DEMO_KEY}" in banner
         children = [pid for pid in _processes_of(state) if pid != dev.pid]
-        assert len(children) == 3, children  # mock provider, sidecar, Envoy
+        assert len(children) == 4, children  # mock provider, sidecar, meter, Envoy
         dev.send_signal(signal.SIGTERM)
         assert dev.wait(timeout=20) == 0
         assert "Tollway stopped." in dev.stdout.read()

@@ -141,6 +141,15 @@ def test_meter_run_then_close_usage_and_invoice(
             time.sleep(0.05)
         assert 'tollway_meter_events_total{result="inserted"} 30.0' in metrics, metrics
         assert 'tollway_meter_events_total{result="duplicate"} 12.0' in metrics, metrics
+        # Lag and period state, refreshed every few seconds by the meter's maintenance task.
+        for _ in range(300):
+            metrics = scrape(metrics_port)
+            if 'tollway_meter_period_closed{period="2026-11"} 0.0' in metrics:
+                break
+            time.sleep(0.05)
+        assert 'tollway_meter_period_closed{period="2026-11"} 0.0' in metrics, metrics
+        assert 'tollway_meter_lag_entries{state="pending"} 0.0' in metrics, metrics
+        assert "tollway_meter_lag_seconds " in metrics, metrics
         check_api(api_port, events)
     finally:
         meter.send_signal(signal.SIGTERM)

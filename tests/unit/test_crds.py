@@ -111,3 +111,23 @@ def test_the_chart_ships_byte_copies_of_the_crds() -> None:
         f"{copies} differs from crds/ (cp crds/*.yaml {copies}/): {mismatch + errors}"
     )
     assert match == names
+
+
+class _NoDuplicateKeys(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys without a word: a second `description` hid a field's."""
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    keys = [loader.construct_object(key, deep=deep) for key, _ in node.value]
+    repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise AssertionError(f"line {node.start_mark.line + 1}: repeated keys {repeated}")
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_NoDuplicateKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+@pytest.mark.parametrize("path", sorted(CRDS.glob("*.yaml")), ids=lambda p: p.name)
+def test_no_crd_repeats_a_key(path: Path) -> None:
+    list(yaml.load_all(path.read_text(), Loader=_NoDuplicateKeys))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -102,6 +103,18 @@ def test_an_admitted_call_becomes_one_event_with_its_exact_charge() -> None:
     assert (data.latency_ms, data.ttft_ms, data.streamed) == (1500, 250, True)
     assert data.request_id == "envoy-1"
     assert '"key_sha256"' not in event_json(facts, Charge(1, 1, 1)) and "a" * 64 not in event.to_json()
+
+
+def test_the_event_time_is_the_admission_so_a_call_past_midnight_stays_in_its_counters_month() -> None:
+    state = admitted_state()
+    admitted = datetime(2026, 11, 30, 23, 59, 59, 900000, tzinfo=UTC)
+    assert state.quota is not None
+    state.quota = Admission(
+        replace(state.quota.plan, now_ms=int(admitted.timestamp()) * 1000 + 900), ESTIMATE, {}
+    )
+    ended = datetime(2026, 12, 1, 0, 0, 2, tzinfo=UTC)
+    event = usage_event(facts_of(state, price=None, now=ended, monotonic=102.0, source="gw"), Charge(1, 1, 1))
+    assert event.time == admitted  # the budget counter the call was charged to is November's
 
 
 def test_the_event_id_is_made_once_per_call_and_never_the_providers() -> None:

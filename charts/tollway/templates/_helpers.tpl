@@ -90,3 +90,48 @@ variable defined just before; so for the meter the password must not hold "/", "
   value: {{ include "tw.redisUrl" . | quote }}
   {{- end }}
 {{- end -}}
+
+{{/* The bundled trial PostgreSQL: its objects' name (also its Secret's and Service's). */}}
+{{- define "tw.postgresqlName" -}}
+{{- printf "%s-postgresql" (include "tw.fullname" .) -}}
+{{- end -}}
+
+{{/* Is the bundled PostgreSQL deployed? (The schema refuses it without the meter.) */}}
+{{- define "tw.postgresqlBundled" -}}
+{{- if and .Values.meter.enabled .Values.meter.postgresql.bundled.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The meter's TOLLWAY_METER_DB: your Secret, or the bundled PostgreSQL's (schema: exactly one). */}}
+{{- define "tw.meterDatabaseEnv" -}}
+- name: TOLLWAY_METER_DB
+  valueFrom:
+    secretKeyRef:
+      {{- if include "tw.postgresqlBundled" . }}
+      name: {{ include "tw.postgresqlName" . }}
+      key: dsn
+      {{- else }}
+      name: {{ required "meter.database.existingSecret: the Secret holding the ledger's DSN (or set meter.postgresql.bundled.enabled=true for a trial)" .Values.meter.database.existingSecret }}
+      key: {{ .Values.meter.database.key }}
+      {{- end }}
+{{- end -}}
+
+{{/* The bundled PostgreSQL's password: the one in its Secret if that exists (PostgreSQL took it when
+it created its data folder, so an upgrade must not change it), else the values', else a random one. */}}
+{{- define "tw.postgresqlPassword" -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "tw.postgresqlName" .) -}}
+{{- $kept := "" -}}
+{{- if $secret -}}
+{{- $kept = index ($secret.data | default dict) "password" | default "" | b64dec -}}
+{{- end -}}
+{{- coalesce $kept .Values.meter.postgresql.bundled.password (randAlphaNum 32) -}}
+{{- end -}}
+
+{{/* The Redis port, for the meter's NetworkPolicy: the URL's, else Redis' default. */}}
+{{- define "tw.redisPort" -}}
+{{- $host := (urlParse (include "tw.redisUrl" .)).host -}}
+{{- if regexMatch ":[0-9]+$" $host -}}
+{{- regexFind "[0-9]+$" $host -}}
+{{- else -}}
+6379
+{{- end -}}
+{{- end -}}

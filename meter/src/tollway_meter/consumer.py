@@ -22,14 +22,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tollway_meter import batch
 from tollway_meter.ledger import Ledger, LedgerUnavailableError
-from tollway_sidecar.contract.usage_event import (
-    USAGE_DEAD_LETTER_STREAM,
-    USAGE_FIELD,
-    USAGE_STREAM,
-    UsageEvent,
-    UsageEventError,
-)
+from tollway_sidecar.contract.usage_event import USAGE_DEAD_LETTER_STREAM, USAGE_FIELD, USAGE_STREAM
 
 log = logging.getLogger("tollway.meter")
 
@@ -130,19 +125,12 @@ class MeterConsumer:
         entries = await self._read()
         if not entries:
             return StepResult(0, 0, 0, 0)
-        events: list[UsageEvent] = []
-        rejected: list[tuple[str, str, str]] = []
-        for entry_id, fields in entries:
-            raw = fields.get(USAGE_FIELD)
-            if raw is None:
-                rejected.append((entry_id, "", f"no {USAGE_FIELD!r} field in the stream entry"))
-                continue
-            try:
-                events.append(UsageEvent.from_json(raw))
-            except UsageEventError as exc:
-                rejected.append((entry_id, raw, str(exc)))
+        events, rejected = batch.parse_entries(
+            ((entry_id, fields.get(USAGE_FIELD)) for entry_id, fields in entries),
+            missing=f"no {USAGE_FIELD!r} field in the stream entry",
+        )
         try:
-            result = await asyncio.to_thread(self.ledger.ingest, events)
+            result = await asyncio.to_thread(batch.ingest, self.ledger, events, rejected)
         except LedgerUnavailableError:
             self.stats.ledger_errors += 1
             self._own_pending_done = False

@@ -63,6 +63,11 @@ class LedgerUnavailableError(RuntimeError):
     """The database cannot be reached; the batch stays in the stream and is retried."""
 
 
+class LedgerRefusedError(RuntimeError):
+    """The database refused the data itself (a constraint, a value it cannot store): retrying the
+    same batch would fail forever, so the consumer isolates the event that causes it."""
+
+
 @dataclass(frozen=True)
 class IngestResult:
     inserted: int
@@ -121,7 +126,7 @@ class Ledger(abc.ABC):
         self.prepare({period_of(event.time) for event in unique.values()})
         with self.transaction() as cur:
             self.lock_shared(cur)
-            closed = self._closed(cur)
+            closed = self.closed_in(cur)
             rows = sorted((event_row(event, closed) for event in unique.values()), key=lambda r: r.id)
             new = self.insert_new(cur, rows)
             deltas = rollup_deltas(new)
@@ -144,17 +149,23 @@ class Ledger(abc.ABC):
         parse_period(period)
         with self.transaction() as cur:
             self.lock_exclusive(cur)
-            if period in self._closed(cur):
+            if period in self.closed_in(cur):
                 raise PeriodClosedError(f"period {period} is already closed")
             cur.execute(self.sql("INSERT INTO periods (period) VALUES (%s)"), (period,))
 
     def closed_periods(self) -> frozenset[str]:
         with self.transaction(readonly=True) as cur:
-            return self._closed(cur)
+            return self.closed_in(cur)
 
-    def _closed(self, cur: Any) -> frozenset[str]:
+    def closed_in(self, cur: Any) -> frozenset[str]:
         cur.execute("SELECT period FROM periods")
         return frozenset(str(row[0]) for row in cur.fetchall())
+
+    def booked_periods(self) -> frozenset[str]:
+        """Every period the roll-ups hold (open or closed)."""
+        with self.transaction(readonly=True) as cur:
+            cur.execute("SELECT DISTINCT period FROM usage_hourly")
+            return frozenset(str(row[0]) for row in cur.fetchall())
 
     def event_values(self, row: EventRow) -> tuple[object, ...]:
         return (
@@ -197,6 +208,10 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     def insert_new(self, cur: Any, rows: Sequence[EventRow]) -> list[EventRow]: ...
+
+    @abc.abstractmethod
+    def known_ids(self, cur: Any, ids: Sequence[str]) -> frozenset[str]:
+        """The ids among `ids` the ledger has seen (also those whose detail retention removed)."""
 
     @abc.abstractmethod
     def prepare(self, periods: set[str]) -> None:
@@ -249,7 +264,10 @@ class SqliteLedger(Ledger):
             self.conn.rollback()
             if "period is closed" in str(exc):
                 raise PeriodClosedError(str(exc)) from exc
-            raise
+            raise LedgerRefusedError(f"sqlite: {exc}") from exc
+        except sqlite3.DataError as exc:
+            self.conn.rollback()
+            raise LedgerRefusedError(f"sqlite: {exc}") from exc
         except sqlite3.OperationalError as exc:
             if self.conn.in_transaction:
                 self.conn.rollback()
@@ -283,6 +301,19 @@ class SqliteLedger(Ledger):
             if cur.rowcount == 1:
                 new.append(row)
         return new
+
+    def known_ids(self, cur: Any, ids: Sequence[str]) -> frozenset[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):  # SQLite's bound on parameters per statement
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            cur.execute(
+                f"SELECT id FROM usage_events WHERE id IN ({marks}) "
+                f"UNION SELECT id FROM retired_events WHERE id IN ({marks})",
+                (*chunk, *chunk),
+            )
+            found.update(str(row[0]) for row in cur.fetchall())
+        return frozenset(found)
 
     def time(self, moment: datetime) -> object:
         return sqlite_time(moment)
@@ -331,7 +362,12 @@ class PostgresLedger(Ledger):
         except psycopg.errors.CheckViolation as exc:
             if "is closed" in str(exc):
                 raise PeriodClosedError(str(exc).splitlines()[0]) from exc
-            raise
+            if "no partition of relation" in str(exc):
+                # Retention dropped the month between `prepare` and the COPY: the retry makes it again.
+                raise LedgerUnavailableError(f"postgresql: {exc}") from exc
+            raise LedgerRefusedError(f"postgresql: {str(exc).splitlines()[0]}") from exc
+        except (psycopg.IntegrityError, psycopg.DataError) as exc:
+            raise LedgerRefusedError(f"postgresql: {str(exc).splitlines()[0]}") from exc
         except psycopg.OperationalError as exc:
             raise LedgerUnavailableError(f"postgresql: {exc}") from exc
 
@@ -389,6 +425,11 @@ class PostgresLedger(Ledger):
                 for row in new:
                     copy.write_row(self.event_values(row))
         return new
+
+    def known_ids(self, cur: Any, ids: Sequence[str]) -> frozenset[str]:
+        # The gate, not the events: it keeps the ids of months whose partitions were dropped.
+        cur.execute("SELECT id FROM event_ids WHERE id = ANY(%s::uuid[])", (list(ids),))
+        return frozenset(str(row[0]) for row in cur.fetchall())
 
     def time(self, moment: datetime) -> object:
         return moment

@@ -6,14 +6,16 @@ scrape never waits for a batch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from tollway_meter.consumer import MeterStats
+from tollway_meter.maintenance import MaintenanceState
 
 
 class StatsCollector(Collector):
@@ -54,8 +56,60 @@ class StatsCollector(Collector):
         )
 
 
-def serve_metrics(stats: MeterStats, port: int, host: str = "0.0.0.0") -> CollectorRegistry:
+class MaintenanceCollector(Collector):
+    """Lag and period state, as the maintenance task last measured them (every few seconds)."""
+
+    def __init__(self, state: MaintenanceState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        entries = GaugeMetricFamily(
+            "tollway_meter_lag_entries",
+            "Stream entries not yet acknowledged: undelivered (XINFO GROUPS lag) or pending (read, "
+            "not yet acknowledged).",
+            labels=["state"],
+        )
+        entries.add_metric(["undelivered"], s.lag.undelivered)
+        entries.add_metric(["pending"], s.lag.pending)
+        yield entries
+        # Computed at scrape time from the oldest entry's stream id, so it grows between refreshes.
+        yield GaugeMetricFamily(
+            "tollway_meter_lag_seconds",
+            "Age of the oldest stream entry not yet acknowledged (0: none).",
+            value=s.lag.seconds(int(time.time() * 1000)),
+        )
+        periods = GaugeMetricFamily(
+            "tollway_meter_period_closed",
+            "1 for a closed (frozen) period, 0 for an open one.",
+            labels=["period"],
+        )
+        for period, closed in s.periods.items():
+            periods.add_metric([period], 1 if closed else 0)
+        yield periods
+        yield CounterMetricFamily(
+            "tollway_meter_periods_auto_closed",
+            "Periods this meter closed by --close-after.",
+            value=s.auto_closed,
+        )
+        yield CounterMetricFamily(
+            "tollway_meter_months_retired",
+            "Months whose event detail retention dropped (--retain-months).",
+            value=s.months_retired,
+        )
+        yield CounterMetricFamily(
+            "tollway_meter_maintenance_errors",
+            "Maintenance passes that failed (Redis or the database unreachable; retried).",
+            value=s.errors,
+        )
+
+
+def serve_metrics(
+    stats: MeterStats, port: int, host: str = "0.0.0.0", maintenance: MaintenanceState | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(StatsCollector(stats))
+    if maintenance is not None:
+        registry.register(MaintenanceCollector(maintenance))
     start_http_server(port, addr=host, registry=registry)
     return registry

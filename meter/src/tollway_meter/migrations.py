@@ -187,6 +187,28 @@ SQLITE: tuple[Migration, ...] = (
     ),
 )
 
+SQLITE += (
+    Migration(
+        2,
+        "retention: the ids of deleted detail rows keep deduplicating, and only they may be deleted",
+        (
+            # SQLite's dedupe is the events' primary key: a retired row's id moves here first, so a
+            # replay of an old event still counts nothing (PostgreSQL keeps its event_ids gate).
+            "CREATE TABLE retired_events (id text PRIMARY KEY, event_time text NOT NULL)",
+            """CREATE TRIGGER usage_events_retired BEFORE INSERT ON usage_events
+                WHEN EXISTS (SELECT 1 FROM retired_events WHERE id = NEW.id)
+                BEGIN SELECT RAISE(IGNORE); END""",
+            # A closed period's detail may be deleted only once its id is retired: the roll-ups,
+            # which the invoices read, stay frozen either way.
+            "DROP TRIGGER usage_events_frozen_delete",
+            """CREATE TRIGGER usage_events_frozen_delete BEFORE DELETE ON usage_events
+                WHEN EXISTS (SELECT 1 FROM periods WHERE period = OLD.booked_period)
+                    AND NOT EXISTS (SELECT 1 FROM retired_events WHERE id = OLD.id)
+                BEGIN SELECT RAISE(ABORT, 'period is closed: its rows in usage_events are frozen'); END""",
+        ),
+    ),
+)
+
 SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     version integer PRIMARY KEY,
     description text NOT NULL,

@@ -3,7 +3,8 @@
 `compile_manifests` is pure: the same manifests give the same config and checksum. Each violation is
 one `CompileError` naming the resource and the field; an invalid resource is left out and the rest
 still compile. `compile_directory` compiles a folder read by `manifests.load_manifests` (local mode,
-`tollway compile`).
+`tollway compile`). A warning (`CompileResult.warnings`) names a field that is served narrower than
+written (the response cache, `cachecompile`); its resource is still compiled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
+
+from tollway_operator.cachecompile import (
+    CACHE_REFERENCE_REASONS,
+    CacheWarning,
+    key_cache,
+    key_warnings,
+    route_cache,
+    settle_routes,
+)
 
 # Re-exported: what a caller of the compiler needs (the `as` form says so to mypy).
 from tollway_operator.manifests import MANIFEST_SUFFIXES as MANIFEST_SUFFIXES
@@ -60,6 +70,7 @@ KEY_NOT_MINTED = "KeyNotMinted"
 MODEL_CONFLICT = "ModelConflict"
 REFERENCE_REASONS = frozenset(
     {SECRET_NOT_FOUND, SECRET_KEY_NOT_FOUND, SECRET_INVALID, BUDGET_NOT_FOUND, BUDGET_INVALID, KEY_NOT_MINTED}
+    | CACHE_REFERENCE_REASONS
 )
 
 MIN_KEY_LENGTH = 16
@@ -82,6 +93,8 @@ class CompileResult:
     # Rejected in their current version but served at their last good one (`tollway_operator.lastgood`);
     # their errors are those of the current version.
     held: frozenset[ResourceId] = frozenset()
+    # Fields of compiled resources that are served narrower than written (never a reason to leave out).
+    warnings: tuple[CompileError, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -89,6 +102,9 @@ class CompileResult:
 
     def errors_for(self, kind: str, namespace: str, name: str) -> tuple[CompileError, ...]:
         return tuple(e for e in self.errors if (e.kind, e.namespace, e.name) == (kind, namespace, name))
+
+    def warnings_for(self, kind: str, namespace: str, name: str) -> tuple[CompileError, ...]:
+        return tuple(w for w in self.warnings if (w.kind, w.namespace, w.name) == (kind, namespace, name))
 
 
 def route_id(namespace: str, name: str) -> str:
@@ -111,6 +127,7 @@ class _Compiler:
     bad_secrets: set[tuple[str, str]] = field(default_factory=set)
     budgets: dict[tuple[str, str], Budget] = field(default_factory=dict)
     bad_budgets: set[tuple[str, str]] = field(default_factory=set)
+    embedding_names: dict[str, str] = field(default_factory=dict)  # route id -> embeddingRoute as written
 
     def error(self, m: Manifest, path: str, message: str, reason: str = "Invalid") -> None:
         self.errors.append(CompileError(m.source, m.kind, m.namespace, m.name, path, message, reason))
@@ -255,6 +272,7 @@ class _Compiler:
             budgets=tuple(budget_ids),
             disabled=spec.disabled,
             expires_at=spec.expires_at,
+            cache=key_cache(spec.cache),
         )
 
     def key_digest(self, m: Manifest, spec: VirtualKeySpec) -> str | None:
@@ -352,6 +370,8 @@ class _Compiler:
             backends = sorted(backends, key=lambda backend: backend.priority)
         # More attempts than backends start the order again from the first backend.
         attempts = spec.fallback.max_attempts or min(len(backends), 10)
+        if spec.cache is not None and spec.cache.semantic is not None:
+            self.embedding_names[rid] = spec.cache.semantic.embedding_route
         self.accepted.add(("RouteRule", m.namespace, m.name))
         return Route(
             id=rid,
@@ -369,6 +389,7 @@ class _Compiler:
             sticky_user=spec.sticky_user,
             capture_content=spec.capture_content,
             allowed_namespaces=tuple(sorted(set(spec.allowed_namespaces))),
+            cache=route_cache(spec.cache, m.namespace, route_id),
         )
 
     def credential(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:
@@ -420,14 +441,26 @@ def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str =
     models: dict[str, Manifest] = {}
     ids: dict[str, Manifest] = {}
     routes = [route for m in of_kind("RouteRule") if (route := c.add_route(m, models, ids)) is not None]
+    rejected = [(m.namespace, m.name) for m in of_kind("RouteRule") if m.id not in c.accepted]
+    routes, route_warnings = settle_routes(routes, rejected, c.embedding_names)
+    warnings = [_warning(first, "RouteRule", w) for w in route_warnings]
+    warnings += [_warning(first, "VirtualKey", w) for w in key_warnings(keys, routes)]
     config = GatewayConfig(
         keys=tuple(sorted(keys, key=by_name)),
         budgets=tuple(c.budgets.values()),
         routes=tuple(sorted(routes, key=by_name)),
     )
     return CompileResult(
-        config=config.with_checksum(), errors=tuple(c.errors), accepted=frozenset(c.accepted)
+        config=config.with_checksum(),
+        errors=tuple(c.errors),
+        accepted=frozenset(c.accepted),
+        warnings=tuple(warnings),
     )
+
+
+def _warning(first: Mapping[ResourceId, Manifest], kind: str, w: CacheWarning) -> CompileError:
+    m = first[(kind, w.namespace, w.name)]
+    return CompileError(m.source, kind, w.namespace, w.name, w.field, w.message, w.reason)
 
 
 def _header_ok(c: _Compiler, m: Manifest) -> bool:
@@ -509,4 +542,6 @@ def _message(detail: ErrorDetails) -> str:
 def compile_directory(directory: Path, *, default_namespace: str = "default") -> CompileResult:
     manifests, load_errors = load_manifests(directory, default_namespace=default_namespace)
     result = compile_manifests(manifests, default_namespace=default_namespace)
-    return CompileResult(result.config, (*load_errors, *result.errors), result.accepted)
+    return CompileResult(
+        result.config, (*load_errors, *result.errors), result.accepted, warnings=result.warnings
+    )

@@ -68,7 +68,7 @@ def compile_keeping_last_good(
         *(e for e in served.errors if (e.kind, e.namespace, e.name) not in held),
         *(e for e in fresh.errors if (e.kind, e.namespace, e.name) in held),
     )
-    result = CompileResult(served.config, errors, served.accepted, frozenset(held))
+    result = CompileResult(served.config, errors, served.accepted, frozenset(held), served.warnings)
     kept: dict[ResourceId, Manifest] = {}
     for rid, m in current.items():
         if rid not in held and _good(result, rid):

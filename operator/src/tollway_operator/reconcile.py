@@ -289,6 +289,7 @@ class Reconciler:
                 publication,
                 mint_failures.get(r.id, ""),
                 served_generation=held.generation if held is not None else None,
+                warnings=result.warnings_for(*r.id),
             )
             written = self._written.get(r.id)
             base = r if written is None or written[0] != r.uid else _with_status(r, written[1])

@@ -20,6 +20,8 @@ from tollway_sidecar.config.models import (
     ANY_NAMESPACE,
     DEFAULT_RETRY_STATUS,
     BudgetAction,
+    CacheMode,
+    CachePartition,
     FailurePolicy,
     Period,
     Provider,
@@ -41,11 +43,18 @@ CREDENTIAL_REQUIRED: frozenset[str] = frozenset({"openai", "azure-openai", "anth
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _API_VERSION = re.compile(r"^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}(?:-preview)?|preview|latest)$")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _MS_PER_UNIT = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
 _DURATION_HINT = 'expected a duration such as "30s", "1500ms" or "2m"'
+# Cache lifetimes are whole seconds: whole numbers of s, m or h (the CRD's pattern is the same).
+_SECONDS = re.compile(r"^(?:\d+(?:s|m|h))+$")
+_SECONDS_PART = re.compile(r"(\d+)(s|m|h)")
+_S_PER_UNIT = {"s": 1, "m": 60, "h": 3600}
+MAX_CACHE_TTL_S = 8760 * 3600  # a year
+MAX_CACHE_ENTRY_BYTES = 33_554_432  # the gateway's default limit on a non-streamed answer
 
 
 # --- scalar parsers (raise ValueError with a message a user can act on) -------------------------------
@@ -118,6 +127,36 @@ def parse_duration_ms(value: object) -> int:
     return int(total)
 
 
+def parse_duration_s(value: object) -> int:
+    """`90s`, `5m`, `24h`, `1h30m` → seconds (positive, at most a year)."""
+    if not isinstance(value, str) or not _SECONDS.match(value.strip()):
+        raise ValueError(
+            f'expected a duration in whole s, m or h, such as "90s", "5m" or "24h", got {value!r}'
+        )
+    total = sum(int(amount) * _S_PER_UNIT[unit] for amount, unit in _SECONDS_PART.findall(value.strip()))
+    if total <= 0:
+        raise ValueError(f"must be longer than 0, got {value!r}")
+    if total > MAX_CACHE_TTL_S:
+        raise ValueError(f'must be at most a year ("8760h"), got {value!r}')
+    return total
+
+
+def _cache_mode(value: object) -> CacheMode:
+    # YAML 1.1 (PyYAML, kubectl) reads an unquoted Off as false.
+    if value is False:
+        raise ValueError('write "Off" in quotes: unquoted, YAML reads Off as false')
+    if value not in ("Off", "Exact", "Semantic"):
+        raise ValueError(f'expected "Off", "Exact" or "Semantic", got {value!r}')
+    return value
+
+
+def _threshold(value: object) -> Decimal:
+    number = _decimal(value)
+    if not 0 < number <= 1:
+        raise ValueError(f'must be above 0 and at most 1, such as "0.95", got {str(value)!r}')
+    return number
+
+
 def _api_version(value: object) -> str:
     """An Azure OpenAI `api-version`: a date (`2024-10-21`, `2025-04-01-preview`), `preview` or `latest`."""
     if not isinstance(value, str) or not _API_VERSION.match(value):
@@ -171,6 +210,13 @@ DurationMs = Annotated[int, PlainValidator(parse_duration_ms)]
 Timestamp = Annotated[datetime, PlainValidator(_timestamp)]
 ApiVersion = Annotated[str, PlainValidator(_api_version)]
 NamespaceOrAny = Annotated[str, PlainValidator(_namespace_or_any)]
+Seconds = Annotated[int, PlainValidator(parse_duration_s)]
+CacheModeField = Annotated[CacheMode, PlainValidator(_cache_mode)]
+Threshold = Annotated[Decimal, PlainValidator(_threshold)]
+EntryBytes = Annotated[int, Field(strict=True, ge=1, le=MAX_CACHE_ENTRY_BYTES)]
+ResourceName = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)
+]
 
 
 class Spec(BaseModel):
@@ -210,6 +256,15 @@ class LimitsSpec(Spec):
     tokens_per_day: PositiveInt | None = None
 
 
+class KeyCacheSpec(Spec):
+    """A key opting in or out of its routes' response cache, and narrowing it (`cache_for`)."""
+
+    mode: CacheModeField | None = None
+    ttl: Seconds | None = None
+    max_entry_bytes: EntryBytes | None = None
+    partition: CachePartition | None = None
+
+
 class VirtualKeySpec(Spec):
     secret_ref: SecretKeyRef | None = None
     owner: OwnerSpec = OwnerSpec()
@@ -219,6 +274,7 @@ class VirtualKeySpec(Spec):
     budget_refs: tuple[Text, ...] = ()
     disabled: StrictBool = False
     expires_at: Timestamp | None = None
+    cache: KeyCacheSpec | None = None
 
 
 # --- Budget -------------------------------------------------------------------------------------------
@@ -301,6 +357,32 @@ class FallbackSpec(Spec):
     max_attempts: Annotated[int, Field(strict=True, ge=1, le=10)] | None = None
 
 
+class SemanticCacheSpec(Spec):
+    embedding_route: ResourceName  # a RouteRule in the same namespace (checked by the compiler)
+    threshold: Threshold = Decimal("0.95")
+
+
+class RouteCacheSpec(Spec):
+    """A route's response cache; unset lifetimes fall back to 5m / 24h without crossing each other."""
+
+    mode: CacheModeField = "Off"
+    ttl: Seconds | None = None
+    max_ttl: Seconds | None = None
+    max_entry_bytes: EntryBytes | None = None
+    partition: CachePartition = "Key"
+    semantic: SemanticCacheSpec | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        if self.ttl is not None and self.max_ttl is not None and self.ttl > self.max_ttl:
+            found.append(("ttl", f"must not exceed maxTtl ({self.ttl}s > {self.max_ttl}s)"))
+        if self.mode == "Semantic" and self.semantic is None:
+            found.append(("semantic", "required with mode Semantic (embeddingRoute, threshold)"))
+        if self.mode != "Semantic" and self.semantic is not None:
+            found.append(("semantic", f"only with mode Semantic, not {self.mode}"))
+        return found
+
+
 class RouteRuleSpec(Spec):
     model: Text
     strategy: Strategy = "Priority"
@@ -311,9 +393,12 @@ class RouteRuleSpec(Spec):
     capture_content: StrictBool | None = None
     # Namespaces (besides the rule's own) whose VirtualKeys may call this model; "*" for all.
     allowed_namespaces: tuple[NamespaceOrAny, ...] = ()
+    cache: RouteCacheSpec | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
+        if self.cache is not None:
+            found += [(f"cache.{field}", message) for field, message in self.cache.problems()]
         for i, namespace in enumerate(self.allowed_namespaces):
             if namespace in self.allowed_namespaces[:i]:
                 found.append((f"allowedNamespaces[{i}]", f"duplicate namespace {namespace!r}"))

@@ -6,6 +6,10 @@
   reference.
 - Ready: accepted and the GatewayConfig holding this generation is published.
 
+A compile warning (a field served narrower than written, such as a Semantic cache whose embeddings
+route is missing) keeps Accepted=True, with the warning's reason and `field: message`; a warning
+about a reference also makes ResolvedRefs=False.
+
 A generation that is rejected while an earlier one still compiles leaves that earlier one served
 (`lastgood`): Accepted=False says which generation was rejected and which is served, and Ready is
 False with reason `PreviousGenerationServed`.
@@ -74,6 +78,7 @@ def conditions_for(
     publication: Publication,
     mint_failure: str = "",
     served_generation: int | None = None,  # set when an earlier generation is served instead of this one
+    warnings: Sequence[CompileError] = (),
 ) -> list[Condition]:
     generation = resource.generation
     if mint_failure:
@@ -91,6 +96,10 @@ def conditions_for(
         )
         reason = errors[0].reason if errors else "Invalid"
         accepted_c = Condition(ACCEPTED, "False", reason, _trim(message), generation)
+    elif accepted and not errors and warnings:
+        message = f"compiled into the GatewayConfig, narrower than written: {_describe(warnings)}"
+        accepted_c = Condition(ACCEPTED, "True", warnings[0].reason, _trim(message), generation)
+        refs += [w for w in warnings if w.reason in REFERENCE_REASONS]
     elif accepted and not errors:
         accepted_c = Condition(ACCEPTED, "True", "Accepted", "compiled into the GatewayConfig", generation)
     else:

@@ -1,4 +1,5 @@
-"""The admin HTTP port: /healthz, /readyz, /metrics, /spend. Bind it to loopback or the Pod only."""
+"""The admin HTTP port: /healthz, /readyz, /metrics, /spend, and the in-memory store's usage outbox
+(`/usage/outbox`, read and acknowledged by a local meter). Bind it to loopback or the Pod only."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ import json
 
 from aiohttp import web
 
+from tollway_sidecar.contract.usage_event import USAGE_STREAM
+from tollway_sidecar.contract.usage_outbox import (
+    OUTBOX_ACK_PATH,
+    OUTBOX_PATH,
+    OutboxAck,
+    OutboxWireError,
+)
+from tollway_sidecar.quota.outbox import Outbox, OutboxAckError
 from tollway_sidecar.quota.spend import spend_snapshot
 from tollway_sidecar.quota.store import StoreUnavailable
 from tollway_sidecar.runtime import Runtime
@@ -46,9 +55,63 @@ def create_admin_app(runtime: Runtime) -> web.Application:
             )
         return web.Response(text=json.dumps(snapshot, indent=2), content_type="application/json")
 
+    def outbox_or_conflict() -> Outbox | web.Response:
+        outbox = getattr(runtime.quota.store, "outbox", None)
+        if isinstance(outbox, Outbox):
+            return outbox
+        return _error(
+            409,
+            f"the {runtime.quota.store.name} store keeps no outbox here: its usage events are in the "
+            f"Redis stream {USAGE_STREAM}; run `tollway meter run --redis URL` to meter them",
+            store=runtime.quota.store.name,
+        )
+
+    async def outbox_page(request: web.Request) -> web.Response:
+        outbox = outbox_or_conflict()
+        if isinstance(outbox, web.Response):
+            return outbox
+        try:
+            after = _query_count(request, "after", 0)
+            limit = _query_count(request, "limit", 500)
+        except OutboxWireError as exc:
+            return _error(400, str(exc))
+        return web.Response(text=outbox.page(after, limit).to_json(), content_type="application/json")
+
+    async def outbox_ack(request: web.Request) -> web.Response:
+        outbox = outbox_or_conflict()
+        if isinstance(outbox, web.Response):
+            return outbox
+        try:
+            ack = OutboxAck.from_json(await request.read())
+        except OutboxWireError as exc:
+            return _error(400, str(exc))
+        if ack.outbox != outbox.id:
+            # The sidecar restarted since that page was read: its sequence numbers mean other events.
+            return _error(409, f"outbox: {ack.outbox} is not this sidecar's outbox ({outbox.id}); read again")
+        try:
+            acked = outbox.ack(ack.upto)
+        except OutboxAckError as exc:
+            return _error(409, str(exc))
+        return web.json_response({"acked": acked, "pending": len(outbox), "first": outbox.first})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/spend", spend)
+    app.router.add_get(OUTBOX_PATH, outbox_page)
+    app.router.add_post(OUTBOX_ACK_PATH, outbox_ack)
     return app
+
+
+def _error(status: int, message: str, **extra: str) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _query_count(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise OutboxWireError(f"{name}: expected an integer >= 0, got {text!r}")
+    return int(text)

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION: Final = "tollway.dev/gatewayconfig/v1alpha1"
 
@@ -53,22 +53,40 @@ class SemanticCache(_Value):
     """Semantic matching: the last user message is embedded through `embedding_route` (a Route id)."""
 
     embedding_route: str
-    threshold: Decimal = Decimal("0.95")  # cosine similarity at or above which a stored entry is a hit
+    # Cosine similarity at or above which a stored entry is a hit: above 0, at most 1.
+    threshold: Decimal = Field(default=Decimal("0.95"), gt=0, le=1)
+
+
+# Narrowest first: a Key partition shares entries only within one key, Team within its owner team,
+# Namespace within the namespace. A key may move its partition toward Key, never away from it.
+PARTITION_ORDER: Final[tuple[CachePartition, ...]] = ("Key", "Team", "Namespace")
+DEFAULT_CACHE_TTL_S: Final = 300
+DEFAULT_CACHE_MAX_TTL_S: Final = 86_400
+DEFAULT_CACHE_MAX_ENTRY_BYTES: Final = 1_048_576
 
 
 class CacheSettings(_Value):
     """A route's response cache, after the key's narrowing (what the data plane applies to a call).
 
     Off unless configured. `ttl_s` is the default entry lifetime, `max_ttl_s` the most a request's
-    `Cache-Control: max-age` may ask for; answers over `max_entry_bytes` are never stored.
+    `Cache-Control: max-age` may ask for; answers over `max_entry_bytes` are never stored. A route
+    whose mode is Off still carries the settings a key that opts in gets (`cache_for`).
     """
 
     mode: CacheMode = "Off"
-    ttl_s: int = Field(default=300, ge=1)
-    max_ttl_s: int = Field(default=86_400, ge=1)
-    max_entry_bytes: int = Field(default=1_048_576, ge=1)
+    ttl_s: int = Field(default=DEFAULT_CACHE_TTL_S, ge=1)
+    max_ttl_s: int = Field(default=DEFAULT_CACHE_MAX_TTL_S, ge=1)
+    max_entry_bytes: int = Field(default=DEFAULT_CACHE_MAX_ENTRY_BYTES, ge=1)
     partition: CachePartition = "Key"
-    semantic: SemanticCache | None = None
+    semantic: SemanticCache | None = None  # set exactly when mode is Semantic
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CacheSettings:
+        if self.ttl_s > self.max_ttl_s:
+            raise ValueError(f"ttl_s ({self.ttl_s}) must not exceed max_ttl_s ({self.max_ttl_s})")
+        if (self.mode == "Semantic") != (self.semantic is not None):
+            raise ValueError("semantic is set exactly when mode is Semantic")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -226,3 +244,50 @@ class GatewayConfig(_Value):
     def version(self) -> str:
         """A short version string for logs, metrics and headers."""
         return self.checksum[:12]
+
+
+def narrower_partition(a: CachePartition, b: CachePartition) -> CachePartition:
+    """The narrower of two partitions (`PARTITION_ORDER`): the one that shares entries with fewer callers."""
+    return a if PARTITION_ORDER.index(a) <= PARTITION_ORDER.index(b) else b
+
+
+def cache_for(route: Route, key: VirtualKey) -> CacheSettings:
+    """The response cache a call by `key` on `route` gets: the route's default, as the key narrows it.
+
+    - A key without `cache`, or with every field unset, gets the route's settings.
+    - `mode: Off` on the key turns the cache off for it, whatever the route says.
+    - `mode: Exact` on the key caches even on a route whose mode is Off (with the route's ttl,
+      maxTtl, maxEntryBytes and partition, or their defaults), and narrows a Semantic route to Exact.
+    - `mode: Semantic` on the key is Semantic only on a route with semantic config; elsewhere Exact.
+    - `ttl` is the smaller of the two and also caps maxTtl (a request's max-age cannot take the key's
+      entries past the key's ttl); `maxEntryBytes` is the smaller; `partition` is the narrower
+      (Key ⊂ Team ⊂ Namespace): a key asking for a wider one keeps the route's. Team partitions
+      by the key's `owner_team` within its namespace; a key without a team is partitioned as Key.
+    """
+    base = route.cache
+    wish = key.cache or KeyCache()
+    mode: CacheMode = base.mode
+    if wish.mode in ("Off", "Exact"):
+        mode = wish.mode
+    elif wish.mode == "Semantic":
+        mode = "Semantic" if base.semantic is not None else "Exact"
+    ttl_s, max_ttl_s = base.ttl_s, base.max_ttl_s
+    if wish.ttl_s is not None:
+        ttl_s, max_ttl_s = min(ttl_s, wish.ttl_s), min(max_ttl_s, wish.ttl_s)
+    max_entry_bytes = base.max_entry_bytes
+    if wish.max_entry_bytes is not None:
+        max_entry_bytes = min(max_entry_bytes, wish.max_entry_bytes)
+    partition = base.partition
+    if wish.partition is not None:
+        partition = narrower_partition(base.partition, wish.partition)
+    if partition == "Team" and key.owner_team is None:
+        # Keys without a team would all share one "no team" partition: each gets its own instead.
+        partition = "Key"
+    return CacheSettings(
+        mode=mode,
+        ttl_s=ttl_s,
+        max_ttl_s=max_ttl_s,
+        max_entry_bytes=max_entry_bytes,
+        partition=partition,
+        semantic=base.semantic if mode == "Semantic" else None,
+    )

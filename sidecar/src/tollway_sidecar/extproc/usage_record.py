@@ -13,7 +13,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 
 from tollway_sidecar.contract.money import format_usd, from_nano
@@ -140,6 +140,11 @@ def _trace_id(span: object) -> str:
     return f"{trace:032x}" if trace else ""
 
 
+def admitted_at(plan: Plan) -> datetime:
+    """The reservation's clock, exactly (no float division of the milliseconds)."""
+    return datetime.fromtimestamp(plan.now_ms // 1000, tz=UTC) + timedelta(milliseconds=plan.now_ms % 1000)
+
+
 def facts_of(
     state: RequestState,
     *,
@@ -158,7 +163,9 @@ def facts_of(
     return CallFacts(
         id=event_id or uuid7(),
         source=source,
-        at=now,
+        # The admission's time, which keyed the call's counters: the event lands in the same month
+        # as its budget's counter even when the call ends after midnight at a month's end.
+        at=admitted_at(plan) if plan is not None else now,
         namespace=key.namespace,
         key_name=key.name,
         model=clip(state.client_model) or "unknown",

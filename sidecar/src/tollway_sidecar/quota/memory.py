@@ -2,26 +2,25 @@
 
 One process, one event loop: each method runs to completion without awaiting, so it is as atomic
 as a Lua script. Counters expire by the caller's clock (`now_ms`), as Redis keys expire by theirs.
-Usage events go to `outbox`, an in-process deque of the last `OUTBOX_LIMIT` events' JSON (there is
-no meter reading it: it is bounded so a long `tollway dev` session cannot grow without limit).
+Usage events go to `outbox` (`quota.outbox.Outbox`) in the same step as the counters; the meter
+reads and acknowledges them through the admin port.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from tollway_sidecar.contract.keys import index_key, reservation_prefix
+from tollway_sidecar.quota.outbox import OUTBOX_LIMIT, Outbox
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import READ_SWEEP_LIMIT, SWEEP_LIMIT, Batch, ReserveResult, record_of
 
 __all__ = ["OUTBOX_LIMIT", "MemoryStore"]
 
 _RECORD_GRACE_MS = 86_400_000
-OUTBOX_LIMIT = 10_000
 
 
 class MemoryStore:
@@ -34,7 +33,7 @@ class MemoryStore:
         self._index: dict[str, dict[str, int]] = {}  # index key -> {rid: expiry}
         self._heaps: dict[str, list[tuple[int, str]]] = {}  # index key -> (expiry, rid), lazily pruned
         self._marks: dict[str, int] = {}  # applied batch marks -> dropped at
-        self.outbox: deque[str] = deque(maxlen=OUTBOX_LIMIT)  # usage events' JSON, oldest first
+        self.outbox = Outbox()  # usage events' JSON, oldest first, until the meter acknowledges them
 
     # -- helpers (all by the caller's clock) -----------------------------------------------------
 

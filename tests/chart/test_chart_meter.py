@@ -1,0 +1,208 @@
+"""The meter's optional parts in the chart: the bundled trial PostgreSQL, its DSN and password, the
+named ports the Service and the ServiceMonitor use, and the NetworkPolicies."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from chart_env import CHART, METER_VALUES_SETS, documents, template
+from psycopg.conninfo import conninfo_to_dict
+
+BUNDLED = METER_VALUES_SETS["meter-bundled"]
+# The bundled database with the password left to the chart, as a user installs it.
+BUNDLED_RANDOM = ["--set", "meter.enabled=true", "--set", "meter.postgresql.bundled.enabled=true"]
+
+
+def render(helm: str, *args: str) -> dict[tuple[str, str], dict[str, Any]]:
+    result = template(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in documents(result.stdout)}
+
+
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", ())}
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_bundled_postgresql_is_off_by_default(helm: str) -> None:
+    for args in ([], METER_VALUES_SETS["meter-networkpolicy"]):
+        names = [name for _, name in render(helm, *args)]
+        assert [n for n in names if "postgresql" in n] == [], args
+
+
+def test_the_meter_connects_to_the_bundled_postgresql_with_its_password(helm: str) -> None:
+    """The DSN the meter gets names the bundled Service, port, user, database and the password the
+    PostgreSQL container is started with; libpq's own parser (psycopg) reads it so."""
+    objects = render(helm, *BUNDLED)
+    secret = objects[("Secret", "tw-tollway-postgresql")]
+    data = secret_data(secret)
+    assert sorted(data) == ["dsn", "password"]
+    assert data["password"] == "golden-trial-password"
+    # Kept by `helm uninstall`: the volume keeps a database made with this password.
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+    (meter,) = pod_spec(objects[("Deployment", "tw-tollway-meter")])["containers"]
+    assert env_of(meter)["TOLLWAY_METER_DB"] == {
+        "secretKeyRef": {"name": "tw-tollway-postgresql", "key": "dsn"}
+    }
+    statefulset = objects[("StatefulSet", "tw-tollway-postgresql")]
+    (postgres,) = pod_spec(statefulset)["containers"]
+    env = env_of(postgres)
+    assert env["POSTGRES_PASSWORD"] == {"secretKeyRef": {"name": "tw-tollway-postgresql", "key": "password"}}
+    assert env["PGDATA"].startswith("/var/lib/postgresql/data/")  # below the volume's mount
+    assert {m["mountPath"]: m["name"] for m in postgres["volumeMounts"]}["/var/lib/postgresql/data"] == "data"
+
+    service = objects[("Service", "tw-tollway-postgresql")]
+    assert selects(service["spec"]["selector"], statefulset["spec"]["template"]["metadata"]["labels"])
+    (port,) = service["spec"]["ports"]
+    (container_port,) = [p for p in postgres["ports"] if p["name"] == port["targetPort"]]
+
+    dsn = conninfo_to_dict(data["dsn"])
+    assert dsn == {
+        "user": env["POSTGRES_USER"],
+        "password": data["password"],
+        "host": service["metadata"]["name"],
+        "port": str(port["port"]),
+        "dbname": env["POSTGRES_DB"],
+    }
+    assert container_port["containerPort"] == 5432
+
+
+def test_the_bundled_postgresql_image_is_pinned_and_its_volume_persists(helm: str) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    image = values["meter"]["postgresql"]["bundled"]["image"]
+    assert re.fullmatch(r"postgres:15\.\d+-bookworm", image), image  # a minor version, Debian (uid 999)
+    statefulset = render(helm, *BUNDLED)[("StatefulSet", "tw-tollway-postgresql")]
+    (postgres,) = pod_spec(statefulset)["containers"]
+    assert postgres["image"] == image
+    assert pod_spec(statefulset)["securityContext"]["runAsUser"] == 999
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
+
+    ephemeral = render(helm, *BUNDLED, "--set", "meter.postgresql.bundled.persistence.enabled=false")
+    spec = ephemeral[("StatefulSet", "tw-tollway-postgresql")]
+    assert "volumeClaimTemplates" not in spec["spec"]
+    assert {"name": "data", "emptyDir": {}} in pod_spec(spec)["volumes"]
+
+
+def test_a_password_left_empty_is_random_per_install(helm: str) -> None:
+    """`helm template` has no cluster to look the Secret up in, so each render is a fresh install."""
+    first, second = (
+        secret_data(render(helm, *BUNDLED_RANDOM)[("Secret", "tw-tollway-postgresql")]) for _ in range(2)
+    )
+    for data in (first, second):
+        assert re.fullmatch(r"[A-Za-z0-9]{32}", data["password"]), data["password"]
+        assert conninfo_to_dict(data["dsn"])["password"] == data["password"]
+    assert first["password"] != second["password"]
+
+
+def test_the_password_is_never_in_the_notes(helm: str) -> None:
+    result = subprocess.run(
+        [helm, "install", "tw", str(CHART), "--dry-run=client", "--namespace", "tollway-system", *BUNDLED],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "tw-tollway-postgresql" in notes and "for trials, not" in notes
+    assert "golden-trial-password" not in notes
+    assert base64.b64encode(b"golden-trial-password").decode() not in notes
+    assert "exec deploy/tw-tollway-meter -- tollway usage --by model" in notes
+
+
+def test_the_service_monitor_scrapes_the_meters_metrics_port(helm: str) -> None:
+    objects = render(helm, *BUNDLED)
+    monitor = objects[("ServiceMonitor", "tw-tollway-meter")]
+    services = [d for (kind, _), d in objects.items() if kind == "Service"]
+    (service,) = [
+        s for s in services if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert service["metadata"]["name"] == "tw-tollway-meter"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    (meter,) = pod_spec(objects[("Deployment", "tw-tollway-meter")])["containers"]
+    (container_port,) = [p for p in meter["ports"] if p["name"] == port["targetPort"]]
+    assert f"--metrics-port={container_port['containerPort']}" in meter["args"]
+    assert {p["name"] for p in meter["ports"]} == {"api", "metrics"}
+
+
+def _pod_labels(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, str]:
+    for kind in ("Deployment", "StatefulSet"):
+        if (kind, name) in objects:
+            labels: dict[str, str] = objects[(kind, name)]["spec"]["template"]["metadata"]["labels"]
+            return labels
+    raise AssertionError(f"no workload {name}")
+
+
+def test_network_policies_admit_only_what_the_meter_needs(helm: str) -> None:
+    objects = render(helm, *BUNDLED)
+    policy = objects[("NetworkPolicy", "tw-tollway-meter")]["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], _pod_labels(objects, "tw-tollway-meter"))
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    (meter,) = pod_spec(objects[("Deployment", "tw-tollway-meter")])["containers"]
+    (ingress,) = policy["ingress"]
+    assert sorted(p["port"] for p in ingress["ports"]) == sorted(p["containerPort"] for p in meter["ports"])
+    assert ingress["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    ]
+    dns, redis, postgres = policy["egress"]
+    assert "to" not in dns and {p["port"] for p in dns["ports"]} == {53}
+    for rule, workload, port in (
+        (redis, "tw-tollway-redis", 6379),
+        (postgres, "tw-tollway-postgresql", 5432),
+    ):
+        (peer,) = rule["to"]
+        assert selects(peer["podSelector"]["matchLabels"], _pod_labels(objects, workload)), workload
+        assert not selects(peer["podSelector"]["matchLabels"], _pod_labels(objects, "tw-tollway-gateway"))
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+
+    database = objects[("NetworkPolicy", "tw-tollway-postgresql")]["spec"]
+    assert selects(database["podSelector"]["matchLabels"], _pod_labels(objects, "tw-tollway-postgresql"))
+    assert "egress" not in database and "Egress" in database["policyTypes"]  # it connects nowhere
+    ((peer,),) = [rule["from"] for rule in database["ingress"]]
+    assert selects(peer["podSelector"]["matchLabels"], _pod_labels(objects, "tw-tollway-meter"))
+    assert not selects(peer["podSelector"]["matchLabels"], _pod_labels(objects, "tw-tollway-gateway"))
+
+
+def test_network_policy_to_your_own_redis_and_database_uses_their_ports(helm: str) -> None:
+    objects = render(helm, *METER_VALUES_SETS["meter-networkpolicy"])
+    _, redis, postgres = objects[("NetworkPolicy", "tw-tollway-meter")]["spec"]["egress"]
+    assert redis == {"ports": [{"port": 6380, "protocol": "TCP"}]}  # rediss://…:6380/0
+    assert postgres == {"ports": [{"port": 6432, "protocol": "TCP"}]}  # meter.database.port
+    default_port = render(
+        helm,
+        *METER_VALUES_SETS["meter-networkpolicy"],
+        "--set",
+        "redis.external.url=redis://redis.example.internal/0",
+    )
+    _, redis, _ = default_port[("NetworkPolicy", "tw-tollway-meter")]["spec"]["egress"]
+    assert redis == {"ports": [{"port": 6379, "protocol": "TCP"}]}
+
+
+@pytest.mark.parametrize("values", ["meter", "meter-bundled-off"])
+def test_no_network_policy_unless_asked(helm: str, values: str) -> None:
+    args = {
+        "meter": ["--set", "meter.enabled=true", "--set", "meter.database.existingSecret=ledger-dsn"],
+        "meter-bundled-off": [*BUNDLED, "--set", "meter.networkPolicy.enabled=false"],
+    }[values]
+    assert [name for kind, name in render(helm, *args) if kind == "NetworkPolicy"] == []
