@@ -48,7 +48,8 @@ class CacheStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def try_lease(self, key: str, token: str, ttl_ms: int, now_ms: int) -> bool:
-        """Take the fill lease of `key` for `ttl_ms` unless someone holds it."""
+        """Take the fill lease of `key` for `ttl_ms` unless someone holds it. True also when the store
+        can keep no lease (Redis out of memory under `noeviction`): the caller then fills uncoalesced."""
         ...
 
     async def release(self, key: str, token: str) -> None:
