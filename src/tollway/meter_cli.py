@@ -54,6 +54,15 @@ def meter() -> None:
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--api-port", default=8090, show_default=True, help="JSON query API port (0: none).")
 @click.option("--api-host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--console/--no-console",
+    "with_console",
+    default=False,
+    show_default=True,
+    help="Also serve the web console at /console/ on the API port. It has no access control yet: "
+    "only behind something that checks who may see the namespace's requests.",
+)
+@click.option("--jaeger-url", default=None, help="Jaeger UI base URL the console links traces to.")
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
     redis_url: str,
@@ -65,9 +74,13 @@ def meter_run(
     metrics_host: str,
     api_port: int,
     api_host: str,
+    with_console: bool,
+    jaeger_url: str | None,
     log_level: str,
 ) -> None:
     """Consume the usage stream into the ledger until SIGTERM or Ctrl-C."""
+    if with_console and not api_port:
+        raise click.UsageError("--console is served on the API port: it needs --api-port other than 0")
     import redis.asyncio as aioredis
     from aiohttp import web
 
@@ -89,6 +102,7 @@ def meter_run(
         client = aioredis.Redis.from_url(redis_url)
         runner: web.AppRunner | None = None
         api_ledger: Ledger | None = None
+        console_ledger: Ledger | None = None
         try:
             consumer = MeterConsumer(client, ledger, options)
             if metrics_port:
@@ -96,7 +110,14 @@ def meter_run(
             if api_port:
                 # Its own connection: the consumer's is busy with batches.
                 api_ledger = _open(dsn)
-                runner = web.AppRunner(create_app(api_ledger))
+                app = create_app(api_ledger)
+                if with_console:
+                    from tollway_meter.console import mount
+
+                    # Its own connection too: the API's queries run in another worker thread.
+                    console_ledger = _open(dsn)
+                    mount(app, console_ledger, jaeger_url)
+                runner = web.AppRunner(app)
                 await runner.setup()
                 await web.TCPSite(runner, api_host, api_port).start()
             await consumer.run(stop)
@@ -105,6 +126,8 @@ def meter_run(
                 await runner.cleanup()
             if api_ledger is not None:
                 api_ledger.close()
+            if console_ledger is not None:
+                console_ledger.close()
             await client.aclose()
 
     try:
