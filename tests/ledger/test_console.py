@@ -114,10 +114,12 @@ async def test_overview_shows_the_ledgers_numbers(
     for dim in ("team", "model", "key", "provider"):
         expected = [[r.keys[dim] or "-", str(r.requests), usd(r.cost_nanos)] for r in usage(ledger, [dim], SINCE, UNTIL)[:10]]
         assert body_rows(shown.tables[f"by-{dim}"]) == expected, dim
-    # A month's range is drawn per day: one bar per day with its exact spend.
+    # A month's range is drawn per day: one bar per day, the days with spend at their exact amount.
     bars = re.findall(r'<rect class="bar"[^>]*><title>([^<]+)</title>', html)
-    assert len(bars) == 2
-    assert bars == [f"{r.bucket}: {usd(r.cost_nanos)}" for r in usage(ledger, [], SINCE, UNTIL, "day")]
+    assert len(bars) == 30 and bars[0].startswith("2026-11-01: ") and bars[-1].startswith("2026-11-30: ")
+    spent = [b for b in bars if not b.endswith(": $0.000000000")]
+    assert spent == [f"{r.bucket}: {usd(r.cost_nanos)}" for r in usage(ledger, [], SINCE, UNTIL, "day")]
+    assert len(spent) == 2
     health = {row[0]: row[1:] for row in body_rows(shown.tables["health"])}
     errors = sum(1 for e in events if e.data.outcome == "error" and e.data.provider == "openai")
     fallbacks = sum(1 for e in events if len(e.data.attempts) > 1 and e.data.provider == "anthropic")
@@ -291,3 +293,16 @@ async def test_the_meter_api_serves_no_console_unless_mounted(ledger: Ledger) ->
         assert answer.status == 200
         answer = await client.get("/v1/usage")  # the JSON API is unchanged beside it
         assert answer.status == 200
+
+
+async def test_a_short_range_is_drawn_per_hour_with_the_ledgers_buckets(
+    filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]], ledger: Ledger
+) -> None:
+    client, _ = filled
+    since, until = NOV.replace(hour=0, minute=0), NOV.replace(hour=0, minute=0) + timedelta(days=1)
+    html, _ = await page(client, f"/console/?since={since.date()}&until={until.date()}")
+    bars = re.findall(r'<rect class="bar"[^>]*><title>([^<]+)</title>', html)
+    assert len(bars) == 24
+    spent = [b for b in bars if not b.endswith(": $0.000000000")]
+    assert spent == [f"{r.bucket}: {usd(r.cost_nanos)}" for r in usage(ledger, [], since, until, "hour")]
+    assert len(spent) == 5

@@ -18,7 +18,7 @@ import jinja2
 from aiohttp import web
 
 from tollway_meter.console import reads
-from tollway_meter.console.chart import bar_chart
+from tollway_meter.console.chart import bar_chart, time_series
 from tollway_meter.console.filters import BadFilter, RequestFilter, TimeRange
 from tollway_meter.console.tree import build_tree
 from tollway_meter.ledger import Ledger
@@ -89,7 +89,8 @@ class Console:
             }
 
         found = await self._run(read)
-        chart = bar_chart([(r.bucket or "", r.cost_nanos) for r in found["series"]])
+        spend = {r.bucket or "": r.cost_nanos for r in found["series"]}
+        chart = bar_chart(time_series(window.since, window.until, grain, spend))
         total = found["totals"][0] if found["totals"] else None
         return self.render(
             "overview.html", window=window, grain=grain, chart=chart, total=total, **found, nav="overview"
