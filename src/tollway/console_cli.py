@@ -20,7 +20,8 @@ from tollway.meter_cli import DEFAULT_DB
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address to bind. The console has no login: keep it on loopback unless something in front checks access.",
+    help="Address to bind. The console has no login: keep it on loopback unless something in "
+    "front of it checks access.",
 )
 @click.option("--port", default=8091, show_default=True, type=click.IntRange(1, 65535))
 @click.option(

@@ -47,9 +47,24 @@ def varied() -> list[UsageEvent]:
             ttft_ms=42,
             budgets=("team-a/monthly", "org/yearly"),
         ),
-        make_event(at=NOV.replace(hour=12, minute=1), cost="0.020000000", session_id="chat-9", session_path="/support/lookup"),
-        make_event(at=NOV.replace(hour=12, minute=2), cost="0.030000000", session_id="chat-9", session_path="/support/lookup"),
-        make_event(at=NOV.replace(hour=12, minute=3), cost="0.040000000", session_id="chat-9", session_path="/billing"),
+        make_event(
+            at=NOV.replace(hour=12, minute=1),
+            cost="0.020000000",
+            session_id="chat-9",
+            session_path="/support/lookup",
+        ),
+        make_event(
+            at=NOV.replace(hour=12, minute=2),
+            cost="0.030000000",
+            session_id="chat-9",
+            session_path="/support/lookup",
+        ),
+        make_event(
+            at=NOV.replace(hour=12, minute=3),
+            cost="0.040000000",
+            session_id="chat-9",
+            session_path="/billing",
+        ),
         make_event(at=NOV.replace(hour=13), properties={"feature": SCRIPT}, session_id=SCRIPT, team=SCRIPT),
         make_event(at=NOV.replace(day=20, hour=8), cost="1.000000000", team="ops"),
     ]
@@ -57,7 +72,9 @@ def varied() -> list[UsageEvent]:
 
 
 @pytest.fixture
-async def filled(ledger: Ledger) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], list[UsageEvent]]]:
+async def filled(
+    ledger: Ledger,
+) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], list[UsageEvent]]]:
     events = varied()
     ledger.ingest(events)
     app = web.Application()
@@ -66,7 +83,9 @@ async def filled(ledger: Ledger) -> AsyncIterator[tuple[TestClient[web.Request, 
         yield client, events
 
 
-async def page(client: TestClient[web.Request, web.Application], path: str, status: int = 200) -> tuple[str, Page]:
+async def page(
+    client: TestClient[web.Request, web.Application], path: str, status: int = 200
+) -> tuple[str, Page]:
     answer = await client.get(path)
     html = await answer.text()
     assert answer.status == status, html
@@ -78,7 +97,9 @@ def cost_cell(nanos: int) -> str:
     return usd(nanos)
 
 
-async def test_every_page_renders(filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]]) -> None:
+async def test_every_page_renders(
+    filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]],
+) -> None:
     client, events = filled
     first = str(events[0].id)
     for path, heading in (
@@ -112,7 +133,10 @@ async def test_overview_shows_the_ledgers_numbers(
     assert total.cost_nanos == billed
     assert f"Spend {usd(billed)} over {len(events)} requests" in shown.texts["total"]
     for dim in ("team", "model", "key", "provider"):
-        expected = [[r.keys[dim] or "-", str(r.requests), usd(r.cost_nanos)] for r in usage(ledger, [dim], SINCE, UNTIL)[:10]]
+        expected = [
+            [r.keys[dim] or "-", str(r.requests), usd(r.cost_nanos)]
+            for r in usage(ledger, [dim], SINCE, UNTIL)[:10]
+        ]
         assert body_rows(shown.tables[f"by-{dim}"]) == expected, dim
     # A month's range is drawn per day: one bar per day, the days with spend at their exact amount.
     bars = re.findall(r'<rect class="bar"[^>]*><title>([^<]+)</title>', html)
@@ -127,7 +151,10 @@ async def test_overview_shows_the_ledgers_numbers(
     assert health["anthropic"][2] == str(fallbacks) and fallbacks == 1
     budgets = {row[0]: row[1:] for row in body_rows(shown.tables["budgets"])}
     monthly = [e for e in events if "team-a/monthly" in e.data.budgets]
-    assert budgets["team-a/monthly"] == [str(len(monthly)), usd(sum(e.data.cost_nanos for e in monthly if e.data.billable))]
+    assert budgets["team-a/monthly"] == [
+        str(len(monthly)),
+        usd(sum(e.data.cost_nanos for e in monthly if e.data.billable)),
+    ]
     assert budgets["org/yearly"] == ["1", "$0.010000000"]
 
 
@@ -176,7 +203,9 @@ async def test_pagination_visits_every_row_exactly_once_in_order(
     ],
 )
 async def test_each_filter_lists_exactly_the_matching_requests(
-    filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]], query: str, want: dict[str, object]
+    filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]],
+    query: str,
+    want: dict[str, object],
 ) -> None:
     client, events = filled
     expected = matching(events, **want)
@@ -222,7 +251,10 @@ async def test_a_requests_page_has_its_attempts_event_and_trace_link(
     client, events = filled
     [event] = [e for e in events if len(e.data.attempts) == 2]
     html, shown = await page(client, f"/console/requests/{event.id}")
-    assert body_rows(shown.tables["attempts"]) == [["1", "a", "openai", "gpt-4o-mini", "503"], ["2", "b", "anthropic", "claude", "200"]]
+    assert body_rows(shown.tables["attempts"]) == [
+        ["1", "a", "openai", "gpt-4o-mini", "503"],
+        ["2", "b", "anthropic", "claude", "200"],
+    ]
     assert shown.links["trace"] == f"{JAEGER}/trace/4bf92f3577b34da6a3ce929d0e0e4736"
     assert json.loads(shown.texts["event"]) == json.loads(event.to_json())
     assert "$0.010000000" in html and "42 ms" in html
@@ -236,10 +268,15 @@ async def test_sessions_and_one_session_as_a_tree(
     rows = {row[0]: row[1:3] for row in body_rows(shown.tables["sessions"])}
     for session in {e.data.session_id for e in events}:
         calls = [e for e in events if e.data.session_id == session]
-        assert rows[session] == [str(len(calls)), usd(sum(e.data.cost_nanos for e in calls if e.data.billable))]
+        assert rows[session] == [
+            str(len(calls)),
+            usd(sum(e.data.cost_nanos for e in calls if e.data.billable)),
+        ]
     html, shown = await page(client, "/console/sessions/chat-9")
     assert shown.texts["session-total"] == "4 calls, $0.100000000"
-    totals = dict(re.findall(r'data-path="([^"]+)"><strong>[^<]+</strong>\s*<span class="total">([^<]+)</span>', html))
+    totals = dict(
+        re.findall(r'data-path="([^"]+)"><strong>[^<]+</strong>\s*<span class="total">([^<]+)</span>', html)
+    )
     assert totals == {
         "/": "4 calls, $0.100000000",
         "/billing": "1 calls, $0.040000000",
@@ -253,13 +290,21 @@ async def test_users_and_properties_pages_show_the_ledgers_groups(
 ) -> None:
     client, _ = filled
     _, shown = await page(client, f"/console/users?{WINDOW}")
-    expected = [[r.keys["end_user"] or "-", str(r.requests), usd(r.cost_nanos)] for r in usage(ledger, ["end_user"], SINCE, UNTIL)]
+    expected = [
+        [r.keys["end_user"] or "-", str(r.requests), usd(r.cost_nanos)]
+        for r in usage(ledger, ["end_user"], SINCE, UNTIL)
+    ]
     assert body_rows(shown.tables["end-users"]) == expected
     assert {"u-1", "u-2"} <= {row[0] for row in expected}
     _, shown = await page(client, f"/console/properties?name=feature&{WINDOW}")
     rows = usage(ledger, ["property:feature"], SINCE, UNTIL)
-    assert body_rows(shown.tables["values"]) == [[r.keys["property:feature"], str(r.requests), usd(r.cost_nanos)] for r in rows]
-    assert sum(Decimal(row[2].lstrip("$")) for row in body_rows(shown.tables["values"])) == usage(ledger, [], SINCE, UNTIL)[0].cost
+    assert body_rows(shown.tables["values"]) == [
+        [r.keys["property:feature"], str(r.requests), usd(r.cost_nanos)] for r in rows
+    ]
+    assert (
+        sum(Decimal(row[2].lstrip("$")) for row in body_rows(shown.tables["values"]))
+        == usage(ledger, [], SINCE, UNTIL)[0].cost
+    )
 
 
 async def test_text_from_events_is_escaped_everywhere(

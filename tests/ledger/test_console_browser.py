@@ -62,7 +62,9 @@ async def chromium(binary: str, url: str, profile: Path, *args: str) -> str:
     return out.decode()
 
 
-async def test_chromium_loads_every_page_and_shows_the_ledgers_numbers(ledger: Ledger, tmp_path: Path) -> None:
+async def test_chromium_loads_every_page_and_shows_the_ledgers_numbers(
+    ledger: Ledger, tmp_path: Path
+) -> None:
     binary = chromium_binary()
     events = varied()
     ledger.ingest(events)
@@ -91,8 +93,13 @@ async def test_chromium_loads_every_page_and_shows_the_ledgers_numbers(ledger: L
             doms[name] = read_page(await chromium(binary, url, tmp_path / "profile", "--dump-dom"))
         # What the browser rendered is what the ledger holds.
         [total] = usage(ledger, [], SINCE, UNTIL)
-        assert f"Spend {usd(total.cost_nanos)} over {total.requests} requests" in doms["overview"].texts["total"]
-        by_team = [[r.keys["team"] or "-", str(r.requests), usd(r.cost_nanos)] for r in usage(ledger, ["team"], SINCE, UNTIL)]
+        assert (
+            f"Spend {usd(total.cost_nanos)} over {total.requests} requests" in doms["overview"].texts["total"]
+        )
+        by_team = [
+            [r.keys["team"] or "-", str(r.requests), usd(r.cost_nanos)]
+            for r in usage(ledger, ["team"], SINCE, UNTIL)
+        ]
         assert body_rows(doms["overview"].tables["by-team"]) == by_team[:10]
         assert sorted(doms["requests"].row_ids) == sorted(str(e.id) for e in events)
         assert doms["session"].texts["session-total"] == "4 calls, $0.100000000"

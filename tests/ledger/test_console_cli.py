@@ -61,7 +61,9 @@ def test_tollway_console_serves_the_ledger_on_loopback_only(tmp_path: Path) -> N
     port = free_port()
     log = tmp_path / "console.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([*TOLLWAY, "console", "--db", dsn, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*TOLLWAY, "console", "--db", dsn, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_up(port, process, log)
         assert listening_addresses(port) == {"127.0.0.1"}
@@ -83,7 +85,9 @@ def run_meter(redis_server: RedisServer, dsn: str, tmp_path: Path, *extra: str) 
     argv = [*TOLLWAY, "meter", "run", "--redis", redis_server.url, "--db", dsn, "--metrics-port", "0"]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*argv, "--api-host", "127.0.0.1", "--api-port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT
+            [*argv, "--api-host", "127.0.0.1", "--api-port", str(port), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_up(port, process, log)
@@ -98,7 +102,9 @@ def test_the_meter_serves_the_console_only_with_the_flag(redis_server: RedisServ
     dsn = f"sqlite:///{tmp_path / 'ledger.db'}"
     status, code, log = run_meter(redis_server, dsn, tmp_path)
     assert (status, code) == (404, 0), log
-    status, code, log = run_meter(redis_server, dsn, tmp_path, "--console", "--jaeger-url", "http://127.0.0.1:16686")
+    status, code, log = run_meter(
+        redis_server, dsn, tmp_path, "--console", "--jaeger-url", "http://127.0.0.1:16686"
+    )
     assert (status, code) == (200, 0), log
     refused = subprocess.run(
         [*TOLLWAY, "meter", "run", "--redis", redis_server.url, "--db", dsn, "--api-port", "0", "--console"],

@@ -104,7 +104,9 @@ class RequestFilter:
         if prop_text:
             prop_name, sep, prop_value = prop_text.partition("=")
             if not sep or not PROPERTY_NAME.fullmatch(prop_name):
-                raise BadFilter("property", f"expected name=value with a valid property name, got {prop_text!r}")
+                raise BadFilter(
+                    "property", f"expected name=value with a valid property name, got {prop_text!r}"
+                )
         after_text = query.get("after", "")
         return RequestFilter(
             range=TimeRange.parse(query, now),
@@ -152,4 +154,3 @@ class RequestFilter:
         }
         params.update(changes)
         return {k: v for k, v in params.items() if v}
-

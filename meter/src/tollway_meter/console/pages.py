@@ -83,7 +83,10 @@ class Console:
             return {
                 "totals": usage(self.ledger, [], since, until),
                 "series": usage(self.ledger, [], since, until, grain),
-                "by": {d: usage(self.ledger, [d], since, until)[:TOP] for d in ("team", "model", "key", "provider")},
+                "by": {
+                    d: usage(self.ledger, [d], since, until)[:TOP]
+                    for d in ("team", "model", "key", "provider")
+                },
                 "health": reads.provider_health(self.ledger, window),
                 "budgets": reads.budget_spend(self.ledger, window),
             }
@@ -136,7 +139,9 @@ class Console:
         session_id = request.match_info["id"]
         calls = await self._run(lambda: reads.session_calls(self.ledger, session_id))
         if not calls:
-            return self.render("error.html", 404, message=f"session {session_id}: no calls in the ledger", nav="")
+            return self.render(
+                "error.html", 404, message=f"session {session_id}: no calls in the ledger", nav=""
+            )
         return self.render(
             "session.html",
             session_id=session_id,
@@ -150,7 +155,10 @@ class Console:
         window = self._window(request)
         since, until = window.since, window.until
         found = await self._run(
-            lambda: (usage(self.ledger, ["end_user"], since, until), usage(self.ledger, ["user"], since, until))
+            lambda: (
+                usage(self.ledger, ["end_user"], since, until),
+                usage(self.ledger, ["user"], since, until),
+            )
         )
         return self.render("users.html", window=window, end_users=found[0], users=found[1], nav="users")
 
@@ -166,7 +174,9 @@ class Console:
             return names, rows
 
         names, rows = await self._run(read)
-        return self.render("properties.html", window=window, name=name, names=names, rows=rows, nav="properties")
+        return self.render(
+            "properties.html", window=window, name=name, names=names, rows=rows, nav="properties"
+        )
 
 
 def _errors(console: Console) -> Any:
@@ -198,7 +208,9 @@ def console_app(ledger: Ledger, jaeger_url: str | None = None, clock: Clock | No
     return app
 
 
-def mount(app: web.Application, ledger: Ledger, jaeger_url: str | None = None, clock: Clock | None = None) -> None:
+def mount(
+    app: web.Application, ledger: Ledger, jaeger_url: str | None = None, clock: Clock | None = None
+) -> None:
     """Serve the console under PREFIX/ on `app` (the meter's API app or a standalone one)."""
 
     async def to_slash(_request: web.Request) -> web.Response:

@@ -155,7 +155,9 @@ def budget_spend(ledger: Ledger, window: TimeRange) -> list[BudgetSpend]:
     """Spend charged to each budget an event names. A call charged to two budgets counts in both."""
     where, params = _range_sql(ledger, window)
     if ledger.dialect == "postgresql":
-        source = "usage_events CROSS JOIN LATERAL jsonb_array_elements_text(event->'data'->'budgets') AS b(name)"
+        source = (
+            "usage_events CROSS JOIN LATERAL jsonb_array_elements_text(event->'data'->'budgets') AS b(name)"
+        )
         name = "b.name"
     else:
         source = "usage_events, json_each(usage_events.event, '$.data.budgets') AS b"
@@ -233,7 +235,8 @@ def property_names(ledger: Ledger, window: TimeRange) -> list[str]:
         )
     else:
         sql = (
-            "SELECT DISTINCT p.key FROM usage_events, json_each(usage_events.event, '$.data.properties') AS p "
+            "SELECT DISTINCT p.key FROM usage_events, "
+            "json_each(usage_events.event, '$.data.properties') AS p "
             f"WHERE {where} ORDER BY p.key LIMIT %s"
         )
     with ledger.transaction(readonly=True) as cur:
