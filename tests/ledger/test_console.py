@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -132,12 +133,14 @@ async def test_overview_shows_the_ledgers_numbers(
     billed = sum(e.data.cost_nanos for e in events if e.data.billable)
     assert total.cost_nanos == billed
     assert f"Spend {usd(billed)} over {len(events)} requests" in shown.texts["total"]
-    for dim in ("team", "model", "key", "provider"):
+    groups = {"team": ["team"], "model": ["model"], "key": ["namespace", "key"], "provider": ["provider"]}
+    for dim, dims in groups.items():
         expected = [
-            [r.keys[dim] or "-", str(r.requests), usd(r.cost_nanos)]
-            for r in usage(ledger, [dim], SINCE, UNTIL)[:10]
+            ["/".join(r.keys.values()) or "-", str(r.requests), usd(r.cost_nanos)]
+            for r in usage(ledger, dims, SINCE, UNTIL)[:10]
         ]
         assert body_rows(shown.tables[f"by-{dim}"]) == expected, dim
+    assert {row[0] for row in body_rows(shown.tables["by-key"])} == {"team-a/alice", "team-a/bob"}
     # A month's range is drawn per day: one bar per day, the days with spend at their exact amount.
     bars = re.findall(r'<rect class="bar"[^>]*><title>([^<]+)</title>', html)
     assert len(bars) == 30 and bars[0].startswith("2026-11-01: ") and bars[-1].startswith("2026-11-30: ")
@@ -319,6 +322,7 @@ async def test_text_from_events_is_escaped_everywhere(
         f"/console/sessions?{WINDOW}",
         f"/console/properties?name=feature&{WINDOW}",
         f"/console/requests?{WINDOW}&team=%3Cscript%3E",
+        f"/console/sessions/{quote(SCRIPT, safe='')}",
     ):
         html, _ = await page(client, path)
         assert "<script" not in html, path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -22,7 +23,7 @@ from tollway_meter.console.chart import bar_chart, time_series
 from tollway_meter.console.filters import BadFilter, RequestFilter, TimeRange
 from tollway_meter.console.tree import build_tree
 from tollway_meter.ledger import Ledger
-from tollway_meter.queries import get_request, usage
+from tollway_meter.queries import UsageRow, get_request, usage
 from tollway_sidecar.contract.usage_event import PROPERTY_NAME, nanos_to_usd
 
 PREFIX = "/console"
@@ -48,6 +49,18 @@ def _environment() -> jinja2.Environment:
     env.globals["prefix"] = PREFIX
     env.globals["qs"] = lambda params: urlencode(params)
     return env
+
+
+@dataclass(frozen=True)
+class Grouped:
+    label: str
+    requests: int
+    cost_nanos: int
+
+
+def _grouped(rows: list[UsageRow]) -> list[Grouped]:
+    """The top rows by spend, each labelled by its dimension values joined with '/'."""
+    return [Grouped("/".join(r.keys.values()) or "-", r.requests, r.cost_nanos) for r in rows[:TOP]]
 
 
 def _granularity(window: TimeRange) -> str:
@@ -84,8 +97,11 @@ class Console:
                 "totals": usage(self.ledger, [], since, until),
                 "series": usage(self.ledger, [], since, until, grain),
                 "by": {
-                    d: usage(self.ledger, [d], since, until)[:TOP]
-                    for d in ("team", "model", "key", "provider")
+                    "team": _grouped(usage(self.ledger, ["team"], since, until)),
+                    "model": _grouped(usage(self.ledger, ["model"], since, until)),
+                    # A key's name is unique only in its namespace.
+                    "key": _grouped(usage(self.ledger, ["namespace", "key"], since, until)),
+                    "provider": _grouped(usage(self.ledger, ["provider"], since, until)),
                 },
                 "health": reads.provider_health(self.ledger, window),
                 "budgets": reads.budget_spend(self.ledger, window),
