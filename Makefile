@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 # External tools the tests need (each script caches its build outside the repo and prints a path).
 tools: $(patsubst scripts/tools/%.sh,tool-%,$(TOOL_SCRIPTS)) ## build or fetch every test tool (cached in ~/.cache/tollway-tools)
 
-tool-%: ## one test tool: tool-redis, tool-helm, tool-kubectl, tool-kube, tool-jaeger
+tool-%: ## one test tool: tool-redis, tool-helm, tool-kubectl, tool-kube, tool-jaeger, tool-chromium
 	@bash scripts/tools/$*.sh >/dev/null
 
 dev: setup ## run `tollway dev` on :8080 with examples/local and the mock provider
@@ -67,7 +67,7 @@ test-e2e: setup tool-kube tool-kubectl tool-helm tool-redis tool-jaeger tool-pos
 test-reliability: setup tools ## tests/reliability: the reliability tier (after every tool)
 	$(PYTEST) tests/reliability $(PYTEST_ARGS)
 
-test-ledger: setup tool-redis tool-postgres ## tests/ledger: the meter's ledger on SQLite and a private PostgreSQL, its consumer on Redis
+test-ledger: setup tool-redis tool-postgres tool-chromium ## tests/ledger: the meter's ledger on SQLite and a private PostgreSQL, its consumer on Redis, the console in headless Chromium
 	$(PYTEST) tests/ledger $(PYTEST_ARGS)
 
 unit: test-unit ## the same as test-unit

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tollway import meter_cli
+from tollway import console_cli, meter_cli
 
 if TYPE_CHECKING:
     from tollway_operator.compile import CompileResult
@@ -253,6 +253,7 @@ def mock_provider(
 
 # `tollway meter …` and `tollway usage` live in their own module (they import nothing until run).
 meter_cli.register(main)
+main.add_command(console_cli.console)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,15 @@ def meter() -> None:
     help="Drop the event detail of closed months older than the current one and this many before "
     "it (roll-ups stay). Default: keep all.",
 )
+@click.option(
+    "--console/--no-console",
+    "with_console",
+    default=False,
+    show_default=True,
+    help="Also serve the web console at /console/ on the API port. It has no access control yet: "
+    "only behind something that checks who may see the namespace's requests.",
+)
+@click.option("--jaeger-url", default=None, help="Jaeger UI base URL the console links traces to.")
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
     redis_url: str | None,
@@ -101,6 +110,8 @@ def meter_run(
     api_host: str,
     close_after: str | None,
     retain_months: int | None,
+    with_console: bool,
+    jaeger_url: str | None,
     log_level: str,
 ) -> None:
     """Consume the usage stream (--redis) or a sidecar's outbox (--outbox) into the ledger until
@@ -113,6 +124,8 @@ def meter_run(
         )
     if outbox_url is not None and not outbox_url.startswith(("http://", "https://")):
         raise click.BadParameter(f"expected http://host:port, got {outbox_url!r}", param_hint="--outbox")
+    if with_console and not api_port:
+        raise click.UsageError("--console is served on the API port: it needs --api-port other than 0")
     import aiohttp
     import redis.asyncio as aioredis
     from aiohttp import web
@@ -179,7 +192,15 @@ def meter_run(
                 # Its own connection: the consumer's is busy with batches.
                 api_ledger = _open(dsn)
                 stack.callback(api_ledger.close)
-                runner = web.AppRunner(create_app(api_ledger))
+                app = create_app(api_ledger)
+                if with_console:
+                    from tollway_meter.console import mount
+
+                    # Its own connection too: the API's queries run in another worker thread.
+                    console_ledger = _open(dsn)
+                    stack.callback(console_ledger.close)
+                    mount(app, console_ledger, jaeger_url)
+                runner = web.AppRunner(app)
                 await runner.setup()
                 stack.push_async_callback(runner.cleanup)
                 await web.TCPSite(runner, api_host, api_port).start()

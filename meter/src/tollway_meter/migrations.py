@@ -72,6 +72,21 @@ def _pg_freeze(table: str, column: str) -> tuple[str, ...]:
     )
 
 
+# The console's filters: each equality filter with the list's order (newest first), so a filtered
+# page is an index range scan, not a sort of the range.
+_CONSOLE_FILTERS = ("namespace", "key_name", "team", "user_id", "end_user", "model", "status", "session_id")
+
+
+def _console_indexes() -> tuple[str, ...]:
+    return (
+        "CREATE INDEX usage_events_time_id ON usage_events (event_time DESC, id DESC)",
+        *(
+            f"CREATE INDEX usage_events_{column}_time ON usage_events ({column}, event_time DESC, id DESC)"
+            for column in _CONSOLE_FILTERS
+        ),
+    )
+
+
 POSTGRES: tuple[Migration, ...] = (
     Migration(
         1,
@@ -125,6 +140,15 @@ POSTGRES: tuple[Migration, ...] = (
                 FOR EACH STATEMENT EXECUTE FUNCTION tollway_refuse_truncate()""",
             """CREATE TRIGGER periods_no_truncate BEFORE TRUNCATE ON periods
                 FOR EACH STATEMENT EXECUTE FUNCTION tollway_refuse_truncate()""",
+        ),
+    ),
+    Migration(
+        2,
+        "console indexes: each request-list filter in time order; properties by containment (GIN)",
+        (
+            *_console_indexes(),
+            "CREATE INDEX usage_events_properties ON usage_events "
+            "USING gin ((event->'data'->'properties') jsonb_path_ops)",
         ),
     ),
 )
@@ -207,6 +231,11 @@ SQLITE += (
                 BEGIN SELECT RAISE(ABORT, 'period is closed: its rows in usage_events are frozen'); END""",
         ),
     ),
+)
+
+SQLITE += (
+    # SQLite cannot index an arbitrary property name: a property filter scans the time range.
+    Migration(3, "console indexes: each request-list filter in time order", _console_indexes()),
 )
 
 SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

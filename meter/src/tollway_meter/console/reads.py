@@ -1,0 +1,244 @@
+"""The console's reads of the detail rows: the filtered request list (keyset pages), errors and
+fallbacks per provider, spend per budget name, sessions, and one session's calls.
+
+Sums are integer nano-USD of billable calls (the ledger's `cost_nanos`). Each reader takes the
+dialect's SQL for the parts that read the event JSON (properties, TTFT, session path, attempts).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tollway_meter.console.filters import Cursor, RequestFilter, TimeRange
+from tollway_meter.ledger import Ledger
+
+MAX_SESSIONS = 100
+MAX_SESSION_CALLS = 5000
+MAX_PROPERTY_NAMES = 50
+
+
+def _json_text(ledger: Ledger, *path: str) -> str:
+    """SQL reading a text field of the event JSON at data.<path>."""
+    if ledger.dialect == "postgresql":
+        return "event->'data'" + "".join(f"->'{p}'" for p in path[:-1]) + f"->>'{path[-1]}'"
+    return "json_extract(event, '$.data." + ".".join(path) + "')"
+
+
+def as_time(value: object) -> datetime:
+    """A row's time: PostgreSQL gives a datetime, SQLite the fixed-width UTC text it stored."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromisoformat(str(value)).astimezone(UTC)
+
+
+def _range_sql(ledger: Ledger, window: TimeRange) -> tuple[str, list[object]]:
+    return "event_time >= %s AND event_time < %s", [ledger.time(window.since), ledger.time(window.until)]
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    id: str
+    time: datetime
+    namespace: str
+    key_name: str
+    team: str
+    user: str
+    model: str
+    provider: str
+    status: int
+    outcome: str
+    input_tokens: int
+    output_tokens: int
+    cost_nanos: int
+    latency_ms: int
+    ttft_ms: int | None
+    session_id: str
+
+
+@dataclass(frozen=True)
+class RequestPage:
+    rows: list[RequestRow]
+    next: Cursor | None  # None: this is the last page
+
+
+def list_requests(ledger: Ledger, chosen: RequestFilter) -> RequestPage:
+    """One page, newest first, ordered by (event_time, id): a cursor never skips or repeats a row."""
+    where, params = _range_sql(ledger, chosen.range)
+    clauses = [where]
+    for column, value in chosen.columns().items():
+        clauses.append(f"{column} = %s")
+        params.append(value)
+    if chosen.prop_name:
+        if ledger.dialect == "postgresql":
+            # Containment uses the GIN index on the properties object.
+            clauses.append("event->'data'->'properties' @> %s::jsonb")
+            params.append(json.dumps({chosen.prop_name: chosen.prop_value}))
+        else:
+            clauses.append("json_extract(event, %s) = %s")
+            params.extend([f'$.data.properties."{chosen.prop_name}"', chosen.prop_value])
+    if chosen.after is not None:
+        cast = "::uuid" if ledger.dialect == "postgresql" else ""
+        clauses.append(f"(event_time, id) < (%s, %s{cast})")
+        params.extend([ledger.time(chosen.after.time), chosen.after.id])
+    sql = (
+        "SELECT id, event_time, namespace, key_name, team, user_id, model, provider, status, outcome, "
+        f"input_tokens, output_tokens, cost_nanos, latency_ms, {_json_text(ledger, 'ttft_ms')}, session_id "
+        f"FROM usage_events WHERE {' AND '.join(clauses)} ORDER BY event_time DESC, id DESC LIMIT %s"
+    )
+    params.append(chosen.limit + 1)  # one more than shown: whether a next page exists
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), tuple(params))
+        found = cur.fetchall()
+    rows = [_request_row(r) for r in found[: chosen.limit]]
+    more = len(found) > chosen.limit
+    return RequestPage(rows, Cursor(rows[-1].time, rows[-1].id) if more and rows else None)
+
+
+def _request_row(r: Any) -> RequestRow:
+    return RequestRow(
+        id=str(r[0]),
+        time=as_time(r[1]),
+        namespace=r[2],
+        key_name=r[3],
+        team=r[4],
+        user=r[5],
+        model=r[6],
+        provider=r[7],
+        status=int(r[8]),
+        outcome=r[9],
+        input_tokens=int(r[10]),
+        output_tokens=int(r[11]),
+        cost_nanos=int(r[12]),
+        latency_ms=int(r[13]),
+        ttft_ms=None if r[14] is None else int(r[14]),
+        session_id=r[15],
+    )
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    provider: str
+    requests: int
+    errors: int  # outcome "error": the call failed after every attempt
+    fallbacks: int  # calls answered after more than one attempt
+
+
+def provider_health(ledger: Ledger, window: TimeRange) -> list[ProviderHealth]:
+    """Per final provider. Reads each event's attempts: a scan of the range, not an index."""
+    where, params = _range_sql(ledger, window)
+    attempts = (
+        "jsonb_array_length(event->'data'->'attempts')"
+        if ledger.dialect == "postgresql"
+        else "json_array_length(event, '$.data.attempts')"
+    )
+    sql = (
+        "SELECT provider, count(*), sum(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END), "
+        f"sum(CASE WHEN {attempts} > 1 THEN 1 ELSE 0 END) FROM usage_events WHERE {where} "
+        "GROUP BY provider ORDER BY count(*) DESC, provider"
+    )
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), tuple(params))
+        return [ProviderHealth(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class BudgetSpend:
+    budget: str
+    requests: int
+    cost_nanos: int
+
+
+def budget_spend(ledger: Ledger, window: TimeRange) -> list[BudgetSpend]:
+    """Spend charged to each budget an event names. A call charged to two budgets counts in both."""
+    where, params = _range_sql(ledger, window)
+    if ledger.dialect == "postgresql":
+        source = (
+            "usage_events CROSS JOIN LATERAL jsonb_array_elements_text(event->'data'->'budgets') AS b(name)"
+        )
+        name = "b.name"
+    else:
+        source = "usage_events, json_each(usage_events.event, '$.data.budgets') AS b"
+        name = "b.value"
+    sql = (
+        f"SELECT {name}, count(*), coalesce(sum(cost_nanos), 0) FROM {source} WHERE {where} "
+        f"GROUP BY {name} ORDER BY sum(cost_nanos) DESC, {name}"
+    )
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), tuple(params))
+        return [BudgetSpend(str(r[0]), int(r[1]), int(r[2])) for r in cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class SessionTotal:
+    session_id: str
+    calls: int
+    cost_nanos: int
+    first: datetime
+    last: datetime
+
+
+def sessions(ledger: Ledger, window: TimeRange) -> list[SessionTotal]:
+    """The most recently active sessions in the range (at most MAX_SESSIONS)."""
+    where, params = _range_sql(ledger, window)
+    sql = (
+        "SELECT session_id, count(*), coalesce(sum(cost_nanos), 0), min(event_time), max(event_time) "
+        f"FROM usage_events WHERE session_id <> '' AND {where} "
+        "GROUP BY session_id ORDER BY max(event_time) DESC, session_id LIMIT %s"
+    )
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), (*params, MAX_SESSIONS))
+        return [
+            SessionTotal(str(r[0]), int(r[1]), int(r[2]), as_time(r[3]), as_time(r[4]))
+            for r in cur.fetchall()
+        ]
+
+
+@dataclass(frozen=True)
+class SessionCall:
+    id: str
+    time: datetime
+    path: str
+    name: str
+    model: str
+    status: int
+    cost_nanos: int
+    latency_ms: int
+
+
+def session_calls(ledger: Ledger, session_id: str) -> list[SessionCall]:
+    """Every call of one session (at most MAX_SESSION_CALLS), in time order."""
+    sql = (
+        f"SELECT id, event_time, {_json_text(ledger, 'session_path')}, "
+        f"{_json_text(ledger, 'session_name')}, model, status, cost_nanos, latency_ms "
+        "FROM usage_events WHERE session_id = %s ORDER BY event_time, id LIMIT %s"
+    )
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), (session_id, MAX_SESSION_CALLS))
+        return [
+            SessionCall(
+                str(r[0]), as_time(r[1]), r[2] or "", r[3] or "", r[4], int(r[5]), int(r[6]), int(r[7])
+            )
+            for r in cur.fetchall()
+        ]
+
+
+def property_names(ledger: Ledger, window: TimeRange) -> list[str]:
+    """The property names the range's events carry (for the properties page's picker)."""
+    where, params = _range_sql(ledger, window)
+    if ledger.dialect == "postgresql":
+        sql = (
+            "SELECT DISTINCT jsonb_object_keys(event->'data'->'properties') AS name "
+            f"FROM usage_events WHERE {where} ORDER BY name LIMIT %s"
+        )
+    else:
+        sql = (
+            "SELECT DISTINCT p.key FROM usage_events, "
+            "json_each(usage_events.event, '$.data.properties') AS p "
+            f"WHERE {where} ORDER BY p.key LIMIT %s"
+        )
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), (*params, MAX_PROPERTY_NAMES))
+        return [str(r[0]) for r in cur.fetchall()]
