@@ -207,7 +207,9 @@ class UsageData:
         return self.attempts[-1].provider if self.attempts else ""
 
 
-OUTCOMES = frozenset({"ok", "error", "denied", "cancelled"})
+# `expired`: a reservation that expired unsettled, charged at its estimate (status 504). Added within
+# v1: a meter that stores outcomes as text takes it like the others.
+OUTCOMES = frozenset({"ok", "error", "denied", "cancelled", "expired"})
 
 
 @dataclass(frozen=True)

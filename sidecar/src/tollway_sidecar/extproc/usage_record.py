@@ -4,6 +4,9 @@
 there, once per call). `usage_event` turns those facts and the settled `Charge` into the event; the
 quota gate calls it in the settle's background task, so building and serialising the event stays
 off the client's reply. The cost is the charge's nano-USD, so the ledger equals /spend exactly.
+
+`expiry_event_json` builds, at reserve time, the event of the same call (same id) for the case its
+reservation expires unsettled; the store keeps it with the reservation and appends it only then.
 """
 
 from __future__ import annotations
@@ -32,11 +35,25 @@ from tollway_sidecar.contract.usage_event import (
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.pricing import BackendPrice
 from tollway_sidecar.providers.usage import TokenUsage
-from tollway_sidecar.quota.plan import Charge, Plan
+from tollway_sidecar.quota.plan import Charge, Plan, expiry_charge, ms_to_datetime
 
-__all__ = ["CLIENT_CLOSED", "CallFacts", "bounded_properties", "facts_of", "replica_name", "usage_event"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "EXPIRED_STATUS",
+    "EXPIRY_PRICE_SOURCE",
+    "CallFacts",
+    "bounded_properties",
+    "expiry_event_json",
+    "facts_of",
+    "replica_name",
+    "usage_event",
+]
 
 CLIENT_CLOSED = 499  # the status of a call whose client left before any answer (no HTTP status)
+# An expired reservation: the gateway never learned how the call ended within the reservation's
+# lifetime (the sidecar died, or the call outlived it), so it is a gateway timeout.
+EXPIRED_STATUS = 504
+EXPIRY_PRICE_SOURCE = "estimate"  # an expired call is charged at its reserved estimate
 
 
 def replica_name(configured: str) -> str:
@@ -150,20 +167,57 @@ def facts_of(
     denied: bool = False,
     event_id: uuid.UUID | None = None,
 ) -> CallFacts:
-    """Read the call's state once; `monotonic` is `time.monotonic()` at the end of the call."""
-    key = state.key
-    assert key is not None  # only calls that passed authentication have an event
+    """Read the call's state once; `monotonic` is `time.monotonic()` at the end of the call. The id
+    is the one its admission made (which its expiry event carries too), else a new UUIDv7."""
     status = state.status if 100 <= state.status <= 599 else CLIENT_CLOSED
-    plan = state.quota.plan if state.quota is not None else None
-    return CallFacts(
-        id=event_id or uuid7(),
+    quota = state.quota
+    return _facts(
+        state,
+        id=event_id or (quota.event_id if quota is not None else None) or uuid7(),
         source=source,
         at=now,
+        plan=quota.plan if quota is not None else None,
+        status=status,
+        outcome=_outcome(state.status, denied=denied),
+        attempts=_attempts(state),
+        price_source=price.source if price is not None else "",
+        price_version=_catalog_version() if price is not None and price.source == "catalog" else "",
+        latency_ms=max(0, int((monotonic - state.started) * 1000)),
+        ttft_ms=(
+            max(0, int((state.first_chunk_at - state.started) * 1000))
+            if state.first_chunk_at is not None
+            else None
+        ),
+    )
+
+
+def _facts(
+    state: RequestState,
+    *,
+    id: uuid.UUID,
+    source: str,
+    at: datetime,
+    plan: Plan | None,
+    status: int,
+    outcome: str,
+    attempts: tuple[Attempt, ...],
+    price_source: str,
+    price_version: str,
+    latency_ms: int,
+    ttft_ms: int | None,
+) -> CallFacts:
+    """The facts every event of the call shares (who, what, the client's labels), plus its outcome."""
+    key = state.key
+    assert key is not None  # only calls that passed authentication have an event
+    return CallFacts(
+        id=id,
+        source=source,
+        at=at,
         namespace=key.namespace,
         key_name=key.name,
         model=clip(state.client_model) or "unknown",
         status=status,
-        outcome=_outcome(state.status, denied=denied),
+        outcome=outcome,
         team=clip(key.owner_team),
         user=clip(key.owner_user),
         end_user=clip(state.end_user),
@@ -172,21 +226,39 @@ def facts_of(
         session_name=clip(state.session_name),
         properties=bounded_properties(state.properties),
         route=state.route.id if state.route is not None else "",
-        attempts=_attempts(state),
+        attempts=attempts,
         usage=state.usage,
-        price_source=price.source if price is not None else "",
-        price_version=_catalog_version() if price is not None and price.source == "catalog" else "",
+        price_source=price_source,
+        price_version=price_version,
         budgets=budgets_of(plan),
-        latency_ms=max(0, int((monotonic - state.started) * 1000)),
-        ttft_ms=(
-            max(0, int((state.first_chunk_at - state.started) * 1000))
-            if state.first_chunk_at is not None
-            else None
-        ),
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
         streamed=state.stream,
         request_id=clip(state.envoy_request_id or state.request_id),
         trace_id=_trace_id(state.span),
     )
+
+
+def expiry_event_json(state: RequestState, plan: Plan, event_id: uuid.UUID, *, source: str) -> str:
+    """At reserve time: the call's event if its reservation expires unsettled. Outcome `expired`,
+    status 504, no attempts (none is known), charged exactly what the expiry leaves in the counters
+    (`plan.expiry_charge`: the estimate), timed at the reservation (the period its counters were
+    charged in), latency the reservation's lifetime (the call lasted at least that)."""
+    facts = _facts(
+        state,
+        id=event_id,
+        source=source,
+        at=ms_to_datetime(plan.now_ms),
+        plan=plan,
+        status=EXPIRED_STATUS,
+        outcome="expired",
+        attempts=(),
+        price_source=EXPIRY_PRICE_SOURCE,
+        price_version="",
+        latency_ms=plan.ttl_ms,
+        ttft_ms=None,
+    )
+    return event_json(facts, expiry_charge(plan))
 
 
 def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
