@@ -74,6 +74,8 @@ def clip(text: str | None, limit: int = MAX_TEXT) -> str:
     (a header or body field is the client's; an event refused by the contract would be lost)."""
     if not text:
         return ""
+    if text.isascii() and "\x00" not in text:  # the usual case, without the encode round trip
+        return text[:limit]
     clean = text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     return clean[:limit]
 
@@ -258,12 +260,14 @@ def expiry_event_json(state: RequestState, plan: Plan, event_id: uuid.UUID, *, s
         latency_ms=plan.ttl_ms,
         ttft_ms=None,
     )
-    return event_json(facts, expiry_charge(plan))
+    return event_json(facts, expiry_charge(plan), trusted=True)  # on the request path: see `trusted`
 
 
-def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
+def usage_event(facts: CallFacts, charge: Charge | None, *, trusted: bool = False) -> UsageEvent:
     """The event; `charge` None for a refused call (cost 0, not billable). Raises `UsageEventError`
-    when a field is outside the contract (not expected: `facts_of` bounds what the client sent)."""
+    when a field is outside the contract (not expected: `facts_of` bounds what the client sent).
+    `trusted`: skip the text checks (`UsageEvent.trusted`): every text field here is clipped or
+    comes from validated resources; for the event built on the request path."""
     usage = facts.usage
     denied = facts.outcome == "denied"
     tokens = Tokens(
@@ -300,7 +304,8 @@ def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
         request_id=facts.request_id,
         trace_id=facts.trace_id,
     )
-    return UsageEvent(
+    build = UsageEvent.trusted if trusted else UsageEvent
+    return build(
         id=facts.id,
         source=facts.source,
         time=facts.at,
@@ -309,5 +314,5 @@ def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
     )
 
 
-def event_json(facts: CallFacts, charge: Charge | None) -> str:
-    return usage_event(facts, charge).to_json()
+def event_json(facts: CallFacts, charge: Charge | None, *, trusted: bool = False) -> str:
+    return usage_event(facts, charge, trusted=trusted).to_json()
