@@ -44,8 +44,9 @@ from pathlib import Path
 from tollway.dev import DevGateway, DevOptions, free_port
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Limits, Pricing, Route, VirtualKey
 from tollway_sidecar.contract.usage_event import Attempt, uuid7
+from tollway_sidecar.extproc.expiry_record import expiry_event_json
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.extproc.usage_record import CallFacts, event_json, expiry_event_json
+from tollway_sidecar.extproc.usage_record import CallFacts, event_json
 from tollway_sidecar.pricing import PriceBook
 from tollway_sidecar.quota.gate import Admission, QuotaGate
 from tollway_sidecar.quota.plan import Charge

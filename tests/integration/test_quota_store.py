@@ -20,8 +20,8 @@ from redisserver import RedisServer
 from tollway_sidecar.config.models import Budget, Limits, VirtualKey
 from tollway_sidecar.contract.money import from_nano
 from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent, uuid7
+from tollway_sidecar.extproc.expiry_record import EXPIRED_STATUS, expiry_event_json
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.extproc.usage_record import EXPIRED_STATUS, expiry_event_json
 from tollway_sidecar.quota.estimate import Estimate
 from tollway_sidecar.quota.memory import MemoryStore
 from tollway_sidecar.quota.plan import (

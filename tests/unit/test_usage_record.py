@@ -13,10 +13,8 @@ from tollway_sidecar.contract.usage_event import MAX_PROPERTIES, UsageEvent, uui
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.extproc.usage_record import (
     CLIENT_CLOSED,
-    EXPIRED_STATUS,
     bounded_properties,
     event_json,
-    expiry_event_json,
     facts_of,
     replica_name,
     usage_event,
@@ -25,7 +23,7 @@ from tollway_sidecar.providers.attempts import Attempt
 from tollway_sidecar.providers.usage import TokenUsage
 from tollway_sidecar.quota.estimate import Estimate
 from tollway_sidecar.quota.gate import Admission
-from tollway_sidecar.quota.plan import Charge, build_plan, from_nano, to_nano
+from tollway_sidecar.quota.plan import Charge, build_plan, from_nano
 
 FLAKY = Backend(name="flaky", provider="openai", model="gpt-4o", base_url="http://127.0.0.1:9/v1")
 SPARE = Backend(name="spare", provider="anthropic", model="claude-x", base_url="http://127.0.0.1:9/v1")
@@ -184,31 +182,6 @@ def test_the_source_is_the_configured_replica_else_the_host_name() -> None:
     assert usage_event(facts, Charge(1, 1, 1)).source == "tw-gateway-7d9f"
     assert replica_name("tw-gateway-7d9f") == "tw-gateway-7d9f"
     assert replica_name("") == socket.gethostname()
-
-
-def test_an_expiry_event_is_the_call_charged_exactly_what_its_expiry_leaves_counted() -> None:
-    state = admitted_state()
-    assert state.quota is not None
-    plan = state.quota.plan
-    state.quota = None  # at reserve time: not admitted yet, nothing answered
-    state.status, state.usage, state.attempt_log, state.backend = 0, None, [], None
-    call_id = uuid7()
-    event = UsageEvent.from_json(expiry_event_json(state, plan, call_id, source="gw-0"))
-    data = event.data
-    assert event.id == call_id and event.time == datetime(2026, 11, 5, 10, 30, 1, 250000, tzinfo=UTC)
-    assert (data.outcome, data.status, data.billable) == ("expired", EXPIRED_STATUS, True)
-    # The expiry keeps the reserved nano-USD in `used` on every usd line, and tallies the estimate.
-    assert {line.amount for line in plan.lines if line.metric == "usd"} == {data.cost_nanos}
-    assert data.cost_nanos == to_nano(ESTIMATE.cost_usd) == 1_000_000
-    tallies = {item.field: item.amount for item in plan.on_expiry}
-    assert (data.tokens.input, data.tokens.output) == (tallies["in"], tallies["out"]) == (10, 10)
-    assert data.budgets == ("team/cap",) and data.attempts == () and data.price_source == "estimate"
-    assert (data.latency_ms, data.ttft_ms, data.streamed) == (600_000, None, True)
-    assert (data.session_id, data.properties, data.request_id) == (
-        "s-1",
-        {"env": "prod", "app.tier": "gold"},
-        "envoy-1",
-    )
 
 
 def test_the_settle_event_carries_the_id_its_admission_made_for_the_expiry_event() -> None:

@@ -226,31 +226,13 @@ class UsageEvent:
     def __post_init__(self) -> None:
         _validate(self)
 
-    @classmethod
-    def trusted(
-        cls, *, id: uuid.UUID, source: str, time: datetime, subject: str, data: UsageData
-    ) -> UsageEvent:
-        """An event whose text fields the producer bounded itself, checked for everything else.
-
-        The producer's fast path for an event built on the request path (an expiry event, made at
-        reserve time): the values and enums are checked as usual, the text checks (length, NUL,
-        valid Unicode: ~half the validation's cost) are skipped, because every text field comes from
-        validated resources or through the producer's `clip`. The meter still validates the event
-        on read and dead-letters one that breaks the contract, so nothing is stored unchecked.
-        """
-        event = object.__new__(cls)
-        # A frozen dataclass refuses attribute assignment; its __dict__ is what __init__ fills.
-        event.__dict__.update(id=id, source=source, time=time, subject=subject, data=data, type=USAGE_TYPE_V1)
-        _validate_values(event)
-        return event
-
     def to_json(self) -> str:
         body = {
             "specversion": SPEC_VERSION,
             "id": str(self.id),
             "source": self.source,
             "type": self.type,
-            "time": _format_time(self.time),
+            "time": format_time(self.time),
             "subject": self.subject,
             "datacontenttype": "application/json",
             "data": _data_to_dict(self.data),
@@ -399,17 +381,7 @@ def _data_from_dict(data: dict[str, Any]) -> UsageData:
 _REQUIRED_TEXT = frozenset({"namespace", "key_name", "model", "outcome"})
 
 
-_TEXT_FIELDS = tuple(f.name for f in dataclasses.fields(UsageData) if f.type == "str")
-_TOKEN_FIELDS = tuple(f.name for f in dataclasses.fields(Tokens))
-
-
 def _validate(event: UsageEvent) -> None:
-    _validate_values(event)
-    _validate_text(event)
-
-
-def _validate_values(event: UsageEvent) -> None:
-    """Everything but the text fields: type, id, time, outcome, status, money, counts."""
     if event.type != USAGE_TYPE_V1:
         raise UsageEventError("type", f"unknown event type {event.type!r}")
     if event.id.version != 7 or event.id.variant != uuid.RFC_4122:
@@ -417,8 +389,16 @@ def _validate_values(event: UsageEvent) -> None:
     if event.time.tzinfo is None:
         raise UsageEventError("time", "must carry a time zone")
     if not MIN_YEAR <= event.time.astimezone(UTC).year <= MAX_YEAR:
-        raise UsageEventError("time", f"outside the years {MIN_YEAR}-{MAX_YEAR}: {_format_time(event.time)}")
+        raise UsageEventError("time", f"outside the years {MIN_YEAR}-{MAX_YEAR}: {format_time(event.time)}")
+    for name in ("source", "subject"):
+        _check_text(name, getattr(event, name), required=True)
     data = event.data
+    for f in dataclasses.fields(UsageData):
+        value = getattr(data, f.name)
+        if isinstance(value, str):
+            _check_text(
+                f"data.{f.name}", value, required=f.name in {"namespace", "key_name", "model", "outcome"}
+            )
     if data.outcome not in OUTCOMES:
         raise UsageEventError("data.outcome", f"expected one of {sorted(OUTCOMES)}, got {data.outcome!r}")
     if not 100 <= data.status <= 599:
@@ -428,20 +408,12 @@ def _validate_values(event: UsageEvent) -> None:
         raise UsageEventError("data.cost", "a denied call costs 0 and is not billable")
     if cost > MAX_COST_USD * NANOS_PER_USD:
         raise UsageEventError("data.cost", f"more than {MAX_COST_USD} USD for one call")
-    for name in _TOKEN_FIELDS:
-        _check_count(f"data.tokens.{name}", getattr(data.tokens, name))
+    for f in dataclasses.fields(Tokens):
+        _check_count(f"data.tokens.{f.name}", getattr(data.tokens, f.name))
     for name in ("latency_ms", "ttft_ms"):
         value = getattr(data, name)
         if value is not None:
             _check_count(f"data.{name}", value)
-
-
-def _validate_text(event: UsageEvent) -> None:
-    for name in ("source", "subject"):
-        _check_text(name, getattr(event, name), required=True)
-    data = event.data
-    for name in _TEXT_FIELDS:
-        _check_text(f"data.{name}", getattr(data, name), required=name in _REQUIRED_TEXT)
     for i, attempt in enumerate(data.attempts):
         for name in ("backend", "provider", "upstream_model"):
             _check_text(f"data.attempts[{i}].{name}", getattr(attempt, name), required=False)
@@ -490,7 +462,8 @@ def _check_properties(properties: dict[str, str]) -> None:
         _check_storable(where, value)
 
 
-def _format_time(moment: datetime) -> str:
+def format_time(moment: datetime) -> str:
+    """An event's `time` as it is written: RFC 3339 in UTC with microseconds and `Z`."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

@@ -23,10 +23,10 @@ from tollway_sidecar.extproc import (
     answer,
     direct,
     dispatch,
+    expiry_record,
     final_attempt,
     spans,
     stream_cost,
-    usage_record,
 )
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
@@ -224,7 +224,7 @@ class RouterCall:
             rid=state.request_id,
             body_bytes=len(message.body),
             expiry_event=functools.partial(
-                usage_record.expiry_event_json, state, source=self.runtime.replica
+                expiry_record.expiry_event_json, state, source=self.runtime.replica
             ),
         )
         if isinstance(admission, Denial):

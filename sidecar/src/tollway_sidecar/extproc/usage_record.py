@@ -5,7 +5,7 @@ there, once per call). `usage_event` turns those facts and the settled `Charge` 
 quota gate calls it in the settle's background task, so building and serialising the event stays
 off the client's reply. The cost is the charge's nano-USD, so the ledger equals /spend exactly.
 
-`expiry_event_json` builds, at reserve time, the event of the same call (same id) for the case its
+`expiry_record` builds, at reserve time, the event of the same call (same id) for the case its
 reservation expires unsettled; the store keeps it with the reservation and appends it only then.
 """
 
@@ -35,25 +35,22 @@ from tollway_sidecar.contract.usage_event import (
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.pricing import BackendPrice
 from tollway_sidecar.providers.usage import TokenUsage
-from tollway_sidecar.quota.plan import Charge, Plan, expiry_charge, ms_to_datetime
+from tollway_sidecar.quota.plan import Charge, Plan
 
 __all__ = [
     "CLIENT_CLOSED",
-    "EXPIRED_STATUS",
-    "EXPIRY_PRICE_SOURCE",
     "CallFacts",
     "bounded_properties",
-    "expiry_event_json",
+    "budgets_of",
+    "call_facts",
+    "clip",
     "facts_of",
     "replica_name",
+    "trace_id_of",
     "usage_event",
 ]
 
 CLIENT_CLOSED = 499  # the status of a call whose client left before any answer (no HTTP status)
-# An expired reservation: the gateway never learned how the call ended within the reservation's
-# lifetime (the sidecar died, or the call outlived it), so it is a gateway timeout.
-EXPIRED_STATUS = 504
-EXPIRY_PRICE_SOURCE = "estimate"  # an expired call is charged at its reserved estimate
 
 
 def replica_name(configured: str) -> str:
@@ -151,7 +148,8 @@ def budgets_of(plan: Plan | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _trace_id(span: object) -> str:
+def trace_id_of(span: object) -> str:
+    """The span's trace id as 32 hex digits, or empty."""
     context = getattr(span, "get_span_context", None)
     if context is None:
         return ""
@@ -173,7 +171,7 @@ def facts_of(
     is the one its admission made (which its expiry event carries too), else a new UUIDv7."""
     status = state.status if 100 <= state.status <= 599 else CLIENT_CLOSED
     quota = state.quota
-    return _facts(
+    return call_facts(
         state,
         id=event_id or (quota.event_id if quota is not None else None) or uuid7(),
         source=source,
@@ -193,7 +191,7 @@ def facts_of(
     )
 
 
-def _facts(
+def call_facts(
     state: RequestState,
     *,
     id: uuid.UUID,
@@ -237,37 +235,13 @@ def _facts(
         ttft_ms=ttft_ms,
         streamed=state.stream,
         request_id=clip(state.envoy_request_id or state.request_id),
-        trace_id=_trace_id(state.span),
+        trace_id=trace_id_of(state.span),
     )
 
 
-def expiry_event_json(state: RequestState, plan: Plan, event_id: uuid.UUID, *, source: str) -> str:
-    """At reserve time: the call's event if its reservation expires unsettled. Outcome `expired`,
-    status 504, no attempts (none is known), charged exactly what the expiry leaves in the counters
-    (`plan.expiry_charge`: the estimate), timed at the reservation (the period its counters were
-    charged in), latency the reservation's lifetime (the call lasted at least that)."""
-    facts = _facts(
-        state,
-        id=event_id,
-        source=source,
-        at=ms_to_datetime(plan.now_ms),
-        plan=plan,
-        status=EXPIRED_STATUS,
-        outcome="expired",
-        attempts=(),
-        price_source=EXPIRY_PRICE_SOURCE,
-        price_version="",
-        latency_ms=plan.ttl_ms,
-        ttft_ms=None,
-    )
-    return event_json(facts, expiry_charge(plan), trusted=True)  # on the request path: see `trusted`
-
-
-def usage_event(facts: CallFacts, charge: Charge | None, *, trusted: bool = False) -> UsageEvent:
+def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
     """The event; `charge` None for a refused call (cost 0, not billable). Raises `UsageEventError`
-    when a field is outside the contract (not expected: `facts_of` bounds what the client sent).
-    `trusted`: skip the text checks (`UsageEvent.trusted`): every text field here is clipped or
-    comes from validated resources; for the event built on the request path."""
+    when a field is outside the contract (not expected: `facts_of` bounds what the client sent)."""
     usage = facts.usage
     denied = facts.outcome == "denied"
     tokens = Tokens(
@@ -304,8 +278,7 @@ def usage_event(facts: CallFacts, charge: Charge | None, *, trusted: bool = Fals
         request_id=facts.request_id,
         trace_id=facts.trace_id,
     )
-    build = UsageEvent.trusted if trusted else UsageEvent
-    return build(
+    return UsageEvent(
         id=facts.id,
         source=facts.source,
         time=facts.at,
@@ -314,5 +287,5 @@ def usage_event(facts: CallFacts, charge: Charge | None, *, trusted: bool = Fals
     )
 
 
-def event_json(facts: CallFacts, charge: Charge | None, *, trusted: bool = False) -> str:
-    return usage_event(facts, charge, trusted=trusted).to_json()
+def event_json(facts: CallFacts, charge: Charge | None) -> str:
+    return usage_event(facts, charge).to_json()
