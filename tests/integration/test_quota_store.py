@@ -19,6 +19,7 @@ from redisserver import RedisServer
 
 from tollway_sidecar.config.models import Budget, Limits, VirtualKey
 from tollway_sidecar.contract.money import from_nano
+from tollway_sidecar.contract.redis_counters import RedisCounters
 from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent, uuid7
 from tollway_sidecar.extproc.expiry_record import EXPIRED_STATUS, expiry_event_json
 from tollway_sidecar.extproc.state import RequestState
@@ -370,6 +371,33 @@ async def test_a_read_sweeps_expired_reservations_and_appends_their_events_once(
     charged = sum(UsageEvent.from_json(event).data.cost_nanos for event in events[1:])
     assert fields == {"usd": 500 + charged, "usd_r": 0}
     assert from_nano(charged) == Decimal("0.002")  # two estimates of $0.001
+
+
+async def test_the_operators_reader_sweeps_too_and_appends_the_expired_calls_event(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    store = RedisStore(redis_server.url, timeout_s=1.0)
+    operator = RedisCounters(redis_server.url, timeout_s=1.0)  # what the operator's status reads with
+    try:
+        budget = make_budget(namespace, "1.00")
+        key = make_key(namespace, budgets=("cap",))
+        now = at("2026-03-14T12:00:00")
+        plan = plan_for(key, now, budgets=(budget,), ttl_ms=1000)
+        expiry = expiry_event(key, plan)
+        assert (await store.reserve(plan, expiry)).admitted
+        cap = budget_key(budget, datetime.fromtimestamp(now / 1000, tz=UTC))
+        assert (await operator.read(namespace, [cap], now + 999))[cap] == {
+            "usd": 300_000_000,
+            "usd_r": 300_000_000,
+        }
+        assert await outbox(store, namespace) == []
+        assert (await operator.read(namespace, [cap], now + 1000))[cap] == {"usd": 300_000_000, "usd_r": 0}
+        assert await outbox(store, namespace) == [expiry]
+        await operator.read(namespace, [cap], now + 2000)
+        assert await outbox(store, namespace) == [expiry]
+    finally:
+        await operator.close()
+        await store.close()
 
 
 async def test_a_settle_sweeps_others_expired_reservations_and_appends_their_events(
