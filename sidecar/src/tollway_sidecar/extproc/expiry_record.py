@@ -87,6 +87,10 @@ _TEXT = ("end_user", "session_id", "session_path", "session_name", "request_id",
 _PROPERTIES = {"x": "\x01properties\x01"}
 
 
+def _stand_in(name: str) -> str:
+    return f"\x01{name}\x01"
+
+
 @dataclass(frozen=True, slots=True)
 class _Template:
     parts: tuple[str, ...]  # the fixed JSON around the slots
@@ -130,7 +134,12 @@ def _template(
         budgets=budgets,
         latency_ms=latency_ms,
         streamed=streamed,
-        **{name: f"\x01{name}\x01" for name in _TEXT},
+        end_user=_stand_in("end_user"),
+        session_id=_stand_in("session_id"),
+        session_path=_stand_in("session_path"),
+        session_name=_stand_in("session_name"),
+        request_id=_stand_in("request_id"),
+        trace_id=_stand_in("trace_id"),
     )
     text = UsageEvent(
         id=_ID, source=source, time=_TIME, subject=f"{namespace}/{key_name}", data=data
@@ -142,7 +151,7 @@ def _template(
         "output": f'"output":{_OUTPUT}',
         "cost": json_string(_COST),
         "properties": _object_json(_PROPERTIES),
-        **{name: json_string(f"\x01{name}\x01") for name in _TEXT},
+        **{name: json_string(_stand_in(name)) for name in _TEXT},
     }
     found = []
     for slot, mark in marks.items():
