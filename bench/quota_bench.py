@@ -10,7 +10,9 @@ Starts its own redis-server (scripts/tools/redis.sh) on a free loopback port, th
    facts and appended by the same script: `extproc/usage_record.py`), for a key with
    requests/tokens per minute, tokens per day and two budgets (one perUser). Sequential (latency
    of one call) and 32 at a time (a busy sidecar).
-   `store.reserve` alone is timed too, to separate the round trip from estimating and planning.
+   `store.reserve` alone is timed too, to separate the round trip from estimating and planning;
+   and `admit` with the call's expiry event (built at reserve time from the request's state and
+   kept with the reservation: `usage_record.expiry_event_json`) against `admit` without it.
 2. End to end through `tollway dev` (Envoy + sidecar + mock provider, one at a time, keep-alive):
    the same gateway with Redis, a key with limits and budgets versus a key with none (which still
    makes one round trip to count its spend), and a gateway on the in-memory store.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import http.client
 import json
 import shutil
@@ -41,6 +44,8 @@ from pathlib import Path
 from tollway.dev import DevGateway, DevOptions, free_port
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Limits, Pricing, Route, VirtualKey
 from tollway_sidecar.contract.usage_event import Attempt, uuid7
+from tollway_sidecar.extproc.expiry_record import expiry_event_json
+from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.extproc.usage_record import CallFacts, event_json
 from tollway_sidecar.pricing import PriceBook
 from tollway_sidecar.quota.gate import Admission, QuotaGate
@@ -133,12 +138,23 @@ def sample_facts(key: VirtualKey) -> CallFacts:
     )
 
 
+def sample_state(key: VirtualKey, route: Route) -> RequestState:
+    """What the router's state holds when it admits a typical call: the facts its expiry event reads."""
+    state = RequestState(request_id=uuid.uuid4().hex, started=time.monotonic())
+    state.key, state.route, state.client_model, state.end_user = key, route, "gpt-4o-mini", "user-1"
+    state.session = "c1a2b3"
+    state.properties = {"env": "prod", "feature": "summaries"}
+    state.envoy_request_id = str(uuid.uuid4())
+    return state
+
+
 async def in_process(url: str, ops: int) -> list[tuple[str, float, float]]:
     key, budgets, route, prices = bench_objects()
     store = RedisStore(url, timeout_s=0.2)
     gate = QuotaGate(store, default_max_tokens=256)
+    state = sample_state(key, route)
 
-    async def admit() -> Admission:
+    async def admit(expiry: bool = False) -> Admission:
         result = await gate.admit(
             key=key,
             budgets=budgets,
@@ -148,6 +164,10 @@ async def in_process(url: str, ops: int) -> list[tuple[str, float, float]]:
             body=BODY,
             user="user-1",
             rid=uuid.uuid4().hex,
+            # As the router passes it: the state's facts, read when the gate builds the event.
+            expiry_event=functools.partial(expiry_event_json, state, source="tollway-7d9f8-abcde")
+            if expiry
+            else None,
         )
         assert isinstance(result, Admission), result
         return result
@@ -172,6 +192,7 @@ async def in_process(url: str, ops: int) -> list[tuple[str, float, float]]:
         await gate.settle(await admit(), Charge(10, 10, 9_000))
     for concurrency in (1, 32):
         reserve_us: list[float] = []
+        expiry_us: list[float] = []
         settle_us: list[float] = []
         outbox_us: list[float] = []
         append_us: list[float] = []
@@ -180,15 +201,17 @@ async def in_process(url: str, ops: int) -> list[tuple[str, float, float]]:
         async def worker(
             count: int,
             reserve_us: list[float],
+            expiry_us: list[float],
             settle_us: list[float],
             raw_us: list[float],
             outbox_us: list[float],
             append_us: list[float],
         ) -> None:
             for i in range(count):
+                with_expiry = i % 2 == 1  # alternate, so both see the same load
                 started = time.perf_counter()
-                admission = await admit()
-                reserve_us.append((time.perf_counter() - started) * 1e6)
+                admission = await admit(with_expiry)
+                (expiry_us if with_expiry else reserve_us).append((time.perf_counter() - started) * 1e6)
                 if i % 3 == 2:  # rotate, so the settles see the same load and the same Redis
                     append_us.append(
                         await timed(lambda a=admission: gate.settle(a, Charge(10, 10, 9_000), ready))  # type: ignore[misc]
@@ -204,16 +227,24 @@ async def in_process(url: str, ops: int) -> list[tuple[str, float, float]]:
 
         await asyncio.gather(
             *(
-                worker(ops // concurrency, reserve_us, settle_us, raw_us, outbox_us, append_us)
+                worker(ops // concurrency, reserve_us, expiry_us, settle_us, raw_us, outbox_us, append_us)
                 for _ in range(concurrency)
             )
         )
         label = "sequential" if concurrency == 1 else f"{concurrency} concurrent"
         rows.append((f"admit: estimate + plan + reserve ({label})", *percentiles(reserve_us)))
+        rows.append((f"admit + expiry event built and kept ({label})", *percentiles(expiry_us)))
         rows.append((f"reserve script alone ({label})", *percentiles(raw_us)))
         rows.append((f"settle ({label})", *percentiles(settle_us)))
         rows.append((f"settle + usage event built and appended ({label})", *percentiles(outbox_us)))
         rows.append((f"settle + a prebuilt event appended ({label})", *percentiles(append_us)))
+    plan = (await admit()).plan
+    build_us = []
+    for _ in range(ops):
+        started = time.perf_counter()
+        expiry_event_json(state, plan, uuid7(), source="tollway-7d9f8-abcde")
+        build_us.append((time.perf_counter() - started) * 1e6)
+    rows.append(("expiry event alone: built + serialised", *percentiles(build_us)))
     await gate.close()
     return rows
 

@@ -1,20 +1,33 @@
 """Redis stopped, restarted and hung under a running gateway: each Budget's failurePolicy decides,
-and enforcement resumes when Redis answers again, without restarting anything."""
+and enforcement resumes when Redis answers again, without restarting anything. A refused call's
+usage event that meets a stopped Redis waits in the sidecar and is appended once when it is back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+import redis
 from httpcall import Answer, bearer, call
 from quotagateway import QuotaGateway, budget_yaml, config_folder, key_value, key_yaml, start_gateway
 from redisserver import RedisServer
 
 from tollway.dev import free_port
+from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Pricing, Route, VirtualKey
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent
+from tollway_sidecar.extproc.state import RequestState
+from tollway_sidecar.extproc.usage_record import event_json, facts_of
+from tollway_sidecar.pricing import PriceBook
+from tollway_sidecar.quota.decision import Denial
+from tollway_sidecar.quota.gate import QuotaGate
+from tollway_sidecar.quota.redis_store import RedisStore
 
 CHAT = "/v1/chat/completions"
 BODY = json.dumps(
@@ -107,3 +120,63 @@ def test_a_hung_redis_is_a_503_not_a_hang(outage: Outage) -> None:
     finally:
         outage.redis.resume()
     wait_until(lambda: outage.chat("closed").status == 200, "serving again after Redis resumed")
+
+
+async def test_a_refused_calls_event_waits_out_a_redis_outage_and_is_appended_once(tmp_path: Path) -> None:
+    # The gate as the sidecar runs it, on a real redis-server: a 429 needs Redis to answer the
+    # reserve, so the outage is made between the refusal and its event's append.
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    backend = Backend(
+        name="m",
+        provider="openai-compatible",
+        model="gpt-4o-mini",
+        base_url="http://127.0.0.1:9/v1",
+        pricing=Pricing(input_per_million=Decimal("1"), output_per_million=Decimal("1")),
+    )
+    route = Route(id="r", name="r", namespace="default", model="gpt-4o-mini", backends=(backend,))
+    cap = Budget(name="tiny", namespace="default", limit_usd=Decimal("0.000000001"))
+    key = VirtualKey(name="app", namespace="default", key_sha256="0" * 64, budgets=(cap.id,))
+    gate = QuotaGate(RedisStore(server.url, timeout_s=0.2, cooldown_s=0.05), retry_s=0.05)
+    client = redis.Redis.from_url(server.url)
+    try:
+        denial = await gate.admit(
+            key=key,
+            budgets={cap.id: cap},
+            route=route,
+            prices=PriceBook(GatewayConfig(routes=(route,))),
+            operation="chat",
+            body={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+            user=None,
+            rid="rid-refused",
+        )
+        assert isinstance(denial, Denial) and denial.status == 429
+        state = RequestState(request_id="rid-refused", started=time.monotonic())
+        state.key, state.route, state.client_model, state.status = key, route, "gpt-4o-mini", 429
+        facts = facts_of(
+            state, price=None, now=datetime.now(UTC), monotonic=time.monotonic(), source="gw", denied=True
+        )
+        refused = event_json(facts, None)
+
+        server.stop()
+        gate.emit_soon(lambda: refused, namespace=key.namespace)
+        await gate.drain()
+        assert gate.pending == 1  # kept, not dropped
+        await asyncio.sleep(0.3)  # the retry loop meets the stopped server a few times
+        assert gate.pending == 1
+
+        server.start()  # same port, empty
+        deadline = time.monotonic() + 10
+        while gate.pending:
+            assert time.monotonic() < deadline, "the kept event was not appended within 10 s"
+            await asyncio.sleep(0.05)
+        entries = client.xrange(USAGE_STREAM)
+        assert [fields[USAGE_FIELD.encode()].decode() for _id, fields in entries] == [refused]
+        event = UsageEvent.from_json(refused)
+        assert (event.data.outcome, event.data.status, event.data.cost) == ("denied", 429, "0")
+        await asyncio.sleep(0.2)  # nothing more is sent: one copy
+        assert client.xlen(USAGE_STREAM) == 1
+    finally:
+        client.close()
+        await gate.close()
+        server.stop()

@@ -18,7 +18,11 @@ import redis.asyncio
 from redisserver import RedisServer
 
 from tollway_sidecar.config.models import Budget, Limits, VirtualKey
-from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM
+from tollway_sidecar.contract.money import from_nano
+from tollway_sidecar.contract.redis_counters import RedisCounters
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent, uuid7
+from tollway_sidecar.extproc.expiry_record import EXPIRED_STATUS, expiry_event_json
+from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.quota.estimate import Estimate
 from tollway_sidecar.quota.memory import MemoryStore
 from tollway_sidecar.quota.plan import (
@@ -304,6 +308,110 @@ async def test_an_expired_reservation_settles_nothing_and_appends_no_event(
     event = json.dumps({"namespace": namespace})
     assert await store.settle(plan, settlement_for(plan, Charge(1, 1, 1)), now + 5000, event) is False
     assert await outbox(store, namespace) == []
+
+
+def expiry_event(key: VirtualKey, plan: Plan) -> str:
+    """The event the gate keeps with a reservation: the call charged at its estimate."""
+    state = RequestState(request_id=plan.rid, started=0.0)
+    state.key = key
+    state.client_model = "gpt-4o-mini"
+    return expiry_event_json(state, plan, uuid7(), source="gw-0")
+
+
+async def test_an_expired_reservation_appends_its_one_event_charged_what_the_counters_keep(
+    store: QuotaStore, namespace: str
+) -> None:
+    budget = make_budget(namespace, "1.00")
+    key = make_key(namespace, budgets=("cap",))
+    now = at("2026-03-14T12:00:00")
+    plan = plan_for(key, now, budgets=(budget,), ttl_ms=30_000, tokens=(100, 50), cost="0.123456789")
+    expiry = expiry_event(key, plan)
+    assert (await store.reserve(plan, expiry)).admitted
+    other = plan_for(key, now + 29_999, budgets=(budget,), ttl_ms=30_000)
+    assert (await store.reserve(other)).admitted  # its sweep finds nothing due yet
+    assert await outbox(store, namespace) == []
+    # Another call's reserve, after the expiry, sweeps it: one event, the counters keep its estimate.
+    assert (await store.reserve(plan_for(key, now + 30_000, budgets=(budget,), cost="0"))).admitted
+    assert await outbox(store, namespace) == [expiry]
+    event = UsageEvent.from_json(expiry)
+    assert (event.data.outcome, event.data.status, event.data.billable) == ("expired", EXPIRED_STATUS, True)
+    assert event.data.cost_nanos == 123_456_789
+    assert (event.data.tokens.input, event.data.tokens.output) == (100, 50)
+    assert event.data.budgets == (f"{namespace}/cap",)
+    fields = await budget_fields(store, budget, now + 30_000)
+    assert fields["usd"] - 300_000_000 == event.data.cost_nanos  # the other call holds $0.3
+    month = key_month_key(key, datetime.fromtimestamp(now / 1000, tz=UTC))
+    tally = (await store.read(namespace, [month], now + 30_000))[month]
+    assert (tally["usd"] - 300_000_000, tally["in"], tally["out"]) == (123_456_789, 100, 50)
+    # The call's own settle comes back late: it changes nothing and adds no second event.
+    settled = json.dumps({"namespace": namespace, "settled": True})
+    assert await store.settle(plan, settlement_for(plan, Charge(1, 1, 1)), now + 31_000, settled) is False
+    assert await outbox(store, namespace) == [expiry]
+    assert (await budget_fields(store, budget, now + 31_000))["usd"] == fields["usd"]
+
+
+async def test_a_read_sweeps_expired_reservations_and_appends_their_events_once(
+    store: QuotaStore, namespace: str
+) -> None:
+    budget = make_budget(namespace, "10")
+    key = make_key(namespace, budgets=("cap",))
+    now = at("2026-03-14T12:00:00")
+    plans = [plan_for(key, now + i, budgets=(budget,), ttl_ms=1000, cost="0.001") for i in range(3)]
+    events = [expiry_event(key, plan) for plan in plans]
+    for plan, event in zip(plans, events, strict=True):
+        assert (await store.reserve(plan, event)).admitted
+    # One settled in time: its event, and its expiry event is gone with its reservation.
+    settled = json.dumps({"namespace": namespace, "settled": True})
+    assert await store.settle(plans[0], settlement_for(plans[0], Charge(1, 1, 500)), now + 500, settled)
+    # The read (/spend, the operator's status) sweeps the other two: one event each.
+    fields = await budget_fields(store, budget, now + 1002)
+    assert await outbox(store, namespace) == [settled, events[1], events[2]]
+    assert await budget_fields(store, budget, now + 5000) == fields  # swept once: nothing more
+    assert await outbox(store, namespace) == [settled, events[1], events[2]]
+    charged = sum(UsageEvent.from_json(event).data.cost_nanos for event in events[1:])
+    assert fields == {"usd": 500 + charged, "usd_r": 0}
+    assert from_nano(charged) == Decimal("0.002")  # two estimates of $0.001
+
+
+async def test_the_operators_reader_sweeps_too_and_appends_the_expired_calls_event(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    store = RedisStore(redis_server.url, timeout_s=1.0)
+    operator = RedisCounters(redis_server.url, timeout_s=1.0)  # what the operator's status reads with
+    try:
+        budget = make_budget(namespace, "1.00")
+        key = make_key(namespace, budgets=("cap",))
+        now = at("2026-03-14T12:00:00")
+        plan = plan_for(key, now, budgets=(budget,), ttl_ms=1000)
+        expiry = expiry_event(key, plan)
+        assert (await store.reserve(plan, expiry)).admitted
+        cap = budget_key(budget, datetime.fromtimestamp(now / 1000, tz=UTC))
+        assert (await operator.read(namespace, [cap], now + 999))[cap] == {
+            "usd": 300_000_000,
+            "usd_r": 300_000_000,
+        }
+        assert await outbox(store, namespace) == []
+        assert (await operator.read(namespace, [cap], now + 1000))[cap] == {"usd": 300_000_000, "usd_r": 0}
+        assert await outbox(store, namespace) == [expiry]
+        await operator.read(namespace, [cap], now + 2000)
+        assert await outbox(store, namespace) == [expiry]
+    finally:
+        await operator.close()
+        await store.close()
+
+
+async def test_a_settle_sweeps_others_expired_reservations_and_appends_their_events(
+    store: QuotaStore, namespace: str
+) -> None:
+    key = make_key(namespace)
+    now = at("2026-03-14T12:00:00")
+    stale = plan_for(key, now, ttl_ms=1000)
+    expiry = expiry_event(key, stale)
+    assert (await store.reserve(stale, expiry)).admitted
+    fresh = plan_for(key, now + 1, ttl_ms=60_000)
+    assert (await store.reserve(fresh)).admitted
+    assert await store.settle(fresh, settlement_for(fresh, Charge(1, 1, 1)), now + 2000) is True
+    assert await outbox(store, namespace) == [expiry]
 
 
 async def test_a_settle_without_an_event_appends_none_and_emit_appends_one(

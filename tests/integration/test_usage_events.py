@@ -1,6 +1,7 @@
 """Usage events end to end: real Envoy, sidecar and Redis, and the real `tollway meter run` process
-on a SQLite ledger. Every call the gateway settles (or refuses by budget) is one event; the
-ledger's totals per key and per budget equal /spend to the nano-dollar, also after a replay."""
+on a SQLite ledger. Every call the gateway settles (or refuses by budget) is one event, and so is a
+call whose reservation expired before it finished (charged at its estimate); the ledger's totals
+per key and per budget equal /spend to the nano-dollar, also after a replay."""
 
 from __future__ import annotations
 
@@ -213,3 +214,54 @@ def test_every_call_is_one_event_and_the_ledger_equals_spend(
         client.xadd(USAGE_STREAM, {USAGE_FIELD: event.to_json()})
     run_meter(server, f"sqlite:///{dsn_path}", tmp_path / "meter.log")
     assert ledger_totals(dsn_path)[:3] == (count, per_key, per_budget)
+
+
+@pytest.fixture(scope="module")
+def short_ttl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[QuotaGateway, RedisServer]]:
+    """A gateway whose reservations live 1 s, so a call the mock provider holds longer outlives its."""
+    base = tmp_path_factory.mktemp("expiry")
+    server = RedisServer(base / "redis")
+    server.start()
+    mock_port = free_port()
+    resources = budget_yaml("exp-budget", "10") + key_yaml("exp", "budgetRefs: [exp-budget]")
+    folder = config_folder(base, mock_port, resources)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TOLLWAY_QUOTA_RESERVATION_TTL_SECONDS", "1")  # the sidecar's environment
+        gateway = start_gateway(base / "gw", folder, server.url, mock_port=mock_port)
+    try:
+        yield gateway, server
+    finally:
+        gateway.dev.stop()
+        server.stop()
+
+
+def test_a_call_that_outlives_its_reservation_is_one_expired_event_and_the_ledger_equals_spend(
+    short_ttl: tuple[QuotaGateway, RedisServer], tmp_path: Path
+) -> None:
+    gateway, server = short_ttl
+    assert chat(gateway, "exp") == 200  # settled in time: 9 + 10 tokens, exactly its estimate
+    # Held 2.5 s by the provider: the reservation expires first, and the late settle changes nothing.
+    # Had it settled, it would cost its 2 completion tokens; expired, it stays at its estimate.
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10}).encode()
+    slow = {**bearer(key_value("exp")), "x-mock-latency-ms": "2500", "x-mock-completion-tokens": "2"}
+    assert call(gateway.origin, "POST", CHAT, body, slow).status == 200
+    deadline = time.monotonic() + 10
+    while (spend := gateway.spend())["keys"]["default/exp"]["reserved_usd"] != "0":
+        assert time.monotonic() < deadline, spend  # the late settle's sweep (or this read) expires it
+        time.sleep(0.05)
+
+    dsn_path = tmp_path / "ledger.db"
+    run_meter(server, f"sqlite:///{dsn_path}", tmp_path / "meter.log")
+    count, per_key, per_budget, events = ledger_totals(dsn_path)
+    assert count == 2, [e.data for e in events]
+    assert sorted(e.data.outcome for e in events) == ["expired", "ok"]
+    expired = next(e for e in events if e.data.outcome == "expired")
+    # The estimate: 9 prompt tokens + max_tokens 10 at $0.15/$0.60 per million = 7350 nano-USD.
+    assert (expired.data.status, expired.data.cost_nanos, expired.data.billable) == (504, 7350, True)
+    assert (expired.data.tokens.input, expired.data.tokens.output) == (9, 10)
+    assert expired.data.budgets == ("default/exp-budget",)
+    spend = gateway.spend()
+    assert per_key["default/exp"] == to_nano(Decimal(spend["keys"]["default/exp"]["spent_usd"])) == 2 * 7350
+    assert per_budget["default/exp-budget"] == to_nano(
+        Decimal(spend["budgets"]["default/exp-budget"]["spent_usd"])
+    )

@@ -4,7 +4,8 @@ a switch), with a driven clock."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -42,9 +43,9 @@ class Switch:
         if self.down:
             raise StoreUnavailable("down")
 
-    async def reserve(self, plan: Plan) -> ReserveResult:
+    async def reserve(self, plan: Plan, expiry_event: str | None = None) -> ReserveResult:
         self._check()
-        return await self.inner.reserve(plan)
+        return await self.inner.reserve(plan, expiry_event)
 
     async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         self._check()
@@ -79,7 +80,12 @@ def key(*budgets: str, limits: Limits | None = None) -> VirtualKey:
     )
 
 
-async def admit(gate: QuotaGate, vkey: VirtualKey, budgets: dict[str, Budget]) -> Admission | Denial:
+async def admit(
+    gate: QuotaGate,
+    vkey: VirtualKey,
+    budgets: dict[str, Budget],
+    expiry_event: Callable[[Plan, uuid.UUID], str] | None = None,
+) -> Admission | Denial:
     return await gate.admit(
         key=vkey,
         budgets=budgets,
@@ -89,6 +95,7 @@ async def admit(gate: QuotaGate, vkey: VirtualKey, budgets: dict[str, Budget]) -
         body=BODY,
         user=None,
         rid="rid-1",
+        expiry_event=expiry_event,
     )
 
 
@@ -180,14 +187,48 @@ async def test_a_settle_retried_after_an_outage_carries_its_event_once() -> None
 async def test_a_refused_calls_event_is_built_and_appended_in_the_background() -> None:
     store = Switch()
     gate = QuotaGate(store, clock=lambda: NOW)
-    gate.emit_soon(lambda: '{"billable": false}')
+    gate.emit_soon(lambda: '{"billable": false}', namespace="default")
     assert list(store.inner.outbox) == []  # not on the caller's path
     await gate.drain()
     assert list(store.inner.outbox) == ['{"billable": false}']
+    await gate.close()
+
+
+async def test_a_refused_calls_event_waits_for_an_unreachable_store_and_is_appended_once() -> None:
+    store = Switch()
+    gate = QuotaGate(store, clock=lambda: NOW, retry_s=3600)  # reconciled by hand below
     store.down = True
-    gate.emit_soon(lambda: "lost")
-    await gate.drain()  # an unreachable store loses it (with a warning), never raises
-    assert list(store.inner.outbox) == ['{"billable": false}']
+    gate.emit_soon(lambda: '{"refused": 1}', namespace="default")
+    await gate.drain()  # an unreachable store never raises: the event is kept
+    assert gate.pending == 1
+    with contextlib.suppress(StoreUnavailable):
+        await gate.reconcile()  # still down: it waits in its namespace's batch
+    assert list(store.inner.outbox) == []
+    store.down = False
+    await gate.reconcile()
+    await gate.reconcile()  # nothing left: no second copy
+    assert gate.pending == 0
+    assert list(store.inner.outbox) == ['{"refused": 1}']
+    await gate.close()
+
+
+async def test_an_admission_keeps_its_expiry_event_with_the_reservation_under_the_calls_id() -> None:
+    store = Switch()
+    now = [NOW]
+    gate = QuotaGate(store, clock=lambda: now[0], reservation_ttl_s=30)
+    made: list[tuple[Plan, uuid.UUID]] = []
+
+    def expiry(plan: Plan, event_id: uuid.UUID) -> str:
+        made.append((plan, event_id))
+        return f'{{"expired": "{event_id}"}}'
+
+    admission = await admit(gate, key("default/cap"), {"default/cap": budget("FailClosed")}, expiry)
+    assert isinstance(admission, Admission) and admission.event_id is not None
+    assert made == [(admission.plan, admission.event_id)]  # one id for the call, made at admission
+    assert list(store.inner.outbox) == []  # kept with the reservation, not appended
+    now[0] = NOW + 30_000
+    await gate.settle(admission, Charge(9, 1, 10_000), lambda charge: "settled")  # too late
+    assert list(store.inner.outbox) == [f'{{"expired": "{admission.event_id}"}}']
     await gate.close()
 
 

@@ -153,6 +153,12 @@ def test_a_denied_call_is_free_and_not_billable() -> None:
     assert UsageEvent.from_json(denied.to_json()).data.cost_nanos == 0
 
 
+def test_an_expired_reservation_is_an_outcome_of_v1_and_billable() -> None:
+    expired = event(outcome="expired", status=504, attempts=())
+    assert UsageEvent.from_json(expired.to_json()) == expired
+    assert expired.data.billable and expired.data.cost_nanos == 123_456
+
+
 def test_uuid7_bits_and_order() -> None:
     ids = [uuid7() for _ in range(20000)]
     assert ids == sorted(ids)

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from tollway_sidecar.config.models import Backend, Budget, Route, VirtualKey
-from tollway_sidecar.contract.usage_event import MAX_PROPERTIES, UsageEvent
+from tollway_sidecar.contract.usage_event import MAX_PROPERTIES, UsageEvent, uuid7
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.extproc.usage_record import (
     CLIENT_CLOSED,
@@ -195,3 +195,11 @@ def test_the_source_is_the_configured_replica_else_the_host_name() -> None:
     assert usage_event(facts, Charge(1, 1, 1)).source == "tw-gateway-7d9f"
     assert replica_name("tw-gateway-7d9f") == "tw-gateway-7d9f"
     assert replica_name("") == socket.gethostname()
+
+
+def test_the_settle_event_carries_the_id_its_admission_made_for_the_expiry_event() -> None:
+    state = admitted_state()
+    assert state.quota is not None
+    state.quota.event_id = uuid7()
+    facts = facts_of(state, price=None, now=NOW, monotonic=101.0, source="gw-0")
+    assert usage_event(facts, Charge(1, 1, 1)).id == state.quota.event_id  # one call, one id

@@ -1,7 +1,8 @@
 """Reading the quota counters: the one store operation the operator shares with the sidecar.
 
 A read first expires the namespace's due reservations (the sweep every store operation runs), so
-`usd_r` is current; then it returns each counter's fields. Both quota stores and the operator's
+`usd_r` is current, and appends each expired call's usage event to the usage stream (so the
+operator's reads emit them too); then it returns each counter's fields. Both quota stores and the operator's
 reader (`redis_counters.RedisCounters`) implement `CounterReader`.
 """
 
@@ -12,6 +13,7 @@ from importlib import resources
 from typing import Any, Final, Protocol
 
 from tollway_sidecar.contract.keys import index_key, reservation_prefix
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, USAGE_STREAM_MAXLEN
 
 __all__ = [
     "READ_SWEEP_LIMIT",
@@ -49,9 +51,14 @@ def read_script() -> str:
     return sweep_source() + "\n" + _lua("read")
 
 
-def read_request(namespace: str, keys: Sequence[str], now_ms: int) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of the read script."""
-    return [index_key(namespace), *keys], [now_ms, reservation_prefix(namespace), READ_SWEEP_LIMIT]
+def read_request(
+    namespace: str, keys: Sequence[str], now_ms: int, stream_maxlen: int = USAGE_STREAM_MAXLEN
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the read script (`stream_maxlen`: the usage stream's approximate cap)."""
+    return (
+        [index_key(namespace), USAGE_STREAM, *keys],
+        [now_ms, reservation_prefix(namespace), READ_SWEEP_LIMIT, USAGE_FIELD, stream_maxlen],
+    )
 
 
 def read_reply(keys: Sequence[str], reply: Any) -> dict[str, dict[str, int]]:

@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tollway_sidecar.contract.counters import StoreUnavailable, read_reply, read_request, read_script
+from tollway_sidecar.contract.usage_event import USAGE_STREAM_MAXLEN
 
 __all__ = ["RedisCounters", "bounded_client"]
 
@@ -40,9 +41,16 @@ def bounded_client(
 
 class RedisCounters:
     def __init__(
-        self, url: str, *, timeout_s: float = 1.0, password: str | None = None, max_connections: int = 4
+        self,
+        url: str,
+        *,
+        timeout_s: float = 1.0,
+        password: str | None = None,
+        max_connections: int = 4,
+        usage_stream_maxlen: int = USAGE_STREAM_MAXLEN,
     ) -> None:
         self.url = url
+        self.usage_stream_maxlen = usage_stream_maxlen  # a read's sweep appends expired calls' events
         self.timeout_s = timeout_s
         self._redis = bounded_client(
             url, timeout_s=timeout_s, max_connections=max_connections, password=password
@@ -53,7 +61,7 @@ class RedisCounters:
         return self.url.rsplit("@", 1)[-1]  # never the password
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
-        all_keys, args = read_request(namespace, keys, now_ms)
+        all_keys, args = read_request(namespace, keys, now_ms, self.usage_stream_maxlen)
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await self._read(keys=all_keys, args=args)

@@ -207,7 +207,9 @@ class UsageData:
         return self.attempts[-1].provider if self.attempts else ""
 
 
-OUTCOMES = frozenset({"ok", "error", "denied", "cancelled"})
+# `expired`: a reservation that expired unsettled, charged at its estimate (status 504). Added within
+# v1: a meter that stores outcomes as text takes it like the others.
+OUTCOMES = frozenset({"ok", "error", "denied", "cancelled", "expired"})
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ class UsageEvent:
             "id": str(self.id),
             "source": self.source,
             "type": self.type,
-            "time": _format_time(self.time),
+            "time": format_time(self.time),
             "subject": self.subject,
             "datacontenttype": "application/json",
             "data": _data_to_dict(self.data),
@@ -288,7 +290,14 @@ def _data_to_dict(data: UsageData) -> dict[str, Any]:
         {"backend": a.backend, "provider": a.provider, "upstream_model": a.upstream_model, "status": a.status}
         for a in data.attempts
     ]
-    body["tokens"] = dataclasses.asdict(data.tokens)
+    tokens = data.tokens
+    body["tokens"] = {  # explicit: dataclasses.asdict deep-copies, ~5 µs of the event's build
+        "input": tokens.input,
+        "output": tokens.output,
+        "cached_read": tokens.cached_read,
+        "cache_write": tokens.cache_write,
+        "reasoning": tokens.reasoning,
+    }
     body["budgets"] = list(data.budgets)
     return body
 
@@ -380,7 +389,7 @@ def _validate(event: UsageEvent) -> None:
     if event.time.tzinfo is None:
         raise UsageEventError("time", "must carry a time zone")
     if not MIN_YEAR <= event.time.astimezone(UTC).year <= MAX_YEAR:
-        raise UsageEventError("time", f"outside the years {MIN_YEAR}-{MAX_YEAR}: {_format_time(event.time)}")
+        raise UsageEventError("time", f"outside the years {MIN_YEAR}-{MAX_YEAR}: {format_time(event.time)}")
     for name in ("source", "subject"):
         _check_text(name, getattr(event, name), required=True)
     data = event.data
@@ -453,7 +462,8 @@ def _check_properties(properties: dict[str, str]) -> None:
         _check_storable(where, value)
 
 
-def _format_time(moment: datetime) -> str:
+def format_time(moment: datetime) -> str:
+    """An event's `time` as it is written: RFC 3339 in UTC with microseconds and `Z`."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

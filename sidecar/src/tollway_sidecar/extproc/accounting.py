@@ -107,4 +107,6 @@ def refused(runtime: Runtime, state: RequestState, status: int) -> None:
         source=runtime.replica,
         denied=True,
     )
-    runtime.quota.emit_soon(functools.partial(usage_record.event_json, facts, None))
+    runtime.quota.emit_soon(
+        functools.partial(usage_record.event_json, facts, None), namespace=facts.namespace
+    )

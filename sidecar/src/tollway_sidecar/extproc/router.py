@@ -9,6 +9,7 @@ the upstream filter rewrites each attempt (`upstream`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from tollway_sidecar.extproc import (
     answer,
     direct,
     dispatch,
+    expiry_record,
     final_attempt,
     spans,
     stream_cost,
@@ -221,6 +223,9 @@ class RouterCall:
             user=state.end_user,
             rid=state.request_id,
             body_bytes=len(message.body),
+            expiry_event=functools.partial(
+                expiry_record.expiry_event_json, state, source=self.runtime.replica
+            ),
         )
         if isinstance(admission, Denial):
             if admission.status == 429:  # refused by a limit or budget (503: the store is down)

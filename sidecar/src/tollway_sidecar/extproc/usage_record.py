@@ -4,6 +4,9 @@
 there, once per call). `usage_event` turns those facts and the settled `Charge` into the event; the
 quota gate calls it in the settle's background task, so building and serialising the event stays
 off the client's reply. The cost is the charge's nano-USD, so the ledger equals /spend exactly.
+
+`expiry_record` builds, at reserve time, the event of the same call (same id) for the case its
+reservation expires unsettled; the store keeps it with the reservation and appends it only then.
 """
 
 from __future__ import annotations
@@ -34,7 +37,18 @@ from tollway_sidecar.pricing import BackendPrice
 from tollway_sidecar.providers.usage import TokenUsage
 from tollway_sidecar.quota.plan import Charge, Plan
 
-__all__ = ["CLIENT_CLOSED", "CallFacts", "bounded_properties", "facts_of", "replica_name", "usage_event"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "CallFacts",
+    "bounded_properties",
+    "budgets_of",
+    "call_facts",
+    "clip",
+    "facts_of",
+    "replica_name",
+    "trace_id_of",
+    "usage_event",
+]
 
 CLIENT_CLOSED = 499  # the status of a call whose client left before any answer (no HTTP status)
 
@@ -57,6 +71,8 @@ def clip(text: str | None, limit: int = MAX_TEXT) -> str:
     (a header or body field is the client's; an event refused by the contract would be lost)."""
     if not text:
         return ""
+    if text.isascii() and "\x00" not in text:  # the usual case, without the encode round trip
+        return text[:limit]
     clean = text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     return clean[:limit]
 
@@ -132,7 +148,8 @@ def budgets_of(plan: Plan | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _trace_id(span: object) -> str:
+def trace_id_of(span: object) -> str:
+    """The span's trace id as 32 hex digits, or empty."""
     context = getattr(span, "get_span_context", None)
     if context is None:
         return ""
@@ -155,22 +172,59 @@ def facts_of(
     denied: bool = False,
     event_id: uuid.UUID | None = None,
 ) -> CallFacts:
-    """Read the call's state once; `monotonic` is `time.monotonic()` at the end of the call."""
-    key = state.key
-    assert key is not None  # only calls that passed authentication have an event
+    """Read the call's state once; `monotonic` is `time.monotonic()` at the end of the call. The id
+    is the one its admission made (which its expiry event carries too), else a new UUIDv7."""
     status = state.status if 100 <= state.status <= 599 else CLIENT_CLOSED
-    plan = state.quota.plan if state.quota is not None else None
-    return CallFacts(
-        id=event_id or uuid7(),
+    quota = state.quota
+    return call_facts(
+        state,
+        id=event_id or (quota.event_id if quota is not None else None) or uuid7(),
         source=source,
         # The admission's time, which keyed the call's counters: the event lands in the same month
         # as its budget's counter even when the call ends after midnight at a month's end.
-        at=admitted_at(plan) if plan is not None else now,
+        at=admitted_at(quota.plan) if quota is not None else now,
+        plan=quota.plan if quota is not None else None,
+        status=status,
+        outcome=_outcome(state.status, denied=denied),
+        attempts=_attempts(state),
+        price_source=price.source if price is not None else "",
+        price_version=_catalog_version() if price is not None and price.source == "catalog" else "",
+        latency_ms=max(0, int((monotonic - state.started) * 1000)),
+        ttft_ms=(
+            max(0, int((state.first_chunk_at - state.started) * 1000))
+            if state.first_chunk_at is not None
+            else None
+        ),
+    )
+
+
+def call_facts(
+    state: RequestState,
+    *,
+    id: uuid.UUID,
+    source: str,
+    at: datetime,
+    plan: Plan | None,
+    status: int,
+    outcome: str,
+    attempts: tuple[Attempt, ...],
+    price_source: str,
+    price_version: str,
+    latency_ms: int,
+    ttft_ms: int | None,
+) -> CallFacts:
+    """The facts every event of the call shares (who, what, the client's labels), plus its outcome."""
+    key = state.key
+    assert key is not None  # only calls that passed authentication have an event
+    return CallFacts(
+        id=id,
+        source=source,
+        at=at,
         namespace=key.namespace,
         key_name=key.name,
         model=clip(state.client_model) or "unknown",
         status=status,
-        outcome=_outcome(state.status, denied=denied),
+        outcome=outcome,
         team=clip(key.owner_team),
         user=clip(key.owner_user),
         end_user=clip(state.end_user),
@@ -179,20 +233,16 @@ def facts_of(
         session_name=clip(state.session_name),
         properties=bounded_properties(state.properties),
         route=state.route.id if state.route is not None else "",
-        attempts=_attempts(state),
+        attempts=attempts,
         usage=state.usage,
-        price_source=price.source if price is not None else "",
-        price_version=_catalog_version() if price is not None and price.source == "catalog" else "",
+        price_source=price_source,
+        price_version=price_version,
         budgets=budgets_of(plan),
-        latency_ms=max(0, int((monotonic - state.started) * 1000)),
-        ttft_ms=(
-            max(0, int((state.first_chunk_at - state.started) * 1000))
-            if state.first_chunk_at is not None
-            else None
-        ),
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
         streamed=state.stream,
         request_id=clip(state.envoy_request_id or state.request_id),
-        trace_id=_trace_id(state.span),
+        trace_id=trace_id_of(state.span),
     )
 
 

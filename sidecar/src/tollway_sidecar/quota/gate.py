@@ -11,7 +11,12 @@ When the store cannot be reached:
 - FailOpen: the call is served without a reservation; what it used is counted locally and added to
   the store by a background task once the store answers again (each batch once, by its mark).
   A settle that fails after a successful reserve is retried the same way; if the reservation
-  expires first, the call stays charged at its estimate.
+  expires first, the call stays charged at its estimate (and its expiry event is the call's one).
+- A refused call's event that cannot be appended waits in the same journal and is appended with
+  the next batch (once, by the batch mark).
+
+Each admission makes the call's event id (a UUIDv7): the event its settle appends and the one its
+expiry would append carry it, so the ledger counts the call once whichever way it ends.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from tollway_sidecar.config.models import Budget, FailurePolicy, Route, VirtualKey
+from tollway_sidecar.contract.usage_event import uuid7
 from tollway_sidecar.pricing import BackendPrice, PriceBook
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.quota.decision import Denial, decide, ratelimit_headers, unavailable
@@ -55,6 +61,7 @@ class Admission:
     headers: dict[str, str]  # x-ratelimit-* for the response
     local: bool = False  # FailOpen while the store was unreachable: nothing is reserved
     settled: bool = False
+    event_id: uuid.UUID | None = None  # the call's usage event id (its settle's and its expiry's)
 
 
 def charge_for(
@@ -118,6 +125,20 @@ def _build_event(event: Callable[[Charge], str] | None, charge: Charge, rid: str
         return event(charge)
     except ValueError as exc:  # UsageEventError: a field outside the contract
         log.error("usage event of call %s not built: %s", rid, exc)
+        return None
+
+
+def _build_expiry(
+    expiry: Callable[[Plan, uuid.UUID], str] | None, plan: Plan, event_id: uuid.UUID
+) -> str | None:
+    """The call's event if its reservation expires; a call whose one cannot be built is still
+    reserved (and logged), as a settle without its event is still settled."""
+    if expiry is None:
+        return None
+    try:
+        return expiry(plan, event_id)
+    except ValueError as exc:  # UsageEventError
+        log.error("expiry usage event of call %s not built: %s", plan.rid, exc)
         return None
 
 
@@ -190,7 +211,10 @@ class QuotaGate:
         user: str | None,
         rid: str,
         body_bytes: int = 0,
+        expiry_event: Callable[[Plan, uuid.UUID], str] | None = None,
     ) -> Admission | Denial:
+        """`expiry_event(plan, event_id)` builds the call's usage event for an expiry (outcome
+        `expired`, charged at the estimate); the store keeps it with the reservation."""
         if body_bytes > _THREAD_TOKENIZE_BYTES:
             estimate = await asyncio.to_thread(
                 estimate_call, operation, body, route, prices, default_max_tokens=self.default_max_tokens
@@ -209,9 +233,11 @@ class QuotaGate:
             reservation_ttl_ms=self.reservation_ttl_ms,
             default_failure_policy=self.failure_policy,
         )
+        event_id = uuid7()
+        record = _build_expiry(expiry_event, plan, event_id)
         started = time.perf_counter()
         try:
-            result = await self.store.reserve(plan)
+            result = await self.store.reserve(plan, record)
         except StoreUnavailable as exc:
             self._timed("reserve", "unavailable", started)
             self._unreachable(exc)
@@ -223,7 +249,7 @@ class QuotaGate:
             if plan.failure_policy == "FailClosed":
                 return unavailable(plan)
             self.open += 1
-            return Admission(plan, estimate, {}, local=True)
+            return Admission(plan, estimate, {}, local=True, event_id=event_id)
         self._timed("reserve", "admitted" if result.admitted else "denied", started)
         self.last_error = None
         if not result.admitted:
@@ -232,7 +258,8 @@ class QuotaGate:
                 denial = Denial(429, "requests", "rate_limit_exceeded", "Rate limit reached.", {})
             return denial
         self.open += 1
-        return Admission(plan, estimate, ratelimit_headers(plan, result.used, admitted=True))
+        headers = ratelimit_headers(plan, result.used, admitted=True)
+        return Admission(plan, estimate, headers, event_id=event_id)
 
     # -- settle -------------------------------------------------------------------------------------
 
@@ -264,10 +291,11 @@ class QuotaGate:
         )
         self._in_background(self.settle(admission, charge, event))
 
-    def emit_soon(self, event: Callable[[], str]) -> None:
-        """Build and append a usage event that settles nothing (a refused call) in the background;
-        lost, with a warning, when the store cannot be reached (nothing was charged)."""
-        self._in_background(self._emit(event))
+    def emit_soon(self, event: Callable[[], str], *, namespace: str) -> None:
+        """Build and append a usage event that settles nothing (a refused call of `namespace`) in
+        the background; kept in the journal while the store cannot be reached, and appended once
+        with the next batch of that namespace when it answers again."""
+        self._in_background(self._emit(event, namespace))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task that `drain()` waits for."""
@@ -275,14 +303,20 @@ class QuotaGate:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _emit(self, event: Callable[[], str]) -> None:
+    async def _emit(self, event: Callable[[], str], namespace: str) -> None:
         try:
-            await self.store.emit(event())
+            record = event()
         except ValueError as exc:  # UsageEventError: a field outside the contract, as in a settle
             log.error("usage event of a refused call not built: %s", exc)
+            return
+        try:
+            await self.store.emit(record)
         except StoreUnavailable as exc:
+            # If the append ran and only its reply was lost, the batch appends it a second time:
+            # the same event id, which the ledger counts once.
             self._unreachable(exc)
-            log.warning("usage event of a refused call not recorded: %s", exc)
+            self._journal.events.setdefault(namespace, []).append(record)
+            self._kick()
 
     async def drain(self) -> None:
         while self._settling:

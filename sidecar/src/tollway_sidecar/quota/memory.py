@@ -9,18 +9,25 @@ reads and acknowledges them through the admin port.
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Sequence
-from typing import Any
 
 from tollway_sidecar.contract.keys import index_key, reservation_prefix
 from tollway_sidecar.quota.outbox import OUTBOX_LIMIT, Outbox
 from tollway_sidecar.quota.plan import Plan, Settlement
-from tollway_sidecar.quota.store import READ_SWEEP_LIMIT, SWEEP_LIMIT, Batch, ReserveResult, record_of
+from tollway_sidecar.quota.store import (
+    READ_SWEEP_LIMIT,
+    SWEEP_LIMIT,
+    Batch,
+    Item,
+    ReserveResult,
+    record_items,
+)
 
 __all__ = ["OUTBOX_LIMIT", "MemoryStore"]
 
 _RECORD_GRACE_MS = 86_400_000
+# A reservation: what it holds in `reserved`, what its expiry adds, the event its expiry appends.
+_Record = tuple[list[Item], list[Item], str | None]
 
 
 class MemoryStore:
@@ -29,7 +36,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._hashes: dict[str, dict[str, int]] = {}
         self._expiry: dict[str, int] = {}  # counter key -> when it is dropped (absent: never)
-        self._records: dict[str, tuple[Any, int]] = {}  # reservation key -> (record, dropped at)
+        self._records: dict[str, tuple[_Record, int]] = {}  # reservation key -> (record, dropped at)
         self._index: dict[str, dict[str, int]] = {}  # index key -> {rid: expiry}
         self._heaps: dict[str, list[tuple[int, str]]] = {}  # index key -> (expiry, rid), lazily pruned
         self._marks: dict[str, int] = {}  # applied batch marks -> dropped at
@@ -54,7 +61,7 @@ class MemoryStore:
             return 0
         return self._hashes[key].get(field, 0)
 
-    def _record(self, key: str, now_ms: int) -> Any:
+    def _record(self, key: str, now_ms: int) -> _Record | None:
         entry = self._records.get(key)
         if entry is None:
             return None
@@ -80,19 +87,21 @@ class MemoryStore:
             swept += 1
             record = self._record(prefix + rid, now_ms)
             if record is not None:
-                rsv, on_expiry = record
+                rsv, on_expiry, event = record
                 for key, field, amount in rsv:
                     if amount != "0" and self._exists(key, now_ms):
                         self._hincrby(key, field, -int(amount), now_ms)
                 for key, field, amount in on_expiry:
                     if amount != "0" and self._exists(key, now_ms):
                         self._hincrby(key, field, int(amount), now_ms)
+                if event:  # the call charged at its estimate: its one event, as settle.lua's sweep
+                    self.outbox.append(event)
                 self._records.pop(prefix + rid, None)
             del index[rid]
 
     # -- the store ---------------------------------------------------------------------------------
 
-    async def reserve(self, plan: Plan) -> ReserveResult:
+    async def reserve(self, plan: Plan, expiry_event: str | None = None) -> ReserveResult:
         now = plan.now_ms
         self._sweep(plan.index_key, plan.reservation_prefix, now, SWEEP_LIMIT)
         used = tuple(self._hget(line.key, line.used_field, now) for line in plan.lines)
@@ -108,10 +117,9 @@ class MemoryStore:
                 self._hincrby(line.key, line.rsv_field, line.amount, now)
             if line.ttl_ms > 0:
                 self._expiry[line.key] = now + line.ttl_ms
-        self._records[plan.reservation_key] = (
-            json.loads(record_of(plan)),
-            now + plan.ttl_ms + _RECORD_GRACE_MS,
-        )
+        rsv, on_expiry = record_items(plan)
+        dropped_at = now + plan.ttl_ms + _RECORD_GRACE_MS
+        self._records[plan.reservation_key] = ((rsv, on_expiry, expiry_event), dropped_at)
         expiry = now + plan.ttl_ms
         self._index.setdefault(plan.index_key, {})[plan.rid] = expiry
         heapq.heappush(self._heaps.setdefault(plan.index_key, []), (expiry, plan.rid))
@@ -122,7 +130,7 @@ class MemoryStore:
         record = self._record(plan.reservation_key, now_ms)
         expiry = self._index.get(plan.index_key, {}).get(plan.rid)
         if record is not None and expiry is not None and expiry > now_ms:
-            rsv, _on_expiry = record
+            rsv = record[0]
             for key, field, amount in rsv:
                 if amount != "0" and self._exists(key, now_ms):
                     self._hincrby(key, field, -int(amount), now_ms)

@@ -52,6 +52,7 @@ __all__ = [
     "anonymous_user",
     "budget_key",
     "build_plan",
+    "expiry_charge",
     "from_nano",
     "key_day_key",
     "key_minute_key",
@@ -274,6 +275,14 @@ class Settlement:
 
     deltas: tuple[Increment, ...]
     tallies: tuple[Increment, ...]
+
+
+def expiry_charge(plan: Plan) -> Charge:
+    """What a reservation that expires unsettled leaves charged: the `used` its usd lines keep (the
+    estimate's nano-USD, the same on every usd line) and the tokens its `on_expiry` tallies add."""
+    month = next(line for line in plan.lines if line.window == "month" and line.metric == "usd")
+    tallies = {item.field: item.amount for item in plan.on_expiry}
+    return Charge(tallies["in"], tallies["out"], month.amount, estimated=True)
 
 
 def settlement_for(plan: Plan, charge: Charge) -> Settlement:

@@ -96,16 +96,18 @@ class RedisStore:
         assert script.sha is not None and isinstance(script.script, str)
         return self._pipe.evalsha(script.script, script.sha, keys, args)
 
-    async def reserve(self, plan: Plan) -> ReserveResult:
-        keys = [plan.reservation_key, plan.index_key, *plan.keys]
-        position = {key: i + 3 for i, key in enumerate(plan.keys)}  # Lua's KEYS is 1-based
+    async def reserve(self, plan: Plan, expiry_event: str | None = None) -> ReserveResult:
+        keys = [plan.reservation_key, plan.index_key, USAGE_STREAM, *plan.keys]
+        position = {key: i + 4 for i, key in enumerate(plan.keys)}  # Lua's KEYS is 1-based
         args: list[str | int] = [
             plan.now_ms,
             plan.rid,
             plan.ttl_ms,
             plan.reservation_prefix,
             SWEEP_LIMIT,
-            record_of(plan),
+            record_of(plan, expiry_event),
+            USAGE_FIELD,
+            self.usage_stream_maxlen,
             len(plan.lines),
         ]
         for line in plan.lines:
@@ -124,14 +126,20 @@ class RedisStore:
     async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
         items = [*settlement.deltas, *settlement.tallies]
         counters = list(dict.fromkeys(item.key for item in items))
-        position = {key: i + 3 for i, key in enumerate(counters)}
-        keys = [plan.reservation_key, plan.index_key, *counters]
-        args: list[str | int] = [now_ms, plan.rid, plan.reservation_prefix, SWEEP_LIMIT, len(items)]
+        position = {key: i + 4 for i, key in enumerate(counters)}
+        keys = [plan.reservation_key, plan.index_key, USAGE_STREAM, *counters]
+        args: list[str | int] = [
+            now_ms,
+            plan.rid,
+            plan.reservation_prefix,
+            SWEEP_LIMIT,
+            USAGE_FIELD,
+            self.usage_stream_maxlen,
+            event or "",
+            len(items),
+        ]
         for item in items:
             args += [position[item.key], item.field, item.amount]
-        if event is not None:
-            keys.append(USAGE_STREAM)  # the script's last key
-            args += [event, USAGE_FIELD, self.usage_stream_maxlen]
         reply = await self._call("settle", lambda: self._script(self._settle, keys, args))
         return int(reply) == 1
 
@@ -157,7 +165,7 @@ class RedisStore:
         return int(reply) == 1
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
-        all_keys, args = read_request(namespace, keys, now_ms)
+        all_keys, args = read_request(namespace, keys, now_ms, self.usage_stream_maxlen)
         reply = await self._call("read", lambda: self._read(keys=all_keys, args=args))
         return read_reply(keys, reply)
 

@@ -19,9 +19,11 @@ __all__ = [
     "SWEEP_LIMIT",
     "Batch",
     "BatchLine",
+    "Item",
     "QuotaStore",
     "ReserveResult",
     "StoreUnavailable",
+    "record_items",
     "record_of",
 ]
 
@@ -57,11 +59,22 @@ class Batch:
         return f"tw:{{{self.namespace}}}:rec:{self.batch_id}"
 
 
-def record_of(plan: Plan) -> str:
-    """The stored reservation: what to take out of `reserved`, and what expiry adds (JSON)."""
+Item = list[str]  # [counter key, field, amount as a decimal string]
+
+
+def record_items(plan: Plan) -> tuple[list[Item], list[Item]]:
+    """What a reservation's settle or expiry takes out of `reserved`, and what its expiry adds."""
     rsv = [[line.key, line.rsv_field, str(line.amount)] for line in plan.lines if line.rsv_field]
     expiry = [[item.key, item.field, str(item.amount)] for item in plan.on_expiry]
-    return json.dumps([rsv, expiry], separators=(",", ":"))
+    return rsv, expiry
+
+
+def record_of(plan: Plan, expiry_event: str | None = None) -> str:
+    """The stored reservation: its items as a JSON array, then, when it has one, a newline and the
+    usage event its expiry appends (JSON never holds a raw newline, so the split is unambiguous,
+    and the event is not escaped into the array: it costs a concatenation, not an encoding)."""
+    record = json.dumps(record_items(plan), separators=(",", ":"))
+    return f"{record}\n{expiry_event}" if expiry_event else record
 
 
 class QuotaStore(CounterReader, Protocol):
@@ -69,8 +82,11 @@ class QuotaStore(CounterReader, Protocol):
 
     name: str
 
-    async def reserve(self, plan: Plan) -> ReserveResult:
-        """Reserve every line of `plan` if all checked lines have room; nothing otherwise."""
+    async def reserve(self, plan: Plan, expiry_event: str | None = None) -> ReserveResult:
+        """Reserve every line of `plan` if all checked lines have room; nothing otherwise.
+        `expiry_event` (the call's usage event charged at its estimate) is kept with the
+        reservation and appended to the outbox if the reservation expires unsettled, by whichever
+        operation's sweep expires it; a settle in time discards it."""
         ...
 
     async def settle(self, plan: Plan, settlement: Settlement, now_ms: int, event: str | None = None) -> bool:
