@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redisserver import redis_server_fixture  # noqa: F401  (the shared fixture)
 from reliability_env import (
     FIGURES,
     FIGURES_FILE,
@@ -20,6 +19,7 @@ from reliability_env import (
     config_folder,
     key_yaml,
     provider_key,
+    redis_server_fixture,  # noqa: F401  (the shared fixture; reliability_env puts tests/integration on the path)
     routes_yaml,
     start_gateway,
 )

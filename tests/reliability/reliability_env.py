@@ -37,7 +37,7 @@ from quotagateway import (  # noqa: E402
     key_yaml,
     start_gateway,
 )
-from redisserver import RedisServer  # noqa: E402
+from redisserver import RedisServer, redis_server_fixture  # noqa: E402
 
 __all__ = [
     "COST",
@@ -55,6 +55,7 @@ __all__ = [
     "key_value",
     "key_yaml",
     "record",
+    "redis_server_fixture",
     "start_gateway",
     "wait_for",
 ]
