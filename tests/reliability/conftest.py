@@ -6,12 +6,18 @@ end of the run."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redisserver import redis_server_fixture  # noqa: F401  (the shared fixture)
-from reliability_env import (
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests" / "integration") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from redisserver import redis_server_fixture  # noqa: E402, F401  (the shared fixture)
+from reliability_env import (  # noqa: E402
     FIGURES,
     FIGURES_FILE,
     FaultyProvider,
@@ -24,7 +30,7 @@ from reliability_env import (
     start_gateway,
 )
 
-from tollway.dev import free_port
+from tollway.dev import free_port  # noqa: E402
 
 # The keys of the shared gateway (no limits and no budget: nothing but the request decides).
 SHARED_KEYS = ("fuzz", "faults")
