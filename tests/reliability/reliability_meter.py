@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests" / "ledger") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests" / "ledger"))
 
+from ledger_events import spread  # noqa: E402  (valid v1 events, as the ledger tier makes them)
 from pgserver import PostgresServer  # noqa: E402
 
 from tollway.dev import free_port  # noqa: E402
@@ -43,6 +44,7 @@ __all__ = [
     "envoy_counter",
     "kill_redis",
     "read_ledger",
+    "spread",
 ]
 
 AOF = {"appendonly": "yes", "appendfsync": "always"}

@@ -21,8 +21,10 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
+import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -48,11 +50,13 @@ from reliability_meter import (
     envoy_counter,
     kill_redis,
     read_ledger,
+    spread,
 )
 
 from tollway.dev import free_port
+from tollway_meter.ledger import Ledger
 from tollway_sidecar.contract.money import to_nano
-from tollway_sidecar.contract.usage_event import USAGE_DEAD_LETTER_STREAM, USAGE_STREAM
+from tollway_sidecar.contract.usage_event import USAGE_DEAD_LETTER_STREAM, USAGE_FIELD, USAGE_STREAM
 
 CALLS = 2_000
 WORKERS = 8
@@ -140,11 +144,20 @@ class Stage:
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) -> Iterator[Stage]:
     base = tmp_path_factory.mktemp("metering-chaos")
     server = aof_redis(base / "redis")
     server.start()
-    postgres = PostgresServer()
     broken_port, mock_port = free_port(), free_port()
     broken = subprocess.Popen(  # every call answered 503: the fallback route's first backend
         [sys.executable, "-m", "tollway", "mock-provider", "--port", str(broken_port), "--status", "503"],
@@ -154,7 +167,6 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     gateway: QuotaGateway | None = None
     meter: Meter | None = None
     try:
-        postgres.start()
         dsn = postgres.new_database()
         resources = (
             routes_yaml(mock_port, provider_key())
@@ -174,7 +186,6 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
             gateway.dev.stop()
         broken.terminate()
         broken.wait(timeout=10)
-        postgres.stop()
         server.stop()
 
 
@@ -369,7 +380,7 @@ async def test_chaos_during_2000_calls_loses_no_event_and_counts_none_twice(stag
         )
 
     wait_for(settled, "the gateway settled every call and reconciled FailOpen's counts", 30, 0.2)
-    catch_up_s = wait_for(lambda: caught_up(stage.redis.url), "the meter caught up with the stream", 60, 0.2)
+    catch_up_s = wait_for(lambda: caught_up(stage.redis.url), "the meter caught up with the stream", 20, 0.2)
     assert stage.meter.alive(), f"the meter exited:\n{stage.meter.log_tail()}"
     metrics = stage.meter.metrics() or {}
 
@@ -439,5 +450,62 @@ async def test_chaos_during_2000_calls_loses_no_event_and_counts_none_twice(stag
     client = redis.Redis.from_url(stage.redis.url)
     try:
         assert client.xlen(USAGE_DEAD_LETTER_STREAM) == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_committed_while_redis_died_is_acknowledged_once_redis_is_back(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """The window the chaos run hits only sometimes, made certain: the meter has read a batch and
+    its transaction is waiting; Redis is SIGKILLed; the commit goes through and the XACK fails.
+    Once Redis is back (its AOF still lists the entries as pending to this meter) the meter must
+    read them again at once, find them all in the ledger (duplicates) and acknowledge them, not
+    leave them pending until another consumer's claim timeout (60 s)."""
+    server = aof_redis(tmp_path / "redis")
+    server.start()
+    dsn = postgres.new_database()
+    meter = Meter(server.url, dsn, tmp_path / "meter.log")
+    events = spread(40)
+    client = redis.Redis.from_url(server.url)
+    try:
+        for event in events:
+            client.xadd(USAGE_STREAM, {USAGE_FIELD: event.to_json()})
+        client.close()
+        ledger = Ledger.open(dsn)
+        ledger.migrate()
+        ledger.close()
+        with psycopg.connect(dsn) as blocker:
+            # The batch's transaction reads `periods` first: an exclusive lock holds it there.
+            blocker.execute("LOCK TABLE periods IN ACCESS EXCLUSIVE MODE")
+            meter.start()
+            wait_for(lambda: pending(server.url) == len(events), "the meter read the batch", 20, 0.02)
+            kill_redis(server)
+            blocker.rollback()  # the batch commits now; its XACK finds Redis gone
+        wait_for(lambda: read_ledger(dsn).rows == len(events), "the batch committed", 20, 0.05)
+        server.start()  # same port, same AOF: the entries are still pending to this meter
+        seconds = wait_for(lambda: pending(server.url) == 0, "the meter acknowledged the batch", 15, 0.1)
+        record("metering chaos", ack_after_redis_restart_s=round(seconds, 1))
+
+        def counted() -> bool:  # the counters move just after the XACK
+            metrics = meter.metrics() or {}
+            return metrics.get('tollway_meter_events_total{result="duplicate"}') == len(events)
+
+        wait_for(counted, "the second delivery counted as duplicates", 5, 0.05)
+        view = read_ledger(dsn)
+        assert view.rows == view.distinct_ids == len(events)
+        assert meter.alive(), meter.log_tail()
+    finally:
+        meter.stop()
+        server.stop()
+
+
+def pending(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.xpending(USAGE_STREAM, GROUP)["pending"])
+    except (redis.ConnectionError, redis.ResponseError):
+        return -1
     finally:
         client.close()
