@@ -60,6 +60,7 @@ from tollway_sidecar.contract.usage_event import USAGE_DEAD_LETTER_STREAM, USAGE
 
 CALLS = 2_000
 WORKERS = 8
+RATE = 150.0  # calls/s at most, so the run lasts about 13 s
 GROUP = "tollway-meter"
 # When each fault starts, by calls answered so far.
 METER_KILL_AT, POSTGRES_AT, REDIS_AT = 300, 800, 1_300
@@ -256,35 +257,39 @@ class Progress:
             await self._marks.setdefault(count, asyncio.Event()).wait()
 
 
-async def inject_faults(stage: Stage, progress: Progress, faults: Faults) -> None:
-    reached = progress.reached
+async def kill_meter(stage: Stage, progress: Progress, faults: Faults) -> None:
+    """The meter SIGKILLed holding entries it read but has not acknowledged: stopped for a moment
+    so a backlog builds, continued, killed as soon as the group shows the backlog's batch pending."""
+    await progress.reached(METER_KILL_AT)
     client = aioredis.Redis.from_url(stage.redis.url)
     try:
-        # 1. The meter SIGKILLed holding entries it read but has not acknowledged: stopped for a
-        #    moment so a backlog builds, continued, killed as soon as the group shows a batch pending.
-        await reached(METER_KILL_AT)
         stage.meter.signal(signal.SIGSTOP)
         await asyncio.sleep(1.0)
         stage.meter.signal(signal.SIGCONT)
         deadline = time.monotonic() + 10
-        while not (pending := int((await client.xpending(USAGE_STREAM, GROUP))["pending"])):
-            assert time.monotonic() < deadline, "the meter read no batch after SIGCONT"
+        # More than the one entry its blocked read may already hold: the backlog's batch.
+        while (pending := int((await client.xpending(USAGE_STREAM, GROUP))["pending"])) < 10:
+            assert time.monotonic() < deadline, "the meter read no batch of the backlog after SIGCONT"
             await asyncio.sleep(0.001)
         stage.meter.kill()
         faults.pending_at_kill = pending
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(stage.meter.start)
     finally:
         await client.aclose()
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(stage.meter.start)
 
-    # 2. PostgreSQL stopped (immediate: no checkpoint, like a crash) and started again.
-    await reached(POSTGRES_AT)
+
+async def restart_postgres(stage: Stage, progress: Progress) -> None:
+    """Stopped immediately (no checkpoint, like a crash) and started again."""
+    await progress.reached(POSTGRES_AT)
     await asyncio.to_thread(stage.postgres.halt)
     await asyncio.sleep(DOWN_S)
     await asyncio.to_thread(stage.postgres.start)
 
-    # 3. Redis SIGKILLed and started again on the same port and AOF.
-    await reached(REDIS_AT)
+
+async def restart_redis(stage: Stage, progress: Progress, faults: Faults) -> None:
+    """SIGKILLed and started again on the same port and AOF."""
+    await progress.reached(REDIS_AT)
     faults.redis_killed = time.monotonic()
     kill_redis(stage.redis)
     await asyncio.sleep(DOWN_S)
@@ -298,14 +303,22 @@ async def drive(stage: Stage) -> tuple[list[Sent], Faults]:
     numbers = iter(range(CALLS))
     connector = aiohttp.TCPConnector(limit=WORKERS)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        began = time.monotonic()
 
         async def worker() -> None:
             for n in numbers:
+                # Paced: each fault then falls well inside the run, however fast the machine is.
+                await asyncio.sleep(max(0.0, began + n / RATE - time.monotonic()))
                 progress.add(await one_call(session, stage.gateway.origin, n))
 
-        chaos = asyncio.create_task(inject_faults(stage, progress, faults))
+        # Each fault on its own timer: one that takes long does not push the next one past the load.
+        faults_done = asyncio.gather(
+            kill_meter(stage, progress, faults),
+            restart_postgres(stage, progress),
+            restart_redis(stage, progress, faults),
+        )
         await asyncio.gather(*(worker() for _ in range(WORKERS)))
-        await chaos
+        await faults_done
     return progress.calls, faults
 
 
