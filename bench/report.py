@@ -409,7 +409,14 @@ def write_report(results: dict[str, Any], path: Path, charts: list[Path], analys
     ]
     if analysis is not None and analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    # `bench.meter_bench` writes its own section between markers: a full run keeps it.
+    old = path.read_text() if path.exists() else ""
+    start, end = "<!-- meter_bench:start -->", "<!-- meter_bench:end -->"
+    if start in old and end in old:
+        block = start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+        text = text.replace("\n## Configuration", "\n" + block + "\n## Configuration", 1)
+    path.write_text(text)
 
 
 def _overhead_section(results: dict[str, Any]) -> list[str]:

@@ -496,7 +496,9 @@ def start_tollway(
     *,
     redis_url: str | None,
     otlp_port: int | None,
+    meter: bool | None = None,
 ) -> tuple[DevGateway, System]:
+    """`meter`: DevOptions.meter (None: `tollway dev`'s default, its SQLite meter when on Redis)."""
     config_dir = state_dir / "tollway-config"
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "bench.yaml").write_text(tollway_manifests(mocks, scenarios))
@@ -523,6 +525,7 @@ def start_tollway(
         redis_url=redis_url,
         state_dir=state_dir / "tollway",
         quiet=True,
+        meter=meter,
         **extra,
     )
     dev = DevGateway(options)

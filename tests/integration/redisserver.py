@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -37,8 +37,13 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, config: Mapping[str, str] | None = None
+    ) -> None:
+        """`config`: redis.conf settings over the defaults (e.g. `appendonly yes` for a restart that
+        keeps the data)."""
         self.binary = redis_binary()
+        self.config = dict(config or {})
         self.workdir = workdir
         self.port = port or _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -59,6 +64,7 @@ class RedisServer:
                 "dir": str(self.workdir),
                 "daemonize": "no",
                 "protected-mode": "no",
+                **self.config,
             }
             argv = [self.binary]
             for name, value in options.items():

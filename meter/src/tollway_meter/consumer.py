@@ -188,6 +188,9 @@ class MeterConsumer:
                 await self.ensure_group()
                 self._own_pending_done = False
             except (LedgerUnavailableError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # The failed step may have left entries pending to us (read, or committed but not
+                # acknowledged, before Redis went away): they come first on the next step.
+                self._own_pending_done = False
                 log.warning("meter: %s; retrying in %.1f s (events wait in the stream)", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
