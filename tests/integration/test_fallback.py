@@ -148,3 +148,15 @@ def test_garbage_answer_is_a_502_naming_the_backend(gateway: Gateway) -> None:
     assert answer.error["code"] == "bad_gateway"
     assert "'first'" in answer.error["message"]
     assert answer.headers["x-tollway-backend"] == "first"
+
+
+def test_many_calls_falling_back_at_once_all_fall_back(gateway: Gateway) -> None:
+    """Envoy allows 3 retries in flight per cluster unless told otherwise: past that, a call that
+    should have fallen back got the failed backend's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow = {"x-mock-latency-ms": "400"}  # every attempt takes a while, so the retries overlap
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda _: chat(gateway, "fb-429", slow), range(16)))
+    assert [a.status for a in answers] == [200] * 16, [a.body[:120] for a in answers if a.status != 200]
+    assert {a.headers["x-tollway-backend"] for a in answers} == {"second"}

@@ -137,6 +137,9 @@ def extproc_filter(
     }
 
 
+MAX_CLUSTER_REQUESTS = 1024  # requests (and so fallbacks) in flight to one cluster, Envoy's default
+
+
 def clusters(config: GatewayConfig, *, message_timeout_ms: int = 2000) -> list[dict[str, Any]]:
     plans = plans_for(config)
     out: list[dict[str, Any]] = []
@@ -219,6 +222,18 @@ def _cluster(
         "load_assignment": {"cluster_name": name, "endpoints": endpoints},
         # Envoy otherwise spills a priority's traffic over to the next one on its own.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        # A fallback is a retry, and Envoy's default allows 3 in flight per cluster: past that a
+        # call gets the failed backend's answer. Each call's retries are bounded by its route's
+        # max_attempts; the cap here is the cluster's request cap (Envoy's default 1024).
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_requests": MAX_CLUSTER_REQUESTS,
+                    "max_retries": MAX_CLUSTER_REQUESTS,
+                }
+            ]
+        },
         "transport_socket_matches": [
             {
                 "name": "tls",
