@@ -206,3 +206,24 @@ def test_no_network_policy_unless_asked(helm: str, values: str) -> None:
         "meter-bundled-off": [*BUNDLED, "--set", "meter.networkPolicy.enabled=false"],
     }[values]
     assert [name for kind, name in render(helm, *args) if kind == "NetworkPolicy"] == []
+
+
+def _meter_args(helm: str, *extra: str) -> list[str]:
+    meter = render(helm, *BUNDLED, *extra)[("Deployment", "tw-tollway-meter")]
+    args: list[str] = pod_spec(meter)["containers"][0]["args"]
+    return args
+
+
+def test_automatic_close_and_retention_are_off_unless_set(helm: str) -> None:
+    args = _meter_args(helm)
+    assert not [a for a in args if a.startswith(("--close-after", "--retain-months"))], args
+    args = _meter_args(helm, "--set", "meter.closeAfter=72h", "--set", "meter.retainMonths=0")
+    assert {"--close-after=72h", "--retain-months=0"} <= set(args), args
+
+
+@pytest.mark.parametrize(
+    "values", [["--set", "meter.closeAfter=72 hours"], ["--set", "meter.retainMonths=-1"]]
+)
+def test_a_bad_close_or_retention_value_is_refused_by_the_schema(helm: str, values: list[str]) -> None:
+    result = template(helm, *BUNDLED, *values)
+    assert result.returncode != 0 and "meter" in result.stderr, result.stderr
