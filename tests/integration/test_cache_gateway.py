@@ -70,6 +70,7 @@ RESOURCES = ROUTES + "".join(
             "cache-money",
             "budgetRefs: [cache-budget]\nlimits: {requestsPerMinute: 1000, tokensPerMinute: 1000000}",
         ),
+        key_yaml("cache-rpm", "limits: {requestsPerMinute: 3}"),
         key_yaml("cache-outage"),  # nothing to enforce: served while Redis is down
     ]
 )
@@ -95,7 +96,7 @@ class Cached:
 def _start(base: Path, redis: RedisServer | None) -> Cached:
     mock_port = free_port()
     gateway = start_gateway(
-        base / "gw", config_folder(base, mock_port, RESOURCES), redis.url if redis else None, mock_port=mock_port
+        base / "gw", config_folder(base, mock_port, RESOURCES.replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}")), redis.url if redis else None, mock_port=mock_port
     )
     return Cached(gateway, f"http://127.0.0.1:{mock_port}", redis)
 
@@ -289,6 +290,16 @@ def test_hits_charge_nothing_and_count_as_requests(cached: Cached) -> None:
     metrics = _metrics(cached)
     assert 'tollway_cache_requests_total{result="HIT"}' in metrics
     assert "tollway_cost_saved_usd_total" in metrics
+    assert "tollway_open_reservations 0.0" in metrics  # each hit's request was settled
+
+
+def test_a_hit_over_requests_per_minute_is_refused(cached: Cached) -> None:
+    word = fresh()
+    with cached.sdk("cache-rpm") as sdk:
+        assert [chat(sdk, word).headers["x-tollway-cache"] for _ in range(3)] == ["MISS", "HIT", "HIT"]
+        with pytest.raises(openai.RateLimitError):
+            chat(sdk, word)
+    assert cached.upstream_calls(word) == 1
 
 
 def _metrics(cached: Cached) -> str:
