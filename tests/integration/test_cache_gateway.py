@@ -96,7 +96,10 @@ class Cached:
 def _start(base: Path, redis: RedisServer | None) -> Cached:
     mock_port = free_port()
     gateway = start_gateway(
-        base / "gw", config_folder(base, mock_port, RESOURCES.replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}")), redis.url if redis else None, mock_port=mock_port
+        base / "gw",
+        config_folder(base, mock_port, RESOURCES.replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}")),
+        redis.url if redis else None,
+        mock_port=mock_port,
     )
     return Cached(gateway, f"http://127.0.0.1:{mock_port}", redis)
 
@@ -165,7 +168,11 @@ def test_miss_then_hit_answers_without_an_upstream_call(cached: Cached) -> None:
     assert second.headers["x-tollway-cache"] == "HIT"
     assert cached.upstream_calls(word) == 1
     assert second.headers["x-tollway-cost-usd"] == "0"
-    assert Decimal(second.headers["x-tollway-cost-saved-usd"]) == Decimal(first.headers["x-tollway-cost-usd"]) > 0
+    assert (
+        Decimal(second.headers["x-tollway-cost-saved-usd"])
+        == Decimal(first.headers["x-tollway-cost-usd"])
+        > 0
+    )
     assert int(second.headers["age"]) >= 0
     one, two = first.parse(), second.parse()
     assert two.choices[0].message.content == one.choices[0].message.content
@@ -197,16 +204,32 @@ def test_json_filled_entry_streams_and_stream_filled_entry_answers_json(cached: 
 def test_refresh_read_only_no_store_and_max_age(cached: Cached) -> None:
     word = fresh()
     with cached.sdk() as sdk:
-        assert chat(sdk, word, extra_headers={"x-tollway-cache": "read-only"}).headers["x-tollway-cache"] == "MISS"
-        assert chat(sdk, word, extra_headers={"cache-control": "no-store"}).headers["x-tollway-cache"] == "BYPASS"
+        assert (
+            chat(sdk, word, extra_headers={"x-tollway-cache": "read-only"}).headers["x-tollway-cache"]
+            == "MISS"
+        )
+        assert (
+            chat(sdk, word, extra_headers={"cache-control": "no-store"}).headers["x-tollway-cache"]
+            == "BYPASS"
+        )
         assert cached.upstream_calls(word) == 2  # neither stored anything
         assert chat(sdk, word).headers["x-tollway-cache"] == "MISS"  # stores
-        assert chat(sdk, word, extra_headers={"x-tollway-cache": "read-only"}).headers["x-tollway-cache"] == "HIT"
-        assert chat(sdk, word, extra_headers={"x-tollway-cache": "refresh"}).headers["x-tollway-cache"] == "REFRESH"
+        assert (
+            chat(sdk, word, extra_headers={"x-tollway-cache": "read-only"}).headers["x-tollway-cache"]
+            == "HIT"
+        )
+        assert (
+            chat(sdk, word, extra_headers={"x-tollway-cache": "refresh"}).headers["x-tollway-cache"]
+            == "REFRESH"
+        )
         assert cached.upstream_calls(word) == 4
         time.sleep(1.1)
-        assert chat(sdk, word, extra_headers={"cache-control": "max-age=1"}).headers["x-tollway-cache"] == "MISS"
-        assert chat(sdk, word, extra_headers={"cache-control": "max-age=60"}).headers["x-tollway-cache"] == "HIT"
+        assert (
+            chat(sdk, word, extra_headers={"cache-control": "max-age=1"}).headers["x-tollway-cache"] == "MISS"
+        )
+        assert (
+            chat(sdk, word, extra_headers={"cache-control": "max-age=60"}).headers["x-tollway-cache"] == "HIT"
+        )
     assert cached.upstream_calls(word) == 5
 
 
