@@ -26,6 +26,7 @@ from quotagateway import QuotaGateway, budget_yaml, config_folder, key_value, ke
 from redisserver import RedisServer
 
 from tollway.dev import free_port
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent
 
 ROUTES = """\
 ---
@@ -71,7 +72,8 @@ RESOURCES = ROUTES + "".join(
             "budgetRefs: [cache-budget]\nlimits: {requestsPerMinute: 1000, tokensPerMinute: 1000000}",
         ),
         key_yaml("cache-rpm", "limits: {requestsPerMinute: 3}"),
-        key_yaml("cache-outage"),  # nothing to enforce: served while Redis is down
+        key_yaml("cache-outage"),
+        key_yaml("cache-events"),  # nothing to enforce: served while Redis is down
     ]
 )
 CHAT = "/v1/chat/completions"
@@ -348,6 +350,34 @@ def test_anthropic_messages_hit_as_json_and_as_a_stream(cached: Cached) -> None:
             assert stream.response.headers["x-tollway-cache"] == "HIT"
             assert stream.get_final_text() == text
     assert cached.upstream_calls(word) == 1
+
+
+def test_a_hits_usage_event_costs_nothing_buys_no_tokens_and_says_what_it_saved(redis_cached: Cached) -> None:
+    import redis
+
+    assert redis_cached.redis is not None
+    word = fresh()
+    with redis_cached.sdk("cache-events") as sdk:
+        miss, hit = chat(sdk, word), chat(sdk, word)
+    assert hit.headers["x-tollway-cache"] == "HIT"
+    client = redis.Redis.from_url(redis_cached.redis.url)
+    deadline = time.monotonic() + 10
+    while True:
+        events = [
+            UsageEvent.from_json(fields[USAGE_FIELD.encode()]) for _id, fields in client.xrange(USAGE_STREAM)
+        ]
+        mine = [event.data for event in events if event.subject == "default/cache-events"]
+        if len(mine) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    client.close()
+    by_outcome = {data.cache: data for data in mine}
+    assert sorted(by_outcome) == ["HIT", "MISS"], mine
+    filled, served = by_outcome["MISS"], by_outcome["HIT"]
+    assert Decimal(filled.cost) == Decimal(miss.headers["x-tollway-cost-usd"]) and filled.saved == ""
+    assert served.cost == "0" and Decimal(served.saved) == Decimal(filled.cost)
+    assert (served.tokens.input, served.tokens.output) == (0, 0)  # the replayed usage was not bought
+    assert served.billable and served.outcome == "ok" and served.attempts == ()
 
 
 def test_redis_down_calls_are_served_and_caching_resumes(redis_cached: Cached) -> None:

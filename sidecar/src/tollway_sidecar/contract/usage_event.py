@@ -193,6 +193,11 @@ class UsageData:
     streamed: bool = False
     request_id: str = ""
     trace_id: str = ""
+    # The response cache: its outcome for the call ("" on a route without one) and, on a hit, what
+    # the hit saved (a USD decimal string, the cost of the call that filled the entry). Both are
+    # left out of the JSON when empty.
+    cache: str = ""
+    saved: str = ""
 
     @functools.cached_property
     def cost_nanos(self) -> int:
@@ -208,6 +213,8 @@ class UsageData:
 
 
 OUTCOMES = frozenset({"ok", "error", "denied", "cancelled"})
+CACHE_OUTCOMES = frozenset({"HIT", "SEMANTIC_HIT", "MISS", "REFRESH", "BYPASS"})
+_CACHE_FIELDS = ("cache", "saved")
 
 
 @dataclass(frozen=True)
@@ -290,6 +297,9 @@ def _data_to_dict(data: UsageData) -> dict[str, Any]:
     ]
     body["tokens"] = dataclasses.asdict(data.tokens)
     body["budgets"] = list(data.budgets)
+    for name in _CACHE_FIELDS:
+        if not body[name]:
+            del body[name]
     return body
 
 
@@ -321,6 +331,7 @@ _OPTIONAL_TEXT = (
     "price_version",
     "request_id",
     "trace_id",
+    *_CACHE_FIELDS,
 )
 
 
@@ -399,6 +410,7 @@ def _validate(event: UsageEvent) -> None:
         raise UsageEventError("data.cost", "a denied call costs 0 and is not billable")
     if cost > MAX_COST_USD * NANOS_PER_USD:
         raise UsageEventError("data.cost", f"more than {MAX_COST_USD} USD for one call")
+    _check_cache(data)
     for f in dataclasses.fields(Tokens):
         _check_count(f"data.tokens.{f.name}", getattr(data.tokens, f.name))
     for name in ("latency_ms", "ttft_ms"):
@@ -411,6 +423,16 @@ def _validate(event: UsageEvent) -> None:
     _check_properties(data.properties)
     for i, budget in enumerate(data.budgets):
         _check_text(f"data.budgets[{i}]", budget, required=True)
+
+
+def _check_cache(data: UsageData) -> None:
+    if data.cache and data.cache not in CACHE_OUTCOMES:
+        raise UsageEventError("data.cache", f"expected one of {sorted(CACHE_OUTCOMES)}, got {data.cache!r}")
+    if data.saved:
+        if data.cache not in ("HIT", "SEMANTIC_HIT"):
+            raise UsageEventError("data.saved", "only a cache hit saves anything")
+        if usd_to_nanos(parse_usd(data.saved, "data.saved")) > MAX_COST_USD * NANOS_PER_USD:
+            raise UsageEventError("data.saved", f"more than {MAX_COST_USD} USD for one call")
 
 
 def _check_count(where: str, value: int) -> None:
