@@ -84,6 +84,7 @@ class Cached:
     gateway: QuotaGateway
     mock_url: str
     redis: RedisServer | None
+    replica: QuotaGateway | None = None  # a second gateway on the same Redis (no mock of its own)
 
     def sdk(self, key: str = "cache-a") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.gateway.base_url, api_key=key_value(key), max_retries=0)
@@ -97,13 +98,26 @@ class Cached:
 
 def _start(base: Path, redis: RedisServer | None) -> Cached:
     mock_port = free_port()
-    gateway = start_gateway(
-        base / "gw",
-        config_folder(base, mock_port, RESOURCES.replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}")),
-        redis.url if redis else None,
-        mock_port=mock_port,
-    )
-    return Cached(gateway, f"http://127.0.0.1:{mock_port}", redis)
+    folder = config_folder(base, mock_port, RESOURCES.replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}"))
+    gateway = start_gateway(base / "gw", folder, redis.url if redis else None, mock_port=mock_port)
+    cached = Cached(gateway, f"http://127.0.0.1:{mock_port}", redis)
+    if redis is not None:
+        try:
+            cached.replica = start_gateway(
+                base / "replica", folder, redis.url, mock_port=mock_port, mock_provider=False
+            )
+        except BaseException:
+            gateway.dev.stop()
+            raise
+    return cached
+
+
+def _stop(cached: Cached) -> None:
+    try:
+        if cached.replica is not None:
+            cached.replica.dev.stop()
+    finally:
+        cached.gateway.dev.stop()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +130,7 @@ def redis_cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cached]:
         try:
             yield cached
         finally:
-            cached.gateway.dev.stop()
+            _stop(cached)
     finally:
         redis.stop()
 
@@ -127,7 +141,7 @@ def memory_cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cached]:
     try:
         yield cached
     finally:
-        cached.gateway.dev.stop()
+        _stop(cached)
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -246,6 +260,32 @@ def test_a_malformed_cache_header_is_a_400_naming_it(cached: Cached) -> None:
     assert answer.status == 400
     assert answer.error["param"] == "x-tollway-cache"
     assert "on, off, refresh, read-only" in answer.error["message"]
+    claude = call(
+        cached.gateway.origin,
+        "POST",
+        "/v1/messages",
+        json.dumps({"model": "cached-claude", "max_tokens": 10, "messages": messages(fresh())}).encode(),
+        {"x-api-key": key_value("cache-a"), "cache-control": "max-age=soon"},
+    )
+    assert claude.status == 400
+    assert claude.json()["type"] == "error" and "max-age" in claude.json()["error"]["message"]
+
+
+def test_an_openai_client_on_an_anthropic_backend_is_cached_in_its_own_api(cached: Cached) -> None:
+    word = fresh()
+    with cached.sdk() as sdk:
+        with sdk.chat.completions.with_streaming_response.create(
+            model="cached-claude", messages=messages(word), stream=True, max_tokens=100
+        ) as response:
+            assert response.headers["x-tollway-cache"] == "MISS"
+            text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        hit = sdk.chat.completions.with_raw_response.create(
+            model="cached-claude", messages=messages(word), max_tokens=100
+        )
+    assert hit.headers["x-tollway-cache"] == "HIT"
+    completion = hit.parse()
+    assert completion.object == "chat.completion" and completion.choices[0].message.content == text
+    assert cached.upstream_calls(word) == 1
 
 
 def test_partitions_key_apart_and_team_together(cached: Cached) -> None:
@@ -260,27 +300,45 @@ def test_partitions_key_apart_and_team_together(cached: Cached) -> None:
     assert cached.upstream_calls(team_word) == 1
 
 
-def test_concurrent_identical_calls_make_one_upstream_call(cached: Cached) -> None:
-    word = fresh()
+def concurrently(base_urls: list[str], word: str, calls: int) -> list[Any]:
+    """`calls` identical calls at once, spread over the gateways at `base_urls`."""
 
     async def many() -> list[Any]:
-        async with openai.AsyncOpenAI(
-            base_url=cached.gateway.base_url, api_key=key_value("cache-a"), max_retries=0
-        ) as sdk:
+        sdks = [
+            openai.AsyncOpenAI(base_url=url, api_key=key_value("cache-a"), max_retries=0) for url in base_urls
+        ]
+        try:
             return await asyncio.gather(
                 *(
-                    sdk.chat.completions.with_raw_response.create(
+                    sdks[n % len(sdks)].chat.completions.with_raw_response.create(
                         model="cached-mini",
                         messages=messages(word),
                         extra_headers={"x-mock-latency-ms": "400"},
                     )
-                    for _ in range(30)
+                    for n in range(calls)
                 )
             )
+        finally:
+            for sdk in sdks:
+                await sdk.close()
 
-    answers = asyncio.run(many())
+    return asyncio.run(many())
+
+
+def test_concurrent_identical_calls_make_one_upstream_call(cached: Cached) -> None:
+    word = fresh()
+    answers = concurrently([cached.gateway.base_url], word, 30)
     assert cached.upstream_calls(word) == 1
     assert sorted(answer.headers["x-tollway-cache"] for answer in answers) == ["HIT"] * 29 + ["MISS"]
+    assert len({answer.parse().choices[0].message.content for answer in answers}) == 1
+
+
+def test_two_replicas_on_one_redis_make_one_upstream_call(redis_cached: Cached) -> None:
+    assert redis_cached.replica is not None
+    word = fresh()
+    answers = concurrently([redis_cached.gateway.base_url, redis_cached.replica.base_url], word, 20)
+    assert redis_cached.upstream_calls(word) == 1
+    assert sorted(answer.headers["x-tollway-cache"] for answer in answers) == ["HIT"] * 19 + ["MISS"]
     assert len({answer.parse().choices[0].message.content for answer in answers}) == 1
 
 
