@@ -410,7 +410,7 @@ class RouterCall:
         if spans.capture_content(self.runtime.tracing, state):
             state.completion = spans.completion_text(message.body)
         rewritten = answer.buffered_answer(state, message.body)
-        if state.cache is not None:  # what the client gets is what a hit replays
+        if state.cache is not None and state.cache.lookup.fill is not None:  # what a hit replays
             state.cache.answer_body = message.body if rewritten is None else rewritten[0]
         if parsed.usage is None and state.status < 400:
             bad_body = rewritten is not None and rewritten[1].get(":status") == "502"
