@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import hmac
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from tollway_sidecar.cache import Coalescer, MemoryCacheStore
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Route, VirtualKey
 from tollway_sidecar.limits import DEFAULT_MAX_RESPONSE_BYTES
 from tollway_sidecar.pricing import PriceBook
@@ -111,6 +114,7 @@ class Runtime:
         quota: QuotaGate | None = None,
         tracing: Tracing | None = None,
         replica: str = "",
+        cache: Coalescer | None = None,
     ) -> None:
         from tollway_sidecar.extproc.usage_record import replica_name
         from tollway_sidecar.quota.gate import QuotaGate
@@ -123,11 +127,24 @@ class Runtime:
         self.replica = replica_name(replica)  # the usage events' source
         self.quota = quota or QuotaGate(MemoryStore())
         self.inflight = Inflight()
+        self.cache = cache or Coalescer(MemoryCacheStore())  # the response cache, one per process
+        self._cache_tasks: set[asyncio.Task[Any]] = set()
         self.tracing = tracing or Tracing()  # no-op unless the app configures an exporter
         self.metrics = Metrics()
         self.metrics.config_loaded(compiled.config)
         self.quota.bind_metrics(self.metrics.registry)
         self.metrics.track_open(lambda: self.quota.open)
+
+    def cache_soon(self, work: Coroutine[Any, Any, Any]) -> None:
+        """End a cache fill (store the entry, or release its lease) after the reply has gone."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._cache_tasks.add(task)
+        task.add_done_callback(self._cache_tasks.discard)
+
+    async def drain_cache(self) -> None:
+        """Wait for the cache fills under way (shutdown, tests)."""
+        while self._cache_tasks:
+            await asyncio.gather(*self._cache_tasks, return_exceptions=True)
 
     def swap(self, compiled: CompiledConfig) -> None:
         """Replace the config; requests already under way keep the objects they hold."""

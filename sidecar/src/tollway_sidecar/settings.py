@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollway_sidecar.cache.memory import DEFAULT_MAX_BYTES as CACHE_MEMORY_MAX_BYTES
 from tollway_sidecar.contract.usage_event import USAGE_STREAM_MAXLEN
 from tollway_sidecar.limits import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 
@@ -64,6 +65,9 @@ class SidecarSettings(BaseSettings):
     estimate. A call still running then is charged its estimate too."""
     quota_failure_policy: Literal["FailClosed", "FailOpen"] = "FailClosed"
     """When Redis is unreachable, for keys with limits but no Block budget (budgets carry their own)."""
+    cache_memory_max_bytes: int = Field(default=CACHE_MEMORY_MAX_BYTES, gt=0)
+    """Without Redis: the bound of the in-memory response cache (its stored entries' bytes; the
+    least recently used go first). With Redis, Redis's `maxmemory` bounds it."""
     capture_content: bool = False
     """Record prompts and completions on spans (redacted) for every route; off by default."""
     redact_patterns: list[str] = []

@@ -14,6 +14,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tollway_sidecar.config.models import GatewayConfig
+from tollway_sidecar.contract.money import from_nano
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
@@ -99,6 +100,24 @@ class Metrics:
             "Calls admitted and not yet settled.",
             registry=r,
         )
+        self.cache_requests = Counter(
+            "tollway_cache_requests",
+            "Calls on routes whose response cache is on, by the answer's x-tollway-cache value.",
+            ["result"],
+            registry=r,
+        )
+        self.cache_unavailable = Counter(
+            "tollway_cache_unavailable",
+            "Cache lookups that bypassed the cache because its store (Redis) failed.",
+            registry=r,
+        )
+        self.cost_saved = Counter(
+            "tollway_cost_saved_usd",
+            "USD not spent thanks to cache hits: what the calls that filled the entries cost "
+            "(for graphs; each hit's exact amount is its x-tollway-cost-saved-usd header).",
+            ["key", "model"],
+            registry=r,
+        )
         self.config_info = Gauge(
             "tollway_config_info",
             "The loaded GatewayConfig (value 1), labelled by version.",
@@ -151,6 +170,15 @@ class Metrics:
                 )
         if attempts > 1 and route:
             self.fallbacks.labels(route).inc()
+
+    def cache_looked_up(self, result: str, *, unavailable: bool = False) -> None:
+        self.cache_requests.labels(result).inc()
+        if unavailable:
+            self.cache_unavailable.inc()
+
+    def saved(self, *, key: str, model: str, nano_usd: int) -> None:
+        """A hit's saving; `nano_usd` is exact, the counter a float like `tollway_cost_usd`."""
+        self.cost_saved.labels(key, model).inc(float(from_nano(nano_usd)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -193,6 +193,11 @@ class UsageData:
     streamed: bool = False
     request_id: str = ""
     trace_id: str = ""
+    # The response cache: its outcome for the call ("" on a route without one) and, on a hit, what
+    # the hit saved (a USD decimal string, the cost of the call that filled the entry). Both are
+    # left out of the JSON when empty.
+    cache: str = ""
+    saved: str = ""
 
     @functools.cached_property
     def cost_nanos(self) -> int:
@@ -210,6 +215,8 @@ class UsageData:
 # `expired`: a reservation that expired unsettled, charged at its estimate (status 504). Added within
 # v1: a meter that stores outcomes as text takes it like the others.
 OUTCOMES = frozenset({"ok", "error", "denied", "cancelled", "expired"})
+CACHE_OUTCOMES = frozenset({"HIT", "SEMANTIC_HIT", "MISS", "REFRESH", "BYPASS"})
+_CACHE_FIELDS = ("cache", "saved")
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,9 @@ def _data_to_dict(data: UsageData) -> dict[str, Any]:
         "reasoning": tokens.reasoning,
     }
     body["budgets"] = list(data.budgets)
+    for name in _CACHE_FIELDS:
+        if not body[name]:
+            del body[name]
     return body
 
 
@@ -330,6 +340,7 @@ _OPTIONAL_TEXT = (
     "price_version",
     "request_id",
     "trace_id",
+    *_CACHE_FIELDS,
 )
 
 
@@ -408,6 +419,7 @@ def _validate(event: UsageEvent) -> None:
         raise UsageEventError("data.cost", "a denied call costs 0 and is not billable")
     if cost > MAX_COST_USD * NANOS_PER_USD:
         raise UsageEventError("data.cost", f"more than {MAX_COST_USD} USD for one call")
+    _check_cache(data)
     for f in dataclasses.fields(Tokens):
         _check_count(f"data.tokens.{f.name}", getattr(data.tokens, f.name))
     for name in ("latency_ms", "ttft_ms"):
@@ -420,6 +432,16 @@ def _validate(event: UsageEvent) -> None:
     _check_properties(data.properties)
     for i, budget in enumerate(data.budgets):
         _check_text(f"data.budgets[{i}]", budget, required=True)
+
+
+def _check_cache(data: UsageData) -> None:
+    if data.cache and data.cache not in CACHE_OUTCOMES:
+        raise UsageEventError("data.cache", f"expected one of {sorted(CACHE_OUTCOMES)}, got {data.cache!r}")
+    if data.saved:
+        if data.cache not in ("HIT", "SEMANTIC_HIT"):
+            raise UsageEventError("data.saved", "only a cache hit saves anything")
+        if usd_to_nanos(parse_usd(data.saved, "data.saved")) > MAX_COST_USD * NANOS_PER_USD:
+            raise UsageEventError("data.saved", f"more than {MAX_COST_USD} USD for one call")
 
 
 def _check_count(where: str, value: int) -> None:

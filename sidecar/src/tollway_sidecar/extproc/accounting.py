@@ -11,7 +11,7 @@ import functools
 import time
 from datetime import UTC, datetime
 
-from tollway_sidecar.extproc import spans, usage_record
+from tollway_sidecar.extproc import cache_call, spans, usage_record
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.runtime import CompiledConfig, Runtime
@@ -91,6 +91,7 @@ def finish(
         attempts=max(state.attempts, 1),
     )
     spans.finished(runtime.tracing, state, state.completion)
+    cache_call.end(runtime, state)  # after pricing: the entry keeps the cost each hit saves
 
 
 def refused(runtime: Runtime, state: RequestState, status: int) -> None:

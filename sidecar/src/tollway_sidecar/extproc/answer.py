@@ -61,6 +61,8 @@ def info_headers(state: RequestState) -> dict[str, str]:
         headers["x-tollway-route"] = f"{state.route.namespace}/{state.route.name}"
     if state.quota is not None:
         headers.update(state.quota.headers)  # x-ratelimit-*
+    if state.cache is not None:
+        headers.update(state.cache.headers)  # x-tollway-cache (and helicone-cache)
     return headers
 
 

@@ -18,9 +18,12 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from tollway_sidecar.cache import BadCacheHeader
+from tollway_sidecar.contract.money import from_nano
 from tollway_sidecar.extproc import (
     accounting,
     answer,
+    cache_call,
     direct,
     dispatch,
     expiry_record,
@@ -49,6 +52,15 @@ ENDPOINTS: dict[str, tuple[str, Operation]] = {
 }
 
 
+def _cache_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The headers the cache policy reads (ours, Helicone's, Cache-Control)."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if name == "cache-control" or name.startswith(("x-tollway-cache", "helicone-cache"))
+    }
+
+
 def _client_key(headers: dict[str, str]) -> str | None:
     auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -65,6 +77,7 @@ class RouterCall:
         self.state = RequestState(request_id=uuid.uuid4().hex)
         self.helicone_user: str | None = None
         self.anthropic_version: str | None = None  # a native Anthropic client's API version
+        self.cache_headers: dict[str, str] = {}
 
     # -- request headers ------------------------------------------------------------------------
 
@@ -127,6 +140,7 @@ class RouterCall:
         self.helicone_user = headers.get("helicone-user-id") or None
         if operation == "messages":
             self.anthropic_version = headers.get("anthropic-version") or None
+        self.cache_headers = _cache_headers(headers)
         opt_in = headers.get(stream_cost.OPT_IN_HEADER, "")
         state.cost_comment = opt_in.strip().lower() == stream_cost.OPT_IN_VALUE
 
@@ -205,6 +219,18 @@ class RouterCall:
         if state.end_user is None:
             user = body.get("user")
             state.end_user = user if isinstance(user, str) and user else self.helicone_user
+        try:  # over the client's body, before the gateway asks for usage below
+            state.cache = await cache_call.look_up(self.runtime, state, route, self.cache_headers, body)
+        except BadCacheHeader as exc:
+            return self._deny(
+                400, str(exc), "invalid_request_error", "invalid_cache_header", param=exc.header
+            )
+        if state.cache is not None:
+            if state.cache.entry is not None:
+                return await self._answer_hit(state.cache, body)
+            spans.cache_looked_up(
+                state, state.cache.lookup.outcome, waited=state.cache.lookup.waited, saved_usd=None
+            )
 
         if state.operation == "chat" and state.stream:
             options = body.get("stream_options") or {}
@@ -271,6 +297,33 @@ class RouterCall:
             dispatch.attach_call_id(reply, state.request_id)
         return reply
 
+    async def _answer_hit(self, call: cache_call.CacheCall, body: dict[str, Any]) -> ep.ProcessingResponse:
+        """A cache hit: counted as a request (requests-per-minute), nothing reserved or charged."""
+        state = self.state
+        assert state.key is not None and call.entry is not None
+        admission = await self.runtime.quota.admit_hit(
+            key=state.key, budgets=self.compiled.budgets, user=state.end_user, rid=state.request_id
+        )
+        if isinstance(admission, Denial):
+            if admission.status == 429:
+                accounting.refused(self.runtime, state, admission.status)
+            return self._deny(
+                admission.status,
+                admission.message,
+                admission.error_type,
+                admission.code,
+                headers=admission.headers,
+            )
+        state.quota = admission
+        state.status = 200
+        spans.admitted(self.runtime.tracing, state, body)
+        saved = format_usd(from_nano(call.entry.cost_nano))
+        spans.cache_looked_up(state, call.lookup.outcome, waited=call.lookup.waited, saved_usd=saved)
+        self.runtime.metrics.saved(key=state.key.id, model=state.client_model, nano_usd=call.entry.cost_nano)
+        reply = cache_call.hit_reply(call, state, body, answer.info_headers(state))
+        self._finish(None)  # settles the request at zero, counts and ends the span
+        return reply
+
     def _usage_body(self) -> bytes | None:
         """The client's body with the usage request added, or None when it was not changed."""
         if not self.state.strip_usage_chunk:
@@ -309,6 +362,7 @@ class RouterCall:
         if "text/event-stream" in content_type:
             state.sse = SseParser(state.backend.provider, strip_usage_chunk=state.strip_usage_chunk)
             state.translator = answer.stream_translator(state)
+            cache_call.start_stream(state)
             return msg.continue_headers(
                 "response_headers", set_headers=info, mode_override=msg.response_body_mode("STREAMED")
             )
@@ -338,6 +392,8 @@ class RouterCall:
                 replacement = state.translator.feed(message.body)
                 if message.end_of_stream:
                     replacement += state.translator.flush()
+            if state.cache is not None and state.cache.stream_fill is not None:
+                state.cache.stream_fill.feed(message.body if replacement is None else replacement)
             if (message.end_of_stream or state.sse.complete) and not state.finished:
                 # Settle at the provider's last event ([DONE] / message_stop): the client may hang
                 # up as soon as it has it, before Envoy reports the end of the stream.
@@ -359,6 +415,8 @@ class RouterCall:
         if spans.capture_content(self.runtime.tracing, state):
             state.completion = spans.completion_text(message.body)
         rewritten = answer.buffered_answer(state, message.body)
+        if state.cache is not None and state.cache.lookup.fill is not None:  # what a hit replays
+            state.cache.answer_body = message.body if rewritten is None else rewritten[0]
         if parsed.usage is None and state.status < 400:
             bad_body = rewritten is not None and rewritten[1].get(":status") == "502"
             state.unpriced = accounting.BAD_BODY if bad_body else accounting.unpriced_reason(parsed.error)
@@ -439,6 +497,7 @@ class RouterCall:
             self._finish(None)  # admitted, never sent upstream: settles the reservation at zero
         if state.span is not None:  # a call that ended before any answer (the client went away)
             spans.finished(self.runtime.tracing, state)
+        cache_call.end(self.runtime, state)  # a fill not ended yet (the call never got accounted)
 
     def _deny(
         self,

@@ -112,6 +112,18 @@ def admitted(tracing: Tracing, state: RequestState, body: Mapping[str, Any]) -> 
         tracing.add_prompt_events(span, body)
 
 
+def cache_looked_up(state: RequestState, outcome: str, *, waited: bool, saved_usd: str | None) -> None:
+    """What the response cache did: its outcome, whether the call waited for another's fill, and on
+    a hit what it saved."""
+    span = _recording(state)
+    if span is None:
+        return
+    attributes: dict[str, Any] = {"tollway.cache.outcome": outcome, "tollway.cache.waited": waited}
+    if saved_usd is not None:
+        attributes["tollway.cache.saved_usd"] = saved_usd
+    span.set_attributes(attributes)
+
+
 def capture_content(tracing: Tracing, state: RequestState) -> bool:
     route_setting = state.route.capture_content if state.route is not None else None
     return tracing.capture_content if route_setting is None else route_setting

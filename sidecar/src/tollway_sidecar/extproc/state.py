@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tollway_sidecar.config.models import Backend, Route, VirtualKey
 from tollway_sidecar.providers.anthropic_stream import ChunkTranslator
 from tollway_sidecar.providers.attempts import Attempt
 from tollway_sidecar.providers.usage import SseParser, TokenUsage
 from tollway_sidecar.quota.gate import Admission
+
+if TYPE_CHECKING:
+    from tollway_sidecar.extproc.cache_call import CacheCall
 
 Operation = Literal["chat", "embeddings", "models", "messages"]
 
@@ -43,6 +46,7 @@ class RequestState:
     first_byte_at: float | None = None
     unpriced: str | None = None  # why a success had no readable usage (`accounting.unpriced_reason`)
     quota: Admission | None = None  # what the call reserved; None before admission
+    cache: CacheCall | None = None  # what the response cache did (`cache_call.look_up`)
     # Routing and fallback
     cluster: str = ""  # the Envoy cluster (backend order) chosen for this call
     order: tuple[str, ...] = ()  # backend names in the order they will be tried

@@ -118,6 +118,8 @@ class CallFacts:
     streamed: bool = False
     request_id: str = ""
     trace_id: str = ""
+    cache: str = ""  # the response cache's outcome; "" on a route without one
+    saved: str = ""  # a hit's saving (USD decimal string)
 
 
 def _attempts(state: RequestState) -> tuple[Attempt, ...]:
@@ -243,6 +245,8 @@ def call_facts(
         streamed=state.stream,
         request_id=clip(state.envoy_request_id or state.request_id),
         trace_id=trace_id_of(state.span),
+        cache=state.cache.lookup.outcome if state.cache is not None else "",
+        saved=format_usd(from_nano(state.cache.saved_nano)) if state.cache and state.cache.entry else "",
     )
 
 
@@ -284,6 +288,8 @@ def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
         streamed=facts.streamed,
         request_id=facts.request_id,
         trace_id=facts.trace_id,
+        cache=facts.cache,
+        saved=facts.saved,
     )
     return UsageEvent(
         id=facts.id,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -234,7 +235,32 @@ class QuotaGate:
             default_failure_policy=self.failure_policy,
         )
         event_id = uuid7()
-        record = _build_expiry(expiry_event, plan, event_id)
+        return await self._reserve(plan, estimate, _build_expiry(expiry_event, plan, event_id), event_id)
+
+    async def admit_hit(
+        self, *, key: VirtualKey, budgets: Mapping[str, Budget], user: str | None, rid: str
+    ) -> Admission | Denial:
+        """A call answered from the response cache: one request against requests-per-minute and the
+        key's monthly count, no tokens and no money reserved (it costs nothing)."""
+        estimate = Estimate(0, 0, Decimal(0))
+        plan = build_plan(
+            key=key,
+            budgets=dict(budgets),
+            user=user,
+            estimate=estimate,
+            rid=rid,
+            now_ms=self.clock(),
+            reservation_ttl_ms=self.reservation_ttl_ms,
+            default_failure_policy=self.failure_policy,
+        )
+        requests_only = tuple(line for line in plan.lines if line.metric == "requests")
+        hit = dataclasses.replace(plan, lines=requests_only, on_expiry=())
+        return await self._reserve(hit, estimate, None, uuid7())
+
+    async def _reserve(
+        self, plan: Plan, estimate: Estimate, record: str | None, event_id: uuid.UUID
+    ) -> Admission | Denial:
+        """Reserve `plan`; `record` the event its expiry appends (None: none)."""
         started = time.perf_counter()
         try:
             result = await self.store.reserve(plan, record)
