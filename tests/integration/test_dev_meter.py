@@ -149,8 +149,9 @@ def test_dev_without_redis_meters_the_outbox_and_a_killed_meter_loses_nothing(tm
             assert wait_for(lambda: ledger_events(ledger) == 23, timeout=30), (
                 f"{ledger_events(ledger)} of 23 events; meter.log:\n{meter_log(state)}"
             )
-            said = "".join(lines)
-            assert "tollway dev: meter exited with code -9; restarting it now" in said, said
+            # The banner's reader thread may not have taken the restart line yet.
+            restarted = "tollway dev: meter exited with code -9; restarting it now"
+            assert wait_for(lambda: restarted in "".join(lines), timeout=10), "".join(lines)
             assert usage_by_model(command) == ("gpt-4o-mini", 23, told + sum(costs))
             assert spent(admin_port) == told + sum(costs)
 
