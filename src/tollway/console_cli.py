@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import click
 
-from tollway.meter_cli import DEFAULT_DB
+from tollway.meter_cli import db_option
 
 
 @click.command("console")
-@click.option(
-    "--db",
-    "dsn",
-    envvar="TOLLWAY_METER_DB",
-    default=DEFAULT_DB,
-    show_default=True,
-    help="Ledger: postgresql://… or sqlite:///path (env TOLLWAY_METER_DB).",
-)
+@db_option
 @click.option(
     "--host",
     default="127.0.0.1",

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tollway_meter.ledger import Ledger
 
 DEFAULT_DB = "sqlite:///tollway-ledger.db"
-_db_option = click.option(
+db_option = click.option(
     "--db",
     "dsn",
     envvar="TOLLWAY_METER_DB",
@@ -56,7 +56,7 @@ def meter() -> None:
     default=None,
     help="Instead of --redis: a sidecar's admin URL (http://127.0.0.1:9090) whose in-memory outbox to read.",
 )
-@_db_option
+@db_option
 @click.option("--consumer", default=None, help="Consumer name in the group (default: host-pid; --redis).")
 @click.option("--batch", default=500, show_default=True, help="Entries per transaction.")
 @click.option(
@@ -215,7 +215,7 @@ def meter_run(
 
 
 @meter.command("migrate")
-@_db_option
+@db_option
 def meter_migrate(dsn: str) -> None:
     """Apply the ledger's pending schema migrations and print the version."""
     ledger = _open(dsn)
@@ -225,7 +225,7 @@ def meter_migrate(dsn: str) -> None:
 
 @meter.command("close")
 @click.argument("period")
-@_db_option
+@db_option
 def meter_close(period: str, dsn: str) -> None:
     """Freeze PERIOD (YYYY-MM, UTC): the database refuses any later change to its totals."""
     from tollway_meter.ledger import PeriodClosedError
@@ -244,7 +244,7 @@ def meter_close(period: str, dsn: str) -> None:
 @click.option("--period", required=True, help="YYYY-MM")
 @click.option("--by", default="team", show_default=True, help="Comma-separated roll-up dimensions.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
-@_db_option
+@db_option
 def meter_invoice(period: str, by: str, fmt: str, dsn: str) -> None:
     """Invoice lines for a period that sum exactly to its total."""
     from tollway_meter.invoice import build_invoice, invoice_csv, invoice_json
@@ -311,7 +311,7 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 @click.option("--granularity", type=click.Choice(["hour", "day", "month"]), default=None)
 @click.option("--top", type=int, default=None, help="Instead: the N most expensive requests.")
 @click.option("--request", "request_id", default=None, help="Instead: one request by its event id (JSON).")
-@_db_option
+@db_option
 def usage(
     by: str,
     since: str,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tollway.meter_cli import _db_option, _open, render_table
+from tollway.meter_cli import _open, db_option, render_table
 
 if TYPE_CHECKING:
     from tollway_meter.reconcile import Counter, Row, Target
@@ -109,7 +109,7 @@ def _write_metrics(path: Path, period: str, rows: list[Row]) -> None:
 @click.option(
     "--redis", "redis_url", envvar="TOLLWAY_REDIS_URL", required=True, help="Redis of the counters."
 )
-@_db_option
+@db_option
 @click.option(
     "--config",
     "config_path",
@@ -175,7 +175,7 @@ def meter_reconcile(
 @click.option(
     "--keep-months", type=click.IntRange(min=0), required=True, help="Months kept before the current one."
 )
-@_db_option
+@db_option
 def meter_retain(keep_months: int, dsn: str) -> None:
     """Drop the event detail of closed months before the kept window (roll-ups and invoices stay)."""
     from tollway_meter.retention import retain

@@ -20,13 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from tollway_sidecar.cache.entry import CacheEntry, CorruptEntry, decode_entry
 from tollway_sidecar.cache.store import CacheUnavailable, Polled
+from tollway_sidecar.contract.redis_counters import bounded_client
 
 __all__ = ["DEFAULT_PREFIX", "RedisCacheStore"]
 
@@ -69,17 +67,13 @@ class RedisCacheStore:
         self.max_entry_bytes = max_entry_bytes
         # Bytes, not text (unlike the quota client): a corrupt value must decode as a miss here, not
         # fail inside the client's reply parser.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        self._redis = bounded_client(
             url,
+            timeout_s=timeout_s,
             max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            **({"password": password} if password else {}),
+            password=password,
+            decode_responses=False,
         )
-        self._redis = aioredis.Redis.from_pool(pool)
         self._put = self._redis.register_script(_PUT)
         self._release = self._redis.register_script(_RELEASE)
         self._down_until = 0.0

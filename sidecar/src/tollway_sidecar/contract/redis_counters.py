@@ -21,10 +21,16 @@ __all__ = ["RedisCounters", "bounded_client"]
 
 
 def bounded_client(
-    url: str, *, timeout_s: float, max_connections: int, password: str | None = None
+    url: str,
+    *,
+    timeout_s: float,
+    max_connections: int,
+    password: str | None = None,
+    decode_responses: bool = True,
 ) -> aioredis.Redis:
     """A client that never retries and never waits longer than `timeout_s` (connect and pool waits
-    included): a quota store that hangs must fail the call, not hold it past Envoy's timeout."""
+    included): a quota store that hangs must fail the call, not hold it past Envoy's timeout.
+    `decode_responses=False` for bytes (the cache decodes its own values)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -33,7 +39,7 @@ def bounded_client(
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
-        decode_responses=True,
+        decode_responses=decode_responses,
         **({"password": password} if password else {}),
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
