@@ -254,7 +254,9 @@ async def test_a_hits_settle_tallies_its_saving_on_every_usd_counter_once(
     assert (await store.reserve(first)).admitted
     assert not (await store.reserve(plan_for(key, now, budgets=(budget, per_user), user="ana"))).admitted
     # A hit on counters no call has created yet (a fresh user's copy) still lands its saving.
-    hits = [for_hit(plan_for(key, now + n, budgets=(budget, per_user), user=user)) for n, user in enumerate("ab")]
+    hits = [
+        for_hit(plan_for(key, now + n, budgets=(budget, per_user), user=user)) for n, user in enumerate("ab")
+    ]
     for hit in hits:
         assert (await store.reserve(hit)).admitted
         settlement = settlement_for(hit, Charge(0, 0, 0), saved_nano=300_000_001)

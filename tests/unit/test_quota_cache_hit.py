@@ -116,7 +116,14 @@ async def test_hits_add_what_they_saved_to_spend_per_key_and_budget_and_spend_no
     budgets = {BUDGET.id: BUDGET, USER_BUDGET.id: USER_BUDGET}
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
     call = await gate.admit(
-        key=SAVER, budgets=budgets, route=ROUTE, prices=PRICES, operation="chat", body=body, user="ana", rid="c"
+        key=SAVER,
+        budgets=budgets,
+        route=ROUTE,
+        prices=PRICES,
+        operation="chat",
+        body=body,
+        user="ana",
+        rid="c",
     )
     assert isinstance(call, Admission)
     await gate.settle(call, Charge(15, 5, 123_456_789))  # the call that fills the entry
@@ -142,7 +149,14 @@ async def test_a_call_that_is_not_a_hit_saves_nothing() -> None:
     budgets = {BUDGET.id: BUDGET, USER_BUDGET.id: USER_BUDGET}
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
     call = await gate.admit(
-        key=SAVER, budgets=budgets, route=ROUTE, prices=PRICES, operation="chat", body=body, user="ana", rid="c"
+        key=SAVER,
+        budgets=budgets,
+        route=ROUTE,
+        prices=PRICES,
+        operation="chat",
+        body=body,
+        user="ana",
+        rid="c",
     )
     assert isinstance(call, Admission) and call.saved_nano == 0
     await gate.settle(call, Charge(15, 5, 1_000))

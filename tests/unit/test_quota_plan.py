@@ -115,7 +115,13 @@ def test_settlement_moves_only_what_differs_from_the_reservation() -> None:
 
 def test_a_hit_reserves_only_requests_and_its_settle_tallies_saved_on_every_usd_counter() -> None:
     built = build_plan(
-        key=KEY, budgets=BUDGETS, user="ana", estimate=ESTIMATE, rid="r1", now_ms=NOW, reservation_ttl_ms=60_000
+        key=KEY,
+        budgets=BUDGETS,
+        user="ana",
+        estimate=ESTIMATE,
+        rid="r1",
+        now_ms=NOW,
+        reservation_ttl_ms=60_000,
     )
     hit = for_hit(built)
     summary = [(line.scope, line.metric, line.window, line.amount, line.limit) for line in hit.lines]
