@@ -71,6 +71,9 @@ RESOURCES = ROUTES + "".join(
             "cache-money",
             "budgetRefs: [cache-budget]\nlimits: {requestsPerMinute: 1000, tokensPerMinute: 1000000}",
         ),
+        budget_yaml("cache-saver-cap", "10"),
+        budget_yaml("cache-saver-each", "10", "perUser: true"),
+        key_yaml("cache-saver", "budgetRefs: [cache-saver-cap, cache-saver-each]"),
         key_yaml("cache-rpm", "limits: {requestsPerMinute: 3}"),
         key_yaml("cache-outage"),
         key_yaml("cache-events"),  # nothing to enforce: served while Redis is down
@@ -374,6 +377,37 @@ def test_hits_charge_nothing_and_count_as_requests(cached: Cached) -> None:
     assert 'tollway_cache_requests_total{result="HIT"}' in metrics
     assert "tollway_cost_saved_usd_total" in metrics
     assert "tollway_open_reservations 0.0" in metrics  # each hit's request was settled
+
+
+def _money(entry: dict[str, Any]) -> tuple[Decimal, Decimal]:
+    return Decimal(entry["spent_usd"]), Decimal(entry["saved_usd"])
+
+
+def test_hits_show_what_they_saved_in_spend_per_key_and_budget(cached: Cached) -> None:
+    key, cap, each = "default/cache-saver", "default/cache-saver-cap", "default/cache-saver-each"
+    gateway = cached.gateway
+    before = _settled(gateway, key, gateway.spend()["keys"][key]["requests"])
+    start = gateway.spend(user="ana")
+    word = fresh()
+    users = ["ana", "ana", "bo", "bo", "bo"]
+    with cached.sdk("cache-saver") as sdk:
+        first = chat(sdk, word, user="ana")  # the miss that fills the entry
+        hits = [chat(sdk, word, user=user) for user in users]  # `user` is not part of the cache key
+    cost = Decimal(first.headers["x-tollway-cost-usd"])
+    assert cost > 0 and [hit.headers["x-tollway-cache"] for hit in hits] == ["HIT"] * len(users)
+    _settled(gateway, key, before["requests"] + 1 + len(users))
+    end = gateway.spend(user="ana")
+
+    def grew(pick: Callable[[dict[str, Any]], dict[str, Any]]) -> tuple[Decimal, Decimal]:
+        (spent0, saved0), (spent1, saved1) = _money(pick(start)), _money(pick(end))
+        return spent1 - spent0, saved1 - saved0
+
+    # Exactly N x the fill's cost saved, and nothing spent but the miss: per key, per budget, and
+    # per user on the perUser budget (ana made the miss and two of the hits).
+    assert grew(lambda snap: snap["keys"][key]) == (cost, 5 * cost)
+    assert grew(lambda snap: snap["budgets"][cap]) == (cost, 5 * cost)
+    assert grew(lambda snap: snap["budgets"][each]) == (cost, 5 * cost)
+    assert grew(lambda snap: snap["budgets"][each]["user"]) == (cost, 2 * cost)
 
 
 def test_a_hit_over_requests_per_minute_is_refused(cached: Cached) -> None:

@@ -30,9 +30,11 @@ from tollway_sidecar.quota.plan import (
     Plan,
     budget_key,
     build_plan,
+    for_hit,
     key_minute_key,
     key_month_key,
     settlement_for,
+    user_tag,
 )
 from tollway_sidecar.quota.redis_store import RedisStore
 from tollway_sidecar.quota.store import Batch, BatchLine, QuotaStore
@@ -238,6 +240,47 @@ async def test_per_user_budget_gives_each_user_a_copy_and_keeps_a_total(
     ]
     assert outcomes == [True, True, False, True, True]
     assert await budget_fields(store, budget, now) == {"usd": 1_200_000_000, "usd_r": 1_200_000_000}
+
+
+async def test_a_hits_settle_tallies_its_saving_on_every_usd_counter_once(
+    store: QuotaStore, namespace: str
+) -> None:
+    budget = make_budget(namespace, "0.5")
+    per_user = Budget(name="each", namespace=namespace, limit_usd=Decimal("1"), per_user=True)
+    key = make_key(namespace, budgets=("cap", "each"))
+    now = at("2026-03-14T12:00:00")
+    # The budget is spent: no call fits, a hit still does (and counts nothing but its request).
+    first = plan_for(key, now, budgets=(budget, per_user), user="ana", cost="0.5")
+    assert (await store.reserve(first)).admitted
+    assert not (await store.reserve(plan_for(key, now, budgets=(budget, per_user), user="ana"))).admitted
+    # A hit on counters no call has created yet (a fresh user's copy) still lands its saving.
+    hits = [
+        for_hit(plan_for(key, now + n, budgets=(budget, per_user), user=user)) for n, user in enumerate("ab")
+    ]
+    for hit in hits:
+        assert (await store.reserve(hit)).admitted
+        settlement = settlement_for(hit, Charge(0, 0, 0), saved_nano=300_000_001)
+        assert await store.settle(hit, settlement, now + 1000) is True
+        assert await store.settle(hit, settlement, now + 2000) is False  # a retry adds nothing
+    moment = datetime.fromtimestamp(now / 1000, tz=UTC)
+    month = key_month_key(key, moment)
+    names = [
+        budget_key(budget, moment),
+        budget_key(per_user, moment),  # the total over all users
+        budget_key(per_user, moment, user_tag("b")),
+    ]
+    counters = await store.read(namespace, [month, *names], now)
+    assert counters[names[0]] == {"usd": 500_000_000, "usd_r": 500_000_000, "saved": 600_000_002}
+    assert counters[names[1]] == {"usd": 500_000_000, "usd_r": 500_000_000, "saved": 600_000_002}
+    assert counters[names[2]] == {"usd": 0, "usd_r": 0, "saved": 300_000_001}  # b's copy
+    assert counters[month] == {
+        "usd": 500_000_000,
+        "usd_r": 500_000_000,
+        "req": 3,
+        "in": 0,
+        "out": 0,
+        "saved": 600_000_002,
+    }
 
 
 async def test_alert_budget_counts_but_never_refuses(store: QuotaStore, namespace: str) -> None:

@@ -119,6 +119,37 @@ def test_apply_then_call_then_spend_shows_in_kubectl(stack: Stack) -> None:
     assert Decimal(vk_status["spent"]) > 0 and vk_status["lastUsed"]
 
 
+def test_what_the_cache_saved_shows_in_the_budgets_status_and_kubectl(stack: Stack) -> None:
+    ns = stack.namespace("e2e-saved")
+    key = "tw-saved-0123456789abcdef012345678"
+    stack.apply(
+        in_namespace(
+            ns,
+            key_secret("saved-key", key),
+            mock_route("cached", "saved-chat", stack.gateway.options.mock_port, cache={"mode": "Exact"}),
+            resource("Budget", "saved-budget", {"limit": "100"}),
+            resource(
+                "VirtualKey",
+                "saver",
+                {"secretRef": {"name": "saved-key", "key": "key"}, "budgetRefs": ["saved-budget"]},
+            ),
+        )
+    )
+    stack.wait_status(key, "saved-chat", 200)  # the one answer from upstream: it fills the entry
+    for _ in range(2):
+        assert stack.call(key, "saved-chat")[0] == 200  # the same body: hits
+
+    def saved() -> dict[str, Any] | None:
+        status = (stack.get("budget", ns, "saved-budget") or {}).get("status") or {}
+        spent, saved = Decimal(status.get("spent", "0")), Decimal(status.get("saved", "0"))
+        return status if spent > 0 and saved == 2 * spent else None
+
+    status = wait_for(saved, 10 * SPEND_INTERVAL + 10, "two hits' saving in the Budget's status")
+    table = stack.cp.kubectl("get", "budgets", "-n", ns).stdout.splitlines()
+    assert table[0].split()[:7] == ["NAME", "LIMIT", "SPENT", "REMAINING", "PERIOD", "STATE", "SAVED"]
+    assert table[1].split()[6] == status["saved"]
+
+
 def test_an_edited_limit_is_enforced(stack: Stack) -> None:
     ns = stack.namespace("e2e-limit")
     key = "tw-limit-0123456789abcdef0123456789"

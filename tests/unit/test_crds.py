@@ -91,7 +91,7 @@ def test_printer_columns_tell_the_story() -> None:
         (version,) = crd(kind)["spec"]["versions"]
         return [c["name"].upper() for c in version["additionalPrinterColumns"]]
 
-    assert columns("Budget")[:5] == ["LIMIT", "SPENT", "REMAINING", "PERIOD", "STATE"]
+    assert columns("Budget") == ["LIMIT", "SPENT", "REMAINING", "PERIOD", "STATE", "SAVED", "AGE"]
     assert columns("VirtualKey") == ["OWNER", "BUDGETS", "SPENT", "REQUESTS", "LAST-USED", "READY"]
     assert columns("RouteRule") == ["MODEL", "STRATEGY", "BACKENDS", "READY"]
     assert crd("VirtualKey")["spec"]["names"]["shortNames"] == ["vk"]

@@ -27,7 +27,7 @@ KEY = VirtualKey(name="team-a", namespace="team-a", key_sha256="0" * 64, budgets
 CONFIG = GatewayConfig(keys=(KEY,), budgets=(BUDGET,)).with_checksum()
 
 
-async def charged(usd: str, reserved: str = "0", requests: int = 1) -> MemoryStore:
+async def charged(usd: str, reserved: str = "0", requests: int = 1, saved: str = "0") -> MemoryStore:
     """A store holding what the gateway's settles and reservations leave behind."""
     store = MemoryStore()
     lines = []
@@ -36,6 +36,7 @@ async def charged(usd: str, reserved: str = "0", requests: int = 1) -> MemorySto
             BatchLine(key, "usd", to_nano(Decimal(usd) + Decimal(reserved)), 0),
             BatchLine(key, "usd_r", to_nano(Decimal(reserved)), 0),
             BatchLine(key, "req", requests, 0),
+            BatchLine(key, "saved", to_nano(Decimal(saved)), 0),
         ]
     await store.apply(Batch("team-a", "b1", NOW_MS, tuple(lines)))
     return store
@@ -64,10 +65,21 @@ async def test_budget_status_tells_the_period_and_state() -> None:
         "spent": "8.25",
         "reserved": "0",
         "remaining": "1.75",
+        "saved": "0",
         "periodStart": "2026-11-01T00:00:00Z",
         "periodEnd": "2026-12-01T00:00:00Z",
         "state": "Warning",
     }
+
+
+async def test_budget_status_tells_what_the_cache_saved_as_spend_does() -> None:
+    store = await charged("8.25", saved="3.000000007")
+    spend = await read_spend(store, CONFIG, NOW_MS)
+    status = budget_status(BUDGET, spend.budgets["team-a/monthly"])
+    snapshot = await spend_snapshot(QuotaGate(store, clock=lambda: NOW_MS), CONFIG)
+    assert status["saved"] == snapshot["budgets"]["team-a/monthly"]["saved_usd"] == "3.000000007"
+    assert status["spent"] == "8.25"  # saving is not spending: state and remaining ignore it
+    assert (status["remaining"], status["state"]) == ("1.75", "Warning")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.quota.decision import decide, go_duration, ratelimit_headers
 from tollway_sidecar.quota.estimate import Estimate
 from tollway_sidecar.quota.gate import charge_for
-from tollway_sidecar.quota.plan import Charge, build_plan, from_nano, settlement_for, to_nano
+from tollway_sidecar.quota.plan import Charge, build_plan, for_hit, from_nano, settlement_for, to_nano
 
 NOW = int(datetime(2026, 3, 14, 12, 0, 15, tzinfo=UTC).timestamp() * 1000)
 KEY = VirtualKey(
@@ -111,6 +111,42 @@ def test_settlement_moves_only_what_differs_from_the_reservation() -> None:
     deltas = {(item.key.rsplit(":", 2)[-2], item.field): item.amount for item in settlement.deltas}
     assert deltas == {("m", "tok"): -50, ("d", "tok"): -50, ("mo", "usd"): -3_500}
     assert [(item.field, item.amount) for item in settlement.tallies] == [("in", 100), ("out", 50)]
+
+
+def test_a_hit_reserves_only_requests_and_its_settle_tallies_saved_on_every_usd_counter() -> None:
+    built = build_plan(
+        key=KEY,
+        budgets=BUDGETS,
+        user="ana",
+        estimate=ESTIMATE,
+        rid="r1",
+        now_ms=NOW,
+        reservation_ttl_ms=60_000,
+    )
+    hit = for_hit(built)
+    summary = [(line.scope, line.metric, line.window, line.amount, line.limit) for line in hit.lines]
+    assert summary == [
+        ("key", "requests", "minute", 1, 10),
+        ("user", "requests", "minute", 1, 2),
+        ("budget", "usd", "period", 0, -1),  # kept at zero, unchecked: the counters the saving goes to
+        ("budget", "usd", "period", 0, -1),
+        ("tally", "usd", "period", 0, -1),
+        ("budget", "usd", "period", 0, -1),
+        ("tally", "usd", "month", 0, -1),
+        ("tally", "requests", "month", 1, -1),
+    ]
+    assert hit.on_expiry == () and hit.hit and not built.hit
+    settlement = settlement_for(hit, Charge(0, 0, 0), saved_nano=7_350)
+    assert settlement.deltas == ()  # it costs nothing
+    saved = [item.key for item in settlement.tallies if item.field == "saved"]
+    assert saved == [line.key for line in hit.lines if line.metric == "usd"]
+    assert len(set(saved)) == 5  # daily, ana's copy and the total, the Alert budget, the key's month
+    assert all(item.amount == 7_350 for item in settlement.tallies if item.field == "saved")
+    # Nothing saved, nothing tallied; and only a hit saves.
+    assert all(item.field != "saved" for item in settlement_for(hit, Charge(0, 0, 0)).tallies)
+    assert all(item.field != "saved" for item in settlement_for(built, Charge(100, 50, 9_000)).tallies)
+    with pytest.raises(ValueError, match="cache hit"):
+        settlement_for(built, Charge(100, 50, 9_000), saved_nano=7_350)
 
 
 @pytest.mark.parametrize(

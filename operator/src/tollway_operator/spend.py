@@ -44,6 +44,7 @@ class BudgetSpend:
     period: str  # e.g. "2026-11"
     start: datetime
     end: datetime | None
+    saved: Decimal = Decimal(0)  # what the response cache's hits saved this period
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,12 @@ async def read_spend(store: CounterReader, config: GatewayConfig, now_ms: int) -
         counters.update(await store.read(namespace, list(dict.fromkeys(keys)), now_ms))
     budgets = {}
     for budget in config.budgets:
-        spent, reserved = _money(counters.get(budget_key(budget, now), {}))
+        fields = counters.get(budget_key(budget, now), {})
+        spent, reserved = _money(fields)
         start, end = period_bounds(budget.period, now)
-        budgets[budget.id] = BudgetSpend(spent, reserved, period_key(budget.period, now), start, end)
+        budgets[budget.id] = BudgetSpend(
+            spent, reserved, period_key(budget.period, now), start, end, from_nano(fields.get("saved", 0))
+        )
     key_spend = {}
     for key in config.keys:
         fields = counters.get(key_month_key(key, now), {})
@@ -106,6 +110,7 @@ def budget_status(budget: Budget, spend: BudgetSpend) -> dict[str, Any]:
         "spent": format_usd(spend.spent),
         "reserved": format_usd(spend.reserved),
         "remaining": format_usd(remaining),
+        "saved": format_usd(spend.saved),
         "periodStart": _rfc3339(spend.start),
         "periodEnd": _rfc3339(spend.end),
         "state": budget_state(budget, spend.spent),

@@ -298,11 +298,16 @@ class RouterCall:
         return reply
 
     async def _answer_hit(self, call: cache_call.CacheCall, body: dict[str, Any]) -> ep.ProcessingResponse:
-        """A cache hit: counted as a request (requests-per-minute), nothing reserved or charged."""
+        """A cache hit: counted as a request (requests-per-minute), nothing reserved or charged; its
+        settle tallies what it saved."""
         state = self.state
         assert state.key is not None and call.entry is not None
         admission = await self.runtime.quota.admit_hit(
-            key=state.key, budgets=self.compiled.budgets, user=state.end_user, rid=state.request_id
+            key=state.key,
+            budgets=self.compiled.budgets,
+            user=state.end_user,
+            rid=state.request_id,
+            saved_nano=call.saved_nano,
         )
         if isinstance(admission, Denial):
             if admission.status == 429:

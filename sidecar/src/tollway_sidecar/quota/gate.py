@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
@@ -40,7 +39,15 @@ from tollway_sidecar.pricing import BackendPrice, PriceBook
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.quota.decision import Denial, decide, ratelimit_headers, unavailable
 from tollway_sidecar.quota.estimate import Estimate, estimate_call
-from tollway_sidecar.quota.plan import Charge, Plan, Settlement, build_plan, settlement_for, to_nano
+from tollway_sidecar.quota.plan import (
+    Charge,
+    Plan,
+    Settlement,
+    build_plan,
+    for_hit,
+    settlement_for,
+    to_nano,
+)
 from tollway_sidecar.quota.store import Batch, BatchLine, QuotaStore, StoreUnavailable
 
 __all__ = ["Admission", "QuotaGate", "charge_for", "wall_clock_ms"]
@@ -63,6 +70,7 @@ class Admission:
     local: bool = False  # FailOpen while the store was unreachable: nothing is reserved
     settled: bool = False
     event_id: uuid.UUID | None = None  # the call's usage event id (its settle's and its expiry's)
+    saved_nano: int = 0  # a cache hit's saving, tallied by its settle
 
 
 def charge_for(
@@ -238,10 +246,17 @@ class QuotaGate:
         return await self._reserve(plan, estimate, _build_expiry(expiry_event, plan, event_id), event_id)
 
     async def admit_hit(
-        self, *, key: VirtualKey, budgets: Mapping[str, Budget], user: str | None, rid: str
+        self,
+        *,
+        key: VirtualKey,
+        budgets: Mapping[str, Budget],
+        user: str | None,
+        rid: str,
+        saved_nano: int = 0,
     ) -> Admission | Denial:
         """A call answered from the response cache: one request against requests-per-minute and the
-        key's monthly count, no tokens and no money reserved (it costs nothing)."""
+        key's monthly count, no tokens and no money reserved (it costs nothing). Its settle adds
+        `saved_nano` (the cached entry's cost) to the `saved` tallies, in the same store step."""
         estimate = Estimate(0, 0, Decimal(0))
         plan = build_plan(
             key=key,
@@ -253,9 +268,10 @@ class QuotaGate:
             reservation_ttl_ms=self.reservation_ttl_ms,
             default_failure_policy=self.failure_policy,
         )
-        requests_only = tuple(line for line in plan.lines if line.metric == "requests")
-        hit = dataclasses.replace(plan, lines=requests_only, on_expiry=())
-        return await self._reserve(hit, estimate, None, uuid7())
+        admission = await self._reserve(for_hit(plan), estimate, None, uuid7())
+        if isinstance(admission, Admission):
+            admission.saved_nano = saved_nano
+        return admission
 
     async def _reserve(
         self, plan: Plan, estimate: Estimate, record: str | None, event_id: uuid.UUID
@@ -356,7 +372,7 @@ class QuotaGate:
         admission.settled = True
         self.open -= 1
         plan = admission.plan
-        settlement = settlement_for(plan, charge)
+        settlement = settlement_for(plan, charge, saved_nano=admission.saved_nano)
         record = _build_event(event, charge, plan.rid)
         if admission.local:
             self._count_locally(plan, settlement, record)

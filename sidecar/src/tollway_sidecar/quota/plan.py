@@ -10,6 +10,8 @@ Both stores (Redis through Lua, memory through Python) execute plans the same wa
   `now + ttl`.
 - settle: if the reservation is still recorded, add `actual - amount` to `used`, take `amount` out
   of `reserved`, apply the tally increments, and forget the reservation; otherwise change nothing.
+- a hit (a call answered from the response cache, `for_hit`) reserves and checks only its request
+  lines; its settle's tallies add what it saved to the `saved` field of every usd counter.
 - expiry (swept by every operation in the namespace): take `amount` out of `reserved` and leave
   `used` alone, so the call stays charged at its estimate.
 
@@ -20,6 +22,7 @@ The key names, periods and money helpers are the operator's too: they live in `t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal
@@ -53,6 +56,7 @@ __all__ = [
     "budget_key",
     "build_plan",
     "expiry_charge",
+    "for_hit",
     "from_nano",
     "key_day_key",
     "key_minute_key",
@@ -115,6 +119,7 @@ class Plan:
     on_expiry: tuple[Increment, ...]  # tallies an expired reservation adds (its estimated tokens)
     key_id: str = ""
     failure_policy: FailurePolicy = "FailClosed"
+    hit: bool = False  # answered from the response cache (`for_hit`)
     keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -255,6 +260,20 @@ def build_plan(
     )
 
 
+def for_hit(plan: Plan) -> Plan:
+    """The plan of a call answered from the response cache: its request lines as planned, its usd
+    lines at zero and never checked (a hit costs nothing, so a used-up Block budget still serves
+    it), no token lines and nothing added on expiry. The usd lines stay because the reserve then
+    creates and keeps every counter the hit's saving goes to: a settle adds tallies only to
+    counters that exist."""
+    lines = tuple(
+        line if line.metric == "requests" else dataclasses.replace(line, amount=0, limit=-1)
+        for line in plan.lines
+        if line.metric != "tokens"
+    )
+    return dataclasses.replace(plan, lines=lines, on_expiry=(), hit=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     """What a finished call is charged: tokens and nano-USD, and whether usage was estimated."""
@@ -285,7 +304,11 @@ def expiry_charge(plan: Plan) -> Charge:
     return Charge(tallies["in"], tallies["out"], month.amount, estimated=True)
 
 
-def settlement_for(plan: Plan, charge: Charge) -> Settlement:
+def settlement_for(plan: Plan, charge: Charge, *, saved_nano: int = 0) -> Settlement:
+    """`saved_nano`: what a hit saved (its entry's cost), tallied as `saved` on every usd counter
+    of the plan — the key's month, each budget, a perUser budget's user copy and total."""
+    if saved_nano and not plan.hit:
+        raise ValueError("only a cache hit saves money")
     deltas: dict[tuple[str, str], int] = {}
     for line in plan.lines:
         if line.metric == "requests":
@@ -297,6 +320,9 @@ def settlement_for(plan: Plan, charge: Charge) -> Settlement:
     tallies = [Increment(month, "in", charge.input_tokens), Increment(month, "out", charge.output_tokens)]
     if charge.estimated:
         tallies.append(Increment(month, "unpriced", 1))
+    if saved_nano:
+        usd_keys = dict.fromkeys(line.key for line in plan.lines if line.metric == "usd")
+        tallies += [Increment(key, "saved", saved_nano) for key in usd_keys]
     return Settlement(
         deltas=tuple(Increment(key, name, amount) for (key, name), amount in deltas.items()),
         tallies=tuple(tallies),

@@ -1,4 +1,5 @@
-"""`/spend`: spent, reserved and remaining per budget and per key, as exact decimal strings.
+"""`/spend`: spent, reserved, remaining and saved (by cache hits) per budget and per key, as exact
+decimal strings.
 
 Read from the quota store (so every replica reports the same numbers), one read per namespace.
 Keys are reported for the current UTC month, with their rate-limit windows; budgets for their own
@@ -43,6 +44,11 @@ def _money(fields: dict[str, int]) -> tuple[Decimal, Decimal]:
     return from_nano(used - reserved), from_nano(reserved)
 
 
+def _saved(fields: dict[str, int]) -> str:
+    """What the response cache's hits saved on this counter."""
+    return format_usd(from_nano(fields.get("saved", 0)))
+
+
 def _budget_entry(budget: Budget, fields: dict[str, int], now: datetime) -> dict[str, Any]:
     start, end = period_bounds(budget.period, now)
     spent, reserved = _money(fields)
@@ -55,6 +61,7 @@ def _budget_entry(budget: Budget, fields: dict[str, int], now: datetime) -> dict
         "spent_usd": format_usd(spent),
         "reserved_usd": format_usd(reserved),
         "remaining_usd": None if remaining is None else format_usd(remaining),
+        "saved_usd": _saved(fields),
         "action": budget.action,
         "failure_policy": budget.failure_policy,
         "per_user": budget.per_user,
@@ -127,6 +134,7 @@ async def spend_snapshot(gate: QuotaGate, config: GatewayConfig, user: str | Non
                 "spent_usd": format_usd(spent),
                 "reserved_usd": format_usd(reserved),
                 "remaining_usd": format_usd(max(budget.limit_usd - spent - reserved, Decimal(0))),
+                "saved_usd": _saved(fields),
             }
         budgets_out[budget.id] = entry
 
@@ -154,6 +162,7 @@ async def spend_snapshot(gate: QuotaGate, config: GatewayConfig, user: str | Non
             "spent_usd": format_usd(spent),
             "reserved_usd": format_usd(reserved),
             "remaining_usd": None if remaining is None else format_usd(remaining),
+            "saved_usd": _saved(month),
             "budgets": list(key.budgets),
             "requests": month.get("req", 0),
             "input_tokens": month.get("in", 0),
