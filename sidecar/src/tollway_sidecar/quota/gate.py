@@ -232,7 +232,14 @@ class QuotaGate:
             estimate = estimate_call(
                 operation, body, route, prices, default_max_tokens=self.default_max_tokens
             )
-        plan = build_plan(
+        plan = self._plan(key, budgets, user, estimate, rid)
+        event_id = uuid7()
+        return await self._reserve(plan, estimate, _build_expiry(expiry_event, plan, event_id), event_id)
+
+    def _plan(
+        self, key: VirtualKey, budgets: Mapping[str, Budget], user: str | None, estimate: Estimate, rid: str
+    ) -> Plan:
+        return build_plan(
             key=key,
             budgets=dict(budgets),
             user=user,
@@ -242,8 +249,6 @@ class QuotaGate:
             reservation_ttl_ms=self.reservation_ttl_ms,
             default_failure_policy=self.failure_policy,
         )
-        event_id = uuid7()
-        return await self._reserve(plan, estimate, _build_expiry(expiry_event, plan, event_id), event_id)
 
     async def admit_hit(
         self,
@@ -258,16 +263,7 @@ class QuotaGate:
         key's monthly count, no tokens and no money reserved (it costs nothing). Its settle adds
         `saved_nano` (the cached entry's cost) to the `saved` tallies, in the same store step."""
         estimate = Estimate(0, 0, Decimal(0))
-        plan = build_plan(
-            key=key,
-            budgets=dict(budgets),
-            user=user,
-            estimate=estimate,
-            rid=rid,
-            now_ms=self.clock(),
-            reservation_ttl_ms=self.reservation_ttl_ms,
-            default_failure_policy=self.failure_policy,
-        )
+        plan = self._plan(key, budgets, user, estimate, rid)
         admission = await self._reserve(for_hit(plan), estimate, None, uuid7())
         if isinstance(admission, Admission):
             admission.saved_nano = saved_nano
