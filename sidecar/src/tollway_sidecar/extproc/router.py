@@ -254,15 +254,7 @@ class RouterCall:
             ),
         )
         if isinstance(admission, Denial):
-            if admission.status == 429:  # refused by a limit or budget (503: the store is down)
-                accounting.refused(self.runtime, state, admission.status)
-            return self._deny(
-                admission.status,
-                admission.message,
-                admission.error_type,
-                admission.code,
-                headers=admission.headers,
-            )
+            return self._refuse(admission)
         state.quota = admission
         spans.admitted(self.runtime.tracing, state, body)
         if state.stream and spans.capture_content(self.runtime.tracing, state):
@@ -310,15 +302,7 @@ class RouterCall:
             saved_nano=call.saved_nano,
         )
         if isinstance(admission, Denial):
-            if admission.status == 429:
-                accounting.refused(self.runtime, state, admission.status)
-            return self._deny(
-                admission.status,
-                admission.message,
-                admission.error_type,
-                admission.code,
-                headers=admission.headers,
-            )
+            return self._refuse(admission)
         state.quota = admission
         state.status = 200
         spans.admitted(self.runtime.tracing, state, body)
@@ -503,6 +487,15 @@ class RouterCall:
         if state.span is not None:  # a call that ended before any answer (the client went away)
             spans.finished(self.runtime.tracing, state)
         cache_call.end(self.runtime, state)  # a fill not ended yet (the call never got accounted)
+
+    def _refuse(self, denial: Denial) -> ep.ProcessingResponse:
+        """The quota gate's refusal; one by a limit or budget (429, not a 503: the store is down)
+        is a call with a usage event."""
+        if denial.status == 429:
+            accounting.refused(self.runtime, self.state, denial.status)
+        return self._deny(
+            denial.status, denial.message, denial.error_type, denial.code, headers=denial.headers
+        )
 
     def _deny(
         self,
