@@ -27,9 +27,11 @@ from tollway_sidecar.cache import (
     entry_from_json,
     wall_ms,
 )
+from tollway_sidecar.cache.semantic_key import semantic_query
 from tollway_sidecar.config.models import CacheSettings, Route, cache_for
 from tollway_sidecar.contract.money import format_usd, from_nano, to_nano
 from tollway_sidecar.extproc import messages as msg
+from tollway_sidecar.extproc import semantic_call
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.limits import MESSAGE_TIMEOUT_MS
 from tollway_sidecar.runtime import Runtime
@@ -52,6 +54,7 @@ class CacheCall:
     settings: CacheSettings
     api: Api
     lookup: Lookup
+    semantic: semantic_call.SemanticLookup | None = None  # on a Semantic route, after an exact miss
     stream_fill: StreamFill | None = None  # a streamed miss: the bytes the client received
     answer_body: bytes | None = None  # a buffered miss: the body the client received
     ended: bool = False
@@ -99,9 +102,37 @@ async def look_up(
             # About as long as the filler's upstream call may take: every attempt's timeout.
             lease_s=route.timeout_ms * route.fallback.max_attempts / 1000,
         )
+    semantic = None
+    if settings.semantic is not None and lookup.entry is None and (decision.read or lookup.fill):
+        query = semantic_query(
+            api=api,
+            partition=settings.partition,
+            key=state.key,
+            route_id=route.id,
+            client_model=state.client_model,
+            path=state.path,
+            body=body,
+            extra_parts=decision.partition_parts,
+        )
+        if query is not None:
+            semantic = await semantic_call.search(runtime, state, settings.semantic, decision, query)
+            lookup = _semantic_outcome(runtime, state, lookup, semantic)
     if decision.enabled:
         runtime.metrics.cache_looked_up(lookup.outcome, unavailable=lookup.unavailable)
-    return CacheCall(decision, settings, api, lookup)
+    return CacheCall(decision, settings, api, lookup, semantic)
+
+
+def _semantic_outcome(
+    runtime: Runtime, state: RequestState, lookup: Lookup, found: semantic_call.SemanticLookup
+) -> Lookup:
+    """A semantic hit replaces the exact miss (whose fill is let go: this call stores nothing)."""
+    if found.similarity is not None and state.span is not None and state.span.is_recording():
+        state.span.set_attribute("tollway.cache.similarity", round(found.similarity, 6))
+    if found.entry is None:
+        return lookup
+    if lookup.fill is not None:
+        runtime.cache_soon(lookup.fill.abandon())
+    return Lookup("SEMANTIC_HIT", found.entry, waited=lookup.waited)
 
 
 def hit_reply(
@@ -149,7 +180,7 @@ def end(runtime: Runtime, state: RequestState) -> None:
         log.debug("answer of call %s not cached: %s", state.request_id, exc.reason)
         runtime.cache_soon(fill.abandon())
         return
-    runtime.cache_soon(fill.complete(entry))
+    runtime.cache_soon(semantic_call.complete(runtime.cache, fill, entry, call.semantic))
 
 
 def _entry(call: CacheCall, state: RequestState) -> CacheEntry:

@@ -1,0 +1,122 @@
+"""Stored embeddings of cached calls, per semantic partition, and the linear scan that searches them.
+
+A partition holds at most `max_per_partition` vectors (default 256), the oldest dropped first; each
+carries its entry's expiry. Vectors are unit length when stored, so cosine similarity is a dot
+product. The scan is pure Python (numpy is not a dependency): its cost grows with the partition's
+count times the dimensions (docs/caching.md, "Semantic matching", has the measurement).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+__all__ = [
+    "DEFAULT_MAX_PER_PARTITION",
+    "Match",
+    "MemoryVectorStore",
+    "VectorStore",
+    "nearest",
+    "pack",
+    "unit",
+    "unpack",
+]
+
+DEFAULT_MAX_PER_PARTITION: Final = 256
+_MAX_PARTITIONS: Final = 4096  # memory store: least recently written partitions dropped beyond it
+_HEAD: Final = struct.Struct("<Q")  # the expiry (ms) in front of a packed vector
+
+Vector = tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    entry_id: str  # the exact cache key of the entry the vector belongs to
+    similarity: float  # cosine similarity, in [-1, 1]
+
+
+def unit(values: Sequence[float]) -> Vector | None:
+    """`values` scaled to length 1 (None for an empty, zero or non-finite vector)."""
+    norm = math.sqrt(math.fsum(v * v for v in values))
+    if not values or norm == 0 or not math.isfinite(norm):
+        return None
+    return tuple(v / norm for v in values)
+
+
+def pack(vector: Vector, expires_ms: int) -> bytes:
+    """The stored form: the expiry, then little-endian float32 values (what an embedding is worth)."""
+    return _HEAD.pack(expires_ms) + struct.pack(f"<{len(vector)}f", *vector)
+
+
+def unpack(data: bytes) -> tuple[Vector, int] | None:
+    """A stored vector and its expiry; None for a value that does not decode."""
+    body = len(data) - _HEAD.size
+    if body <= 0 or body % 4:
+        return None
+    (expires_ms,) = _HEAD.unpack_from(data)
+    return struct.unpack_from(f"<{body // 4}f", data, _HEAD.size), expires_ms
+
+
+def nearest(query: Vector, candidates: Iterable[tuple[str, Vector, int]], now_ms: int) -> Match | None:
+    """The most similar live candidate (entry id, vector, expiry) of the query's dimensions."""
+    best: Match | None = None
+    size = len(query)
+    for entry_id, vector, expires_ms in candidates:
+        if expires_ms <= now_ms or len(vector) != size:
+            continue  # expired, or embedded by another model (a changed embeddings route)
+        similarity = sum(map(operator.mul, query, vector))
+        if best is None or similarity > best.similarity:
+            best = Match(entry_id, similarity)
+    return best
+
+
+class VectorStore(Protocol):
+    name: str
+
+    async def add(self, partition: str, entry_id: str, vector: Vector, ttl_ms: int, now_ms: int) -> None:
+        """Keep `vector` (unit length) for `entry_id` until `now_ms + ttl_ms`, dropping the
+        partition's oldest vectors beyond its bound."""
+        ...
+
+    async def nearest(self, partition: str, query: Vector, now_ms: int) -> Match | None:
+        """The partition's most similar live vector to `query`; never one of another partition."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryVectorStore:
+    name = "memory"
+
+    def __init__(self, *, max_per_partition: int = DEFAULT_MAX_PER_PARTITION) -> None:
+        self.max_per_partition = max_per_partition
+        self._partitions: OrderedDict[str, OrderedDict[str, tuple[Vector, int]]] = OrderedDict()
+
+    def count(self, partition: str) -> int:
+        return len(self._partitions.get(partition, ()))
+
+    async def add(self, partition: str, entry_id: str, vector: Vector, ttl_ms: int, now_ms: int) -> None:
+        vectors = self._partitions.get(partition)
+        if vectors is None:
+            vectors = self._partitions[partition] = OrderedDict()
+            while len(self._partitions) > _MAX_PARTITIONS:
+                self._partitions.popitem(last=False)
+        self._partitions.move_to_end(partition)
+        vectors.pop(entry_id, None)  # a refill moves to the newest end
+        vectors[entry_id] = (vector, now_ms + ttl_ms)
+        while len(vectors) > self.max_per_partition:
+            vectors.popitem(last=False)
+
+    async def nearest(self, partition: str, query: Vector, now_ms: int) -> Match | None:
+        vectors = self._partitions.get(partition)
+        if not vectors:
+            return None
+        return nearest(query, ((k, v, e) for k, (v, e) in vectors.items()), now_ms)
+
+    async def close(self) -> None:
+        self._partitions.clear()
