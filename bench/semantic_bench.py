@@ -63,8 +63,8 @@ async def main_async(ops: int) -> None:
                 counter = iter(range(10**9))
                 rows[f"redis: add (bound 256), {dims}"] = await timed_async(
                     ops,
-                    lambda v=vectors, d=dims: v.add(
-                        f"bench-{d}", f"n{next(counter)}", query, 600_000, NOW + 1_000
+                    lambda v=vectors, d=dims, c=counter, q=query: v.add(
+                        f"bench-{d}", f"n{next(c)}", q, 600_000, NOW + 1_000
                     ),
                 )
         finally:
