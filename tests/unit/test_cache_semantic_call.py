@@ -15,6 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tollway.mockprovider import MockSettings, base_url, serve
+from tollway_sidecar.cache import Coalescer
+from tollway_sidecar.cache.redis_store import RedisCacheStore
 from tollway_sidecar.config.models import (
     Backend,
     CacheSettings,
@@ -181,4 +183,16 @@ async def test_a_key_over_its_limits_is_matched_exactly_only(mock_url: str) -> N
     await call.ask("what is the capital of france", "r1")  # its embeddings call is the one request
     second = await call.ask("What is the capital city of France?", "r2")
     assert second.lookup.outcome == "MISS" and second.semantic is not None and second.semantic.vector is None
+    await rt.cache.close()
+
+
+async def test_a_store_that_is_down_embeds_nothing(mock_url: str) -> None:
+    store = RedisCacheStore("redis://127.0.0.1:9/0")  # nothing listens on port 9: the store is down
+    rt = Runtime(CompiledConfig.build(config(mock_url)), max_request_bytes=1 << 20, cache=Coalescer(store))
+    call = Call(rt)
+    found = await call.ask("what is the capital of france", "r1")
+    assert found.lookup.outcome == "BYPASS" and found.lookup.unavailable and found.semantic is None
+    await rt.quota.drain()
+    spend = await spend_snapshot(rt.quota, rt.compiled.config)
+    assert spend["keys"]["default/a"]["requests"] == 0  # no embeddings call was made or charged
     await rt.cache.close()

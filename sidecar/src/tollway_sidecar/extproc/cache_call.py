@@ -27,7 +27,6 @@ from tollway_sidecar.cache import (
     entry_from_json,
     wall_ms,
 )
-from tollway_sidecar.cache.semantic_key import semantic_query
 from tollway_sidecar.config.models import CacheSettings, Route, cache_for
 from tollway_sidecar.contract.money import format_usd, from_nano, to_nano
 from tollway_sidecar.extproc import messages as msg
@@ -103,36 +102,13 @@ async def look_up(
             lease_s=route.timeout_ms * route.fallback.max_attempts / 1000,
         )
     semantic = None
-    if settings.semantic is not None and lookup.entry is None and (decision.read or lookup.fill):
-        query = semantic_query(
-            api=api,
-            partition=settings.partition,
-            key=state.key,
-            route_id=route.id,
-            client_model=state.client_model,
-            path=state.path,
-            body=body,
-            extra_parts=decision.partition_parts,
+    if settings.semantic is not None:  # a Semantic route: after an exact miss, compare the meaning
+        lookup, semantic = await semantic_call.after_exact(
+            runtime, state, route, settings, decision, lookup, api, body
         )
-        if query is not None:
-            semantic = await semantic_call.search(runtime, state, settings.semantic, decision, query)
-            lookup = _semantic_outcome(runtime, state, lookup, semantic)
     if decision.enabled:
         runtime.metrics.cache_looked_up(lookup.outcome, unavailable=lookup.unavailable)
     return CacheCall(decision, settings, api, lookup, semantic)
-
-
-def _semantic_outcome(
-    runtime: Runtime, state: RequestState, lookup: Lookup, found: semantic_call.SemanticLookup
-) -> Lookup:
-    """A semantic hit replaces the exact miss (whose fill is let go: this call stores nothing)."""
-    if found.similarity is not None and state.span is not None and state.span.is_recording():
-        state.span.set_attribute("tollway.cache.similarity", round(found.similarity, 6))
-    if found.entry is None:
-        return lookup
-    if lookup.fill is not None:
-        runtime.cache_soon(lookup.fill.abandon())
-    return Lookup("SEMANTIC_HIT", found.entry, waited=lookup.waited)
 
 
 def hit_reply(

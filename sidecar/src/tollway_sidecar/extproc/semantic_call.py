@@ -11,20 +11,21 @@ call. On a miss the vector rides on the call and is stored beside the entry once
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
-from tollway_sidecar.cache import CacheDecision, CacheEntry, CacheUnavailable, Coalescer, Fill
+from tollway_sidecar.cache import Api, CacheDecision, CacheEntry, CacheUnavailable, Coalescer, Fill, Lookup
 from tollway_sidecar.cache.embed import EmbeddingFailed
-from tollway_sidecar.cache.semantic_key import SemanticQuery
+from tollway_sidecar.cache.semantic_key import SemanticQuery, semantic_query
 from tollway_sidecar.cache.vectors import Vector
-from tollway_sidecar.config.models import Route, SemanticCache
+from tollway_sidecar.config.models import CacheSettings, Route, SemanticCache
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.quota.decision import Denial
 from tollway_sidecar.runtime import Runtime
 
-__all__ = ["EMBED_TIMEOUT_S", "SemanticLookup", "complete", "search"]
+__all__ = ["EMBED_TIMEOUT_S", "SemanticLookup", "after_exact", "complete", "search"]
 
 log = logging.getLogger("tollway.cache")
 
@@ -38,6 +39,45 @@ class SemanticLookup:
     vector: Vector | None = None  # what a miss stores beside its entry
     entry: CacheEntry | None = None  # a hit
     similarity: float | None = None  # the nearest stored vector's, hit or not
+
+
+async def after_exact(
+    runtime: Runtime,
+    state: RequestState,
+    route: Route,
+    settings: CacheSettings,
+    decision: CacheDecision,
+    lookup: Lookup,
+    api: Api,
+    body: Mapping[str, Any],
+) -> tuple[Lookup, SemanticLookup | None]:
+    """The call's lookup after its exact one: a SEMANTIC_HIT, or the exact outcome and what a miss
+    stores beside its entry (None: nothing to compare, the call is matched exactly only)."""
+    # Not when the store is down (a bypass): nothing could be found or stored, so embedding is waste.
+    searchable = lookup.entry is None and not lookup.unavailable and (decision.read or lookup.fill)
+    semantic = settings.semantic
+    if semantic is None or not decision.active or not searchable or state.key is None:
+        return lookup, None
+    query = semantic_query(
+        api=api,
+        partition=settings.partition,
+        key=state.key,
+        route_id=route.id,
+        client_model=state.client_model,
+        path=state.path,
+        body=body,
+        extra_parts=decision.partition_parts,
+    )
+    if query is None:
+        return lookup, None
+    found = await search(runtime, state, semantic, decision, query)
+    if found.similarity is not None and state.span is not None and state.span.is_recording():
+        state.span.set_attribute("tollway.cache.similarity", round(found.similarity, 6))
+    if found.entry is None:
+        return lookup, found
+    if lookup.fill is not None:  # this call stores nothing: let the exact key's waiters go on
+        runtime.cache_soon(lookup.fill.abandon())
+    return Lookup("SEMANTIC_HIT", found.entry, waited=lookup.waited), found
 
 
 def _embedding_route(runtime: Runtime, route_id: str) -> Route | None:
