@@ -21,7 +21,15 @@ from tollway.mockprovider.content import embedding_vector
 from tollway_sidecar.cache.redis_store import RedisCacheStore
 from tollway_sidecar.cache.redis_vectors import RedisVectorStore
 from tollway_sidecar.cache.semantic_key import semantic_query
-from tollway_sidecar.cache.vectors import MemoryVectorStore, Vector, VectorStore, pack, unit, unpack
+from tollway_sidecar.cache.vectors import (
+    SCAN_SLICE,
+    MemoryVectorStore,
+    Vector,
+    VectorStore,
+    pack,
+    unit,
+    unpack,
+)
 from tollway_sidecar.config.models import VirtualKey
 
 NOW = 1_760_000_000_000
@@ -72,6 +80,21 @@ async def test_the_nearest_vector_of_the_partition(vectors: VectorStore, partiti
     assert match.similarity > 0.85
     match = await vectors.nearest(partition, vec("Bread, sourdough: bake I do HOW"), NOW + 1)
     assert match is not None and match.entry_id == "bread" and match.similarity > 0.99
+
+
+async def test_a_large_partition_is_scanned_in_slices_with_the_same_result(
+    vectors: VectorStore, partition: str
+) -> None:
+    dims = SCAN_SLICE // 3  # three vectors a slice: the 8 are scanned in three slices
+    texts = [f"alpha beta gamma delta {i} w{i}" for i in range(8)]
+    for i, text in enumerate(texts):
+        found = unit(embedding_vector(text, dims))
+        assert found is not None
+        await vectors.add(partition, f"e{i}", found, 60_000, NOW)
+    query = unit(embedding_vector("W5 5 alpha beta gamma delta", dims))
+    assert query is not None
+    match = await vectors.nearest(partition, query, NOW)
+    assert match is not None and match.entry_id == "e5" and match.similarity > 0.99
 
 
 async def test_another_partition_is_never_searched(vectors: VectorStore, partition: str) -> None:

@@ -18,7 +18,7 @@ from typing import Final
 from redis.exceptions import OutOfMemoryError
 
 from tollway_sidecar.cache.redis_store import RedisCacheStore
-from tollway_sidecar.cache.vectors import DEFAULT_MAX_PER_PARTITION, Match, Vector, nearest, pack, unpack
+from tollway_sidecar.cache.vectors import DEFAULT_MAX_PER_PARTITION, Match, Vector, pack, scan, unpack
 
 __all__ = ["RedisVectorStore"]
 
@@ -76,7 +76,7 @@ class RedisVectorStore:
             decoded = unpack(value)
             if decoded is not None:  # a value that does not decode is skipped; the bound drops it
                 candidates.append((field.decode("ascii", "replace"), decoded[0], decoded[1]))
-        return nearest(query, candidates, now_ms)
+        return await scan(query, candidates, now_ms)
 
     async def close(self) -> None:
         """The client is the cache store's; it closes it."""

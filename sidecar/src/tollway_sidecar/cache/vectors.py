@@ -8,6 +8,7 @@ count times the dimensions (docs/caching.md, "Semantic matching", has the measur
 
 from __future__ import annotations
 
+import asyncio
 import math
 import operator
 import struct
@@ -23,6 +24,7 @@ __all__ = [
     "VectorStore",
     "nearest",
     "pack",
+    "scan",
     "unit",
     "unpack",
 ]
@@ -30,6 +32,9 @@ __all__ = [
 DEFAULT_MAX_PER_PARTITION: Final = 256
 _MAX_PARTITIONS: Final = 4096  # memory store: least recently written partitions dropped beyond it
 _HEAD: Final = struct.Struct("<Q")  # the expiry (ms) in front of a packed vector
+# Multiplications per slice of a scan; the scan lets the event loop run other calls between slices
+# (~0.5-1 ms each here), so a long scan never holds every call on the replica for its whole length.
+SCAN_SLICE: Final = 32 * 1024
 
 Vector = tuple[float, ...]
 
@@ -75,6 +80,19 @@ def nearest(query: Vector, candidates: Iterable[tuple[str, Vector, int]], now_ms
     return best
 
 
+async def scan(query: Vector, candidates: list[tuple[str, Vector, int]], now_ms: int) -> Match | None:
+    """`nearest`, in slices of `SCAN_SLICE` multiplications with the event loop run between them."""
+    step = max(1, SCAN_SLICE // max(1, len(query)))
+    best: Match | None = None
+    for start in range(0, len(candidates), step):
+        if start:
+            await asyncio.sleep(0)
+        found = nearest(query, candidates[start : start + step], now_ms)
+        if found is not None and (best is None or found.similarity > best.similarity):
+            best = found
+    return best
+
+
 class VectorStore(Protocol):
     name: str
 
@@ -116,7 +134,8 @@ class MemoryVectorStore:
         vectors = self._partitions.get(partition)
         if not vectors:
             return None
-        return nearest(query, ((k, v, e) for k, (v, e) in vectors.items()), now_ms)
+        # A copy: `add` may change the partition between the scan's slices.
+        return await scan(query, [(k, v, e) for k, (v, e) in vectors.items()], now_ms)
 
     async def close(self) -> None:
         self._partitions.clear()
