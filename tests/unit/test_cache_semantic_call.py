@@ -4,6 +4,7 @@ span, the embeddings call is charged to the key, and every failure leaves exact 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -195,4 +196,28 @@ async def test_a_store_that_is_down_embeds_nothing(mock_url: str) -> None:
     await rt.quota.drain()
     spend = await spend_snapshot(rt.quota, rt.compiled.config)
     assert spend["keys"]["default/a"]["requests"] == 0  # no embeddings call was made or charged
+    await rt.cache.close()
+
+
+async def test_a_call_that_waited_for_a_fill_is_not_embedded(mock_url: str) -> None:
+    rt = runtime(config(mock_url))
+    route = rt.compiled.routes_by_model["chat"]
+
+    async def look(rid: str) -> cache_call.CacheCall:
+        state = RequestState(request_id=rid, operation="chat", path="/v1/chat/completions", key=KEY)
+        state.client_model = "chat"
+        found = await cache_call.look_up(rt, state, route, {}, copy.deepcopy(BODY))
+        assert found is not None
+        return found
+
+    leader = await look("r1")  # leads the fill of the exact key, and is embedded
+    assert leader.lookup.fill is not None and leader.semantic is not None
+    waiter = asyncio.create_task(look("r2"))
+    await asyncio.sleep(0.05)
+    await leader.lookup.fill.abandon()  # the leader's call failed: the waiter goes upstream
+    waited = await waiter
+    assert waited.lookup.waited and waited.lookup.outcome == "MISS" and waited.semantic is None
+    await rt.quota.drain()
+    spend = await spend_snapshot(rt.quota, rt.compiled.config)
+    assert spend["keys"]["default/a"]["requests"] == 1  # the leader's embeddings call only
     await rt.cache.close()

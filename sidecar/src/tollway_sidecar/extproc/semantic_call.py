@@ -54,7 +54,9 @@ async def after_exact(
     """The call's lookup after its exact one: a SEMANTIC_HIT, or the exact outcome and what a miss
     stores beside its entry (None: nothing to compare, the call is matched exactly only)."""
     # Not when the store is down (a bypass): nothing could be found or stored, so embedding is waste.
-    searchable = lookup.entry is None and not lookup.unavailable and (decision.read or lookup.fill)
+    # Not after waiting for another call's fill: the wait used the time Envoy gives this reply.
+    searchable = lookup.entry is None and not lookup.unavailable and not lookup.waited
+    searchable = searchable and (decision.read or lookup.fill is not None)
     semantic = settings.semantic
     if semantic is None or not decision.active or not searchable or state.key is None:
         return lookup, None
@@ -77,7 +79,7 @@ async def after_exact(
         return lookup, found
     if lookup.fill is not None:  # this call stores nothing: let the exact key's waiters go on
         runtime.cache_soon(lookup.fill.abandon())
-    return Lookup("SEMANTIC_HIT", found.entry, waited=lookup.waited), found
+    return Lookup("SEMANTIC_HIT", found.entry), found
 
 
 def _embedding_route(runtime: Runtime, route_id: str) -> Route | None:
