@@ -247,3 +247,17 @@ async def test_paraphrases_hit_in_their_partition_and_never_across(
     assert cross_hits == 0, f"{cross_hits} of {cross_pairs} cross-partition pairs hit"
     assert same_hits == same_pairs, f"{same_pairs - same_hits} of {same_pairs} paraphrases missed"
     assert unrelated_hits == 0
+
+
+async def test_the_memory_store_is_bounded_by_bytes_least_recently_written_first() -> None:
+    store = MemoryVectorStore(max_bytes=4 * DIMS * 5)  # five vectors' worth
+    for i in range(3):
+        await store.add("old", f"o{i}", vec(f"old {i} q{i}"), 60_000, NOW)
+    for i in range(3):
+        await store.add("new", f"n{i}", vec(f"new {i} r{i}"), 60_000, NOW)
+    assert store.bytes == 4 * DIMS * 5
+    assert (store.count("old"), store.count("new")) == (2, 3)  # the oldest of "old" went first
+    for i in range(3, 6):
+        await store.add("new", f"n{i}", vec(f"new {i} r{i}"), 60_000, NOW)
+    assert (store.count("old"), store.count("new")) == (0, 5)
+    assert store.bytes == 4 * DIMS * 5
