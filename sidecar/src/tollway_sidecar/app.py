@@ -17,8 +17,9 @@ from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from tollway_sidecar.admin import create_admin_app
-from tollway_sidecar.cache import CacheStore, Coalescer, MemoryCacheStore
+from tollway_sidecar.cache import Coalescer, MemoryCacheStore
 from tollway_sidecar.cache.redis_store import RedisCacheStore
+from tollway_sidecar.cache.redis_vectors import RedisVectorStore
 from tollway_sidecar.config.loader import ConfigError, FileWatcher, load_config_file
 from tollway_sidecar.config.models import GatewayConfig
 from tollway_sidecar.config.secret_watch import ApiAccess, SecretWatcher, parse_secret_ref
@@ -119,7 +120,7 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         await admin.cleanup()
         await runtime.quota.close()
         await runtime.drain_cache()
-        await runtime.cache.store.close()
+        await runtime.cache.close()
         runtime.tracing.shutdown()  # flushes the spans still queued
 
 
@@ -155,11 +156,10 @@ def _response_cache(settings: SidecarSettings) -> Coalescer:
     """The response cache's store: the quota store's Redis (its own client) when there is one, else
     this process's memory. Only routes whose cache is on use it."""
     if settings.redis_url is None:
-        store: CacheStore = MemoryCacheStore(max_bytes=settings.cache_memory_max_bytes)
-    else:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        store = RedisCacheStore(settings.redis_url, password=password)
-    return Coalescer(store)
+        return Coalescer(MemoryCacheStore(max_bytes=settings.cache_memory_max_bytes))
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    store = RedisCacheStore(settings.redis_url, password=password)
+    return Coalescer(store, vectors=RedisVectorStore(store))
 
 
 def _models(config: GatewayConfig) -> set[str]:

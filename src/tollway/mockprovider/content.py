@@ -11,9 +11,11 @@ One "token" is one whitespace-separated word everywhere in the mock:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import random
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any
 from .knobs import Knobs
 
 PER_MESSAGE_TOKENS = 4
+_WORD = re.compile(r"\w+")
 _ECHO_WORDS = 8
 _PREFIX = ["This", "is", "a", "mock", "reply", "to:"]
 _FILLER = [
@@ -160,14 +163,34 @@ def input_tokens(item: str | list[int]) -> int:
     return count_words(item) if isinstance(item, str) else len(item)
 
 
-def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
-    """A unit vector of float32 values seeded by a hash of the input (same input, same vector)."""
-    key = item.encode() if isinstance(item, str) else ("tokens:" + ",".join(map(str, item))).encode()
+@functools.lru_cache(maxsize=4096)
+def _seeded_unit(key: bytes, dimensions: int) -> tuple[float, ...]:
     seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
     rng = random.Random(seed)
     values = [rng.uniform(-1.0, 1.0) for _ in range(dimensions)]
     norm = math.sqrt(sum(v * v for v in values)) or 1.0
-    packed = struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+    return tuple(v / norm for v in values)
+
+
+def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector of float32 values, the same for the same input.
+
+    A string is a bag of words: the sum of one seeded random unit vector per lowercase word, so texts
+    sharing most of their words are close (cosine near the share of common words) and unrelated
+    texts are near orthogonal, as a real model's paraphrases and unrelated prompts are. A token array
+    (or a string without words) is one seeded vector of its own.
+    """
+    words = _WORD.findall(item.lower()) if isinstance(item, str) else []
+    if words:
+        total = [0.0] * dimensions
+        for word in words:
+            for index, value in enumerate(_seeded_unit(word.encode(), dimensions)):
+                total[index] += value
+    else:
+        key = item.encode() if isinstance(item, str) else ("tokens:" + ",".join(map(str, item))).encode()
+        total = list(_seeded_unit(key, dimensions))
+    norm = math.sqrt(sum(v * v for v in total)) or 1.0
+    packed = struct.pack(f"<{dimensions}f", *(v / norm for v in total))
     # Round-trip through float32 so the float and base64 encodings carry identical numbers.
     return list(struct.unpack(f"<{dimensions}f", packed))
 

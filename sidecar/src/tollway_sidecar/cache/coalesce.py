@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
 
+from tollway_sidecar.cache.embed import Embedder
 from tollway_sidecar.cache.entry import CacheEntry
 from tollway_sidecar.cache.request_policy import CacheDecision, CacheOutcome
 from tollway_sidecar.cache.store import CacheStore, CacheUnavailable
+from tollway_sidecar.cache.vectors import MemoryVectorStore, VectorStore
 
 __all__ = ["Coalescer", "Fill", "Lookup", "wall_ms"]
 
@@ -108,10 +110,20 @@ def _wake(future: asyncio.Future[_Outcome] | None, outcome: _Outcome) -> None:
 
 
 class Coalescer:
-    def __init__(self, store: CacheStore, *, clock: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self, store: CacheStore, *, clock: Callable[[], int] = wall_ms, vectors: VectorStore | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
         self._leaders: dict[str, asyncio.Future[_Outcome]] = {}
+        # Semantic matching's embeddings of stored entries (beside `store`), and its embeddings client.
+        self.vectors: VectorStore = vectors if vectors is not None else MemoryVectorStore()
+        self.embedder = Embedder()
+
+    async def close(self) -> None:
+        await self.embedder.close()
+        await self.vectors.close()
+        await self.store.close()
 
     def _fill(
         self,

@@ -84,6 +84,15 @@ class RedisCacheStore:
     def lease_key(self, key: str) -> str:
         return f"{self.prefix}{{{key}}}:l"
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client, shared with the semantic cache's vector store (`redis_vectors`)."""
+        return self._redis
+
+    async def call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
+        """One bounded call on the client: `CacheUnavailable` on failure, as the store's own."""
+        return await self._call(what, make)
+
     def _where(self) -> str:
         return self.url.rsplit("@", 1)[-1]  # never the password
 

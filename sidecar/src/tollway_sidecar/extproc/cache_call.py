@@ -30,6 +30,7 @@ from tollway_sidecar.cache import (
 from tollway_sidecar.config.models import CacheSettings, Route, cache_for
 from tollway_sidecar.contract.money import format_usd, from_nano, to_nano
 from tollway_sidecar.extproc import messages as msg
+from tollway_sidecar.extproc import semantic_call
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.limits import MESSAGE_TIMEOUT_MS
 from tollway_sidecar.runtime import Runtime
@@ -52,6 +53,7 @@ class CacheCall:
     settings: CacheSettings
     api: Api
     lookup: Lookup
+    semantic: semantic_call.SemanticLookup | None = None  # on a Semantic route, after an exact miss
     stream_fill: StreamFill | None = None  # a streamed miss: the bytes the client received
     answer_body: bytes | None = None  # a buffered miss: the body the client received
     ended: bool = False
@@ -99,9 +101,14 @@ async def look_up(
             # About as long as the filler's upstream call may take: every attempt's timeout.
             lease_s=route.timeout_ms * route.fallback.max_attempts / 1000,
         )
+    semantic = None
+    if settings.semantic is not None:  # a Semantic route: after an exact miss, compare the meaning
+        lookup, semantic = await semantic_call.after_exact(
+            runtime, state, route, settings, decision, lookup, api, body
+        )
     if decision.enabled:
         runtime.metrics.cache_looked_up(lookup.outcome, unavailable=lookup.unavailable)
-    return CacheCall(decision, settings, api, lookup)
+    return CacheCall(decision, settings, api, lookup, semantic)
 
 
 def hit_reply(
@@ -149,7 +156,7 @@ def end(runtime: Runtime, state: RequestState) -> None:
         log.debug("answer of call %s not cached: %s", state.request_id, exc.reason)
         runtime.cache_soon(fill.abandon())
         return
-    runtime.cache_soon(fill.complete(entry))
+    runtime.cache_soon(semantic_call.complete(runtime.cache, fill, entry, call.semantic))
 
 
 def _entry(call: CacheCall, state: RequestState) -> CacheEntry:
