@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
+import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from tollway_sidecar.cache.entry import CacheEntry, CorruptEntry, decode_entry
