@@ -131,7 +131,7 @@ def test_install_on_a_fresh_cluster_creates_the_crds_and_upgrade_applies_a_chang
     budget = stored_crd(cluster, "budgets.tollway.dev")
     assert budget["metadata"]["labels"]["helm.sh/chart"] == "tollway-0.1.1"
     assert "costCenter" in spec_properties(budget)
-    assert columns(budget) == ["Limit", "Spent", "Remaining", "Period", "Action", "State", "Age"]
+    assert columns(budget) == ["Limit", "Spent", "Remaining", "Period", "Action", "State", "Saved", "Age"]
     cluster.cp.kubectl("apply", "--validate=strict", "-f", "-", input=OWNED_BUDGET)
     owned = cluster.get("budget", "owned", "team-a")
     assert owned is not None and owned["spec"]["costCenter"] == "cc-42", "the new field was pruned"

@@ -67,7 +67,7 @@ def test_defaults_are_filled_in_by_the_api_server(cp: Any) -> None:
 def test_kubectl_get_shows_the_printer_columns(cp: Any) -> None:
     apply(cp, budget(), dry_run=False)
     header = cp.kubectl("get", "budgets", "-n", NS).stdout.splitlines()[0].split()
-    assert header == ["NAME", "LIMIT", "SPENT", "REMAINING", "PERIOD", "STATE", "AGE"]
+    assert header == ["NAME", "LIMIT", "SPENT", "REMAINING", "PERIOD", "STATE", "SAVED", "AGE"]
     header = cp.kubectl("get", "rr", "-n", NS).stdout.splitlines()[0].split()
     assert header == ["NAME", "MODEL", "STRATEGY", "BACKENDS", "READY"]
     listed = cp.kubectl("get", "tollway", "-n", NS, "-o", "name").stdout.split()
