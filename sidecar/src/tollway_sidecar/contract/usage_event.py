@@ -246,7 +246,10 @@ class UsageEvent:
     def from_json(cls, text: str | bytes) -> UsageEvent:
         """Parse and validate; raises `UsageEventError` naming the first bad field."""
         try:
-            body = json.loads(text, parse_float=Decimal)
+            if isinstance(text, str) and not text.startswith("\ufeff"):
+                body = _DECODER.decode(text)  # json.loads would build this decoder for every event
+            else:
+                body = json.loads(text, parse_float=Decimal)  # bytes, and its error for a BOM
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageEventError("(event)", f"not JSON: {exc}") from exc
         return cls.from_dict(body)
@@ -283,6 +286,7 @@ class UsageEvent:
         )
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 _DATA_FIELDS = tuple(f.name for f in dataclasses.fields(UsageData))
 # `dataclasses.fields` builds its answer on every call: the validation, run per event, reads these.
 _TOKEN_FIELDS = tuple(f.name for f in dataclasses.fields(Tokens))
