@@ -424,8 +424,8 @@ def _validate(event: UsageEvent) -> None:
         raise UsageEventError("data.cost", "a denied call costs 0 and is not billable")
     if cost > MAX_COST_USD * NANOS_PER_USD:
         raise UsageEventError("data.cost", f"more than {MAX_COST_USD} USD for one call")
-    for name in _TOKEN_FIELDS:
-        _check_count(f"data.tokens.{name}", getattr(data.tokens, name))
+    for f in dataclasses.fields(Tokens):
+        _check_count(f"data.tokens.{f.name}", getattr(data.tokens, f.name))
     for name in ("latency_ms", "ttft_ms"):
         value = getattr(data, name)
         if value is not None:
