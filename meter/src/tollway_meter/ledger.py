@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import sqlite3
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,24 @@ _EVENT_COLUMNS = (
     "request_id",
     "trace_id",
     "event",
+)
+# The events' PostgreSQL types in `_EVENT_COLUMNS` order, for the binary COPY.
+_EVENT_TYPES = (
+    "uuid",
+    "timestamptz",
+    "text",
+    "bool",
+    "timestamptz",
+    *(["text"] * len(ROLLUP_DIMENSIONS)),
+    *(["int8"] * len(ROLLUP_MEASURES)),
+    "text",
+    "text",
+    "int4",
+    "text",
+    "int8",
+    "text",
+    "text",
+    "jsonb",
 )
 _ROLLUP_COLUMNS = ("hour", "period", "adjustment", *ROLLUP_DIMENSIONS, *ROLLUP_MEASURES)
 _ROLLUP_UPSERT = (
@@ -122,13 +141,13 @@ class Ledger(abc.ABC):
         """Insert the batch in one transaction; re-ingesting any of it changes nothing."""
         if not events:
             return IngestResult(0, 0, 0)  # a batch of only dead letters needs no database
-        unique = {str(event.id): event for event in events}
-        self.prepare({period_of(event.time) for event in unique.values()})
+        # By id: concurrent meters lock the same ids in one order (no deadlock on the dedupe).
+        unique = sorted({event.id: event for event in events}.items())
+        self.prepare({period_of(event.time) for _id, event in unique})
         with self.transaction() as cur:
             self.lock_shared(cur)
             closed = self.closed_in(cur)
-            rows = sorted((event_row(event, closed) for event in unique.values()), key=lambda r: r.id)
-            new = self.insert_new(cur, rows)
+            new = self.insert_new(cur, [event for _id, event in unique], closed)
             deltas = rollup_deltas(new)
             if deltas:
                 cur.executemany(
@@ -207,7 +226,8 @@ class Ledger(abc.ABC):
     def lock_exclusive(self, cur: Any) -> None: ...
 
     @abc.abstractmethod
-    def insert_new(self, cur: Any, rows: Sequence[EventRow]) -> list[EventRow]: ...
+    def insert_new(self, cur: Any, events: Sequence[UsageEvent], closed: frozenset[str]) -> list[EventRow]:
+        """Insert the events the ledger has not seen (`events` has no id twice); their rows."""
 
     @abc.abstractmethod
     def known_ids(self, cur: Any, ids: Sequence[str]) -> frozenset[str]:
@@ -290,16 +310,20 @@ class SqliteLedger(Ledger):
     def lock_exclusive(self, cur: Any) -> None:
         """BEGIN IMMEDIATE already serialises writers."""
 
-    def insert_new(self, cur: Any, rows: Sequence[EventRow]) -> list[EventRow]:
-        statement = self.sql(
-            f"INSERT INTO usage_events ({', '.join(_EVENT_COLUMNS)}) "
-            f"VALUES ({', '.join(['%s'] * len(_EVENT_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
-        )
-        new = []
-        for row in rows:
-            cur.execute(statement, self.event_values(row))
-            if cur.rowcount == 1:
-                new.append(row)
+    def insert_new(self, cur: Any, events: Sequence[UsageEvent], closed: frozenset[str]) -> list[EventRow]:
+        # BEGIN IMMEDIATE holds the only write lock: the ids known now stay the only ones known, so
+        # one lookup and one executemany replace a statement per event. No ON CONFLICT: a conflict
+        # here would be a bug, refused rather than silently left out of the roll-ups.
+        known = self.known_ids(cur, [str(event.id) for event in events])
+        new = [event_row(event, closed) for event in events if str(event.id) not in known]
+        if new:
+            cur.executemany(
+                self.sql(
+                    f"INSERT INTO usage_events ({', '.join(_EVENT_COLUMNS)}) "
+                    f"VALUES ({', '.join(['%s'] * len(_EVENT_COLUMNS))})"
+                ),
+                [self.event_values(row) for row in new],
+            )
         return new
 
     def known_ids(self, cur: Any, ids: Sequence[str]) -> frozenset[str]:
@@ -338,10 +362,29 @@ class PostgresLedger(Ledger):
 
         self._psycopg = psycopg
         self.dsn = dsn
+        self.conn = self._connect()
+
+    def _connect(self) -> Any:
+        from psycopg.adapt import Dumper
+        from psycopg.pq import Format
+
+        class JsonbText(Dumper):
+            """The event's JSON, already text, as a binary jsonb (format version 1, then the text):
+            psycopg's own jsonb dumper would serialise the str again, as a JSON string."""
+
+            format = Format.BINARY
+
+            def dump(self, obj: Any) -> bytes:
+                return b"\x01" + str(obj).encode()
+
         try:
-            self.conn = psycopg.connect(dsn, connect_timeout=5)
-        except psycopg.OperationalError as exc:
+            conn = self._psycopg.connect(self.dsn, connect_timeout=5)
+        except self._psycopg.OperationalError as exc:
             raise LedgerUnavailableError(f"postgresql: {exc}") from exc
+        JsonbText.oid = conn.adapters.types["jsonb"].oid
+        # By oid only: used where the column's type is known (the COPY's `set_types`), never for a str.
+        conn.adapters.register_dumper(None, JsonbText)
+        return conn
 
     def migrations(self) -> tuple[migrations.Migration, ...]:
         return migrations.POSTGRES
@@ -372,10 +415,7 @@ class PostgresLedger(Ledger):
             raise LedgerUnavailableError(f"postgresql: {exc}") from exc
 
     def _reconnect(self) -> None:
-        try:
-            self.conn = self._psycopg.connect(self.dsn, connect_timeout=5)
-        except self._psycopg.OperationalError as exc:
-            raise LedgerUnavailableError(f"postgresql: {exc}") from exc
+        self.conn = self._connect()
 
     def lock_shared(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_PERIOD_LOCK,))
@@ -408,22 +448,31 @@ class PostgresLedger(Ledger):
                         f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
                     )
 
-    def insert_new(self, cur: Any, rows: Sequence[EventRow]) -> list[EventRow]:
-        if not rows:
+    def insert_new(self, cur: Any, events: Sequence[UsageEvent], closed: frozenset[str]) -> list[EventRow]:
+        if not events:
             return []
         # The gate decides which ids are new (a concurrent replica's insert of the same id waits for
         # that transaction, then conflicts); only those rows are copied into the events table.
+        # Binary parameters: psycopg's C dumpers, ~6x cheaper than its text arrays for 500 ids.
         cur.execute(
-            "INSERT INTO event_ids (id, event_time) SELECT * FROM unnest(%s::uuid[], %s::timestamptz[]) "
+            "INSERT INTO event_ids (id, event_time) SELECT * FROM unnest(%b::uuid[], %b::timestamptz[]) "
             "ON CONFLICT (id) DO NOTHING RETURNING id",
-            ([row.id for row in rows], [row.event_time for row in rows]),
+            ([event.id for event in events], [event.time for event in events]),
         )
-        fresh = {str(found[0]) for found in cur.fetchall()}
-        new = [row for row in rows if row.id in fresh]
-        if new:
-            with cur.copy(f"COPY usage_events ({', '.join(_EVENT_COLUMNS)}) FROM STDIN") as copy:
-                for row in new:
-                    copy.write_row(self.event_values(row))
+        fresh = {found[0] for found in cur.fetchall()}
+        new: list[EventRow] = []
+        if fresh:
+            # Each row is built as it is written: the COPY sends every 32 KB, so the server indexes
+            # the rows already sent while this thread serialises the next ones. Binary: half the
+            # client's formatting, and no text parsing of times and numbers on the server.
+            columns = ", ".join(_EVENT_COLUMNS)
+            with cur.copy(f"COPY usage_events ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_EVENT_TYPES)
+                for event in events:
+                    if event.id in fresh:
+                        row = event_row(event, closed)
+                        copy.write_row(self.event_values(row))
+                        new.append(row)
         return new
 
     def known_ids(self, cur: Any, ids: Sequence[str]) -> frozenset[str]:
@@ -433,6 +482,9 @@ class PostgresLedger(Ledger):
 
     def time(self, moment: datetime) -> object:
         return moment
+
+    def uuid(self, text: str) -> object:
+        return uuid.UUID(text)
 
     def close(self) -> None:
         self.conn.close()

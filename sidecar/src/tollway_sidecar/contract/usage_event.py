@@ -73,9 +73,12 @@ class UsageEventError(ValueError):
 # --- money --------------------------------------------------------------------------------------
 
 
+_USD_TEXT = re.compile(r"\d+(\.\d{1,9})?")
+
+
 def parse_usd(text: str, where: str = "cost") -> Decimal:
     """A non-negative USD amount from its decimal string, exact to the nano-dollar."""
-    if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d{1,9})?", text):
+    if not isinstance(text, str) or not _USD_TEXT.fullmatch(text):
         raise UsageEventError(where, f"expected a decimal string like '0.000125', <= 9 decimals: {text!r}")
     try:
         return Decimal(text)
@@ -250,7 +253,10 @@ class UsageEvent:
     def from_json(cls, text: str | bytes) -> UsageEvent:
         """Parse and validate; raises `UsageEventError` naming the first bad field."""
         try:
-            body = json.loads(text, parse_float=Decimal)
+            if isinstance(text, str) and not text.startswith("\ufeff"):
+                body = _DECODER.decode(text)  # json.loads would build this decoder for every event
+            else:
+                body = json.loads(text, parse_float=Decimal)  # bytes, and its error for a BOM
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageEventError("(event)", f"not JSON: {exc}") from exc
         return cls.from_dict(body)
@@ -287,7 +293,10 @@ class UsageEvent:
         )
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 _DATA_FIELDS = tuple(f.name for f in dataclasses.fields(UsageData))
+# `dataclasses.fields` builds its answer on every call: the validation, run per event, reads these.
+_TOKEN_FIELDS = tuple(f.name for f in dataclasses.fields(Tokens))
 
 
 def _data_to_dict(data: UsageData) -> dict[str, Any]:
@@ -312,7 +321,14 @@ def _data_to_dict(data: UsageData) -> dict[str, Any]:
     return body
 
 
+_ABSENT = object()
+
+
 def _get(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    value = obj.get(name, _ABSENT)
+    # The common case, decided without building the path; `type is` also keeps a bool from an int.
+    if type(value) is kind:
+        return value
     path = f"{where}.{name}" if where else name
     if name not in obj:
         raise UsageEventError(path, "required")
@@ -324,6 +340,9 @@ def _get(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
 
 
 def _opt(obj: dict[str, Any], name: str, kind: type, where: str, default: Any) -> Any:
+    value = obj.get(name, _ABSENT)
+    if type(value) is kind:
+        return value
     if name not in obj or (obj[name] is None and default is None):
         return default
     return _get(obj, name, kind, where)
@@ -368,7 +387,6 @@ def _data_from_dict(data: dict[str, Any]) -> UsageData:
                 status=_get(attempt, "status", int, where),
             )
         )
-    token_fields = {f.name for f in dataclasses.fields(Tokens)}
     return UsageData(
         **text,
         cost=_get(data, "cost", str, w),
@@ -381,7 +399,7 @@ def _data_from_dict(data: dict[str, Any]) -> UsageData:
         billable=_get(data, "billable", bool, w),
         properties=dict(properties),
         attempts=tuple(parsed_attempts),
-        tokens=Tokens(**{n: _opt(tokens, n, int, "data.tokens", 0) for n in token_fields}),
+        tokens=Tokens(**{n: _opt(tokens, n, int, "data.tokens", 0) for n in _TOKEN_FIELDS}),
         budgets=tuple(budgets),
         latency_ms=_opt(data, "latency_ms", int, w, 0),
         ttft_ms=_opt(data, "ttft_ms", int, w, None),
@@ -404,12 +422,10 @@ def _validate(event: UsageEvent) -> None:
     for name in ("source", "subject"):
         _check_text(name, getattr(event, name), required=True)
     data = event.data
-    for f in dataclasses.fields(UsageData):
-        value = getattr(data, f.name)
-        if isinstance(value, str):
-            _check_text(
-                f"data.{f.name}", value, required=f.name in {"namespace", "key_name", "model", "outcome"}
-            )
+    for name in _DATA_FIELDS:
+        value = getattr(data, name)
+        if isinstance(value, str) and not _plain_text(value):
+            _check_text(f"data.{name}", value, required=name in _REQUIRED_TEXT)
     if data.outcome not in OUTCOMES:
         raise UsageEventError("data.outcome", f"expected one of {sorted(OUTCOMES)}, got {data.outcome!r}")
     if not 100 <= data.status <= 599:
@@ -428,7 +444,9 @@ def _validate(event: UsageEvent) -> None:
             _check_count(f"data.{name}", value)
     for i, attempt in enumerate(data.attempts):
         for name in ("backend", "provider", "upstream_model"):
-            _check_text(f"data.attempts[{i}].{name}", getattr(attempt, name), required=False)
+            value = getattr(attempt, name)
+            if not _plain_text(value):
+                _check_text(f"data.attempts[{i}].{name}", value, required=False)
     _check_properties(data.properties)
     for i, budget in enumerate(data.budgets):
         _check_text(f"data.budgets[{i}]", budget, required=True)
@@ -449,6 +467,12 @@ def _check_count(where: str, value: int) -> None:
         raise UsageEventError(where, f"must be between 0 and {MAX_COUNT}")
 
 
+def _plain_text(value: str) -> bool:
+    """Text every `_check_text` accepts (non-empty, short, ASCII without NUL): the common case,
+    tested without building the field's path for the error that will not be raised."""
+    return bool(value) and len(value) <= MAX_TEXT and value.isascii() and "\x00" not in value
+
+
 def _check_text(where: str, value: str, *, required: bool) -> None:
     if required and not value:
         raise UsageEventError(where, "required (empty)")
@@ -462,6 +486,8 @@ def _check_storable(where: str, value: str) -> None:
     which JSON's \\ud800 escapes can carry)."""
     if "\x00" in value:
         raise UsageEventError(where, "contains a NUL character")
+    if value.isascii():  # ASCII always encodes: skip building the bytes
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
