@@ -610,6 +610,21 @@ def cache_section(results: dict[str, Any]) -> list[str]:
         )
         + " The concurrent-streams search skips the cache systems (a hit replays a stream at once).",
         "",
+        # The section outlives its run (a run without the cache systems keeps it): say which it is.
+        f"From the run of {results['started']} ({results['seconds']:.0f} s; systems: "
+        + ", ".join(f"`{s}`" for s in systems_of(results))
+        + f"; load average {results['machine']['loadavg_start'][0]:.2f} at the start, "
+        f"{results['loadavg_end'][0]:.2f} at the end).",
+        "",
+        _md(
+            ["aim", "wanted", "measured", "verdict"],
+            [
+                [t["name"], t["target"], t["shown"], _verdict(t["met"])]
+                for t in targets(results)
+                if t["name"].startswith("cache hit:")
+            ],
+        ),
+        "",
         _md(*tables[0]),
         "",
         _md(*tables[1]),

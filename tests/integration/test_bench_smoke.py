@@ -108,6 +108,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert heading in text
     assert "Targets" in done.stdout and "bare Envoy" in done.stdout and "cache hit" in done.stdout
 
+    # A run without the cache systems keeps the report's Cache section (as it keeps Metering's).
+    c1 = {sc: {s: v for s, v in by.items() if s not in cached} for sc, by in results["c1"].items()}
+    without = tmp_path / "without-cache.json"
+    without.write_text(json.dumps({**results, "c1": c1, "cache_outcomes": None}))
+    _run_tool("bench", "--from-results", str(without), "--report", str(report), "--no-charts")
+    kept = report.read_text()
+    assert kept.count("<!-- cache:start -->") == 1, kept
+    assert "| Tollway, cache miss |" in kept.split("<!-- cache:start -->", 1)[1]
+
 
 def _run_tool(*argv: str) -> str:
     done = subprocess.run(
