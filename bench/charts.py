@@ -13,6 +13,9 @@ COLORS = {
     "envoy": "#1f77b4",
     "floor": "#9467bd",
     "tollway": "#2ca02c",
+    "tollway-cache-hit": "#17becf",
+    "tollway-cache-hit-memory": "#bcbd22",
+    "tollway-cache-miss": "#8c564b",
     "litellm": "#d62728",
 }
 

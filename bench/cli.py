@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default=None,
-        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all; --smoke: envoy,floor,tollway)",
+        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all; --smoke: envoy, floor, "
+        "tollway and its cache hit and miss)",
     )
     parser.add_argument(
         "--redis",
@@ -47,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=None, help="Markdown report (default bench/REPORT.md)")
     parser.add_argument("--charts-dir", type=Path, default=None, help="PNG charts (default bench/charts)")
     parser.add_argument("--no-charts", action="store_true")
+    parser.add_argument(
+        "--cache-section-only",
+        action="store_true",
+        help="write only the report's Cache section (for a run of a subset of the systems; the rest "
+        "of the report stays the last full run's)",
+    )
     parser.add_argument("--keep-state", action="store_true", help="keep the temp folder with every log")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--check-targets", action="store_true", help="exit 3 when a target is missed")
@@ -82,7 +89,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.report import print_tables, targets, write_report
+    from bench.report import print_tables, splice_cache_section, targets, write_report
 
     args = parse_args(argv)
     config = build_config(args)
@@ -109,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
         charts = draw(results, args.charts_dir or DEFAULT_CHARTS)
     report = args.report or (None if args.smoke else DEFAULT_REPORT)
-    if report is not None:
+    if report is not None and args.cache_section_only:
+        splice_cache_section(results, report)
+    elif report is not None:
         write_report(results, report, charts, ANALYSIS)
     print(print_tables(results))
     print(f"raw results: {raw}")

@@ -14,8 +14,16 @@ Each `Connection` carries one request at a time. Timestamps are `time.perf_count
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import time
 from dataclasses import dataclass, field
+
+# A numbered request is unique across the whole run and across runs against one long-lived cache:
+# a random run prefix, then a serial shared by every endpoint of this process.
+SERIAL_SLOT = b"@" * 16
+_RUN = f"{secrets.randbits(32):08x}"
+_SERIAL = itertools.count()
 
 _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
@@ -29,6 +37,9 @@ class Endpoint:
     port: int
     request: bytes
     stream: bool = False
+    serial_at: int = -1
+    """Where `SERIAL_SLOT` is in `request`: each send writes a new number there (same length, so the
+    Content-Length holds). -1: the same bytes every time."""
 
     @classmethod
     def build(
@@ -40,12 +51,24 @@ class Endpoint:
         headers: dict[str, str],
         *,
         stream: bool = False,
+        numbered: bool = False,
     ) -> Endpoint:
         lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"Content-Length: {len(body)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        return cls(host, port, head + body, stream)
+        request = head + body
+        serial_at = request.find(SERIAL_SLOT) if numbered else -1
+        if numbered and serial_at < 0:
+            raise ValueError("a numbered endpoint's body needs the serial slot (http.SERIAL_SLOT)")
+        return cls(host, port, request, stream, serial_at)
+
+    def next_request(self) -> bytes:
+        at = self.serial_at
+        if at < 0:
+            return self.request
+        serial = f"{_RUN}{next(_SERIAL) % 10**8:08d}".encode()
+        return self.request[:at] + serial + self.request[at + len(SERIAL_SLOT) :]
 
 
 @dataclass(slots=True)
@@ -247,7 +270,7 @@ async def fetch(conn: Connection, endpoint: Endpoint, limit_s: float) -> Respons
     """One request on `conn`; a failure is returned as `Response.error` (the connection is closed)."""
     sent = time.perf_counter()
     try:
-        return await asyncio.wait_for(conn.send(endpoint.request, stream=endpoint.stream), limit_s)
+        return await asyncio.wait_for(conn.send(endpoint.next_request(), stream=endpoint.stream), limit_s)
     except (ConnectionLost, OSError, TimeoutError) as exc:
         conn.close()
         return Response(sent_at=sent, done_at=time.perf_counter(), error=type(exc).__name__ + f": {exc}")

@@ -7,14 +7,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.systems import CACHE_SYSTEMS
+
 LABELS = {
     "direct": "direct",
     "envoy": "bare Envoy",
     "floor": "Envoy + no-op ext_proc",
     "tollway": "Tollway",
+    "tollway-cache-hit": "Tollway, cache hit",
+    "tollway-cache-hit-memory": "Tollway, cache hit (memory store)",
+    "tollway-cache-miss": "Tollway, cache miss",
     "litellm": "LiteLLM",
 }
-ORDER = ("direct", "envoy", "floor", "tollway", "litellm")
+ORDER = ("direct", "envoy", "floor", "tollway", *CACHE_SYSTEMS, "litellm")
 # "No added inter-chunk delay at p50", with this much allowance for timer noise.
 GAP_TOLERANCE_MS = 0.5
 
@@ -116,6 +121,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     rss = _get(results, "memory", "tollway", "sidecar", "peak_rss_mb")
     add("sidecar peak RSS under load", "≤ 150 MB", rss, rss <= 150, f"{_ms(rss, 0)} MB")
+    if "tollway-cache-hit" in systems_of(results):
+        hit = _get(results, "c1", "fast", "tollway-cache-hit", "latency", "p50") - _get(
+            results, "c1", "fast", "envoy", "latency", "p50"
+        )
+        add(
+            "cache hit: c=1 p50 over bare Envoy (0 ms upstream)",
+            "≤ +1.0 ms",
+            hit,
+            hit <= 1.0,
+            f"{_signed(hit)} ms",
+        )
+        hits = max_rate(results, "fast", "tollway-cache-hit", "p99<=50ms")
+        misses = max_rate(results, "fast", "tollway-cache-miss", "p99<=50ms")
+        times = hits / misses if misses else math.nan
+        add(
+            "cache hit: max rate at p99 ≤ 50 ms vs a cache miss",
+            "≥ 2x",
+            times,
+            times >= 2,
+            f"{times:.1f}x ({_rate(hits)} vs {_rate(misses)}/s)" if not math.isnan(times) else "-",
+        )
     return out
 
 
@@ -300,6 +326,8 @@ def print_tables(results: dict[str, Any]) -> str:
     overhead = overhead_table(results)
     if overhead is not None:
         parts.append(f"\n{OVERHEAD_TITLE}\n{_text(*overhead)}")
+    for i, table in enumerate(cache_tables(results)):
+        parts.append(("\nCache\n" if i == 0 else "\n") + _text(*table))
     return "\n".join(parts) + "\n"
 
 
@@ -374,6 +402,7 @@ def write_report(results: dict[str, Any], path: Path, charts: list[Path], analys
         lines += [f"![{c.stem}]({_rel(c, path.parent)})" for c in charts]
         lines.append("")
     lines += _profile_section(results)
+    lines += cache_section(results)
     lines += [
         "## Configuration",
         "",
@@ -410,13 +439,203 @@ def write_report(results: dict[str, Any], path: Path, charts: list[Path], analys
     if analysis is not None and analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
     text = "\n".join(lines)
-    # `bench.meter_bench` writes its own section between markers: a full run keeps it.
     old = path.read_text() if path.exists() else ""
-    start, end = "<!-- meter_bench:start -->", "<!-- meter_bench:end -->"
-    if start in old and end in old:
-        block = start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
-        text = text.replace("\n## Configuration", "\n" + block + "\n## Configuration", 1)
+    # `bench.meter_bench` writes its own section between markers: a full run keeps it. So is the
+    # Cache section kept by a run that did not measure the cache systems.
+    if CACHE_START not in text:
+        text = _keep_block(old, text, CACHE_START, CACHE_END)
+    text = _keep_block(old, text, "<!-- meter_bench:start -->", "<!-- meter_bench:end -->")
     path.write_text(text)
+
+
+def _block(text: str, start: str, end: str) -> str | None:
+    if start not in text or end not in text:
+        return None
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end
+
+
+def _keep_block(old: str, text: str, start: str, end: str) -> str:
+    block = _block(old, start, end)
+    if block is None:
+        return text
+    return text.replace("\n## Configuration", "\n" + block + "\n\n## Configuration", 1)
+
+
+def splice_cache_section(results: dict[str, Any], path: Path) -> None:
+    """Replace only the Cache section of an existing report (a run of a subset of the systems)."""
+    old = path.read_text()
+    new = "\n".join(cache_section(results)).rstrip("\n")
+    if not new:
+        raise ValueError("these results have no cache systems (tollway-cache-hit, tollway-cache-miss)")
+    block = _block(old, CACHE_START, CACHE_END)
+    if block is not None:
+        path.write_text(old.replace(block, new, 1))
+    else:
+        path.write_text(old.replace("\n## Configuration", "\n" + new + "\n\n## Configuration", 1))
+
+
+# -- the cache systems ------------------------------------------------------------------------------
+
+CACHE_START, CACHE_END = "<!-- cache:start -->", "<!-- cache:end -->"
+
+
+def cache_tables(results: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
+    """The hit and miss systems against bare Envoy and Tollway without cache, measured in one run:
+    c=1 latency, maximum rate, and what a miss adds. Empty when no cache system was measured."""
+    present = systems_of(results)
+    if not any(s in present for s in CACHE_SYSTEMS):
+        return []
+    fast = _get(results, "c1", "fast")
+
+    def lat(system: str, scenario: str = "fast", key: str = "latency", q: str = "p50") -> float:
+        return float(_get(results, "c1", scenario, system, key, q))
+
+    def rate(system: str) -> float:
+        return max_rate(results, "fast", system, "p99<=50ms")
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "-"
+
+    shown = [s for s in ("envoy", "tollway", *CACHE_SYSTEMS) if s in present]
+    latency_rows = []
+    for s in shown:
+        latency_rows.append(
+            [
+                LABELS[s],
+                _ms(lat(s)),
+                _ms(lat(s, q="p99")),
+                _signed(lat(s) - lat("envoy")),
+                _signed(lat(s, q="p99") - lat("envoy", q="p99")),
+                _signed(lat(s) - lat("tollway")),
+                _ms(lat(s, "slow")),
+                _ms(lat(s, "stream", "ttft")),
+                str(_get(fast, s, "errors", default="-")),
+            ]
+        )
+    latency = (
+        [
+            "system",
+            "0 ms: p50 ms",
+            "0 ms: p99 ms",
+            "p50 vs Envoy",
+            "p99 vs Envoy",
+            "p50 vs Tollway",
+            "50 ms: p50 ms",
+            "stream: TTFT p50 ms",
+            "errors",
+        ],
+        latency_rows,
+    )
+    rate_rows = []
+    for s in shown:
+        entry = _get(results, "rates", "fast", s, default={})
+        capped = bool(_get(entry, "capped", "p99<=50ms", default=False))
+        rate_rows.append(
+            [
+                LABELS[s],
+                _rate(rate(s), capped),
+                ratio(rate(s), rate("envoy")),
+                ratio(rate(s), rate("tollway")),
+                ratio(rate(s), rate("tollway-cache-miss")),
+                _ms(_gateway_cpu(results, s), 0),
+            ]
+        )
+    rates = (
+        [
+            "system",
+            "max rate p99≤50ms /s",
+            "vs bare Envoy",
+            "vs Tollway",
+            "vs cache miss",
+            "gateway CPU µs/req",
+        ],
+        rate_rows,
+    )
+    tables = [latency, rates]
+    if "tollway-cache-miss" in present and "tollway" in present:
+        miss, plain = "tollway-cache-miss", "tollway"
+        extra = [
+            ["c=1 p50, 0 ms upstream", f"{_signed(lat(miss) - lat(plain))} ms"],
+            ["c=1 p99, 0 ms upstream", f"{_signed(lat(miss, q='p99') - lat(plain, q='p99'))} ms"],
+            ["c=1 p50, 50 ms upstream", f"{_signed(lat(miss, 'slow') - lat(plain, 'slow'))} ms"],
+            [
+                "c=1 stream: TTFT p50 / whole stream p50",
+                f"{_signed(lat(miss, 'stream', 'ttft') - lat(plain, 'stream', 'ttft'))} ms / "
+                f"{_signed(lat(miss, 'stream') - lat(plain, 'stream'))} ms",
+            ],
+            ["max rate p99 ≤ 50 ms (0 ms upstream)", f"{ratio(rate(miss), rate(plain))} of Tollway's"],
+            [
+                "gateway CPU per call",
+                f"{_signed(_gateway_cpu(results, miss) - _gateway_cpu(results, plain), 0)} µs",
+            ],
+        ]
+        tables.append((["a miss with caching on, minus Tollway without cache", "extra"], extra))
+    return tables
+
+
+def _gateway_cpu(results: dict[str, Any], system: str) -> float:
+    per = _get(results, "reference", system, "cpu_us_per_request", default={})
+    if not per:
+        return math.nan
+    return float(sum(v["stat"] for name, v in per.items() if not name.startswith(("mock", "loadgen"))))
+
+
+def cache_section(results: dict[str, Any]) -> list[str]:
+    tables = cache_tables(results)
+    if not tables:
+        return []
+    info = _get(results, "config", "systems", default={})
+    store = "Redis" if _get(info, "tollway-cache-hit", "redis", default="off") != "off" else "memory"
+    outcomes = results.get("cache_outcomes") or {}
+    counted = "; ".join(
+        f"{gateway} store: " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items()))
+        for gateway, counts in outcomes.items()
+    )
+    lines = [
+        CACHE_START,
+        "## Cache (`tollway-cache-hit`, `tollway-cache-miss`)",
+        "",
+        "Measured in the same run, interleaved with the other systems at c=1 and searched the same way "
+        "for the maximum rate. Both run on Tollway's gateway, on a second set of RouteRules (one per "
+        "scenario, client model `<model>-cached`, the same mock backend) with `cache: {mode: Exact}`; "
+        f"the store is the gateway's ({store}). The hit system sends the same request every time, so "
+        "every call after the first is answered from the router filter's request-body message (no "
+        "upstream call, no response phase); the miss system numbers each request's prompt, so no call "
+        "hits and each stores its answer after the reply."
+        + (
+            " `tollway-cache-hit-memory` is the same hit on a second gateway without Redis (memory "
+            "store, quotas in memory)."
+            if "tollway-cache-hit-memory" in systems_of(results)
+            else ""
+        )
+        + " The concurrent-streams search skips the cache systems (a hit replays a stream at once).",
+        "",
+        # The section outlives its run (a run without the cache systems keeps it): say which it is.
+        f"From the run of {results['started']} ({results['seconds']:.0f} s; systems: "
+        + ", ".join(f"`{s}`" for s in systems_of(results))
+        + f"; load average {results['machine']['loadavg_start'][0]:.2f} at the start, "
+        f"{results['loadavg_end'][0]:.2f} at the end).",
+        "",
+        _md(
+            ["aim", "wanted", "measured", "verdict"],
+            [
+                [t["name"], t["target"], t["shown"], _verdict(t["met"])]
+                for t in targets(results)
+                if t["name"].startswith("cache hit:")
+            ],
+        ),
+        "",
+        _md(*tables[0]),
+        "",
+        _md(*tables[1]),
+        "",
+    ]
+    if len(tables) > 2:
+        lines += [_md(*tables[2]), ""]
+    if counted:
+        lines += [f"`tollway_cache_requests_total` at the end of the run, by gateway: {counted}.", ""]
+    lines += [CACHE_END, ""]
+    return lines
 
 
 def _overhead_section(results: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,10 +23,12 @@ from typing import Any
 from bench import load
 from bench.procs import CpuMeter, Proc
 from bench.systems import (
+    CACHE_SYSTEMS,
     ROOT,
     Children,
     Scenario,
     System,
+    cache_systems,
     default_scenarios,
     direct_system,
     request_body,
@@ -41,7 +44,8 @@ from bench.systems import (
 )
 from tollway.dev import DevGateway
 
-SYSTEMS = ("direct", "envoy", "floor", "tollway", "litellm")
+SYSTEMS = ("direct", "envoy", "floor", "tollway", *CACHE_SYSTEMS, "litellm")
+GATEWAY_SYSTEMS = ("tollway", *CACHE_SYSTEMS)  # served by a Tollway gateway
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Config:
     @classmethod
     def smoke(cls, **overrides: Any) -> Config:
         base = cls(
-            systems=("envoy", "floor", "tollway"),
+            systems=("envoy", "floor", "tollway", "tollway-cache-hit", "tollway-cache-miss"),
             stream_chunks=4,
             long_stream_chunks=8,
             c1_rounds={"fast": 30, "slow": 4, "stream": 4},
@@ -187,10 +191,11 @@ class Stack:
     notes: list[str] = field(default_factory=list)
     otlp_stats: Path | None = None
     tollway: DevGateway | None = None  # Tollway's gateway, to recompile its config folder
+    gateways: dict[str, DevGateway] = field(default_factory=dict)  # by the store its cache uses
 
     def procs_for(self, system: str, scenario: str) -> list[Proc]:
         procs = [*self.systems[system].procs, self.mocks[scenario][1], self.generator]
-        if system == "tollway":
+        if system in GATEWAY_SYSTEMS:
             procs += list(self.extras.values())
         if system == "litellm" and "redis" in self.extras:
             procs.append(self.extras["redis"])
@@ -230,25 +235,8 @@ def start_stack(config: Config) -> Stack:
             stack.systems["floor"] = start_floor(children, state_dir, stack.mocks, scenarios)
             say(config, "bench: floor (bare Envoy + no-op ext_proc) ready")
         redis_url, redis_port = _redis(config, stack)
-        if "tollway" in config.systems:
-            otlp_port = _otlp(config, stack)
-            saved_env = dict(os.environ)
-            try:
-                dev, system = start_tollway(
-                    state_dir, stack.mocks, scenarios, redis_url=redis_url, otlp_port=otlp_port
-                )
-            finally:
-                os.environ.clear()
-                os.environ.update(saved_env)
-            stack.stops.append(dev.stop)
-            stack.tollway = dev
-            stack.systems["tollway"] = system
-            say(
-                config,
-                "bench: Tollway ready ("
-                + ", ".join(f"{k}={v}" for k, v in system.info.items() if k in ("redis", "otlp"))
-                + ")",
-            )
+        if set(GATEWAY_SYSTEMS) & set(config.systems):
+            _start_gateways(config, stack, redis_url)
         if "litellm" in config.systems:
             assert config.litellm_venv is not None  # installed by run()
             stack.systems["litellm"] = start_litellm(
@@ -267,8 +255,67 @@ def start_stack(config: Config) -> Stack:
     return stack
 
 
+def _start_gateways(config: Config, stack: Stack, redis_url: str | None) -> None:
+    """Tollway's gateway (the `tollway` system and the cache systems on its cached routes) and, for
+    `tollway-cache-hit-memory` when the first one uses Redis, a second one without Redis."""
+    otlp_port = _otlp(config, stack)
+    saved_env = dict(os.environ)
+    try:
+        dev, system = start_tollway(
+            stack.state_dir, stack.mocks, stack.scenarios, redis_url=redis_url, otlp_port=otlp_port
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+    stack.stops.append(dev.stop)
+    stack.tollway = dev
+    stack.gateways["redis" if redis_url else "memory"] = dev
+    if "tollway" in config.systems:
+        stack.systems["tollway"] = system
+    on_first = tuple(s for s in CACHE_SYSTEMS if s in config.systems and s != "tollway-cache-hit-memory")
+    stack.systems.update(cache_systems(system, on_first))
+    say(
+        config,
+        "bench: Tollway ready ("
+        + ", ".join(f"{k}={v}" for k, v in system.info.items() if k in ("redis", "otlp"))
+        + ")",
+    )
+    if "tollway-cache-hit-memory" not in config.systems:
+        return
+    if redis_url is None:
+        stack.notes.append(
+            "tollway-cache-hit-memory: not run, Tollway has no Redis here, so tollway-cache-hit "
+            "already uses the memory store."
+        )
+        return
+    memory, memory_system = start_tollway(
+        stack.state_dir / "memory-gateway", stack.mocks, stack.scenarios, redis_url=None, otlp_port=None
+    )
+    stack.stops.append(memory.stop)
+    stack.gateways["memory"] = memory
+    stack.systems.update(cache_systems(memory_system, ("tollway-cache-hit-memory",)))
+    say(config, "bench: second Tollway gateway ready (no Redis: memory cache store)")
+
+
+def cache_outcomes(stack: Stack) -> dict[str, dict[str, float]]:
+    """`tollway_cache_requests_total` by result, per gateway: what the cache systems really got."""
+    out: dict[str, dict[str, float]] = {}
+    for store, dev in stack.gateways.items():
+        url = f"http://127.0.0.1:{dev.options.admin_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("tollway_cache_requests_total{"):
+                labels, value = line.rsplit(" ", 1)
+                result = labels.split('result="', 1)[1].split('"', 1)[0]
+                counts[result] = counts.get(result, 0.0) + float(value)
+        out[store] = counts
+    return out
+
+
 def _redis(config: Config, stack: Stack) -> tuple[str | None, int | None]:
-    if config.redis == "off" or "tollway" not in config.systems:
+    if config.redis == "off" or not set(GATEWAY_SYSTEMS) & set(config.systems):
         return None, None
     if not sidecar_supports_redis():
         stack.notes.append("Redis: this sidecar build has no Redis setting yet (quotas in memory); not used.")
@@ -431,9 +478,10 @@ async def measure(config: Config, stack: Stack) -> dict[str, Any]:
         }
         await asyncio.sleep(config.step_pause)
 
-    # 4. Concurrent streams.
+    # 4. Concurrent streams (not for the cache systems: a hit replays a stream at once, with no
+    # upstream pacing to keep, and a miss is Tollway's stream plus the fill, measured at c=1).
     long = scenarios["streams"]
-    for n in names:
+    for n in (n for n in names if n not in CACHE_SYSTEMS):
         say(config, f"bench: concurrent streams {n} ({long.chunks} chunks every {long.chunk_delay_ms:g} ms)")
         meter = CpuMeter(stack.procs_for(n, "streams"))
         ep = endpoint(n, "streams")
@@ -572,6 +620,8 @@ def run(config: Config) -> dict[str, Any]:
             from bench.report import targets
 
             measured = await measure(config, stack)
+            if stack.gateways and any(s in stack.systems for s in CACHE_SYSTEMS):
+                measured["cache_outcomes"] = cache_outcomes(stack)
             memory = memory_now()  # peak RSS under load, before the profiler's own load
             missed = [t["name"] for t in targets({**measured, "memory": memory}) if t["met"] is False]
             profile = None

@@ -10,6 +10,12 @@
 - `tollway`: the full gateway through `tollway.dev.DevGateway` (Envoy + sidecar), with a bench
   config (a virtual key with a budget and limits, one RouteRule per scenario); Redis and an OTLP
   receiver are added when this build of the sidecar supports them;
+- `tollway-cache-hit` / `tollway-cache-miss`: the same gateway, on a second set of RouteRules (one
+  per scenario, client model `<model>-cached`, the same backend) with `cache: {mode: Exact}`; a hit
+  sends the same request every time (all but the first call hit), a miss numbers each request's
+  prompt (`Endpoint.next_request`), so none hits. The store is the gateway's: Redis when the bench
+  runs Redis, else memory; with Redis, `tollway-cache-hit-memory` is the same hit on a second
+  gateway without Redis (memory store, quotas in memory);
 - `litellm`: the LiteLLM proxy from its own virtualenv (bench/litellm_env.py), master key +
   config.yaml model list (its virtual keys need Postgres through Prisma, whose engines are downloaded
   at run time and cannot be fetched here — see REPORT.md).
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.http import Endpoint
+from bench.http import SERIAL_SLOT, Endpoint
 from bench.procs import Proc
 from tollway.dev import Children as DevChildren
 from tollway.dev import DevGateway, DevOptions, envoy_binary, free_port
@@ -43,6 +49,8 @@ LITELLM_MASTER_KEY = "sk-bench-master-0123456789abcdef"
 MOCK_KEY = "sk-mock-upstream"
 CHAT_PATH = "/v1/chat/completions"
 ROOT = Path(__file__).resolve().parents[1]
+CACHE_SYSTEMS = ("tollway-cache-hit", "tollway-cache-hit-memory", "tollway-cache-miss")
+CACHE_TTL = "1h"  # longer than a run: a hit system's entry never expires mid-run
 
 
 @dataclass(frozen=True)
@@ -180,11 +188,28 @@ class System:
     ports: dict[str, tuple[int, str]]  # scenario → (port, model sent)
     auth: str
     info: dict[str, Any] = field(default_factory=dict)
+    numbered: bool = False  # every request's prompt starts with a new number (a cache miss each)
 
     def endpoint(self, scenario: Scenario, body: bytes) -> Endpoint:
-        port, _model = self.ports[scenario.name]
+        port, model = self.ports[scenario.name]
+        if model != scenario.model:
+            body = body.replace(_model_field(scenario.model), _model_field(model), 1)
+        if self.numbered:
+            user = b'{"role":"user","content":"'
+            body = body.replace(user, user + SERIAL_SLOT + b" ", 1)
         headers = {"Authorization": f"Bearer {self.auth}"}
-        return Endpoint.build("127.0.0.1", port, CHAT_PATH, body, headers, stream=scenario.stream)
+        return Endpoint.build(
+            "127.0.0.1", port, CHAT_PATH, body, headers, stream=scenario.stream, numbered=self.numbered
+        )
+
+
+def _model_field(model: str) -> bytes:
+    return b'"model":' + json.dumps(model).encode()
+
+
+def cached_model(model: str) -> str:
+    """The client model of a scenario's cached route."""
+    return f"{model}-cached"
 
 
 def start_mocks(children: Children, scenarios: dict[str, Scenario]) -> dict[str, tuple[int, Proc]]:
@@ -486,6 +511,25 @@ def tollway_manifests(mocks: dict[str, tuple[int, Proc]], scenarios: dict[str, S
                 },
             }
         )
+        docs.append(
+            {
+                "apiVersion": "tollway.dev/v1alpha1",
+                "kind": "RouteRule",
+                "metadata": {"name": f"bench-{name}-cached"},
+                "spec": {
+                    "model": cached_model(model),
+                    "backends": [
+                        {
+                            "name": f"mock-{name}",
+                            "provider": "openai-compatible",
+                            "model": model,
+                            "baseURL": f"http://127.0.0.1:{port}/v1",
+                        }
+                    ],
+                    "cache": {"mode": "Exact", "ttl": CACHE_TTL, "maxTtl": CACHE_TTL},
+                },
+            }
+        )
     return "\n---\n".join(json.dumps(doc, indent=2) for doc in docs) + "\n"
 
 
@@ -555,6 +599,29 @@ def start_tollway(
         "state_dir": str(options.state_dir),
     }
     return dev, System("tollway", procs, ports, BENCH_KEY, info)
+
+
+def cache_systems(tollway: System, names: tuple[str, ...]) -> dict[str, System]:
+    """The cache systems `names` on `tollway`'s gateway: its processes, its cached routes."""
+    ports = {name: (port, cached_model(model)) for name, (port, model) in tollway.ports.items()}
+    store = "Redis" if tollway.info.get("redis", "off") != "off" else "memory"
+    what = {
+        "tollway-cache-hit": f"Tollway, a route with cache Exact ({store} store); the same request "
+        "every time, so every call after the first is a hit (an immediate reply from the router "
+        "filter's request-body message: no upstream call, no response phase)",
+        "tollway-cache-hit-memory": "the same hit on a second Tollway gateway without Redis: memory "
+        "cache store, quotas in memory",
+        "tollway-cache-miss": f"Tollway, the same cached route ({store} store); each request's prompt "
+        "starts with a new number, so every call misses (key, lookup, lease, then the usual upstream "
+        "call, and the answer stored after the reply)",
+    }
+    out = {}
+    for name in names:
+        info = {**tollway.info, "what": what[name]}
+        info.pop("path", None)
+        system = System(name, tollway.procs, ports, BENCH_KEY, info, numbered=name.endswith("-miss"))
+        out[name] = system
+    return out
 
 
 def litellm_config(

@@ -1,7 +1,8 @@
 """`make bench` in miniature (`python -m bench --smoke`), so the benchmark harness cannot rot.
 
-Bare Envoy, the floor (Envoy + a no-op ext_proc) and Tollway (no LiteLLM, no profile), tiny steps:
-it checks that every phase runs and produces well-formed results, not how fast anything is.
+Bare Envoy, the floor (Envoy + a no-op ext_proc), Tollway and its cache hit and miss systems (no
+LiteLLM, no profile), tiny steps: it checks that every phase runs and produces well-formed results,
+and that the cache systems really hit and miss, not how fast anything is.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
     results = json.loads((results_dir / "smoke-latest.json").read_text())
     systems = ("envoy", "floor", "tollway")
+    cached = ("tollway-cache-hit", "tollway-cache-miss")
     for scenario, rounds in results["config"]["c1_rounds"].items():
-        for system in systems:
+        for system in (*systems, *cached):
             entry = results["c1"][scenario][system]
             assert entry["errors"] == 0, (scenario, system, entry)
             assert entry["latency"]["n"] == rounds
@@ -78,6 +80,21 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # The floor's calls went through its ext_proc server (it sets this header on buffered bodies).
     assert "x-floor-cost" in results["c1"]["fast"]["floor"]["sample"].lower()
 
+    # The cache systems: a measured hit is a hit, a miss a miss, on every scenario, and the gateway
+    # counted at least every measured c=1 call of each as such (plus the rate steps').
+    for scenario in results["config"]["c1_rounds"]:
+        assert "x-tollway-cache: hit" in results["c1"][scenario]["tollway-cache-hit"]["sample"].lower()
+        assert "x-tollway-cache: miss" in results["c1"][scenario]["tollway-cache-miss"]["sample"].lower()
+    outcomes = results["cache_outcomes"]["memory"]  # the smoke run has no Redis
+    c1_calls = sum(results["config"]["c1_rounds"].values())
+    assert outcomes["HIT"] >= c1_calls, outcomes
+    assert outcomes["MISS"] >= c1_calls, outcomes
+    for system in cached:
+        steps = results["rates"]["fast"][system]["steps"]
+        assert steps and all(step["ok"] > 0 and step["errors"] == 0 for step in steps)
+        assert {"sidecar", "envoy"} <= set(results["reference"][system]["cpu_us_per_request"])
+        assert system not in results["streams"]  # the concurrent-streams search skips them
+
     text = report.read_text()
     for heading in (
         "## Targets",
@@ -85,10 +102,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "### Concurrency 1",
         "### Maximum request rate",
         "### Streaming",
+        "## Cache (",
         "## Machine",
     ):
         assert heading in text
-    assert "Targets" in done.stdout and "bare Envoy" in done.stdout
+    assert "Targets" in done.stdout and "bare Envoy" in done.stdout and "cache hit" in done.stdout
+
+    # A run without the cache systems keeps the report's Cache section (as it keeps Metering's).
+    c1 = {sc: {s: v for s, v in by.items() if s not in cached} for sc, by in results["c1"].items()}
+    without = tmp_path / "without-cache.json"
+    without.write_text(json.dumps({**results, "c1": c1, "cache_outcomes": None}))
+    _run_tool("bench", "--from-results", str(without), "--report", str(report), "--no-charts")
+    kept = report.read_text()
+    assert kept.count("<!-- cache:start -->") == 1, kept
+    assert "| Tollway, cache miss |" in kept.split("<!-- cache:start -->", 1)[1]
 
 
 def _run_tool(*argv: str) -> str:
