@@ -19,10 +19,12 @@ from typing import Any
 
 import openai
 import pytest
+import redis
 from quotagateway import QuotaGateway, config_folder, key_value, key_yaml, start_gateway
 from redisserver import RedisServer
 
 from tollway.dev import free_port
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent
 
 RESOURCES = """\
 ---
@@ -41,9 +43,21 @@ spec:
 
 
 class Gateway:
-    def __init__(self, gateway: QuotaGateway, mock_url: str) -> None:
+    def __init__(self, gateway: QuotaGateway, mock_url: str, redis_url: str | None = None) -> None:
         self.gateway = gateway
         self.mock_url = mock_url
+        self.redis_url = redis_url
+
+    def events(self, key_name: str) -> list[UsageEvent]:
+        """The usage events of `key_name` in the Redis stream, oldest first."""
+        assert self.redis_url is not None
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        try:
+            entries = client.xrange(USAGE_STREAM)
+        finally:
+            client.close()
+        events = [UsageEvent.from_json(fields[USAGE_FIELD]) for _, fields in entries]
+        return [e for e in events if e.data.key_name == key_name]
 
     def sdk(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.gateway.base_url, api_key=key_value(key), max_retries=0)
@@ -75,7 +89,7 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         folder = config_folder(base, mock_port, RESOURCES.replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}"))
         started = start_gateway(base / "gw", folder, redis.url if redis else None, mock_port=mock_port)
         try:
-            yield Gateway(started, f"http://127.0.0.1:{mock_port}")
+            yield Gateway(started, f"http://127.0.0.1:{mock_port}", redis.url if redis else None)
         finally:
             started.dev.stop()
     finally:
@@ -127,3 +141,26 @@ def test_a_prompt_with_other_words_misses(gateway: Gateway) -> None:
         assert ask(sdk, f"tell me about {word}").headers["x-tollway-cache"] == "MISS"
         assert ask(sdk, f"write a poem on {word} tonight").headers["x-tollway-cache"] == "MISS"
     assert gateway.upstream(word).count("/v1/chat/completions") == 2
+
+
+# The Redis stream is where this test reads the events (the memory store's go through the dev
+# meter's outbox, tests/integration/test_dev_meter.py).
+@pytest.mark.parametrize("gateway", ["redis"], indirect=True)
+def test_each_embedding_call_is_a_usage_event_and_the_events_sum_to_spend(gateway: Gateway) -> None:
+    word = uuid.uuid4().hex[:12]
+    key = "default/sem-b"
+    before = gateway.settled(key, gateway.gateway.spend()["keys"][key]["requests"])
+    known = {str(e.id) for e in gateway.events("sem-b")}
+    with gateway.sdk("sem-b") as sdk:
+        ask(sdk, f"what is {word} for")
+        ask(sdk, f"For what is {word}?")
+    after = gateway.settled(key, before["requests"] + 4)  # two chat calls (one a hit), two embeddings
+    new = [e for e in gateway.events("sem-b") if str(e.id) not in known]
+    embeds = [e for e in new if e.data.request_id.endswith("-embed")]
+    assert len(new) == 4 and len(embeds) == 2, [e.data for e in new]
+    assert {(e.data.model, e.data.outcome, e.data.status) for e in embeds} == {
+        ("text-embedding-3-small", "ok", 200)
+    }
+    assert all(Decimal(e.data.cost) > 0 for e in embeds)
+    spent = Decimal(after["spent_usd"]) - Decimal(before["spent_usd"])
+    assert sum(Decimal(e.data.cost) for e in new) == spent

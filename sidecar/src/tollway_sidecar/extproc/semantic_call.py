@@ -1,18 +1,22 @@
 """Semantic matching of a call after its exact lookup missed: embed, search its partition, serve.
 
 The last user message is embedded through the route's embeddings route (`cache.embed`), charged to
-the calling key like an embeddings call of its own (the quota gate admits it against the key's
-limits and budgets and settles it at its price, so `/spend` counts its request, tokens and cost; it
-emits no usage event of its own). The key's limits refusing it, the embeddings backend failing or
-the vector store failing all leave the call matched exactly only: semantic matching never fails a
-call. On a miss the vector rides on the call and is stored beside the entry once the entry is.
+the calling key like an embeddings call of its own: the quota gate admits it against the key's
+limits and budgets and settles it at its price, so `/spend` counts its request, tokens and cost,
+and its settle appends its own usage event, so the ledger sees what `/spend` charged. The key's
+limits refusing it, the embeddings backend failing or the vector store failing all leave the call
+matched exactly only: semantic matching never fails a call. On a miss the vector rides on the call
+and is stored beside the entry once the entry is.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -21,8 +25,12 @@ from tollway_sidecar.cache.embed import EmbeddingFailed
 from tollway_sidecar.cache.semantic_key import SemanticQuery, semantic_query
 from tollway_sidecar.cache.vectors import Vector
 from tollway_sidecar.config.models import CacheSettings, Route, SemanticCache
+from tollway_sidecar.extproc import usage_record
 from tollway_sidecar.extproc.state import RequestState
+from tollway_sidecar.pricing import BackendPrice
 from tollway_sidecar.quota.decision import Denial
+from tollway_sidecar.quota.gate import Admission
+from tollway_sidecar.quota.plan import Charge
 from tollway_sidecar.runtime import Runtime
 
 __all__ = ["EMBED_TIMEOUT_S", "SemanticLookup", "after_exact", "complete", "search"]
@@ -103,16 +111,26 @@ async def _embed(runtime: Runtime, state: RequestState, route: Route, text: str)
     if isinstance(admission, Denial):
         log.debug("semantic lookup of %s skipped: %s", state.request_id, admission.message)
         return None
+    call = _embedding_call(state, route, admission)
     try:
         embedding = await runtime.cache.embedder.embed(route, text, timeout_s=EMBED_TIMEOUT_S)
     except EmbeddingFailed as exc:
         log.warning("semantic lookup of %s skipped: embeddings route %s: %s", state.request_id, route.id, exc)
+        call.status = 502
         runtime.quota.settle_soon(
-            admission, usage=None, cost=None, status=502, reached_backend=False, stream=None, price=None
+            admission,
+            usage=None,
+            cost=None,
+            status=502,
+            reached_backend=False,
+            stream=None,
+            price=None,
+            event=_event(runtime, call, None),
         )
         return None
     price = runtime.compiled.prices.price_for(route.id, embedding.backend.name)
     cost = price.cost(embedding.usage) if price is not None and embedding.usage is not None else None
+    call.status, call.backend, call.usage, call.cost = 200, embedding.backend, embedding.usage, cost
     runtime.quota.settle_soon(
         admission,
         usage=embedding.usage,
@@ -121,8 +139,37 @@ async def _embed(runtime: Runtime, state: RequestState, route: Route, text: str)
         reached_backend=True,
         stream=None,
         price=price,
+        event=_event(runtime, call, price),
     )
     return embedding.vector
+
+
+def _embedding_call(state: RequestState, route: Route, admission: Admission) -> RequestState:
+    """The embedding call as a call of its own, for its usage event: the caller's key, end user,
+    session and properties, in the caller's trace."""
+    return RequestState(
+        request_id=f"{state.request_id}-embed",
+        envoy_request_id=f"{state.envoy_request_id}-embed" if state.envoy_request_id else "",
+        operation="embeddings",
+        path="/v1/embeddings",
+        key=state.key,
+        end_user=state.end_user,
+        route=route,
+        client_model=route.model,
+        quota=admission,
+        span=state.span,
+        session=state.session,
+        session_path=state.session_path,
+        session_name=state.session_name,
+        properties=dict(state.properties),
+    )
+
+
+def _event(runtime: Runtime, call: RequestState, price: BackendPrice | None) -> Callable[[Charge], str]:
+    facts = usage_record.facts_of(
+        call, price=price, now=datetime.now(UTC), monotonic=time.monotonic(), source=runtime.replica
+    )
+    return functools.partial(usage_record.event_json, facts)
 
 
 async def search(
