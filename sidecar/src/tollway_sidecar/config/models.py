@@ -265,6 +265,8 @@ def cache_for(route: Route, key: VirtualKey) -> CacheSettings:
       by the key's `owner_team` within its namespace; a key without a team is partitioned as Key.
     """
     base = route.cache
+    if key.cache is None and not (base.partition == "Team" and key.owner_team is None):
+        return base  # nothing narrows the route's settings: the common case, on every call's path
     wish = key.cache or KeyCache()
     mode: CacheMode = base.mode
     if wish.mode in ("Off", "Exact"):
