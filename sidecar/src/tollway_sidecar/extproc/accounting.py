@@ -59,13 +59,6 @@ def finish(
         runtime.metrics.unpriced.labels(backend.name).inc()
         runtime.metrics.unpriced_calls.labels(backend.name, state.unpriced).inc()
     if state.quota is not None:
-        facts = usage_record.facts_of(
-            state,
-            price=price,
-            now=datetime.now(UTC),
-            monotonic=time.monotonic(),
-            source=runtime.replica,
-        )
         runtime.quota.settle_soon(
             state.quota,
             usage=usage,
@@ -74,7 +67,7 @@ def finish(
             reached_backend=backend is not None,
             stream=stream,
             price=price,
-            event=functools.partial(usage_record.event_json, facts),
+            event=usage_record.settle_event(state, price, source=runtime.replica),
         )
     runtime.metrics.observe_call(
         key=key.id,

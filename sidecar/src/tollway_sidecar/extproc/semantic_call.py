@@ -11,12 +11,9 @@ and is stored beside the entry once the entry is.
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -27,10 +24,8 @@ from tollway_sidecar.cache.vectors import Vector
 from tollway_sidecar.config.models import CacheSettings, Route, SemanticCache
 from tollway_sidecar.extproc import usage_record
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.pricing import BackendPrice
 from tollway_sidecar.quota.decision import Denial
 from tollway_sidecar.quota.gate import Admission
-from tollway_sidecar.quota.plan import Charge
 from tollway_sidecar.runtime import Runtime
 
 __all__ = ["EMBED_TIMEOUT_S", "SemanticLookup", "after_exact", "complete", "search"]
@@ -112,36 +107,29 @@ async def _embed(runtime: Runtime, state: RequestState, route: Route, text: str)
         log.debug("semantic lookup of %s skipped: %s", state.request_id, admission.message)
         return None
     call = _embedding_call(state, route, admission)
+    price = None
+    vector: Vector | None = None
     try:
         embedding = await runtime.cache.embedder.embed(route, text, timeout_s=EMBED_TIMEOUT_S)
     except EmbeddingFailed as exc:
         log.warning("semantic lookup of %s skipped: embeddings route %s: %s", state.request_id, route.id, exc)
         call.status = 502
-        runtime.quota.settle_soon(
-            admission,
-            usage=None,
-            cost=None,
-            status=502,
-            reached_backend=False,
-            stream=None,
-            price=None,
-            event=_event(runtime, call, None),
-        )
-        return None
-    price = runtime.compiled.prices.price_for(route.id, embedding.backend.name)
-    cost = price.cost(embedding.usage) if price is not None and embedding.usage is not None else None
-    call.status, call.backend, call.usage, call.cost = 200, embedding.backend, embedding.usage, cost
+    else:
+        price = runtime.compiled.prices.price_for(route.id, embedding.backend.name)
+        usage = embedding.usage
+        call.status, call.backend, call.usage, vector = 200, embedding.backend, usage, embedding.vector
+        call.cost = price.cost(usage) if price is not None and usage is not None else None
     runtime.quota.settle_soon(
         admission,
-        usage=embedding.usage,
-        cost=cost,
-        status=200,
-        reached_backend=True,
+        usage=call.usage,
+        cost=call.cost,
+        status=call.status,
+        reached_backend=call.backend is not None,
         stream=None,
         price=price,
-        event=_event(runtime, call, price),
+        event=usage_record.settle_event(call, price, source=runtime.replica),
     )
-    return embedding.vector
+    return vector
 
 
 def _embedding_call(state: RequestState, route: Route, admission: Admission) -> RequestState:
@@ -163,13 +151,6 @@ def _embedding_call(state: RequestState, route: Route, admission: Admission) -> 
         session_name=state.session_name,
         properties=dict(state.properties),
     )
-
-
-def _event(runtime: Runtime, call: RequestState, price: BackendPrice | None) -> Callable[[Charge], str]:
-    facts = usage_record.facts_of(
-        call, price=price, now=datetime.now(UTC), monotonic=time.monotonic(), source=runtime.replica
-    )
-    return functools.partial(usage_record.event_json, facts)
 
 
 async def search(

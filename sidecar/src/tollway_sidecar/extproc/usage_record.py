@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import socket
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -302,3 +303,10 @@ def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
 
 def event_json(facts: CallFacts, charge: Charge | None) -> str:
     return usage_event(facts, charge).to_json()
+
+
+def settle_event(state: RequestState, price: BackendPrice | None, *, source: str) -> Callable[[Charge], str]:
+    """What a settle appends for the call: its facts read now, at its end; the event built from the
+    settled charge in the settle's background task, off the reply."""
+    facts = facts_of(state, price=price, now=datetime.now(UTC), monotonic=time.monotonic(), source=source)
+    return functools.partial(event_json, facts)
