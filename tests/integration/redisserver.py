@@ -96,14 +96,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, timeout_s=10)
         self.process = None
 
     def pause(self) -> None:
@@ -126,3 +119,15 @@ def redis_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         yield server
     finally:
         server.stop()
+
+
+def stop_child(process: subprocess.Popen[bytes], *, timeout_s: float) -> None:
+    """SIGTERM a child (woken first if a test paused it with SIGSTOP); SIGKILL it past `timeout_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGCONT)
+        process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

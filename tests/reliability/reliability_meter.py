@@ -11,7 +11,6 @@ lost" may depend on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ if str(ROOT / "tests" / "ledger") not in sys.path:
 
 from ledger_events import spread  # noqa: E402  (valid v1 events, as the ledger tier makes them)
 from pgserver import PostgresServer  # noqa: E402
+from redisserver import stop_child  # noqa: E402
 
 from tollway.dev import free_port  # noqa: E402
 from tollway_sidecar.contract.usage_event import UsageEvent  # noqa: E402
@@ -111,14 +111,7 @@ class Meter:
     def stop(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, timeout_s=20)
         self.process = None
 
     def alive(self) -> bool:
