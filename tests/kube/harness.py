@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -49,6 +48,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tollway.ports import free_port
 
 T = TypeVar("T")
 
@@ -69,14 +70,6 @@ def tool_paths(script: str) -> list[Path]:
     if proc.returncode != 0:
         raise ToolMissing(f"scripts/tools/{script} failed:\n{proc.stderr.strip()}")
     return [Path(line) for line in proc.stdout.splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free just now (the caller retries if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Process | None = None) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tollway.ports import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,12 +33,6 @@ def postgres_bin() -> Path:
             f"PostgreSQL (initdb, pg_ctl) is not available (run `make tools`):\n{found.stderr}"
         )
     return Path(found.stdout.strip().splitlines()[-1])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:
@@ -60,6 +55,7 @@ class PostgresServer:
         if self.user:
             shutil.chown(self.workdir, self.user)
         self._databases = 0
+        self._started = False
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         command = list(argv)
@@ -67,7 +63,7 @@ class PostgresServer:
             command = ["runuser", "-u", self.user, "--", *command]
         return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
 
-    def start(self) -> None:
+    def start(self, _tries: int = 5) -> None:
         """initdb on the first start; a later start (after `halt`) reuses the cluster and its port."""
         if not self.data.exists():
             init = [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"]
@@ -79,8 +75,17 @@ class PostgresServer:
         started = self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start"
         )
+        taken = log.exists() and "Address already in use" in log.read_text()
+        if started.returncode != 0 and taken and not self._started and _tries > 1:
+            # The port we picked was taken before the server bound it: pick another (first start only;
+            # a restart after `halt` must keep its port).
+            log.write_text("")
+            self.port = _free_port()
+            self.start(_tries - 1)
+            return
         if started.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed:\n{started.stderr}\n{log.read_text()[-2000:]}")
+        self._started = True
 
     def halt(self) -> None:
         """Stop the server, keeping its data: PostgreSQL down, for the outage test."""

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,11 @@ from ledger_events import make_event, spread
 from redisserver import RedisServer
 
 from tollway.meter_cli import parse_since
+from tollway.ports import free_port
 from tollway_meter.ledger import Ledger
 from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent
 
 TOLLWAY = [sys.executable, "-m", "tollway.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> str:
