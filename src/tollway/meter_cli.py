@@ -9,13 +9,15 @@ import logging
 import re
 import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
+    from tollway_meter.console.access import KubernetesAuthorizer
     from tollway_meter.ledger import Ledger
 
 DEFAULT_DB = "sqlite:///tollway-ledger.db"
@@ -27,6 +29,67 @@ db_option = click.option(
     show_default=True,
     help="Ledger: postgresql://… or sqlite:///path (env TOLLWAY_METER_DB).",
 )
+
+
+def console_auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--auth and where the Kubernetes API server is, for the console (`tollway console`, `meter run`)."""
+    options = [
+        click.option(
+            "--auth",
+            type=click.Choice(["none", "kubernetes"]),
+            default="none",
+            show_default=True,
+            help="Who may see the console: `kubernetes` checks each bearer token with TokenReview and "
+            "SubjectAccessReview per namespace; `none` lets anyone in and is refused unless the console "
+            "binds a loopback address.",
+        ),
+        click.option(
+            "--kube-url",
+            default=None,
+            help="With --auth kubernetes: the API server (default: the in-cluster one, from "
+            "KUBERNETES_SERVICE_HOST/PORT).",
+        ),
+        click.option(
+            "--kube-token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="The meter's own token for the review calls (default: the in-cluster ServiceAccount's).",
+        ),
+        click.option(
+            "--kube-ca-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="CA bundle of the API server (default: the in-cluster ServiceAccount's ca.crt).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def console_authorizer(
+    auth: str, host: str, kube_url: str | None, token_file: Path | None, ca_file: Path | None
+) -> KubernetesAuthorizer | None:
+    """The console's authorizer for --auth, or None for `none` (only on a loopback `host`)."""
+    from tollway_meter.console.access import IN_CLUSTER_DIR, KubeApi, KubernetesAuthorizer, is_loopback
+
+    if auth == "none":
+        if not is_loopback(host):
+            raise click.UsageError(
+                f"--auth none serves every namespace's requests to anyone who reaches {host}: bind a "
+                "loopback address (127.0.0.1) or use --auth kubernetes"
+            )
+        return None
+    if kube_url is None:
+        try:
+            api = KubeApi.in_cluster()
+        except ValueError as exc:
+            raise click.UsageError(f"--auth kubernetes: {exc}") from None
+    else:
+        api = KubeApi(kube_url.rstrip("/"), IN_CLUSTER_DIR / "token", None)
+    if token_file is not None or ca_file is not None:
+        api = KubeApi(api.url, token_file or api.token_file, ca_file or api.ca_file)
+    return KubernetesAuthorizer(api)
 
 
 def _open(dsn: str) -> Ledger:
@@ -91,10 +154,11 @@ def meter() -> None:
     "with_console",
     default=False,
     show_default=True,
-    help="Also serve the web console at /console/ on the API port. It has no access control yet: "
-    "only behind something that checks who may see the namespace's requests.",
+    help="Also serve the web console at /console/ on the API port, with --auth kubernetes in a cluster "
+    "(--auth none only on a loopback --api-host).",
 )
 @click.option("--jaeger-url", default=None, help="Jaeger UI base URL the console links traces to.")
+@console_auth_options
 @click.option("--log-level", default="INFO", show_default=True)
 def meter_run(
     redis_url: str | None,
@@ -112,6 +176,10 @@ def meter_run(
     retain_months: int | None,
     with_console: bool,
     jaeger_url: str | None,
+    auth: str,
+    kube_url: str | None,
+    kube_token_file: Path | None,
+    kube_ca_file: Path | None,
     log_level: str,
 ) -> None:
     """Consume the usage stream (--redis) or a sidecar's outbox (--outbox) into the ledger until
@@ -126,6 +194,9 @@ def meter_run(
         raise click.BadParameter(f"expected http://host:port, got {outbox_url!r}", param_hint="--outbox")
     if with_console and not api_port:
         raise click.UsageError("--console is served on the API port: it needs --api-port other than 0")
+    authorizer = (
+        console_authorizer(auth, api_host, kube_url, kube_token_file, kube_ca_file) if with_console else None
+    )
     import aiohttp
     import redis.asyncio as aioredis
     from aiohttp import web
@@ -199,7 +270,9 @@ def meter_run(
                     # Its own connection too: the API's queries run in another worker thread.
                     console_ledger = _open(dsn)
                     stack.callback(console_ledger.close)
-                    mount(app, console_ledger, jaeger_url)
+                    mount(app, console_ledger, jaeger_url, authorizer=authorizer)
+                    if authorizer is not None:
+                        stack.push_async_callback(authorizer.close)
                 runner = web.AppRunner(app)
                 await runner.setup()
                 stack.push_async_callback(runner.cleanup)

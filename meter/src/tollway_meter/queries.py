@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -85,8 +85,10 @@ def usage(
     since: datetime,
     until: datetime,
     granularity: str | None = None,
+    namespaces: Collection[str] | None = None,
 ) -> list[UsageRow]:
-    """Totals per group over [since, until); adjustments count in the period they were booked in."""
+    """Totals per group over [since, until); adjustments count in the period they were booked in.
+    `namespaces`, when given, limits the rows read to those namespaces (none: no rows)."""
     expressions: list[str] = []
     params: list[object] = []
     detail = False
@@ -106,9 +108,17 @@ def usage(
         if expressions
         else ""
     )
-    sql = f"SELECT {', '.join([*select, *sums])} FROM {table} WHERE hour >= %s AND hour < %s{group}{order}"
+    scope, scope_params = "", []
+    if namespaces is not None:
+        values = sorted(namespaces)
+        scope = f" AND namespace IN ({', '.join(['%s'] * len(values))})" if values else " AND 1 = 0"
+        scope_params = list(values)
+    sql = (
+        f"SELECT {', '.join([*select, *sums])} FROM {table} WHERE hour >= %s AND hour < %s{scope}"
+        f"{group}{order}"
+    )
     with ledger.transaction(readonly=True) as cur:
-        cur.execute(ledger.sql(sql), (*params, ledger.time(since), ledger.time(until)))
+        cur.execute(ledger.sql(sql), (*params, ledger.time(since), ledger.time(until), *scope_params))
         rows = cur.fetchall()
     result = []
     for row in rows:

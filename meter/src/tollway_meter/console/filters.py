@@ -79,6 +79,7 @@ class RequestFilter:
     """The request list's filters; empty text means "any"."""
 
     range: TimeRange
+    namespace: str = ""  # not a column filter: the access scope narrowed to it (403 if not allowed)
     key: str = ""
     team: str = ""
     user: str = ""
@@ -110,6 +111,7 @@ class RequestFilter:
         after_text = query.get("after", "")
         return RequestFilter(
             range=TimeRange.parse(query, now),
+            namespace=query.get("namespace", ""),
             key=query.get("key", ""),
             team=query.get("team", ""),
             user=query.get("user", ""),
@@ -143,6 +145,7 @@ class RequestFilter:
         params = {
             "since": self.range.since.isoformat(),
             "until": self.range.until.isoformat(),
+            "namespace": self.namespace,
             "key": self.key,
             "team": self.team,
             "user": self.user,

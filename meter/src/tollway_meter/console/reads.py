@@ -2,18 +2,23 @@
 fallbacks per provider, spend per budget name, sessions, and one session's calls.
 
 Sums are integer nano-USD of billable calls (the ledger's `cost_nanos`). Each reader takes the
+namespaces its user may see (`None`: all) and reads no row of any other. Each reader takes the
 dialect's SQL for the parts that read the event JSON (properties, TTFT, session path, attempts).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tollway_meter.console.access import in_clause
 from tollway_meter.console.filters import Cursor, RequestFilter, TimeRange
 from tollway_meter.ledger import Ledger
+from tollway_meter.queries import Booked
+from tollway_sidecar.contract.usage_event import UsageEvent
 
 MAX_SESSIONS = 100
 MAX_SESSION_CALLS = 5000
@@ -34,8 +39,40 @@ def as_time(value: object) -> datetime:
     return datetime.fromisoformat(str(value)).astimezone(UTC)
 
 
-def _range_sql(ledger: Ledger, window: TimeRange) -> tuple[str, list[object]]:
-    return "event_time >= %s AND event_time < %s", [ledger.time(window.since), ledger.time(window.until)]
+Allowed = frozenset[str] | None
+
+
+def _range_sql(ledger: Ledger, window: TimeRange, allowed: Allowed) -> tuple[str, list[object]]:
+    scope, params = in_clause("namespace", allowed)
+    return (
+        f"event_time >= %s AND event_time < %s AND {scope}",
+        [ledger.time(window.since), ledger.time(window.until), *params],
+    )
+
+
+def namespaces(ledger: Ledger) -> list[str]:
+    """Every namespace with calls in the ledger's roll-ups: the ones access is decided for."""
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql("SELECT DISTINCT namespace FROM usage_hourly ORDER BY namespace"), ())
+        return [str(r[0]) for r in cur.fetchall()]
+
+
+def get_request(ledger: Ledger, event_id: str, allowed: Allowed) -> Booked | None:
+    """One request by id, only in an allowed namespace: one query either way, so a row the user
+    may not see answers exactly like a missing one."""
+    try:
+        canonical = str(uuid.UUID(event_id))
+    except ValueError:
+        raise ValueError(f"id: not a UUID: {event_id!r}") from None
+    scope, params = in_clause("namespace", allowed)
+    sql = f"SELECT event, booked_period, adjustment FROM usage_events WHERE id = %s AND {scope}"
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), (canonical, *params))
+        row: Any = cur.fetchone()
+    if row is None:
+        return None
+    body = row[0] if isinstance(row[0], dict) else json.loads(row[0])
+    return Booked(UsageEvent.from_dict(body), str(row[1]), bool(row[2]))
 
 
 @dataclass(frozen=True)
@@ -64,9 +101,9 @@ class RequestPage:
     next: Cursor | None  # None: this is the last page
 
 
-def list_requests(ledger: Ledger, chosen: RequestFilter) -> RequestPage:
+def list_requests(ledger: Ledger, chosen: RequestFilter, allowed: Allowed = None) -> RequestPage:
     """One page, newest first, ordered by (event_time, id): a cursor never skips or repeats a row."""
-    where, params = _range_sql(ledger, chosen.range)
+    where, params = _range_sql(ledger, chosen.range, allowed)
     clauses = [where]
     for column, value in chosen.columns().items():
         clauses.append(f"{column} = %s")
@@ -126,9 +163,9 @@ class ProviderHealth:
     fallbacks: int  # calls answered after more than one attempt
 
 
-def provider_health(ledger: Ledger, window: TimeRange) -> list[ProviderHealth]:
+def provider_health(ledger: Ledger, window: TimeRange, allowed: Allowed = None) -> list[ProviderHealth]:
     """Per final provider. Reads each event's attempts: a scan of the range, not an index."""
-    where, params = _range_sql(ledger, window)
+    where, params = _range_sql(ledger, window, allowed)
     attempts = (
         "jsonb_array_length(event->'data'->'attempts')"
         if ledger.dialect == "postgresql"
@@ -151,9 +188,9 @@ class BudgetSpend:
     cost_nanos: int
 
 
-def budget_spend(ledger: Ledger, window: TimeRange) -> list[BudgetSpend]:
+def budget_spend(ledger: Ledger, window: TimeRange, allowed: Allowed = None) -> list[BudgetSpend]:
     """Spend charged to each budget an event names. A call charged to two budgets counts in both."""
-    where, params = _range_sql(ledger, window)
+    where, params = _range_sql(ledger, window, allowed)
     if ledger.dialect == "postgresql":
         source = (
             "usage_events CROSS JOIN LATERAL jsonb_array_elements_text(event->'data'->'budgets') AS b(name)"
@@ -180,9 +217,9 @@ class SessionTotal:
     last: datetime
 
 
-def sessions(ledger: Ledger, window: TimeRange) -> list[SessionTotal]:
+def sessions(ledger: Ledger, window: TimeRange, allowed: Allowed = None) -> list[SessionTotal]:
     """The most recently active sessions in the range (at most MAX_SESSIONS)."""
-    where, params = _range_sql(ledger, window)
+    where, params = _range_sql(ledger, window, allowed)
     sql = (
         "SELECT session_id, count(*), coalesce(sum(cost_nanos), 0), min(event_time), max(event_time) "
         f"FROM usage_events WHERE session_id <> '' AND {where} "
@@ -208,15 +245,16 @@ class SessionCall:
     latency_ms: int
 
 
-def session_calls(ledger: Ledger, session_id: str) -> list[SessionCall]:
-    """Every call of one session (at most MAX_SESSION_CALLS), in time order."""
+def session_calls(ledger: Ledger, session_id: str, allowed: Allowed = None) -> list[SessionCall]:
+    """Every call of one session in the allowed namespaces (at most MAX_SESSION_CALLS), in time order."""
+    scope, scope_params = in_clause("namespace", allowed)
     sql = (
         f"SELECT id, event_time, {_json_text(ledger, 'session_path')}, "
         f"{_json_text(ledger, 'session_name')}, model, status, cost_nanos, latency_ms "
-        "FROM usage_events WHERE session_id = %s ORDER BY event_time, id LIMIT %s"
+        f"FROM usage_events WHERE session_id = %s AND {scope} ORDER BY event_time, id LIMIT %s"
     )
     with ledger.transaction(readonly=True) as cur:
-        cur.execute(ledger.sql(sql), (session_id, MAX_SESSION_CALLS))
+        cur.execute(ledger.sql(sql), (session_id, *scope_params, MAX_SESSION_CALLS))
         return [
             SessionCall(
                 str(r[0]), as_time(r[1]), r[2] or "", r[3] or "", r[4], int(r[5]), int(r[6]), int(r[7])
@@ -225,9 +263,9 @@ def session_calls(ledger: Ledger, session_id: str) -> list[SessionCall]:
         ]
 
 
-def property_names(ledger: Ledger, window: TimeRange) -> list[str]:
+def property_names(ledger: Ledger, window: TimeRange, allowed: Allowed = None) -> list[str]:
     """The property names the range's events carry (for the properties page's picker)."""
-    where, params = _range_sql(ledger, window)
+    where, params = _range_sql(ledger, window, allowed)
     if ledger.dialect == "postgresql":
         sql = (
             "SELECT DISTINCT jsonb_object_keys(event->'data'->'properties') AS name "
