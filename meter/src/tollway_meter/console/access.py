@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -111,6 +111,14 @@ class KubeApi:
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
+
+class Authorizer(Protocol):
+    """Turns a request's token into what its user may see over the ledger's namespaces."""
+
+    async def access(self, token: str | None, namespaces: Iterable[str]) -> Access: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass

@@ -25,8 +25,8 @@ from tollway_meter.console.access import (
     COOKIE,
     OPEN,
     Access,
+    Authorizer,
     Forbidden,
-    KubernetesAuthorizer,
     ReviewFailed,
     Unauthenticated,
     token_of,
@@ -97,7 +97,7 @@ class Console:
         ledger: Ledger,
         jaeger_url: str | None = None,
         clock: Clock | None = None,
-        authorizer: KubernetesAuthorizer | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.ledger = ledger
         self.jaeger_url = jaeger_url.rstrip("/") if jaeger_url else None
@@ -356,7 +356,7 @@ def console_app(
     ledger: Ledger,
     jaeger_url: str | None = None,
     clock: Clock | None = None,
-    authorizer: KubernetesAuthorizer | None = None,
+    authorizer: Authorizer | None = None,
 ) -> web.Application:
     """The console as an aiohttp sub-application, to mount at PREFIX. Without an authorizer it is
     open to whoever reaches it (`--auth none`, loopback only)."""
@@ -380,7 +380,7 @@ def mount(
     ledger: Ledger,
     jaeger_url: str | None = None,
     clock: Clock | None = None,
-    authorizer: KubernetesAuthorizer | None = None,
+    authorizer: Authorizer | None = None,
 ) -> None:
     """Serve the console under PREFIX/ on `app` (the meter's API app or a standalone one)."""
 
