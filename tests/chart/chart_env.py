@@ -58,4 +58,16 @@ METER_VALUES_SETS: dict[str, list[str]] = {
         "--set",
         "redis.external.url=rediss://redis.example.internal:6380/0",
     ],
+    "meter-console": [
+        "--set",
+        "meter.enabled=true",
+        "--set",
+        "meter.database.existingSecret=ledger-dsn",
+        "--set",
+        "meter.networkPolicy.enabled=true",
+        "--set",
+        "meter.console.enabled=true",
+        "--set",
+        "meter.console.jaegerUrl=http://jaeger.example:16686",
+    ],
 }

@@ -227,3 +227,62 @@ def test_automatic_close_and_retention_are_off_unless_set(helm: str) -> None:
 def test_a_bad_close_or_retention_value_is_refused_by_the_schema(helm: str, values: list[str]) -> None:
     result = template(helm, *BUNDLED, *values)
     assert result.returncode != 0 and "meter" in result.stderr, result.stderr
+
+
+CONSOLE = METER_VALUES_SETS["meter-console"]
+
+
+def test_the_console_is_off_by_default_with_no_rbac_and_no_token(helm: str) -> None:
+    objects = render(helm, *METER_VALUES_SETS["meter-networkpolicy"])
+    assert not [a for a in _args(objects) if a.startswith(("--console", "--auth"))]
+    assert not [
+        name for kind, name in objects if kind in ("ClusterRole", "ClusterRoleBinding") and "meter" in name
+    ]
+    assert objects[("ServiceAccount", "tw-tollway-meter")]["automountServiceAccountToken"] is False
+
+
+def _args(objects: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    args: list[str] = pod_spec(objects[("Deployment", "tw-tollway-meter")])["containers"][0]["args"]
+    return args
+
+
+def test_the_console_runs_with_kubernetes_auth_and_exactly_the_review_rbac(helm: str) -> None:
+    objects = render(helm, *CONSOLE)
+    args = _args(objects)
+    assert {"--console", "--auth=kubernetes", "--jaeger-url=http://jaeger.example:16686"} <= set(args)
+    assert objects[("ServiceAccount", "tw-tollway-meter")]["automountServiceAccountToken"] is True
+    assert pod_spec(objects[("Deployment", "tw-tollway-meter")])["automountServiceAccountToken"] is True
+    role = objects[("ClusterRole", "tw-tollway-meter-console")]
+    assert role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    ]
+    binding = objects[("ClusterRoleBinding", "tw-tollway-meter-console")]
+    assert binding["roleRef"]["name"] == "tw-tollway-meter-console"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tw-tollway-meter", "namespace": "tollway-system"}
+    ]
+    # Nothing else is bound to the meter's account.
+    bound = [
+        (kind, name)
+        for (kind, name), d in objects.items()
+        if kind in ("RoleBinding", "ClusterRoleBinding")
+        and any(s["name"] == "tw-tollway-meter" for s in d.get("subjects", []))
+    ]
+    assert bound == [("ClusterRoleBinding", "tw-tollway-meter-console")]
+
+
+def test_the_console_rbac_is_exactly_what_the_kube_tests_proved(helm: str) -> None:
+    """tests/kube/test_console_access.py runs the console's reviews under deploy/rbac/meter-console.yaml
+    (and checks in the audit log that every rule is used and nothing refused)."""
+    chart_role = render(helm, *CONSOLE)[("ClusterRole", "tw-tollway-meter-console")]
+    proved = yaml.safe_load_all((CHART.parents[1] / "deploy" / "rbac" / "meter-console.yaml").read_text())
+    (proved_role,) = [d for d in proved if d["kind"] == "ClusterRole"]
+    assert chart_role["rules"] == proved_role["rules"]
+
+
+def test_the_network_policy_lets_the_console_reach_the_api_server(helm: str) -> None:
+    egress = render(helm, *CONSOLE)[("NetworkPolicy", "tw-tollway-meter")]["spec"]["egress"]
+    assert egress[-1] == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+    without = render(helm, *METER_VALUES_SETS["meter-networkpolicy"])[("NetworkPolicy", "tw-tollway-meter")]
+    assert len(without["spec"]["egress"]) == 3  # DNS, Redis, PostgreSQL only
