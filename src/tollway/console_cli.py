@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tollway.meter_cli import console_auth_options, console_authorizer, db_option
+from tollway.meter_cli import console_auth_options, console_authorizer, console_budgets, db_option
 
 
 @click.command("console")
@@ -34,6 +34,7 @@ def console(
     kube_url: str | None,
     kube_token_file: Path | None,
     kube_ca_file: Path | None,
+    budgets_from: Path | None,
 ) -> None:
     """Serve the console (overview, requests, sessions, users, properties) at http://HOST:PORT/console/."""
     from aiohttp import web
@@ -42,9 +43,10 @@ def console(
     from tollway_meter.console import mount
 
     authorizer = console_authorizer(auth, host, kube_url, kube_token_file, kube_ca_file)
+    budgets = console_budgets(budgets_from)
     ledger = _open(dsn)
     app = web.Application()
-    mount(app, ledger, jaeger_url, authorizer=authorizer)
+    mount(app, ledger, jaeger_url, authorizer=authorizer, budgets=budgets)
     if authorizer is not None:
 
         async def close(_app: web.Application) -> None:

@@ -18,6 +18,7 @@ import click
 
 if TYPE_CHECKING:
     from tollway_meter.console.access import KubernetesAuthorizer
+    from tollway_meter.console.forecast import BudgetFile
     from tollway_meter.ledger import Ledger
 
 DEFAULT_DB = "sqlite:///tollway-ledger.db"
@@ -56,6 +57,13 @@ def console_auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="The meter's own token for the review calls (default: the in-cluster ServiceAccount's).",
         ),
         click.option(
+            "--budgets-from",
+            type=click.Path(dir_okay=False, exists=True, path_type=Path),
+            default=None,
+            help="A compiled GatewayConfig (JSON, e.g. `tollway dev`'s <state-dir>/config.json) whose "
+            "Budgets' limits and periods the overview forecasts against. Re-read when it changes.",
+        ),
+        click.option(
             "--kube-ca-file",
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
@@ -90,6 +98,20 @@ def console_authorizer(
     if token_file is not None or ca_file is not None:
         api = KubeApi(api.url, token_file or api.token_file, ca_file or api.ca_file)
     return KubernetesAuthorizer(api)
+
+
+def console_budgets(path: Path | None) -> BudgetFile | None:
+    """The budgets file for the overview's forecasts, checked once at start (a bad one is refused)."""
+    if path is None:
+        return None
+    from tollway_meter.console.forecast import BadBudgets, BudgetFile
+
+    budgets = BudgetFile(path)
+    try:
+        budgets.limits()
+    except BadBudgets as exc:
+        raise click.BadParameter(str(exc), param_hint="--budgets-from") from None
+    return budgets
 
 
 def _open(dsn: str) -> Ledger:
@@ -180,6 +202,7 @@ def meter_run(
     kube_url: str | None,
     kube_token_file: Path | None,
     kube_ca_file: Path | None,
+    budgets_from: Path | None,
     log_level: str,
 ) -> None:
     """Consume the usage stream (--redis) or a sidecar's outbox (--outbox) into the ledger until
@@ -197,6 +220,7 @@ def meter_run(
     authorizer = (
         console_authorizer(auth, api_host, kube_url, kube_token_file, kube_ca_file) if with_console else None
     )
+    budgets = console_budgets(budgets_from)
     import aiohttp
     import redis.asyncio as aioredis
     from aiohttp import web
@@ -270,7 +294,7 @@ def meter_run(
                     # Its own connection too: the API's queries run in another worker thread.
                     console_ledger = _open(dsn)
                     stack.callback(console_ledger.close)
-                    mount(app, console_ledger, jaeger_url, authorizer=authorizer)
+                    mount(app, console_ledger, jaeger_url, authorizer=authorizer, budgets=budgets)
                     if authorizer is not None:
                         stack.push_async_callback(authorizer.close)
                 runner = web.AppRunner(app)

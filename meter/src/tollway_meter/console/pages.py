@@ -33,9 +33,11 @@ from tollway_meter.console.access import (
 )
 from tollway_meter.console.chart import bar_chart, time_series
 from tollway_meter.console.filters import BadFilter, RequestFilter, TimeRange
+from tollway_meter.console.forecast import PERIODS, BudgetFile, Forecast, forecast
 from tollway_meter.console.tree import build_tree
 from tollway_meter.ledger import Ledger
 from tollway_meter.queries import UsageRow, usage
+from tollway_sidecar.contract.periods import period_bounds
 from tollway_sidecar.contract.usage_event import PROPERTY_NAME, nanos_to_usd
 
 PREFIX = "/console"
@@ -98,8 +100,10 @@ class Console:
         jaeger_url: str | None = None,
         clock: Clock | None = None,
         authorizer: Authorizer | None = None,
+        budgets: BudgetFile | None = None,
     ) -> None:
         self.ledger = ledger
+        self.budgets = budgets
         self.jaeger_url = jaeger_url.rstrip("/") if jaeger_url else None
         self.clock = clock or (lambda: datetime.now(UTC))
         self.authorizer = authorizer
@@ -168,6 +172,7 @@ class Console:
         grain = _granularity(window)
         access = _access(request)
         allowed = access.scope(request.query.get("namespace", ""))
+        now = self.clock()
 
         def read() -> dict[str, Any]:
             since, until = window.since, window.until
@@ -187,6 +192,7 @@ class Console:
                 },
                 "health": reads.provider_health(self.ledger, window, allowed),
                 "budgets": reads.budget_spend(self.ledger, window, allowed),
+                "forecasts": self._forecasts(allowed, now),
             }
 
         found = await self._run(read)
@@ -203,6 +209,25 @@ class Console:
             nav="overview",
             access=access,
         )
+
+    def _forecasts(self, allowed: frozenset[str] | None, now: datetime) -> list[Forecast]:
+        """Each known budget of the allowed namespaces, against its current period's spend (the
+        events' time, up to now): one spend query per period kind in use."""
+        if self.budgets is None:
+            return []
+        limits = [
+            limit for limit in self.budgets.limits().values() if allowed is None or limit.namespace in allowed
+        ]
+        spent: dict[str, dict[str, int]] = {}
+        for period in PERIODS:
+            if any(limit.period == period for limit in limits):
+                start, _end = period_bounds(period, now)
+                rows = reads.budget_spend(self.ledger, TimeRange(start, now), allowed)
+                spent[period] = {row.budget: row.cost_nanos for row in rows}
+        return [
+            forecast(limit, spent[limit.period].get(limit.id, 0), now)
+            for limit in sorted(limits, key=lambda limit: limit.id)
+        ]
 
     async def requests(self, request: web.Request) -> web.Response:
         chosen = RequestFilter.parse(request.query, self.clock())
@@ -357,10 +382,11 @@ def console_app(
     jaeger_url: str | None = None,
     clock: Clock | None = None,
     authorizer: Authorizer | None = None,
+    budgets: BudgetFile | None = None,
 ) -> web.Application:
     """The console as an aiohttp sub-application, to mount at PREFIX. Without an authorizer it is
     open to whoever reaches it (`--auth none`, loopback only)."""
-    console = Console(ledger, jaeger_url, clock, authorizer)
+    console = Console(ledger, jaeger_url, clock, authorizer, budgets)
     app = web.Application(middlewares=[_errors(console)])
     app.router.add_get("/login", console.login_form)
     app.router.add_post("/login", console.login)
@@ -381,6 +407,7 @@ def mount(
     jaeger_url: str | None = None,
     clock: Clock | None = None,
     authorizer: Authorizer | None = None,
+    budgets: BudgetFile | None = None,
 ) -> None:
     """Serve the console under PREFIX/ on `app` (the meter's API app or a standalone one)."""
 
@@ -389,4 +416,4 @@ def mount(
 
     # Before the sub-application: its prefix would otherwise claim the bare path (and 404 it).
     app.router.add_get(PREFIX, to_slash)
-    app.add_subapp(PREFIX, console_app(ledger, jaeger_url, clock, authorizer))
+    app.add_subapp(PREFIX, console_app(ledger, jaeger_url, clock, authorizer, budgets))
