@@ -34,7 +34,7 @@ def console(
     kube_url: str | None,
     kube_token_file: Path | None,
     kube_ca_file: Path | None,
-    budgets_from: Path | None,
+    budgets_from: str | None,
 ) -> None:
     """Serve the console (overview, requests, sessions, users, properties) at http://HOST:PORT/console/."""
     from aiohttp import web
@@ -43,7 +43,7 @@ def console(
     from tollway_meter.console import mount
 
     authorizer = console_authorizer(auth, host, kube_url, kube_token_file, kube_ca_file)
-    budgets = console_budgets(budgets_from)
+    budgets = console_budgets(budgets_from, authorizer)
     ledger = _open(dsn)
     app = web.Application()
     mount(app, ledger, jaeger_url, authorizer=authorizer, budgets=budgets)

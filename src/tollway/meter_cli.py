@@ -18,7 +18,7 @@ import click
 
 if TYPE_CHECKING:
     from tollway_meter.console.access import KubernetesAuthorizer
-    from tollway_meter.console.forecast import BudgetFile
+    from tollway_meter.console.forecast import BudgetSource
     from tollway_meter.ledger import Ledger
 
 DEFAULT_DB = "sqlite:///tollway-ledger.db"
@@ -58,10 +58,10 @@ def console_auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--budgets-from",
-            type=click.Path(dir_okay=False, exists=True, path_type=Path),
             default=None,
-            help="A compiled GatewayConfig (JSON, e.g. `tollway dev`'s <state-dir>/config.json) whose "
-            "Budgets' limits and periods the overview forecasts against. Re-read when it changes.",
+            help="Where the overview's budget limits come from: `kubernetes` (list the Budget resources "
+            "with the meter's ServiceAccount; needs --auth kubernetes) or a compiled GatewayConfig file "
+            "(JSON, e.g. `tollway dev`'s <state-dir>/config.json, re-read when it changes).",
         ),
         click.option(
             "--kube-ca-file",
@@ -100,15 +100,20 @@ def console_authorizer(
     return KubernetesAuthorizer(api)
 
 
-def console_budgets(path: Path | None) -> BudgetFile | None:
-    """The budgets file for the overview's forecasts, checked once at start (a bad one is refused)."""
-    if path is None:
+def console_budgets(source: str | None, authorizer: KubernetesAuthorizer | None) -> BudgetSource | None:
+    """Where the overview's budget limits come from; a file is checked once at start (a bad one is
+    refused)."""
+    if source is None:
         return None
-    from tollway_meter.console.forecast import BadBudgets, BudgetFile
+    from tollway_meter.console.forecast import BadBudgets, BudgetFile, ClusterBudgets
 
-    budgets = BudgetFile(path)
+    if source == "kubernetes":
+        if authorizer is None:
+            raise click.BadParameter("`kubernetes` needs --auth kubernetes", param_hint="--budgets-from")
+        return ClusterBudgets(authorizer.client)
+    budgets = BudgetFile(Path(source))
     try:
-        budgets.limits()
+        budgets.read()
     except BadBudgets as exc:
         raise click.BadParameter(str(exc), param_hint="--budgets-from") from None
     return budgets
@@ -202,7 +207,7 @@ def meter_run(
     kube_url: str | None,
     kube_token_file: Path | None,
     kube_ca_file: Path | None,
-    budgets_from: Path | None,
+    budgets_from: str | None,
     log_level: str,
 ) -> None:
     """Consume the usage stream (--redis) or a sidecar's outbox (--outbox) into the ledger until
@@ -220,7 +225,7 @@ def meter_run(
     authorizer = (
         console_authorizer(auth, api_host, kube_url, kube_token_file, kube_ca_file) if with_console else None
     )
-    budgets = console_budgets(budgets_from)
+    budgets = console_budgets(budgets_from, authorizer)
     import aiohttp
     import redis.asyncio as aioredis
     from aiohttp import web

@@ -249,7 +249,12 @@ def _args(objects: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
 def test_the_console_runs_with_kubernetes_auth_and_exactly_the_review_rbac(helm: str) -> None:
     objects = render(helm, *CONSOLE)
     args = _args(objects)
-    assert {"--console", "--auth=kubernetes", "--jaeger-url=http://jaeger.example:16686"} <= set(args)
+    assert {
+        "--console",
+        "--auth=kubernetes",
+        "--budgets-from=kubernetes",
+        "--jaeger-url=http://jaeger.example:16686",
+    } <= set(args)
     assert objects[("ServiceAccount", "tw-tollway-meter")]["automountServiceAccountToken"] is True
     assert pod_spec(objects[("Deployment", "tw-tollway-meter")])["automountServiceAccountToken"] is True
     role = objects[("ClusterRole", "tw-tollway-meter-console")]
@@ -257,11 +262,14 @@ def test_the_console_runs_with_kubernetes_auth_and_exactly_the_review_rbac(helm:
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     ]
-    binding = objects[("ClusterRoleBinding", "tw-tollway-meter-console")]
-    assert binding["roleRef"]["name"] == "tw-tollway-meter-console"
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "tw-tollway-meter", "namespace": "tollway-system"}
-    ]
+    budgets = objects[("ClusterRole", "tw-tollway-meter-budgets")]
+    assert budgets["rules"] == [{"apiGroups": ["tollway.dev"], "resources": ["budgets"], "verbs": ["list"]}]
+    for name in ("tw-tollway-meter-console", "tw-tollway-meter-budgets"):
+        binding = objects[("ClusterRoleBinding", name)]
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "tw-tollway-meter", "namespace": "tollway-system"}
+        ]
     # Nothing else is bound to the meter's account.
     bound = [
         (kind, name)
@@ -269,16 +277,33 @@ def test_the_console_runs_with_kubernetes_auth_and_exactly_the_review_rbac(helm:
         if kind in ("RoleBinding", "ClusterRoleBinding")
         and any(s["name"] == "tw-tollway-meter" for s in d.get("subjects", []))
     ]
-    assert bound == [("ClusterRoleBinding", "tw-tollway-meter-console")]
+    assert sorted(bound) == [
+        ("ClusterRoleBinding", "tw-tollway-meter-budgets"),
+        ("ClusterRoleBinding", "tw-tollway-meter-console"),
+    ]
+
+
+def test_without_budget_limits_the_meter_has_only_the_review_rbac(helm: str) -> None:
+    objects = render(helm, *CONSOLE, "--set", "meter.console.budgetLimits=false")
+    assert "--budgets-from=kubernetes" not in _args(objects)
+    roles = sorted(
+        name for kind, name in objects if kind in ("ClusterRole", "ClusterRoleBinding") and "meter" in name
+    )
+    assert roles == ["tw-tollway-meter-console", "tw-tollway-meter-console"]
 
 
 def test_the_console_rbac_is_exactly_what_the_kube_tests_proved(helm: str) -> None:
     """tests/kube/test_console_access.py runs the console's reviews under deploy/rbac/meter-console.yaml
     (and checks in the audit log that every rule is used and nothing refused)."""
-    chart_role = render(helm, *CONSOLE)[("ClusterRole", "tw-tollway-meter-console")]
+    objects = render(helm, *CONSOLE)
     proved = yaml.safe_load_all((CHART.parents[1] / "deploy" / "rbac" / "meter-console.yaml").read_text())
-    (proved_role,) = [d for d in proved if d["kind"] == "ClusterRole"]
-    assert chart_role["rules"] == proved_role["rules"]
+    proved_roles = {d["metadata"]["name"]: d["rules"] for d in proved if d["kind"] == "ClusterRole"}
+    chart_roles = {
+        name.replace("tw-tollway-", "tollway-"): d["rules"]
+        for (kind, name), d in objects.items()
+        if kind == "ClusterRole" and name.startswith("tw-tollway-meter")
+    }
+    assert chart_roles == proved_roles
 
 
 def test_the_network_policy_lets_the_console_reach_the_api_server(helm: str) -> None:

@@ -25,6 +25,7 @@ from harness import ControlPlane, wait_for
 from tollway.ports import free_port
 from tollway_meter.console import mount
 from tollway_meter.console.access import COOKIE, KubeApi, KubernetesAuthorizer, Unauthenticated
+from tollway_meter.console.forecast import ClusterBudgets
 from tollway_meter.ledger import Ledger
 from tollway_sidecar.contract.usage_event import Attempt, Tokens, UsageData, UsageEvent, uuid7
 
@@ -60,6 +61,7 @@ def event(namespace: str, minute: int) -> UsageEvent:
         billable=True,
         team="t",
         session_id=f"{namespace}-s",
+        budgets=(f"{namespace}/monthly",),
         attempts=(Attempt("mock", "openai", "gpt-4o-mini", 200),),
         tokens=Tokens(input=10, output=2),
         latency_ms=5,
@@ -97,6 +99,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cp.create_service_account("team-b", "carol")
         cp.grant("team-b", "carol", READ_KEYS + READ_SECRETS)
         cp.create_service_account("team-b", "nobody")  # authenticated, granted nothing
+        for ns, limit in (("team-a", "0.000010"), ("team-b", "5")):
+            budget = (
+                "apiVersion: tollway.dev/v1alpha1\nkind: Budget\n"
+                f"metadata: {{name: monthly, namespace: {ns}}}\nspec: {{limit: '{limit}'}}\n"
+            )
+            cp.kubectl("apply", "-f", "-", input=budget)
         meter_token = workdir / "meter-token"
         meter_token.write_text(cp.token(SYSTEM_NS, METER_SA))
         tokens = {
@@ -118,7 +126,8 @@ async def console(cluster: Cluster) -> AsyncIterator[tuple[Client, KubernetesAut
     ledger = Ledger.open(cluster.ledger_dsn)
     authorizer = KubernetesAuthorizer(cluster.api)
     app = web.Application()
-    mount(app, ledger, clock=lambda: AT + timedelta(days=1), authorizer=authorizer)
+    budgets = ClusterBudgets(authorizer.client)
+    mount(app, ledger, clock=lambda: AT + timedelta(days=1), authorizer=authorizer, budgets=budgets)
     async with TestClient(TestServer(app)) as client:
         yield client, authorizer
     await authorizer.close()
@@ -242,6 +251,18 @@ async def test_decisions_are_cached_per_token_briefly_and_the_cache_is_bounded(c
         await authorizer.close()
 
 
+async def test_budget_limits_come_from_the_budget_resources(
+    console: tuple[Client, KubernetesAuthorizer], cluster: Cluster
+) -> None:
+    client, _ = console
+    status, html = await get(client, f"/console/?{WINDOW}", cluster.tokens["alice"])
+    assert status == 200, html
+    rows = [part.split('"', 1)[0] for part in html.split('data-budget="')[1:]]
+    assert rows == ["team-a/monthly"]  # team-b's Budget is not alice's to see
+    # team-a spent $0.000001 + $0.000002 + $0.000003 of its $0.000010 on 10 November, 1 day before "now".
+    assert "$0.000010000" in html and "$0.000006000" in html
+
+
 def test_tollway_console_with_kubernetes_auth_as_a_process(cluster: Cluster, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "console.log"
@@ -298,10 +319,11 @@ def test_the_meter_used_every_rule_and_was_refused_nothing(cluster: Cluster) -> 
             for e in cluster.audit()
             if e.get("objectRef") and e.get("stage") == "ResponseComplete"
         }
-        return found if len(found) >= 2 else None
+        return found if len(found) >= 3 else None
 
     seen = wait_for(calls, 30, "the meter's reviews in the audit log", interval=0.5)
     assert seen == {
         ("create", "authentication.k8s.io", "tokenreviews", 201),
         ("create", "authorization.k8s.io", "subjectaccessreviews", 201),
+        ("list", "tollway.dev", "budgets", 200),
     }

@@ -113,12 +113,19 @@ def test_a_bad_budgets_file_is_refused_naming_the_field(tmp_path: Path, text: st
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_budgets_from_kubernetes_needs_kubernetes_auth() -> None:
+    result = CliRunner().invoke(
+        main, ["console", "--db", "sqlite:///:memory:", "--budgets-from", "kubernetes"]
+    )
+    assert result.exit_code == 2 and "--auth kubernetes" in result.output, result.output
+
+
 def test_the_budgets_file_is_re_read_when_it_changes(tmp_path: Path) -> None:
     path = gateway_config(tmp_path / "c.json", Budget(name="m", namespace="a", limit_usd=Decimal("1")))
     budgets = BudgetFile(path)
-    assert budgets.limits()["a/m"].limit_nanos == USD
+    assert budgets.read()["a/m"].limit_nanos == USD
     gateway_config(path, Budget(name="m", namespace="a", limit_usd=Decimal("12.5")))
-    assert budgets.limits()["a/m"].limit_nanos == 12_500_000_000
+    assert budgets.read()["a/m"].limit_nanos == 12_500_000_000
 
 
 class Fixed:

@@ -128,6 +128,43 @@ class _Entry:
     decisions: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # namespace → (rows, content)
 
 
+class KubeClient:
+    """Calls to the API server as the meter's own ServiceAccount (one pooled aiohttp session)."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+        self._session: aiohttp.ClientSession | None = None
+        self.calls = 0
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.api.ssl_context()),
+                timeout=aiohttp.ClientTimeout(total=10),
+            )
+        try:
+            own = (await asyncio.to_thread(self.api.token_file.read_text)).strip()
+        except OSError as exc:
+            raise ReviewFailed(f"the meter's ServiceAccount token {self.api.token_file}: {exc}") from None
+        self.calls += 1
+        try:
+            async with self._session.request(
+                method, self.api.url + path, json=body, headers={"Authorization": f"Bearer {own}"}
+            ) as response:
+                if response.status not in (200, 201):
+                    # Names the meter's own refused call, never a user's token.
+                    raise ReviewFailed(f"{method} {path}: HTTP {response.status} from the API server")
+                found: dict[str, Any] = await response.json()
+                return found
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ReviewFailed(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+
+
 class KubernetesAuthorizer:
     """Turns a token into an `Access` for the given namespaces, asking the API server."""
 
@@ -139,41 +176,22 @@ class KubernetesAuthorizer:
         entries: int = CACHE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.api = api
+        self.client = KubeClient(api)
         self.ttl = ttl
         self.entries = entries
         self.clock = clock
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._session: aiohttp.ClientSession | None = None
-        self.reviews = 0  # calls made to the API server (the cache's tests read it)
+
+    @property
+    def reviews(self) -> int:
+        """Calls made to the API server (the cache's tests read it)."""
+        return self.client.calls
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.api.ssl_context()),
-                timeout=aiohttp.ClientTimeout(total=10),
-            )
-        try:
-            own = (await asyncio.to_thread(self.api.token_file.read_text)).strip()
-        except OSError as exc:
-            raise ReviewFailed(f"the meter's ServiceAccount token {self.api.token_file}: {exc}") from None
-        self.reviews += 1
-        try:
-            async with self._session.post(
-                self.api.url + path, json=body, headers={"Authorization": f"Bearer {own}"}
-            ) as response:
-                if response.status != 201 and response.status != 200:
-                    # The answer names the meter's own identity and the refused call, never the token.
-                    raise ReviewFailed(f"POST {path}: HTTP {response.status} from the API server")
-                found: dict[str, Any] = await response.json()
-                return found
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ReviewFailed(f"POST {path}: {type(exc).__name__}: {exc}") from None
+        return await self.client.call("POST", path, body)
 
     async def _who(self, token: str) -> dict[str, Any] | None:
         review = await self._post(

@@ -2,19 +2,24 @@
 and the projected run-out date. Integer nano-USD and integer microseconds: no float anywhere.
 
 The ledger knows what each budget was charged (events name their budgets), not the limits: those
-come from the compiled GatewayConfig the sidecar reads (`--budgets-from FILE`, e.g. the
-`config.json` in `tollway dev`'s state folder), a file that names each Budget's limit and period.
+come from the Budget resources (`--budgets-from kubernetes`: listed with the meter's
+ServiceAccount) or, without a cluster, from the compiled GatewayConfig the sidecar reads
+(`--budgets-from FILE`, e.g. the `config.json` in `tollway dev`'s state folder).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
+from tollway_meter.console.access import KubeClient
 from tollway_sidecar.contract.periods import period_bounds
 from tollway_sidecar.contract.usage_event import UsageEventError, usd_to_nanos
 
@@ -104,6 +109,27 @@ def _field(budget: dict[str, Any], *names: str) -> Any:
     return None
 
 
+def _limit(
+    where: str, name: object, namespace: object, limit_text: object, period: object, per_user: object
+) -> Limit:
+    if not isinstance(name, str) or not isinstance(namespace, str) or not name or not namespace:
+        raise BadBudgets(f"{where}: expected a name and a namespace")
+    try:
+        limit = Decimal(str(limit_text))
+    except InvalidOperation:
+        raise BadBudgets(f"{where}.limit_usd: not a decimal: {limit_text!r}") from None
+    if not limit.is_finite() or limit <= 0:
+        raise BadBudgets(f"{where}.limit_usd: expected more than 0, got {limit_text!r}")
+    try:
+        limit_nanos = usd_to_nanos(limit)
+    except UsageEventError:
+        raise BadBudgets(f"{where}.limit_usd: finer than a nano-dollar: {limit_text!r}") from None
+    if period not in PERIODS:
+        raise BadBudgets(f"{where}.period: expected one of {', '.join(PERIODS)}, got {period!r}")
+    ident = f"{namespace}/{name}"
+    return Limit(ident, namespace, limit_nanos, period, bool(per_user))
+
+
 def load_limits(path: Path) -> dict[str, Limit]:
     """Each Budget's limit from a compiled GatewayConfig (JSON, as `tollway dev` writes it)."""
     try:
@@ -117,30 +143,44 @@ def load_limits(path: Path) -> dict[str, Limit]:
     for i, raw in enumerate(budgets):
         if not isinstance(raw, dict):
             raise BadBudgets(f"{path}: budgets[{i}]: expected an object")
-        budget = cast(dict[str, Any], raw)
-        name, namespace = budget.get("name"), budget.get("namespace")
-        limit_text = _field(budget, "limit_usd", "limitUsd", "limitUSD")
-        period = budget.get("period", "Monthly")
-        if not isinstance(name, str) or not isinstance(namespace, str) or not name or not namespace:
-            raise BadBudgets(f"{path}: budgets[{i}]: expected a name and a namespace")
-        try:
-            limit = Decimal(str(limit_text))
-        except InvalidOperation:
-            raise BadBudgets(f"{path}: budgets[{i}].limit_usd: not a decimal: {limit_text!r}") from None
-        if not limit.is_finite() or limit <= 0:
-            raise BadBudgets(f"{path}: budgets[{i}].limit_usd: expected more than 0, got {limit_text!r}")
-        try:
-            limit_nanos = usd_to_nanos(limit)
-        except UsageEventError:
-            raise BadBudgets(
-                f"{path}: budgets[{i}].limit_usd: finer than a nano-dollar: {limit_text!r}"
-            ) from None
-        if period not in PERIODS:
-            raise BadBudgets(f"{path}: budgets[{i}].period: expected one of {', '.join(PERIODS)}")
-        per_user = bool(_field(budget, "per_user", "perUser"))
-        ident = f"{namespace}/{name}"
-        found[ident] = Limit(ident, namespace, limit_nanos, cast(PeriodName, period), per_user)
+        b = cast(dict[str, Any], raw)
+        limit = _limit(
+            f"{path}: budgets[{i}]",
+            b.get("name"),
+            b.get("namespace"),
+            _field(b, "limit_usd", "limitUsd"),
+            b.get("period", "Monthly"),
+            _field(b, "per_user", "perUser"),
+        )
+        found[limit.id] = limit
     return found
+
+
+def limits_of_resources(listing: dict[str, Any]) -> dict[str, Limit]:
+    """Each Budget's limit from a Kubernetes list of budgets.tollway.dev; one the API server let
+    through but that this cannot read is left out rather than failing the page."""
+    found: dict[str, Limit] = {}
+    for item in listing.get("items") or []:
+        meta, spec = item.get("metadata") or {}, item.get("spec") or {}
+        try:
+            limit = _limit(
+                f"Budget {meta.get('namespace')}/{meta.get('name')}",
+                meta.get("name"),
+                meta.get("namespace"),
+                spec.get("limit"),
+                spec.get("period", "Monthly"),
+                spec.get("perUser", False),
+            )
+        except BadBudgets:
+            continue
+        found[limit.id] = limit
+    return found
+
+
+class BudgetSource(Protocol):
+    """Where the overview gets the Budgets' limits from."""
+
+    async def limits(self) -> dict[str, Limit]: ...
 
 
 class BudgetFile:
@@ -151,9 +191,33 @@ class BudgetFile:
         self._seen: tuple[int, int] | None = None
         self._limits: dict[str, Limit] = {}
 
-    def limits(self) -> dict[str, Limit]:
+    async def limits(self) -> dict[str, Limit]:
+        return await asyncio.to_thread(self.read)
+
+    def read(self) -> dict[str, Limit]:
         stat = self.path.stat()
         if self._seen != (stat.st_mtime_ns, stat.st_size):
             self._limits = load_limits(self.path)
             self._seen = (stat.st_mtime_ns, stat.st_size)
         return self._limits
+
+
+class ClusterBudgets:
+    """The limits of every Budget in the cluster, listed with the meter's ServiceAccount
+    (`list budgets.tollway.dev`) at most every `ttl` seconds."""
+
+    BUDGETS = "/apis/tollway.dev/v1alpha1/budgets"
+
+    def __init__(
+        self, client: KubeClient, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.client = client
+        self.ttl = ttl
+        self.clock = clock
+        self._cached: tuple[float, dict[str, Limit]] | None = None
+
+    async def limits(self) -> dict[str, Limit]:
+        if self._cached is None or self._cached[0] <= self.clock():
+            listing = await self.client.call("GET", self.BUDGETS)
+            self._cached = (self.clock() + self.ttl, limits_of_resources(listing))
+        return self._cached[1]

@@ -33,7 +33,7 @@ from tollway_meter.console.access import (
 )
 from tollway_meter.console.chart import bar_chart, time_series
 from tollway_meter.console.filters import BadFilter, RequestFilter, TimeRange
-from tollway_meter.console.forecast import PERIODS, BudgetFile, Forecast, forecast
+from tollway_meter.console.forecast import PERIODS, BudgetSource, Forecast, Limit, forecast
 from tollway_meter.console.tree import build_tree
 from tollway_meter.ledger import Ledger
 from tollway_meter.queries import UsageRow, usage
@@ -100,7 +100,7 @@ class Console:
         jaeger_url: str | None = None,
         clock: Clock | None = None,
         authorizer: Authorizer | None = None,
-        budgets: BudgetFile | None = None,
+        budgets: BudgetSource | None = None,
     ) -> None:
         self.ledger = ledger
         self.budgets = budgets
@@ -173,6 +173,7 @@ class Console:
         access = _access(request)
         allowed = access.scope(request.query.get("namespace", ""))
         now = self.clock()
+        limits = await self.budgets.limits() if self.budgets is not None else None
 
         def read() -> dict[str, Any]:
             since, until = window.since, window.until
@@ -192,7 +193,7 @@ class Console:
                 },
                 "health": reads.provider_health(self.ledger, window, allowed),
                 "budgets": reads.budget_spend(self.ledger, window, allowed),
-                "forecasts": self._forecasts(allowed, now),
+                "forecasts": self._forecasts(limits, allowed, now),
             }
 
         found = await self._run(read)
@@ -206,18 +207,17 @@ class Console:
             chart=chart,
             total=total,
             **found,
+            limits_known=limits is not None,
             nav="overview",
             access=access,
         )
 
-    def _forecasts(self, allowed: frozenset[str] | None, now: datetime) -> list[Forecast]:
+    def _forecasts(
+        self, known: dict[str, Limit] | None, allowed: frozenset[str] | None, now: datetime
+    ) -> list[Forecast]:
         """Each known budget of the allowed namespaces, against its current period's spend (the
         events' time, up to now): one spend query per period kind in use."""
-        if self.budgets is None:
-            return []
-        limits = [
-            limit for limit in self.budgets.limits().values() if allowed is None or limit.namespace in allowed
-        ]
+        limits = [limit for limit in (known or {}).values() if allowed is None or limit.namespace in allowed]
         spent: dict[str, dict[str, int]] = {}
         for period in PERIODS:
             if any(limit.period == period for limit in limits):
@@ -382,7 +382,7 @@ def console_app(
     jaeger_url: str | None = None,
     clock: Clock | None = None,
     authorizer: Authorizer | None = None,
-    budgets: BudgetFile | None = None,
+    budgets: BudgetSource | None = None,
 ) -> web.Application:
     """The console as an aiohttp sub-application, to mount at PREFIX. Without an authorizer it is
     open to whoever reaches it (`--auth none`, loopback only)."""
@@ -407,7 +407,7 @@ def mount(
     jaeger_url: str | None = None,
     clock: Clock | None = None,
     authorizer: Authorizer | None = None,
-    budgets: BudgetFile | None = None,
+    budgets: BudgetSource | None = None,
 ) -> None:
     """Serve the console under PREFIX/ on `app` (the meter's API app or a standalone one)."""
 
