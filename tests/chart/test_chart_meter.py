@@ -311,3 +311,22 @@ def test_the_network_policy_lets_the_console_reach_the_api_server(helm: str) -> 
     assert egress[-1] == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
     without = render(helm, *METER_VALUES_SETS["meter-networkpolicy"])[("NetworkPolicy", "tw-tollway-meter")]
     assert len(without["spec"]["egress"]) == 3  # DNS, Redis, PostgreSQL only
+
+
+def test_the_console_arguments_are_options_of_meter_run_it_accepts(helm: str) -> None:
+    """What the chart passes for the console parses as `tollway meter run` options, and the run
+    gets past its option checks (it fails only later, on the Redis and database it cannot reach)."""
+    from click.testing import CliRunner
+
+    from tollway.meter_cli import meter_run
+
+    args = _args(render(helm, *CONSOLE))[2:]
+    flags = {opt for param in meter_run.params for opt in param.opts}
+    for arg in args:
+        assert arg.split("=", 1)[0] in flags, f"`tollway meter run` has no option {arg}"
+    # Outside a cluster `--auth kubernetes` needs --kube-url: the refusal names it, so the chart's
+    # flags reached the console's checks (in the Pod, KUBERNETES_SERVICE_HOST is set).
+    result = CliRunner().invoke(
+        meter_run, [*args, "--redis", "redis://127.0.0.1:1"], env={"KUBERNETES_SERVICE_HOST": ""}
+    )
+    assert result.exit_code == 2 and "--kube-url" in result.output, result.output

@@ -221,6 +221,15 @@ async def test_the_login_form_keeps_the_token_in_an_httponly_strict_cookie(
     assert answer.status == 303
     client.session.cookie_jar.clear()
     assert (await client.get("/console/")).status == 401
+    # Another site's page posting a token (logging this browser in as someone else) is refused.
+    answer = await client.post(
+        "/console/login",
+        data={"token": cluster.tokens["alice"]},
+        headers={"Origin": "https://evil.example"},
+        allow_redirects=False,
+    )
+    assert answer.status == 403 and "set-cookie" not in answer.headers
+    client.session.cookie_jar.clear()
 
 
 async def test_decisions_are_cached_per_token_briefly_and_the_cache_is_bounded(cluster: Cluster) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -86,6 +86,14 @@ def _granularity(window: TimeRange) -> str:
 NAMESPACES_SECONDS = 30.0
 
 
+def _same_origin(request: web.Request) -> None:
+    """Refuse a login or logout posted by another site's page (it would log the browser in as
+    someone else): browsers send Origin on every cross-site POST."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise Forbidden(f"a login posted from {origin!r}, not from this console")
+
+
 ACCESS = web.RequestKey("access", Access)
 
 
@@ -136,6 +144,7 @@ class Console:
 
     async def login(self, request: web.Request) -> web.Response:
         """Check the posted token, then keep it in an HttpOnly, SameSite=Strict cookie (never in a URL)."""
+        _same_origin(request)
         form = await request.post()
         token = str(form.get("token", "")).strip()
         if self.authorizer is not None:
@@ -151,6 +160,7 @@ class Console:
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
+        _same_origin(request)
         response = web.HTTPSeeOther(PREFIX + "/login")
         response.del_cookie(COOKIE, path=PREFIX)
         raise response
