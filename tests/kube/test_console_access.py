@@ -272,6 +272,34 @@ async def test_budget_limits_come_from_the_budget_resources(
     assert "$0.000010000" in html and "$0.000006000" in html
 
 
+async def test_without_its_rbac_or_its_api_server_the_console_answers_503(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The meter's reviews need its ClusterRole: under an account without it (and with no API
+    server at all) every page is a 503 naming the meter's refused call, never a guess."""
+    unbound = tmp_path / "unbound-token"
+    unbound.write_text(cluster.tokens["nobody"])  # authenticated, but may not create reviews
+    down = tmp_path / "token"
+    down.write_text("x")
+    for api, reason in (
+        (KubeApi(cluster.cp.url, unbound, cluster.cp.pki.ca_cert), "HTTP 403"),
+        (KubeApi(f"https://127.0.0.1:{free_port()}", down, cluster.cp.pki.ca_cert), "ClientConnectorError"),
+    ):
+        ledger = Ledger.open(cluster.ledger_dsn)
+        authorizer = KubernetesAuthorizer(api)
+        app = web.Application()
+        mount(app, ledger, clock=lambda: AT + timedelta(days=1), authorizer=authorizer)
+        try:
+            async with TestClient(TestServer(app)) as client:
+                status, html = await get(client, f"/console/requests?{WINDOW}", cluster.tokens["alice"])
+        finally:
+            await authorizer.close()
+            ledger.close()
+        assert status == 503, html
+        assert "tokenreviews" in html and reason in html
+        assert cluster.tokens["alice"] not in html
+
+
 def test_tollway_console_with_kubernetes_auth_as_a_process(cluster: Cluster, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "console.log"
