@@ -293,7 +293,7 @@ def test_without_budget_limits_the_meter_has_only_the_review_rbac(helm: str) -> 
 
 
 def test_the_console_rbac_is_exactly_what_the_kube_tests_proved(helm: str) -> None:
-    """tests/kube/test_console_access.py runs the console's reviews under deploy/rbac/meter-console.yaml
+    """tests/kube/test_console_rbac.py runs the console's reviews under deploy/rbac/meter-console.yaml
     (and checks in the audit log that every rule is used and nothing refused)."""
     objects = render(helm, *CONSOLE)
     proved = yaml.safe_load_all((CHART.parents[1] / "deploy" / "rbac" / "meter-console.yaml").read_text())

@@ -1,7 +1,7 @@
 """Who sees what, given the access decision: every page and query reads only the namespaces a user
 may see, a namespace filter outside them is a 403, another namespace's request or session is the
 same 404 as a missing one, and captured content is gated on its own permission. On SQLite and
-PostgreSQL. (The decision itself, from a real kube-apiserver: tests/kube/test_console_access.py.)"""
+PostgreSQL. (The decision itself, from a real kube-apiserver: tests/kube/test_console_rbac.py.)"""
 
 from __future__ import annotations
 
