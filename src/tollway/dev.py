@@ -372,7 +372,10 @@ def usage_lines(gateway: DevGateway) -> list[str]:
         return [
             f"  usage:  tollway usage --db {gateway.ledger_dsn} --by model",
             f"          (or export TOLLWAY_METER_DB={gateway.ledger_dsn}; the meter logs to meter.log)",
-            f"  console: tollway console --db {gateway.ledger_dsn}   then http://127.0.0.1:8091/console/",
+            f"  console: tollway console --db {gateway.ledger_dsn}"
+            # The compiled config the sidecar reads: its Budgets' limits feed the overview's forecasts.
+            + (f" --budgets-from {gateway.config_file}" if options.config_secret is None else "")
+            + "   then http://127.0.0.1:8091/console/",
         ]
     if options.redis_url:
         return ["  usage ledger: off (--no-meter); the calls' events wait in the Redis stream tollway:usage"]

@@ -197,3 +197,17 @@ async def test_without_a_budgets_file_the_overview_says_how_to_get_forecasts(led
     async with TestClient(TestServer(app)) as client:
         html = await (await client.get("/console/")).text()
     assert "no-limits" in read_page(html).texts and "--budgets-from" in html
+
+
+def test_tollway_devs_console_hint_passes_the_compiled_config(tmp_path: Path) -> None:
+    from tollway.dev import DevGateway, DevOptions, usage_lines
+
+    gateway = DevGateway(DevOptions(config_dir=tmp_path, redis_url="redis://x", state_dir=tmp_path / "s"))
+    hint = usage_lines(gateway)[2]
+    assert f"--budgets-from {gateway.config_file}" in hint
+    # The file it names is one the console reads (the sidecar's compiled GatewayConfig).
+    gateway.config_file.parent.mkdir(parents=True, exist_ok=True)
+    gateway_config(gateway.config_file, Budget(name="m", namespace="a", limit_usd=Decimal("3")))
+    assert BudgetFile(gateway.config_file).read()["a/m"].limit_nanos == 3 * USD
+    remote = DevGateway(DevOptions(config_dir=tmp_path, redis_url="redis://x", config_secret="ns/s"))
+    assert "--budgets-from" not in usage_lines(remote)[2]  # nothing compiled locally to read
