@@ -73,6 +73,17 @@ VALUES_SETS: dict[str, list[str]] = {
         "--set",
         "meter.networkPolicy.enabled=true",
     ],
+    # The console with Kubernetes auth: the meter's token, its two ClusterRoles and their bindings.
+    "meter-console": [
+        "--set",
+        "meter.enabled=true",
+        "--set",
+        "meter.database.existingSecret=ledger-dsn",
+        "--set",
+        "meter.console.enabled=true",
+        "--set",
+        "meter.networkPolicy.enabled=true",
+    ],
 }
 # metrics.serviceMonitor.enabled is left out: a ServiceMonitor needs the Prometheus Operator's CRD,
 # which a bare API server does not have (the server would rightly reject it).
