@@ -51,6 +51,13 @@ def main() -> None:
     help="Run the meter: the usage events (the Redis stream with --redis, else the sidecar's "
     "in-memory outbox) into <state-dir>/ledger.db for `tollway usage` (default: on).",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Sidecar worker processes (one core each); more than one needs --redis.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def dev(
     config_dir: Path,
@@ -62,6 +69,7 @@ def dev(
     mock_port: int,
     state_dir: Path | None,
     meter: bool | None,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run the gateway locally: sidecar + Envoy + meter (+ mock provider), until Ctrl-C."""
@@ -78,6 +86,7 @@ def dev(
         state_dir=state_dir,
         log_level=log_level,
         meter=meter,
+        workers=workers,
     )
     sys.exit(run_dev(options))
 

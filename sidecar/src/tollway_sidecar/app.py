@@ -130,7 +130,8 @@ async def serve(
             secret_task.cancel()
         if refresh_task is not None:
             refresh_task.cancel()
-        await server.stop(grace=5)
+        await _drain(runtime)
+        await server.stop(grace=DRAIN_GRACE_S)
         if admin is not None:
             await admin.cleanup()
         await runtime.quota.close()
@@ -165,6 +166,17 @@ async def _quota_gate(settings: SidecarSettings, config: GatewayConfig) -> Quota
         reservation_ttl_s=settings.quota_reservation_ttl_seconds,
         failure_policy=settings.quota_failure_policy,
     )
+
+
+# A stopping gRPC server refuses new streams, and a call under way on a route that can fall back opens
+# one per attempt: keep serving until the calls admitted have ended (or this long has passed).
+DRAIN_CALLS_S = 5.0
+DRAIN_GRACE_S = 3.0
+
+
+async def _drain(runtime: Runtime) -> None:
+    if not await runtime.inflight.wait_empty(DRAIN_CALLS_S):
+        log.warning("stopping with %d calls still under way", len(runtime.inflight.requests))
 
 
 # How stale a worker's function gauges (open reservations, pending reconciliation) may be on the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import hmac
@@ -108,6 +109,7 @@ class Inflight:
     """Requests between the router-level and upstream-level filters, by the id the router assigns."""
 
     requests: dict[str, RequestState] = field(default_factory=dict)
+    _emptied: asyncio.Event | None = field(default=None, repr=False)  # set once drained, at shutdown
 
     def add(self, state: RequestState) -> None:
         self.requests[state.request_id] = state
@@ -117,6 +119,16 @@ class Inflight:
 
     def discard(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
+        if self._emptied is not None and not self.requests:
+            self._emptied.set()
+
+    async def wait_empty(self, timeout_s: float) -> bool:
+        """Shutdown: wait until no call is between its filters, at most `timeout_s`; whether none is."""
+        if self.requests:
+            self._emptied = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), timeout_s)
+        return not self.requests
 
 
 class Runtime:

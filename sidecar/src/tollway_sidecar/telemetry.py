@@ -107,6 +107,13 @@ class Metrics:
             buckets=_PER_TOKEN_BUCKETS,
             registry=r,
         )
+        self.streams = Counter(
+            "tollway_extproc_streams",
+            "ext_proc streams served, by filter (router: one per call; upstream: one per attempt on "
+            "routes with several backends) and sidecar worker process.",
+            ["filter", "worker"],
+            registry=r,
+        )
         self.open_reservations = Gauge(
             "tollway_open_reservations",
             "Calls admitted and not yet settled.",
