@@ -16,6 +16,7 @@ dying); SIGTERM to the parent drains every worker (each stops its gRPC server wi
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -82,6 +83,10 @@ def _preload(settings: SidecarSettings) -> None:
         return  # the workers start with an empty config and log why
     warm(encodings_for({backend.model for route in config.routes for backend in route.backends}))
     PriceBook(config)  # loads the genai-prices catalogue
+    # Out of the collector's sight before the fork: a collection in a worker would write to (and so
+    # copy) every shared page holding these objects.
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
