@@ -49,6 +49,8 @@ spec:
 @dataclass
 class Workers:
     gateway: QuotaGateway
+    folder: Path
+    ports: dict[str, int]
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         with urllib.request.urlopen(f"{self.gateway.admin_url}/metrics", timeout=5) as response:
@@ -107,7 +109,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer)
     try:
         gateway = start_gateway(base / "gw", folder, redis_server.url, mock_port=mock_port, workers=2)
         try:
-            yield Workers(gateway)
+            yield Workers(gateway, folder, {"failing": failing_port, "mock": mock_port})
         finally:
             gateway.dev.stop()
     finally:
@@ -177,6 +179,29 @@ async def test_100_concurrent_calls_across_the_workers_against_a_budget_admittin
     assert Decimal(budget["spent_usd"]) == ADMITTED * RESERVED_PER_CALL == Decimal(budget["limit_usd"])
     assert budget["reserved_usd"] == "0"
     assert workers.requests_of("default/wk-burst") == 100  # answered calls, 200s and 429s alike
+
+
+def test_every_worker_follows_a_config_change(workers: Workers) -> None:
+    route = FALLBACK_ROUTE.replace("wk-fallback", "wk-added").format(**workers.ports)
+    (workers.folder / "zz-added.yaml").write_text(route)
+    workers.gateway.dev.compile()  # what the `tollway dev` loop does every half second
+    deadline = time.monotonic() + 15
+    while chat(workers, "wk-added").status != 200:
+        assert time.monotonic() < deadline, "the new route was never served"
+        time.sleep(0.1)
+    upstream_before = [workers.streams("upstream", w) for w in (0, 1)]
+    # Enough calls that both workers admit some, each having loaded the route and its cluster copies.
+    answers = [chat(workers, "wk-added") for _ in range(16)]
+    assert [a.status for a in answers] == [200] * 16, [a.body for a in answers if a.status != 200]
+    assert all(a.headers["x-tollway-attempts"] == "2" for a in answers)
+    grew = [workers.streams("upstream", w) - upstream_before[w] for w in (0, 1)]
+    assert sum(grew) == 32 and min(grew) > 0, grew
+    versions = {
+        dict(labels)["version"]: value
+        for (name, labels), value in workers.metrics().items()
+        if name == "tollway_config_info"
+    }
+    assert list(versions.values()).count(1.0) == 1, versions  # both workers on the same version
 
 
 def test_a_dead_worker_fails_readiness_until_it_is_restarted(workers: Workers) -> None:
