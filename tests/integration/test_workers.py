@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from gateway_env import start_mock
+from gateway_env import ROOT, start_mock
 from httpcall import Answer, bearer, call
 from prometheus_client.parser import text_string_to_metric_families
 from quotagateway import QuotaGateway, budget_yaml, config_folder, key_value, key_yaml, start_gateway
@@ -27,6 +28,9 @@ from redisserver import RedisServer
 
 from tollway.children import Children
 from tollway.dev import free_port
+
+sys.path.insert(0, str(ROOT / "tests" / "kube"))  # the Jaeger harness lives with the other tool harnesses
+from jaeger_harness import Jaeger
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -51,6 +55,7 @@ class Workers:
     gateway: QuotaGateway
     folder: Path
     ports: dict[str, int]
+    jaeger: Jaeger
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         with urllib.request.urlopen(f"{self.gateway.admin_url}/metrics", timeout=5) as response:
@@ -106,14 +111,32 @@ def workers(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer)
         ]
     )
     folder = config_folder(base, mock_port, resources)
+    jaeger = Jaeger.start(base / "jaeger")
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{jaeger.otlp_grpc}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_SERVICE_NAME": "tollway-workers-test",
+    }
+    saved = {name: os.environ.get(name) for name in otel}
+    os.environ.update(otel)  # the sidecar's workers read the standard OTEL_* variables at start-up
     try:
         gateway = start_gateway(base / "gw", folder, redis_server.url, mock_port=mock_port, workers=2)
-        try:
-            yield Workers(gateway, folder, {"failing": failing_port, "mock": mock_port})
-        finally:
-            gateway.dev.stop()
-    finally:
+    except BaseException:
         fleet.stop()
+        jaeger.stop()
+        raise
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    try:
+        yield Workers(gateway, folder, {"failing": failing_port, "mock": mock_port}, jaeger)
+    finally:
+        gateway.dev.stop()
+        fleet.stop()
+        jaeger.stop()
 
 
 def chat(workers: Workers, model: str, key: str = "wk-calls", **headers: str) -> Answer:
@@ -179,6 +202,32 @@ async def test_100_concurrent_calls_across_the_workers_against_a_budget_admittin
     assert Decimal(budget["spent_usd"]) == ADMITTED * RESERVED_PER_CALL == Decimal(budget["limit_usd"])
     assert budget["reserved_usd"] == "0"
     assert workers.requests_of("default/wk-burst") == 100  # answered calls, 200s and 429s alike
+
+
+def _spans(jaeger: Jaeger, trace_id: str, want: int, timeout: float = 15.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    spans: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        try:
+            spans = jaeger._get(f"/api/traces/{trace_id}")["data"][0]["spans"]
+        except (OSError, KeyError, IndexError):
+            spans = []
+        if len(spans) >= want:
+            return spans
+        time.sleep(0.2)
+    raise AssertionError(f"trace {trace_id}: {len(spans)} spans, wanted {want}")
+
+
+def test_each_worker_exports_its_calls_spans(workers: Workers) -> None:
+    before = [workers.streams("router", w) for w in (0, 1)]
+    ids = [f"{i + 1:032x}" for i in range(8)]
+    for trace_id in ids:
+        answer = chat(workers, "wk-fallback", traceparent=f"00-{trace_id}-00f067aa0ba902b7-01")
+        assert answer.status == 200, answer.body
+    served = [workers.streams("router", w) - before[w] for w in (0, 1)]
+    assert min(served) > 0, served  # both workers' exporters had calls to send
+    for trace_id in ids:
+        assert len(_spans(workers.jaeger, trace_id, 3)) == 3  # the call and its two attempts
 
 
 def test_every_worker_follows_a_config_change(workers: Workers) -> None:
