@@ -163,3 +163,26 @@ def test_the_metrics_folder_starts_empty(tmp_path: Path) -> None:
     fresh = prepare_metrics_dir(None)
     assert fresh.is_dir() and not list(fresh.iterdir())
     fresh.rmdir()
+
+
+def test_tollway_dev_refuses_several_workers_without_redis(tmp_path: Path) -> None:
+    from tollway.dev import DevError, DevGateway, DevOptions
+
+    gateway = DevGateway(DevOptions(config_dir=tmp_path, state_dir=tmp_path / "state", workers=2))
+    with pytest.raises(DevError, match="--workers 2 needs --redis"):
+        gateway.start()
+    assert gateway.children.started == []  # nothing was started
+
+
+def test_the_sidecar_refuses_to_start_several_workers_without_redis(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLWAY_")}
+    env |= {"TOLLWAY_WORKERS": "2", "TOLLWAY_CONFIG_FILE": str(tmp_path / "config.json")}
+    result = subprocess.run(
+        [sys.executable, "-m", "tollway", "sidecar"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "TOLLWAY_WORKERS=2 needs TOLLWAY_REDIS_URL" in result.stderr
