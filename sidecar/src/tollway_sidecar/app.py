@@ -170,8 +170,8 @@ async def _quota_gate(settings: SidecarSettings, config: GatewayConfig) -> Quota
 
 # A stopping gRPC server refuses new streams, and a call under way on a route that can fall back opens
 # one per attempt: keep serving until the calls admitted have ended (or this long has passed).
-DRAIN_CALLS_S = 5.0
-DRAIN_GRACE_S = 3.0
+DRAIN_CALLS_S = 4.0
+DRAIN_GRACE_S = 5.0  # as before: the streams still open (a long answer) get this long
 
 
 async def _drain(runtime: Runtime) -> None:
