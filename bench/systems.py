@@ -533,6 +533,14 @@ def tollway_manifests(mocks: dict[str, tuple[int, Proc]], scenarios: dict[str, S
     return "\n---\n".join(json.dumps(doc, indent=2) for doc in docs) + "\n"
 
 
+# Sidecar worker processes of the `tollway` system (`tollway dev --workers`); they need Redis.
+WORKERS_ENV = "TOLLWAY_BENCH_WORKERS"
+
+
+def bench_workers() -> int:
+    return int(os.environ.get(WORKERS_ENV, "1"))
+
+
 def start_tollway(
     state_dir: Path,
     mocks: dict[str, tuple[int, Proc]],
@@ -561,6 +569,11 @@ def start_tollway(
         for name in ("otlp_endpoint", "otel_endpoint", "tracing_endpoint"):
             if name in option_names:
                 extra[name] = endpoint
+    workers = bench_workers()
+    if workers > 1 and "workers" in option_names:
+        if not redis_url:
+            raise SystemExit(f"{WORKERS_ENV}={workers} needs Redis (the bench's default; not --no-redis)")
+        extra["workers"] = workers
     options = DevOptions(
         config_dir=config_dir,
         port=free_port(),
@@ -589,7 +602,8 @@ def start_tollway(
     if otlp_port:
         path += ", spans exported over OTLP/gRPC (when this build traces)"
     info = {
-        "what": "tollway dev (DevGateway): Envoy --concurrency 1 + ext_proc sidecar over a Unix socket",
+        "what": "tollway dev (DevGateway): Envoy --concurrency 1 + ext_proc sidecar over a Unix socket"
+        + (f", {workers} sidecar worker processes" if workers > 1 else ""),
         "path": path,
         "routes": "one RouteRule per scenario, one backend each (maxAttempts 2): the router filter "
         "rewrites the call, 4 ext_proc messages per call; a route with several backends adds the "

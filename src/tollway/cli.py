@@ -51,6 +51,13 @@ def main() -> None:
     help="Run the meter: the usage events (the Redis stream with --redis, else the sidecar's "
     "in-memory outbox) into <state-dir>/ledger.db for `tollway usage` (default: on).",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Sidecar worker processes (one core each); more than one needs --redis.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def dev(
     config_dir: Path,
@@ -62,6 +69,7 @@ def dev(
     mock_port: int,
     state_dir: Path | None,
     meter: bool | None,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run the gateway locally: sidecar + Envoy + meter (+ mock provider), until Ctrl-C."""
@@ -78,6 +86,7 @@ def dev(
         state_dir=state_dir,
         log_level=log_level,
         meter=meter,
+        workers=workers,
     )
     sys.exit(run_dev(options))
 
@@ -146,6 +155,13 @@ def left_out(result: CompileResult) -> list[str]:
     show_default=True,
     help="Largest non-streamed answer (at least --max-request-bytes); above it, a 502.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Sidecar worker processes (the sidecar's TOLLWAY_WORKERS): one ext_proc endpoint each.",
+)
 def envoy_bootstrap(
     out_dir: Path,
     listen_host: str,
@@ -155,6 +171,7 @@ def envoy_bootstrap(
     xds_dir: Path | None,
     max_request_bytes: int,
     max_response_bytes: int,
+    workers: int,
 ) -> None:
     """Write Envoy's bootstrap (what the gateway Pod's init container runs)."""
     import json
@@ -174,19 +191,21 @@ def envoy_bootstrap(
             xds_directory=xds,
             max_request_bytes=max_request_bytes,
             max_response_bytes=max_response_bytes,
+            workers=workers,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-response-bytes") from None
     (out_dir / "envoy.json").write_text(json.dumps(document, indent=2))
     if not (xds / "cds.json").exists():
-        write_dynamic_resources(GatewayConfig().with_checksum(), xds)  # Envoy needs the files to start
+        # Envoy needs the files to start.
+        write_dynamic_resources(GatewayConfig().with_checksum(), xds, workers=workers)
     click.echo(str(out_dir / "envoy.json"))
 
 
 @main.command()
 def sidecar() -> None:
     """Run the ext_proc sidecar (settings from TOLLWAY_* environment variables)."""
-    from tollway_sidecar.app import main as sidecar_main
+    from tollway_sidecar.workers import main as sidecar_main
 
     sidecar_main()
 

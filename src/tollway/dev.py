@@ -118,6 +118,8 @@ class DevOptions:
     # The meter: the usage events (the Redis stream, or the in-memory store's outbox) into a SQLite
     # ledger in the state folder. None: on.
     meter: bool | None = None
+    # Sidecar worker processes (TOLLWAY_WORKERS); more than one needs redis_url.
+    workers: int = 1
 
     @property
     def meter_on(self) -> bool:
@@ -190,6 +192,11 @@ class DevGateway:
                     ) from None
 
     def start(self) -> None:
+        if self.options.workers > 1 and not self.options.redis_url:
+            raise DevError(
+                f"--workers {self.options.workers} needs --redis: the in-memory quota store is one "
+                "process's; several workers share budgets through Redis."
+            )
         self._check_ports()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         routes = 0
@@ -216,6 +223,8 @@ class DevGateway:
             "TOLLWAY_ADMIN_PORT": str(self.options.admin_port),
             "TOLLWAY_XDS_DIR": str(self.state_dir / "xds"),
             "TOLLWAY_LOG_LEVEL": self.options.log_level,
+            "TOLLWAY_WORKERS": str(self.options.workers),
+            "TOLLWAY_METRICS_DIR": str(self.state_dir / "metrics"),
         }
         if self.options.redis_url:
             sidecar_env["TOLLWAY_REDIS_URL"] = self.options.redis_url
@@ -235,6 +244,7 @@ class DevGateway:
             extproc_address=extproc,
             xds_directory=self.state_dir / "xds",
             max_request_bytes=10 * 1024 * 1024,
+            workers=self.options.workers,
         )
         bootstrap_file = self.state_dir / "envoy.json"
         bootstrap_file.write_text(json.dumps(config, indent=2))

@@ -98,6 +98,7 @@ def start_gateway(
     *,
     mock_port: int,
     mock_provider: bool = True,
+    workers: int = 1,
 ) -> QuotaGateway:
     options = DevOptions(
         config_dir=config_dir,
@@ -109,6 +110,7 @@ def start_gateway(
         meter=False,  # no dev meter draining the usage stream (test_dev_meter.py runs one)
         state_dir=base,
         quiet=True,
+        workers=workers,
     )
     dev = DevGateway(options)
     try:

@@ -135,3 +135,18 @@ it created its data folder, so an upgrade must not change it), else the values',
 6379
 {{- end -}}
 {{- end -}}
+
+{{/* The sidecar's worker processes: gateway.sidecarWorkers, else one per core of the sidecar's CPU
+limit (rounded up: "1500m" is 2), else 1. Envoy's bootstrap and the sidecar must agree on it. */}}
+{{- define "tw.sidecarWorkers" -}}
+{{- $limit := dig "limits" "cpu" "" .Values.gateway.resources.sidecar | toString -}}
+{{- if .Values.gateway.sidecarWorkers -}}
+{{- int .Values.gateway.sidecarWorkers -}}
+{{- else if hasSuffix "m" $limit -}}
+{{- max 1 (ceil (divf (trimSuffix "m" $limit | float64) 1000)) | int -}}
+{{- else if $limit -}}
+{{- max 1 (ceil ($limit | float64)) | int -}}
+{{- else -}}
+1
+{{- end -}}
+{{- end -}}

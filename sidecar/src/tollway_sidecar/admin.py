@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -20,12 +23,18 @@ from tollway_sidecar.quota.store import StoreUnavailable
 from tollway_sidecar.runtime import Runtime
 
 
-def create_admin_app(runtime: Runtime) -> web.Application:
+def create_admin_app(runtime: Runtime, *, peers: Sequence[str] = ()) -> web.Application:
+    """The admin app of one process; `peers`: the ext_proc addresses of the Pod's other workers,
+    which must all answer for the Pod to be ready (a dead worker is restarted meanwhile)."""
+
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
         config = runtime.compiled.config
+        down = [address for address in peers if not await _answers(address)]
+        if down:
+            return web.json_response({"status": "not ready", "workers_down": down}, status=503)
         return web.json_response(
             {
                 "status": "ready",
@@ -115,3 +124,20 @@ def _query_count(request: web.Request, name: str, default: int) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise OutboxWireError(f"{name}: expected an integer >= 0, got {text!r}")
     return int(text)
+
+
+async def _answers(address: str) -> bool:
+    """Whether a worker's ext_proc address accepts a connection (`unix:/path` or `host:port`)."""
+    try:
+        if address.startswith("unix:"):
+            opened = asyncio.open_unix_connection(address.removeprefix("unix:"))
+        else:
+            host, port = address.rsplit(":", 1)
+            opened = asyncio.open_connection(host, int(port))
+        _reader, writer = await asyncio.wait_for(opened, timeout=1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

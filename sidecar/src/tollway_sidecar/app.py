@@ -32,8 +32,9 @@ from tollway_sidecar.quota.store import QuotaStore, StoreUnavailable
 from tollway_sidecar.quota.tokens import encodings_for, loaded, warm
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 from tollway_sidecar.settings import SidecarSettings
+from tollway_sidecar.telemetry import multiprocess_metrics
 from tollway_sidecar.tracing import Tracing
-from tollway_sidecar.xds import write_dynamic_resources
+from tollway_sidecar.xds import worker_address, write_dynamic_resources
 
 log = logging.getLogger("tollway.sidecar")
 
@@ -46,11 +47,15 @@ def _initial_config(path: Path) -> GatewayConfig:
         return GatewayConfig().with_checksum()
 
 
-async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: SidecarSettings, stop: asyncio.Event | None = None, *, worker: int = 0, workers: int = 1
+) -> None:
+    """Serve until `stop` is set. As worker `worker` of `workers` (`tollway_sidecar.workers`): on
+    that worker's own ext_proc address, and the admin port only from worker 0."""
     stop = stop or asyncio.Event()
     config = _initial_config(settings.config_file)
     runtime = Runtime(
-        CompiledConfig.build(config),
+        CompiledConfig.build(config, worker=worker, workers=workers),
         max_request_bytes=settings.max_request_bytes,
         max_response_bytes=settings.max_response_bytes,
         replica=settings.replica,
@@ -60,14 +65,15 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
             capture_content=settings.capture_content, redact_patterns=settings.redact_patterns
         ),
     )
-    write_dynamic_resources(config, settings.xds_dir)
+    runtime.worker_index = worker
+    write_dynamic_resources(config, settings.xds_dir, workers=workers)
 
     def apply(new: GatewayConfig) -> None:
         missing = encodings_for(_models(new)) - loaded()
         if missing:  # load a new route's tokenizer off the event loop, before requests need it
             threading.Thread(target=warm, args=(missing,), name="tollway-tiktoken", daemon=True).start()
-        compiled = CompiledConfig.build(new)
-        write_dynamic_resources(new, settings.xds_dir)
+        compiled = CompiledConfig.build(new, worker=worker, workers=workers)
+        write_dynamic_resources(new, settings.xds_dir, workers=workers)
         runtime.swap(compiled)
         log.info(
             "loaded config %s: %d keys, %d budgets, %d routes",
@@ -82,7 +88,8 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
     if config.checksum != GatewayConfig().with_checksum().checksum:
         watcher.last_digest = _digest_or_none(settings.config_file)
 
-    _prepare_socket(settings.extproc_address)
+    address = worker_address(settings.extproc_address, worker, workers)
+    _prepare_socket(address)
     # gRPC's default 4 MiB receive limit is below the request and answer limits: a body is one message.
     message_limit = grpc_message_limit(settings.max_request_bytes, settings.max_response_bytes)
     server = grpc.aio.server(
@@ -93,20 +100,25 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         ]
     )
     ep_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(runtime), server)
-    server.add_insecure_port(settings.extproc_address)
+    server.add_insecure_port(address)
     await server.start()
 
-    admin = web.AppRunner(create_admin_app(runtime), access_log=None)
-    await admin.setup()
-    await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
+    admin: web.AppRunner | None = None
+    if worker == 0:
+        peers = [worker_address(settings.extproc_address, i, workers) for i in range(1, workers)]
+        admin = web.AppRunner(create_admin_app(runtime, peers=peers), access_log=None)
+        await admin.setup()
+        await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
+    refresh_task = asyncio.create_task(_refresh_gauges(runtime)) if multiprocess_metrics() else None
     watch_task = asyncio.create_task(watcher.run())
     secret_task = asyncio.create_task(secret_watcher.run()) if secret_watcher is not None else None
     _tune_gc()
     log.info(
-        "sidecar ready: ext_proc on %s, admin on http://%s:%d, config %s",
-        settings.extproc_address,
-        settings.admin_host,
-        settings.admin_port,
+        "sidecar worker %d of %d ready: ext_proc on %s, admin %s, config %s",
+        worker,
+        workers,
+        address,
+        f"on http://{settings.admin_host}:{settings.admin_port}" if admin else "in worker 0",
         config.version,
     )
     try:
@@ -116,8 +128,12 @@ async def serve(settings: SidecarSettings, stop: asyncio.Event | None = None) ->
         watch_task.cancel()
         if secret_task is not None:
             secret_task.cancel()
-        await server.stop(grace=5)
-        await admin.cleanup()
+        if refresh_task is not None:
+            refresh_task.cancel()
+        await _drain(runtime)
+        await server.stop(grace=DRAIN_GRACE_S)
+        if admin is not None:
+            await admin.cleanup()
         await runtime.quota.close()
         await runtime.drain_cache()
         await runtime.cache.close()
@@ -150,6 +166,28 @@ async def _quota_gate(settings: SidecarSettings, config: GatewayConfig) -> Quota
         reservation_ttl_s=settings.quota_reservation_ttl_seconds,
         failure_policy=settings.quota_failure_policy,
     )
+
+
+# A stopping gRPC server refuses new streams, and a call under way on a route that can fall back opens
+# one per attempt: keep serving until the calls admitted have ended (or this long has passed).
+DRAIN_CALLS_S = 4.0
+DRAIN_GRACE_S = 5.0  # as before: the streams still open (a long answer) get this long
+
+
+async def _drain(runtime: Runtime) -> None:
+    if not await runtime.inflight.wait_empty(DRAIN_CALLS_S):
+        log.warning("stopping with %d calls still under way", len(runtime.inflight.requests))
+
+
+# How stale a worker's function gauges (open reservations, pending reconciliation) may be on the
+# pod's /metrics: in multiprocess mode the aggregate reads files, not this process's functions.
+GAUGE_REFRESH_S = 1.0
+
+
+async def _refresh_gauges(runtime: Runtime) -> None:
+    while True:
+        runtime.metrics.refresh()
+        await asyncio.sleep(GAUGE_REFRESH_S)
 
 
 def _response_cache(settings: SidecarSettings) -> Coalescer:
@@ -220,7 +258,7 @@ def _digest_or_none(path: Path) -> str | None:
         return None
 
 
-def main(settings: SidecarSettings | None = None) -> None:
+def main(settings: SidecarSettings | None = None, *, worker: int = 0, workers: int = 1) -> None:
     settings = settings or SidecarSettings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -237,6 +275,6 @@ def main(settings: SidecarSettings | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
+        await serve(settings, stop, worker=worker, workers=workers)
 
     runner(run())

@@ -24,6 +24,8 @@ from tollway_sidecar.xds import (
     ROUTE_CONFIG_NAME,
     extproc_filter,
     extproc_target,
+    worker_address,
+    worker_extproc_cluster,
 )
 
 __all__ = [
@@ -154,8 +156,13 @@ def bootstrap(
     max_request_bytes: int,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     message_timeout_ms: int = MESSAGE_TIMEOUT_MS,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """The static Envoy bootstrap: listener, ext_proc cluster, and file-based CDS/RDS.
+
+    With several sidecar `workers`, `tollway_extproc` lists every worker's address (the router
+    filter's streams are balanced over them) and `tollway_extproc_<i>` reaches worker i alone (the
+    upstream filter of that worker's cluster copies, `xds.cluster_for`).
 
     Envoy has one buffer limit per stream, for the request and the answer alike: it is
     `max_response_bytes`, which must be at least `max_request_bytes`; the sidecar refuses a request
@@ -282,33 +289,45 @@ def bootstrap(
                 }
             ],
             "clusters": [
-                {
-                    "name": EXTPROC_CLUSTER,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {
-                                "http2_protocol_options": {
-                                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}
-                                }
-                            },
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": EXTPROC_CLUSTER,
-                        "endpoints": [
-                            {"lb_endpoints": [{"endpoint": {"address": extproc_target(extproc_address)}}]}
-                        ],
-                    },
-                },
+                _extproc_cluster(
+                    EXTPROC_CLUSTER, [worker_address(extproc_address, i, workers) for i in range(workers)]
+                ),
+                *(
+                    _extproc_cluster(worker_extproc_cluster(i), [worker_address(extproc_address, i, workers)])
+                    for i in range(workers if workers > 1 else 0)
+                ),
                 {
                     "name": BLACKHOLE_CLUSTER,
                     "type": "STATIC",
                     "connect_timeout": "1s",
                     "load_assignment": {"cluster_name": BLACKHOLE_CLUSTER, "endpoints": []},
                 },
+            ],
+        },
+    }
+
+
+def _extproc_cluster(name: str, addresses: list[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": extproc_target(address)}} for address in addresses
+                    ]
+                }
             ],
         },
     }

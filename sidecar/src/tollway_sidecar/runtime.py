@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import hmac
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from tollway_sidecar.cache import Coalescer, MemoryCacheStore
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Route, VirtualKey
 from tollway_sidecar.limits import DEFAULT_MAX_RESPONSE_BYTES
 from tollway_sidecar.pricing import PriceBook
-from tollway_sidecar.routing.plan import RoutePlan, plans_for
+from tollway_sidecar.routing.plan import RoutePlan, plans_for, rewritten_by_router
 from tollway_sidecar.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -37,8 +38,10 @@ class CompiledConfig:
     budgets: dict[str, Budget] = field(default_factory=dict)  # by id ("namespace/name")
 
     @classmethod
-    def build(cls, config: GatewayConfig) -> CompiledConfig:
-        from tollway_sidecar.xds import cluster_name
+    def build(cls, config: GatewayConfig, *, worker: int = 0, workers: int = 1) -> CompiledConfig:
+        """`worker` of `workers`: the calls this process admits name its own copies of the clusters
+        with an upstream filter (`xds.cluster_for`), so their attempts come back to it."""
+        from tollway_sidecar.xds import cluster_for, cluster_name
 
         reachable: dict[str, tuple[str, ...]] = {}  # by namespace
         for namespace in {key.namespace for key in config.keys}:
@@ -53,7 +56,7 @@ class CompiledConfig:
             routes_by_cluster={cluster_name(route): route for route in config.routes},
             backends={(route.id, b.name): b for route in config.routes for b in route.backends},
             prices=PriceBook(config),
-            plans=plans_for(config),
+            plans=_worker_plans(config, worker, workers, cluster_for),
             budgets={budget.id: budget for budget in config.budgets},
         )
 
@@ -71,6 +74,21 @@ class CompiledConfig:
 
     def models_for(self, key: VirtualKey) -> list[Route]:
         return [route for route in self.config.routes if model_allowed(key, route.model)]
+
+
+def _worker_plans(
+    config: GatewayConfig, worker: int, workers: int, cluster_for: Callable[[str, int, int], str]
+) -> dict[str, RoutePlan]:
+    plans = plans_for(config)
+    if workers == 1:
+        return plans
+    routes = {route.id: route for route in config.routes}
+    return {
+        route_id: plan
+        if rewritten_by_router(routes[route_id])
+        else replace(plan, clusters=tuple(cluster_for(c, worker, workers) for c in plan.clusters))
+        for route_id, plan in plans.items()
+    }
 
 
 def model_allowed(key: VirtualKey, model: str) -> bool:
@@ -91,6 +109,7 @@ class Inflight:
     """Requests between the router-level and upstream-level filters, by the id the router assigns."""
 
     requests: dict[str, RequestState] = field(default_factory=dict)
+    _emptied: asyncio.Event | None = field(default=None, repr=False)  # set once drained, at shutdown
 
     def add(self, state: RequestState) -> None:
         self.requests[state.request_id] = state
@@ -100,6 +119,16 @@ class Inflight:
 
     def discard(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
+        if self._emptied is not None and not self.requests:
+            self._emptied.set()
+
+    async def wait_empty(self, timeout_s: float) -> bool:
+        """Shutdown: wait until no call is between its filters, at most `timeout_s`; whether none is."""
+        if self.requests:
+            self._emptied = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), timeout_s)
+        return not self.requests
 
 
 class Runtime:
@@ -127,12 +156,13 @@ class Runtime:
         self.replica = replica_name(replica)  # the usage events' source
         self.quota = quota or QuotaGate(MemoryStore())
         self.inflight = Inflight()
+        self.worker_index = 0  # which of the Pod's sidecar workers this process is
         self.cache = cache or Coalescer(MemoryCacheStore())  # the response cache, one per process
         self._cache_tasks: set[asyncio.Task[Any]] = set()
         self.tracing = tracing or Tracing()  # no-op unless the app configures an exporter
         self.metrics = Metrics()
         self.metrics.config_loaded(compiled.config)
-        self.quota.bind_metrics(self.metrics.registry)
+        self.quota.bind_metrics(self.metrics.registry, self.metrics.track)
         self.metrics.track_open(lambda: self.quota.open)
 
     def cache_soon(self, work: Coroutine[Any, Any, Any]) -> None:

@@ -40,6 +40,13 @@ class SidecarSettings(BaseSettings):
     replica: str = ""
     """This replica's name, the usage events' `source` (the chart sets the Pod's name); empty: the
     host name."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Sidecar worker processes (one core each), serving Envoy's ext_proc streams together; more
+    than one needs `redis_url` (quotas shared between them). Envoy's bootstrap
+    (`tollway envoy-bootstrap --workers`, the chart's `gateway.sidecar.workers`) must say the same."""
+    metrics_dir: Path | None = None
+    """With several workers: the folder of their metrics files (prometheus_client's multiprocess
+    mode), emptied at start; unset: a new temporary folder."""
     config_poll_seconds: float = 1.0
     log_level: str = "INFO"
     # Quotas

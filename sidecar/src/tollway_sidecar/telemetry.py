@@ -8,10 +8,12 @@ model, provider, backend, route — never end-user ids, never key material.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tollway_sidecar.config.models import GatewayConfig
 from tollway_sidecar.contract.money import from_nano
@@ -21,9 +23,19 @@ _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 
 _PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+def multiprocess_metrics() -> bool:
+    """Several workers (`tollway_sidecar.workers`): each writes its metrics to files that /metrics
+    aggregates, set up before prometheus_client was imported."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._multiprocess = multiprocess_metrics()
+        # Gauges read from a function at scrape time; copied into their files with several workers.
+        self._functions: list[tuple[Gauge, Callable[[], float]]] = []
+        self._version: str | None = None
         self.requests = Counter(
             "tollway_requests",
             "Calls answered, by key, model, backend and HTTP status.",
@@ -95,10 +107,18 @@ class Metrics:
             buckets=_PER_TOKEN_BUCKETS,
             registry=r,
         )
+        self.streams = Counter(
+            "tollway_extproc_streams",
+            "ext_proc streams served, by filter (router: one per call; upstream: one per attempt on "
+            "routes with several backends) and sidecar worker process.",
+            ["filter", "worker"],
+            registry=r,
+        )
         self.open_reservations = Gauge(
             "tollway_open_reservations",
             "Calls admitted and not yet settled.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.cache_requests = Counter(
             "tollway_cache_requests",
@@ -123,17 +143,40 @@ class Metrics:
             "The loaded GatewayConfig (value 1), labelled by version.",
             ["version"],
             registry=r,
+            # Several workers: 1 for each version some live worker serves (0 for ones it left).
+            multiprocess_mode="livemax",
         )
         self.config_objects = Gauge(
-            "tollway_config_objects", "Objects in the loaded config.", ["kind"], registry=r
+            "tollway_config_objects",
+            "Objects in the loaded config.",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def track_open(self, count: Callable[[], int]) -> None:
-        self.open_reservations.set_function(lambda: float(count()))
+        self.track(self.open_reservations, lambda: float(count()))
+
+    def track(self, gauge: Gauge, value: Callable[[], float]) -> None:
+        """Export `value()` as `gauge`: at each scrape, or with several workers at each `refresh`."""
+        if self._multiprocess:
+            self._functions.append((gauge, value))
+            gauge.set(value())
+        else:
+            gauge.set_function(value)
+
+    def refresh(self) -> None:
+        for gauge, value in self._functions:
+            gauge.set(value())
 
     def config_loaded(self, config: GatewayConfig) -> None:
-        self.config_info.clear()
-        self.config_info.labels(version=config.version or "empty").set(1)
+        version = config.version or "empty"
+        if not self._multiprocess:
+            self.config_info.clear()
+        elif self._version is not None and self._version != version:
+            self.config_info.labels(version=self._version).set(0)  # files keep every label set
+        self._version = version
+        self.config_info.labels(version=version).set(1)
         self.config_objects.labels(kind="keys").set(len(config.keys))
         self.config_objects.labels(kind="budgets").set(len(config.budgets))
         self.config_objects.labels(kind="routes").set(len(config.routes))
@@ -181,4 +224,10 @@ class Metrics:
         self.cost_saved.labels(key, model).inc(float(from_nano(nano_usd)))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: this process's metrics, or with several workers all of theirs summed
+        (counters, histograms) or combined by each gauge's mode."""
+        if not self._multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

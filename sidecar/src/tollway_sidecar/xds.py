@@ -19,6 +19,11 @@ Shape (see docs/architecture.md):
   error body) before Envoy decides whether to retry. A route with one backend has no choice to
   make per attempt: the router filter rewrites its calls, and its cluster has no upstream filter
   (`routing.plan.rewritten_by_router`); Envoy waits out a `retry-after` itself there.
+
+With several sidecar workers (`workers`), the router filter's streams are spread over every
+worker's endpoint of `tollway_extproc`, and each cluster with an upstream filter has one copy per
+worker (`cluster_for`) whose filter reaches only that worker (`tollway_extproc_<i>`): the worker
+that admitted a call names its own copy, so each attempt finds the call's state where it is.
 """
 
 from __future__ import annotations
@@ -57,11 +62,14 @@ __all__ = [
     "METADATA_NAMESPACE",
     "ROUTER_PROCESSING_MODE",
     "ROUTE_HEADER",
+    "cluster_for",
     "cluster_name",
     "clusters",
     "extproc_filter",
     "extproc_target",
     "route_configuration",
+    "worker_address",
+    "worker_extproc_cluster",
     "write_dynamic_resources",
 ]
 
@@ -78,6 +86,28 @@ ROUTER_PROCESSING_MODE: dict[str, str] = {
 }
 
 
+def worker_address(address: str, worker: int, workers: int) -> str:
+    """Where worker `worker` of `workers` serves ext_proc: the configured address itself with one
+    worker; else `unix:/run/x.sock` becomes `unix:/run/x-<i>.sock`, and `host:port` is `port + i`."""
+    if workers == 1:
+        return address
+    if address.startswith("unix:"):
+        path = Path(address.removeprefix("unix:"))
+        return f"unix:{path.with_name(f'{path.stem}-{worker}{path.suffix}')}"
+    host, port = address.rsplit(":", 1)
+    return f"{host}:{int(port) + worker}"
+
+
+def worker_extproc_cluster(worker: int) -> str:
+    """The ext_proc cluster that reaches worker `worker` only (its upstream-filter streams)."""
+    return f"{EXTPROC_CLUSTER}_{worker}"
+
+
+def cluster_for(cluster: str, worker: int, workers: int) -> str:
+    """Worker `worker`'s copy of a cluster with an upstream filter; the cluster itself with one."""
+    return cluster if workers == 1 else f"{cluster}__w{worker}"
+
+
 def extproc_target(address: str) -> dict[str, Any]:
     """An Envoy address for the sidecar: `unix:/path` or `host:port`."""
     if address.startswith("unix:"):
@@ -87,7 +117,12 @@ def extproc_target(address: str) -> dict[str, Any]:
 
 
 def extproc_filter(
-    role: str, *, upstream: bool, message_timeout_ms: int, max_message_bytes: int | None = None
+    role: str,
+    *,
+    upstream: bool,
+    message_timeout_ms: int,
+    max_message_bytes: int | None = None,
+    grpc_cluster: str = EXTPROC_CLUSTER,
 ) -> dict[str, Any]:
     # The same messages for both filters. The upstream filter's response headers are each attempt's
     # status and retry-after (error bodies buffered by mode_override); each attempt's request-headers
@@ -116,7 +151,7 @@ def extproc_filter(
                 "response.code_details",
             ],
         }
-    envoy_grpc: dict[str, Any] = {"cluster_name": EXTPROC_CLUSTER}
+    envoy_grpc: dict[str, Any] = {"cluster_name": grpc_cluster}
     if max_message_bytes is not None:
         # The sidecar's reply may carry a whole rewritten body (a translated answer).
         envoy_grpc["max_receive_message_length"] = max_message_bytes
@@ -140,39 +175,53 @@ def extproc_filter(
 MAX_CLUSTER_REQUESTS = 1024  # requests (and so fallbacks) in flight to one cluster, Envoy's default
 
 
-def clusters(config: GatewayConfig, *, message_timeout_ms: int = 2000) -> list[dict[str, Any]]:
+def clusters(
+    config: GatewayConfig, *, message_timeout_ms: int = 2000, workers: int = 1
+) -> list[dict[str, Any]]:
     plans = plans_for(config)
     out: list[dict[str, Any]] = []
     for route in config.routes:
         plan = plans[route.id]
         for name, order in zip(plan.clusters, plan.orders, strict=True):
-            out.append(
-                _cluster(
-                    name,
-                    [route.backends[i] for i in order],
-                    message_timeout_ms=message_timeout_ms,
-                    upstream_filter=not rewritten_by_router(route),
+            backends = [route.backends[i] for i in order]
+            if rewritten_by_router(route):
+                out.append(
+                    _cluster(name, backends, message_timeout_ms=message_timeout_ms, upstream_filter=None)
                 )
-            )
+                continue
+            for worker in range(workers):
+                out.append(
+                    _cluster(
+                        cluster_for(name, worker, workers),
+                        backends,
+                        message_timeout_ms=message_timeout_ms,
+                        upstream_filter=EXTPROC_CLUSTER if workers == 1 else worker_extproc_cluster(worker),
+                    )
+                )
     return out
 
 
 def _cluster(
-    name: str, backends: list[Backend], *, message_timeout_ms: int, upstream_filter: bool = True
+    name: str, backends: list[Backend], *, message_timeout_ms: int, upstream_filter: str | None
 ) -> dict[str, Any]:
     """One cluster: the backends at priority 0, 1, 2… in the order given.
 
-    `upstream_filter`: run the upstream-level ext_proc on each attempt (routes with several
-    backends); a one-backend route's call is rewritten by the router filter instead.
+    `upstream_filter`: the ext_proc cluster of the upstream-level filter run on each attempt (routes
+    with several backends); None for a one-backend route, whose calls the router filter rewrites.
     """
     protocol: dict[str, Any] = {
         "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
         "explicit_http_config": {"http_protocol_options": {}},
     }
-    if upstream_filter:
+    if upstream_filter is not None:
         protocol["http_filters"] = [
-            extproc_filter("upstream", upstream=True, message_timeout_ms=message_timeout_ms),
+            extproc_filter(
+                "upstream",
+                upstream=True,
+                message_timeout_ms=message_timeout_ms,
+                grpc_cluster=upstream_filter,
+            ),
             {
                 "name": "envoy.filters.http.upstream_codec",
                 "typed_config": {
@@ -329,11 +378,12 @@ def _discovery_response(version: str, resources: list[dict[str, Any]]) -> dict[s
     return {"version_info": version, "resources": resources}
 
 
-def write_dynamic_resources(config: GatewayConfig, directory: Path) -> None:
-    """Write cds.json and rds.json for Envoy; each file is replaced by an atomic rename."""
+def write_dynamic_resources(config: GatewayConfig, directory: Path, *, workers: int = 1) -> None:
+    """Write cds.json and rds.json for Envoy; each file is replaced by an atomic rename. Every
+    worker writes them (the same bytes) before it serves a new config."""
     directory.mkdir(parents=True, exist_ok=True)
     version = config.version or "empty"
-    _atomic_write(directory / "cds.json", _discovery_response(version, clusters(config)))
+    _atomic_write(directory / "cds.json", _discovery_response(version, clusters(config, workers=workers)))
     _atomic_write(directory / "rds.json", _discovery_response(version, [route_configuration(config)]))
 
 

@@ -47,9 +47,14 @@ def note_slow(role: str, phase: str | None, started: float, request_id: str) -> 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        worker = str(runtime.worker_index)
+        self._streams = {
+            role: runtime.metrics.streams.labels(role, worker) for role in ("router", "upstream")
+        }
 
     async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         role = dict(context.invocation_metadata() or ()).get(FILTER_ROLE_HEADER, "router")
+        self._streams["upstream" if role == "upstream" else "router"].inc()
         if role == "upstream":
             await self._upstream(context)
         else:

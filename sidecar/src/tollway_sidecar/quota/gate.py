@@ -176,8 +176,13 @@ class QuotaGate:
         self.open = 0  # admissions not settled yet
         self._settling: set[asyncio.Task[None]] = set()
 
-    def bind_metrics(self, registry: CollectorRegistry) -> None:
-        """Export reserve/settle latency and store failures on the sidecar's /metrics."""
+    def bind_metrics(
+        self,
+        registry: CollectorRegistry,
+        track: Callable[[Gauge, Callable[[], float]], None] | None = None,
+    ) -> None:
+        """Export reserve/settle latency and store failures on the sidecar's /metrics; `track`
+        exports a function gauge (`telemetry.Metrics.track`), else it is read at each scrape."""
         seconds = Histogram(
             "tollway_quota_operation_seconds",
             "Quota store operations as the sidecar sees them (one round trip each), by outcome.",
@@ -185,11 +190,16 @@ class QuotaGate:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
             registry=registry,
         )
-        Gauge(
+        pending = Gauge(
             "tollway_quota_pending_reconciliation",
             "Counts and settles kept locally until the quota store answers again.",
             registry=registry,
-        ).set_function(lambda: float(self.pending))
+            multiprocess_mode="livesum",
+        )
+        if track is None:
+            pending.set_function(lambda: float(self.pending))
+        else:
+            track(pending, lambda: float(self.pending))
         store = self.store.name
 
         def observe(operation: str, outcome: str, elapsed: float) -> None:
