@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from redisserver import RedisServer, redis_binary
 
+from tollway.ports import free_port
+
 NODE_TIMEOUT_MS = 1000  # how soon a replica takes over a failed primary
 
 
@@ -32,7 +34,11 @@ class RedisCluster:
             "cluster-node-timeout": str(NODE_TIMEOUT_MS),
             "cluster-config-file": "nodes.conf",
         }
-        self.servers = [RedisServer(workdir / f"node{i}", config=config) for i in range(nodes)]
+        # The bus port picked like the client port: port + 10000 (the default) may be taken or past 65535.
+        self.servers = [
+            RedisServer(workdir / f"node{i}", config={**config, "cluster-port": str(free_port())})
+            for i in range(nodes)
+        ]
 
     @property
     def url(self) -> str:
@@ -58,7 +64,11 @@ class RedisCluster:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if all("cluster_state:ok" in self.cli(s.port, "cluster", "info") for s in self.servers):
+            # Slots served, and each replica's link to its primary up (its first sync done).
+            if all("cluster_state:ok" in self.cli(s.port, "cluster", "info") for s in self.servers) and all(
+                "connected_slaves:1" in info or "master_link_status:up" in info
+                for info in (self.cli(s.port, "info", "replication") for s in self.servers)
+            ):
                 return
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok within 30 s")
