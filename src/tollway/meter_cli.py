@@ -235,6 +235,8 @@ def meter_run(
     from tollway_meter.maintenance import Maintenance, MaintenanceOptions
     from tollway_meter.metrics import serve_metrics
     from tollway_meter.outbox_source import OutboxConsumer, OutboxOptions, OutboxRefused
+    from tollway_meter.shards import ShardedConsumer
+    from tollway_sidecar.contract.redis_counters import bounded_client, is_cluster
 
     if outbox_url is not None and (close_after or retain_months is not None):
         raise click.UsageError("--close-after and --retain-months need the Redis stream (--redis)")
@@ -251,6 +253,22 @@ def meter_run(
         async with contextlib.AsyncExitStack() as stack:
             source: MeterConsumer | OutboxConsumer
             maintenance: Maintenance | None = None
+            if redis_url is not None and is_cluster(redis_url):
+                if after or retain_months is not None:
+                    raise click.UsageError("--close-after and --retain-months need one Redis, not a cluster")
+                cluster = bounded_client(redis_url, timeout_s=5.0, max_connections=64, decode_responses=False)
+                stack.push_async_callback(cluster.aclose)
+                sharded = ShardedConsumer(
+                    cluster,  # type: ignore[arg-type]  # a cluster URL gives the cluster client
+                    ledger,
+                    ConsumerOptions(
+                        consumer=consumer or default_consumer_name(), batch=batch, claim_idle_ms=claim_idle_ms
+                    ),
+                )
+                if metrics_port:
+                    serve_metrics(sharded.stats, metrics_port, metrics_host, None)
+                await sharded.run(stop)
+                return
             if redis_url is not None:
                 client = aioredis.Redis.from_url(redis_url)
                 stack.push_async_callback(client.aclose)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import openai
 import pytest
 from gateway_env import DEMO_KEY, ROOT, Gateway, start_fleet
+from rediscluster import redis_cluster_fixture  # noqa: F401  (the shared fixture)
 from redisserver import redis_server_fixture  # noqa: F401  (the shared fixture)
 
 from tollway.dev import Children, DevGateway, DevOptions, envoy_binary, free_port

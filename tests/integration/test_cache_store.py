@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from rediscluster import RedisCluster
 from redisserver import RedisServer
 
 from tollway_sidecar.cache import (
@@ -46,12 +47,15 @@ def entry(text: str = "Hello!", *, created_ms: int = NOW, padding: int = 0) -> C
     return CacheEntry(answer, TokenUsage(10, 5), cost_nano=42_000, created_ms=created_ms)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[CacheStore]:
     if request.param == "memory":
         yield MemoryCacheStore()
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    # On a Redis Cluster too: each entry's keys (and each partition's) share one hash tag.
+    server: RedisServer | RedisCluster = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster"
+    )
     redis_store = RedisCacheStore(server.url)
     try:
         yield redis_store

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from rediscluster import RedisCluster
 from redisserver import RedisServer
 
 from tollway.mockprovider.content import embedding_vector
@@ -37,12 +38,15 @@ DIMS = 128
 THRESHOLD = Decimal("0.9")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def vectors(request: pytest.FixtureRequest) -> AsyncIterator[VectorStore]:
     if request.param == "memory":
         yield MemoryVectorStore(max_per_partition=8)
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    # On a Redis Cluster too: each entry's keys (and each partition's) share one hash tag.
+    server: RedisServer | RedisCluster = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster"
+    )
     store = RedisCacheStore(server.url)
     try:
         yield RedisVectorStore(store, max_per_partition=8)

@@ -1,4 +1,5 @@
-"""One suite, both quota stores: the in-memory store and a real redis-server must behave the same.
+"""One suite, both quota stores: the in-memory store, a real redis-server and a real 3-primary Redis
+Cluster must behave the same.
 
 Every test drives the clock (the `now_ms` the stores are given) instead of sleeping, and uses its own
 namespace, so the Redis tests share one server without seeing each other's counters.
@@ -15,11 +16,12 @@ from decimal import Decimal
 
 import pytest
 import redis.asyncio
+from rediscluster import RedisCluster
 from redisserver import RedisServer
 
 from tollway_sidecar.config.models import Budget, Limits, VirtualKey
 from tollway_sidecar.contract.money import from_nano
-from tollway_sidecar.contract.redis_counters import RedisCounters
+from tollway_sidecar.contract.redis_counters import RedisCounters, bounded_client
 from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent, uuid7
 from tollway_sidecar.extproc.expiry_record import EXPIRED_STATUS, expiry_event_json
 from tollway_sidecar.extproc.state import RequestState
@@ -46,12 +48,14 @@ def at(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
     if request.param == "memory":
         yield MemoryStore()
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer | RedisCluster = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster"
+    )
     redis_store = RedisStore(server.url, timeout_s=1.0)
     try:
         yield redis_store
@@ -316,9 +320,10 @@ async def outbox(store: QuotaStore, namespace: str) -> list[str]:
         events = list(store.outbox)
     else:
         assert isinstance(store, RedisStore)
-        client = redis.asyncio.from_url(store.url)
+        # The namespace's own stream on a cluster, in its counters' slot; the one stream otherwise.
+        client = bounded_client(store.url, timeout_s=5.0, max_connections=2, decode_responses=False)
         try:
-            entries = await client.xrange(USAGE_STREAM)
+            entries = await client.xrange(store.stream(namespace))
         finally:
             await client.aclose()
         events = [fields[USAGE_FIELD.encode()].decode() for _id, fields in entries]
@@ -416,11 +421,13 @@ async def test_a_read_sweeps_expired_reservations_and_appends_their_events_once(
     assert from_nano(charged) == Decimal("0.002")  # two estimates of $0.001
 
 
+@pytest.mark.parametrize("where", ["redis_server", "redis_cluster"])
 async def test_the_operators_reader_sweeps_too_and_appends_the_expired_calls_event(
-    redis_server: RedisServer, namespace: str
+    where: str, request: pytest.FixtureRequest, namespace: str
 ) -> None:
-    store = RedisStore(redis_server.url, timeout_s=1.0)
-    operator = RedisCounters(redis_server.url, timeout_s=1.0)  # what the operator's status reads with
+    server: RedisServer | RedisCluster = request.getfixturevalue(where)
+    store = RedisStore(server.url, timeout_s=1.0)
+    operator = RedisCounters(server.url, timeout_s=1.0)  # what the operator's status reads with
     try:
         budget = make_budget(namespace, "1.00")
         key = make_key(namespace, budgets=("cap",))
@@ -467,7 +474,7 @@ async def test_a_settle_without_an_event_appends_none_and_emit_appends_one(
     assert await store.settle(plan, settlement_for(plan, Charge(1, 1, 1)), now + 1) is True
     assert await outbox(store, namespace) == []
     refused = json.dumps({"namespace": namespace, "billable": False})
-    await store.emit(refused)
+    await store.emit(refused, namespace)
     assert await outbox(store, namespace) == [refused]
 
 

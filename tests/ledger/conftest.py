@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests" / "integration") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from rediscluster import redis_cluster_fixture  # noqa: E402, F401  (the shared fixture)
 from redisserver import RedisServer, redis_server_fixture  # noqa: E402, F401  (the shared fixture)
 
 

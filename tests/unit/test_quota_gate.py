@@ -51,9 +51,9 @@ class Switch:
         self._check()
         return await self.inner.settle(plan, settlement, now_ms, event)
 
-    async def emit(self, event: str) -> None:
+    async def emit(self, event: str, namespace: str | None = None) -> None:
         self._check()
-        await self.inner.emit(event)
+        await self.inner.emit(event, namespace)
 
     async def apply(self, batch: Batch) -> bool:
         self._check()

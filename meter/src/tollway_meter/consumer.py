@@ -81,6 +81,8 @@ class MeterConsumer:
         self.options = options or ConsumerOptions()
         self.stats = MeterStats()
         self._own_pending_done = False
+        # The ledger is one connection: consumers of several streams sharing it take turns.
+        self.ledger_lock = asyncio.Lock()
 
     async def ensure_group(self) -> None:
         try:
@@ -130,7 +132,8 @@ class MeterConsumer:
             missing=f"no {USAGE_FIELD!r} field in the stream entry",
         )
         try:
-            result = await asyncio.to_thread(batch.ingest, self.ledger, events, rejected)
+            async with self.ledger_lock:
+                result = await asyncio.to_thread(batch.ingest, self.ledger, events, rejected)
         except LedgerUnavailableError:
             self.stats.ledger_errors += 1
             self._own_pending_done = False

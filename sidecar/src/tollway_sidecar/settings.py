@@ -52,7 +52,8 @@ class SidecarSettings(BaseSettings):
     # Quotas
     redis_url: str | None = None
     """Redis for quotas and budgets, shared by every replica (`redis://[:password@]host:port/db`,
-    `rediss://` for TLS, `unix:///path`). Unset: an in-memory store (one process only)."""
+    `rediss://` for TLS, `unix:///path`; `redis+cluster://host:port[,host:port...]` for a Redis
+    Cluster). Unset: an in-memory store (one process only)."""
     redis_password: SecretStr | None = None
     """The Redis password, when it is kept apart from the URL (the chart reads it from a Secret)."""
     redis_timeout_ms: int = Field(default=1000, gt=0, lt=2000)

@@ -20,12 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from tollway_sidecar.cache.entry import CacheEntry, CorruptEntry, decode_entry
 from tollway_sidecar.cache.store import CacheUnavailable, Polled
-from tollway_sidecar.contract.redis_counters import bounded_client
+from tollway_sidecar.contract.redis_counters import RedisClient, bounded_client
 
 __all__ = ["DEFAULT_PREFIX", "RedisCacheStore"]
 
@@ -86,7 +85,7 @@ class RedisCacheStore:
         return f"{self.prefix}{{{key}}}:l"
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         """The client, shared with the semantic cache's vector store (`redis_vectors`)."""
         return self._redis
 

@@ -12,20 +12,34 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Final, Protocol
 
-from tollway_sidecar.contract.keys import index_key, reservation_prefix
+from tollway_sidecar.contract.keys import index_key, namespace_prefix, reservation_prefix
 from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, USAGE_STREAM_MAXLEN
 
 __all__ = [
     "READ_SWEEP_LIMIT",
+    "SHARDED_STREAM_PATTERN",
     "CounterReader",
     "StoreUnavailable",
     "read_reply",
     "read_request",
     "read_script",
     "sweep_source",
+    "usage_stream_for",
 ]
 
 READ_SWEEP_LIMIT: Final = 1000  # expired reservations a read clears
+USAGE_STREAM_SUFFIX: Final = "usage"
+# SCAN MATCH for every namespace's stream on a Redis Cluster (how the meter finds them).
+SHARDED_STREAM_PATTERN: Final = f"tw:{{*}}:{USAGE_STREAM_SUFFIX}"
+
+
+def usage_stream_for(namespace: str | None, *, sharded: bool) -> str:
+    """The stream a namespace's usage events go to. One Redis: the one `USAGE_STREAM`. A Redis
+    Cluster (`sharded`): `tw:{<namespace>}:usage`, in the slot of the namespace's counters, so a
+    settle appends its event in the same script (None: an event of no namespace, to `USAGE_STREAM`)."""
+    if not sharded or namespace is None:
+        return USAGE_STREAM
+    return namespace_prefix(namespace) + USAGE_STREAM_SUFFIX
 
 
 class StoreUnavailable(Exception):
@@ -52,11 +66,16 @@ def read_script() -> str:
 
 
 def read_request(
-    namespace: str, keys: Sequence[str], now_ms: int, stream_maxlen: int = USAGE_STREAM_MAXLEN
+    namespace: str,
+    keys: Sequence[str],
+    now_ms: int,
+    stream_maxlen: int = USAGE_STREAM_MAXLEN,
+    stream: str = USAGE_STREAM,
 ) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of the read script (`stream_maxlen`: the usage stream's approximate cap)."""
+    """KEYS and ARGV of the read script (`stream_maxlen`: the usage stream's approximate cap;
+    `stream`: the namespace's, `usage_stream_for`)."""
     return (
-        [index_key(namespace), USAGE_STREAM, *keys],
+        [index_key(namespace), stream, *keys],
         [now_ms, reservation_prefix(namespace), READ_SWEEP_LIMIT, USAGE_FIELD, stream_maxlen],
     )
 

@@ -1,23 +1,117 @@
-"""The operator's reader of the quota counters in Redis: the sidecar store's own read script.
+"""The operator's reader of the quota counters in Redis, and the one Redis client factory.
 
-Only `redis` (with `hiredis`) beyond the base install, both in the operator's extra. Like the
-sidecar's store, the client never retries and never waits longer than `timeout_s`.
+`bounded_client` is how every component (sidecar, operator, meter) connects: one Redis for
+`redis://`, `rediss://` and `unix://` URLs, redis-py's Redis Cluster client for
+`redis+cluster://host:port[,host:port...]` (`rediss+cluster://` for TLS; the hosts are seeds, the
+client learns the rest from CLUSTER SLOTS). Only `redis` (with `hiredis`) beyond the base install,
+both in the operator's extra. Like the sidecar's store, the client never retries and never waits
+longer than `timeout_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from tollway_sidecar.contract.counters import StoreUnavailable, read_reply, read_request, read_script
+from tollway_sidecar.contract.counters import (
+    StoreUnavailable,
+    read_reply,
+    read_request,
+    read_script,
+    usage_stream_for,
+)
 from tollway_sidecar.contract.usage_event import USAGE_STREAM_MAXLEN
 
-__all__ = ["RedisCounters", "bounded_client"]
+__all__ = ["CLUSTER_SCHEMES", "RedisClient", "RedisCounters", "bounded_client", "is_cluster"]
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+RedisClient = aioredis.Redis | RedisCluster
+
+
+def is_cluster(url: str) -> bool:
+    """Whether `url` names a Redis Cluster (then each namespace has its own usage stream)."""
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+class BoundedCluster(RedisCluster):
+    """redis-py's cluster client with at most `max_in_flight` commands at a time, each waiting at
+    most `wait_s` for its turn: its own per-node pool raises at once when full instead of waiting."""
+
+    def __init__(self, *, max_in_flight: int, wait_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._turns = asyncio.Semaphore(max_in_flight)
+        self._wait_s = wait_s
+        self._loading = asyncio.Lock()
+        self._loaded: set[str] = set()
+
+    def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]  # async: its own kind
+        return _ClusterScript(self, script)
+
+    async def load_once(self, script: AsyncScript) -> None:
+        # Many EVALSHAs meeting NOSCRIPT at once (a fresh cluster) break redis-py's cluster
+        # connections: each script is loaded on every primary once, before its first call.
+        if script.sha in self._loaded:
+            return
+        async with self._loading:
+            if script.sha not in self._loaded:
+                await self.script_load(script.script)
+                self._loaded.add(str(script.sha))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(self._wait_s):
+            await self._turns.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._turns.release()
+
+
+class _ClusterScript(AsyncScript):
+    async def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        assert isinstance(self.registered_client, BoundedCluster)
+        await self.registered_client.load_once(self)
+        return await super().__call__(keys, args, client)
+
+
+def _cluster_client(
+    url: str, *, timeout_s: float, max_connections: int, password: str | None, decode_responses: bool
+) -> BoundedCluster:
+    parts = urlsplit(url)
+    seeds = parts.netloc.rsplit("@", 1)[-1]
+    auth: dict[str, Any] = {}
+    if "@" in parts.netloc:
+        user, _, secret = parts.netloc.rsplit("@", 1)[0].rpartition(":")
+        auth = {"username": unquote(user) or None, "password": unquote(secret) or None}
+    if password:
+        auth["password"] = password
+    nodes = []
+    for seed in seeds.split(","):
+        host, _, port = seed.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a Redis Cluster URL lists host:port seeds, got {seed!r}")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    return BoundedCluster(
+        max_in_flight=max_connections,
+        wait_s=timeout_s,
+        startup_nodes=nodes,
+        ssl=url.startswith("rediss+"),
+        max_connections=max_connections,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=decode_responses,
+        **auth,
+    )
 
 
 def bounded_client(
@@ -27,10 +121,20 @@ def bounded_client(
     max_connections: int,
     password: str | None = None,
     decode_responses: bool = True,
-) -> aioredis.Redis:
+) -> RedisClient:
     """A client that never retries and never waits longer than `timeout_s` (connect and pool waits
     included): a quota store that hangs must fail the call, not hold it past Envoy's timeout.
-    `decode_responses=False` for bytes (the cache decodes its own values)."""
+    `decode_responses=False` for bytes (the cache decodes its own values). A `redis+cluster://`
+    URL gives a cluster client: a command that meets a failed primary fails like a single Redis's,
+    and the next one first learns the cluster's slots again (a promoted replica included)."""
+    if is_cluster(url):
+        return _cluster_client(
+            url,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            password=password,
+            decode_responses=decode_responses,
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -62,12 +166,14 @@ class RedisCounters:
             url, timeout_s=timeout_s, max_connections=max_connections, password=password
         )
         self._read = self._redis.register_script(read_script())
+        self._cluster = is_cluster(url)
 
     def _where(self) -> str:
         return self.url.rsplit("@", 1)[-1]  # never the password
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
-        all_keys, args = read_request(namespace, keys, now_ms, self.usage_stream_maxlen)
+        stream = usage_stream_for(namespace, sharded=self._cluster)
+        all_keys, args = read_request(namespace, keys, now_ms, self.usage_stream_maxlen, stream)
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await self._read(keys=all_keys, args=args)

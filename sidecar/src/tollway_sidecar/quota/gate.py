@@ -358,7 +358,7 @@ class QuotaGate:
             log.error("usage event of a refused call not built: %s", exc)
             return
         try:
-            await self.store.emit(record)
+            await self.store.emit(record, namespace)
         except StoreUnavailable as exc:
             # If the append ran and only its reply was lost, the batch appends it a second time:
             # the same event id, which the ledger counts once.

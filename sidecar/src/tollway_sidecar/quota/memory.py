@@ -145,7 +145,7 @@ class MemoryStore:
         self._sweep(plan.index_key, plan.reservation_prefix, now_ms, SWEEP_LIMIT)
         return applied
 
-    async def emit(self, event: str) -> None:
+    async def emit(self, event: str, namespace: str | None = None) -> None:
         self.outbox.append(event)
 
     async def apply(self, batch: Batch) -> bool:

@@ -4,6 +4,10 @@ The client never retries and never waits longer than `timeout_s` (socket, connec
 waits included): a slow or unreachable Redis becomes `StoreUnavailable` well inside Envoy's ext_proc
 message timeout, and the caller's failure policy decides. After a failure, calls fail at once for
 `cooldown_s` instead of each waiting out the timeout; the next call after that tries Redis again.
+
+On a Redis Cluster (`redis+cluster://`) every key a script touches carries its namespace's hash
+tag, the usage stream included (`usage_stream_for`), so each operation is still one script on one
+primary.
 """
 
 from __future__ import annotations
@@ -18,9 +22,15 @@ from typing import Any, TypeVar
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from tollway_sidecar.contract.counters import read_reply, read_request, read_script, sweep_source
-from tollway_sidecar.contract.redis_counters import bounded_client
-from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, USAGE_STREAM_MAXLEN
+from tollway_sidecar.contract.counters import (
+    read_reply,
+    read_request,
+    read_script,
+    sweep_source,
+    usage_stream_for,
+)
+from tollway_sidecar.contract.redis_counters import bounded_client, is_cluster
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM_MAXLEN
 from tollway_sidecar.quota import resp
 from tollway_sidecar.quota.plan import Plan, Settlement
 from tollway_sidecar.quota.store import (
@@ -73,6 +83,11 @@ class RedisStore:
         self._apply = self._redis.register_script(script_source("apply"))
         self._read = self._redis.register_script(script_source("read"))
         self._down_until = 0.0
+        self.sharded = is_cluster(url)
+
+    def stream(self, namespace: str | None) -> str:
+        """The usage stream `namespace`'s events go to."""
+        return usage_stream_for(namespace, sharded=self.sharded)
 
     async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
         if time.monotonic() < self._down_until:
@@ -97,7 +112,7 @@ class RedisStore:
         return self._pipe.evalsha(script.script, script.sha, keys, args)
 
     async def reserve(self, plan: Plan, expiry_event: str | None = None) -> ReserveResult:
-        keys = [plan.reservation_key, plan.index_key, USAGE_STREAM, *plan.keys]
+        keys = [plan.reservation_key, plan.index_key, self.stream(plan.namespace), *plan.keys]
         position = {key: i + 4 for i, key in enumerate(plan.keys)}  # Lua's KEYS is 1-based
         args: list[str | int] = [
             plan.now_ms,
@@ -127,7 +142,7 @@ class RedisStore:
         items = [*settlement.deltas, *settlement.tallies]
         counters = list(dict.fromkeys(item.key for item in items))
         position = {key: i + 4 for i, key in enumerate(counters)}
-        keys = [plan.reservation_key, plan.index_key, USAGE_STREAM, *counters]
+        keys = [plan.reservation_key, plan.index_key, self.stream(plan.namespace), *counters]
         args: list[str | int] = [
             now_ms,
             plan.rid,
@@ -143,11 +158,12 @@ class RedisStore:
         reply = await self._call("settle", lambda: self._script(self._settle, keys, args))
         return int(reply) == 1
 
-    async def emit(self, event: str) -> None:
+    async def emit(self, event: str, namespace: str | None = None) -> None:
+        stream = self.stream(namespace)
         await self._call(
             "emit",
             lambda: self._redis.xadd(
-                USAGE_STREAM, {USAGE_FIELD: event}, maxlen=self.usage_stream_maxlen, approximate=True
+                stream, {USAGE_FIELD: event}, maxlen=self.usage_stream_maxlen, approximate=True
             ),
         )
 
@@ -159,13 +175,14 @@ class RedisStore:
             args += [position[line.key], line.field, line.amount, line.ttl_ms]
         keys = [batch.mark_key, *counters]
         if batch.events:
-            keys.append(USAGE_STREAM)  # the script's last key
+            keys.append(self.stream(batch.namespace))  # the script's last key
             args += [len(batch.events), USAGE_FIELD, self.usage_stream_maxlen, *batch.events]
         reply = await self._call("apply", lambda: self._apply(keys=keys, args=args))
         return int(reply) == 1
 
     async def read(self, namespace: str, keys: Sequence[str], now_ms: int) -> dict[str, dict[str, int]]:
-        all_keys, args = read_request(namespace, keys, now_ms, self.usage_stream_maxlen)
+        stream = self.stream(namespace)
+        all_keys, args = read_request(namespace, keys, now_ms, self.usage_stream_maxlen, stream)
         reply = await self._call("read", lambda: self._read(keys=all_keys, args=args))
         return read_reply(keys, reply)
 

@@ -95,8 +95,9 @@ class QuotaStore(CounterReader, Protocol):
         settlement is applied: a settle retried after a lost reply adds no second event."""
         ...
 
-    async def emit(self, event: str) -> None:
-        """Append a usage event that settles nothing (a call refused by a limit or budget)."""
+    async def emit(self, event: str, namespace: str | None = None) -> None:
+        """Append a usage event that settles nothing (a call refused by a limit or budget), to
+        `namespace`'s usage stream."""
         ...
 
     async def apply(self, batch: Batch) -> bool:
