@@ -8,9 +8,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from tollway_sidecar.config.models import Backend, Route, VirtualKey
-from tollway_sidecar.providers.anthropic_stream import ChunkTranslator
+from tollway_sidecar.providers.adapters.base import StreamReader
 from tollway_sidecar.providers.attempts import Attempt
-from tollway_sidecar.providers.usage import SseParser, TokenUsage
+from tollway_sidecar.providers.usage import TokenUsage
 from tollway_sidecar.quota.gate import Admission
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class RequestState:
     backend: Backend | None = None  # the backend of the latest attempt
     attempts: int = 0
     status: int = 0
-    sse: SseParser | None = None
+    sse: StreamReader | None = None  # the streamed answer's reader (its adapter's `stream`)
     usage: TokenUsage | None = None
     cost: Decimal | None = None
     response_model: str | None = None
@@ -55,8 +55,6 @@ class RequestState:
     attempt_log: list[Attempt] = field(default_factory=list)  # every attempt, in order
     gave_up: bool = False  # the upstream filter ended the call rather than wait past the deadline
     replacement: Attempt | None = None  # the failed attempt answered in place of the final one
-    translator: ChunkTranslator | None = None  # Anthropic events → OpenAI chunks
-    translate_json: bool = False  # a buffered Anthropic answer to an OpenAI client
     # Tracing and metrics
     span: Any = None  # the call's SERVER span (opentelemetry Span), None once ended
     session: str | None = None  # x-tollway-session
