@@ -20,7 +20,7 @@ from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.adapters.base import ClientAnswer
 from tollway_sidecar.providers.adapters.registry import adapter_for
-from tollway_sidecar.providers.attempts import Attempt, error_rank, most_useful
+from tollway_sidecar.providers.attempts import Attempt
 from tollway_sidecar.providers.errors import anthropic_error_body, openai_error_body
 from tollway_sidecar.runtime import CompiledConfig
 
@@ -39,18 +39,15 @@ _JSON = "application/json"
 
 def note_final(state: RequestState, compiled: CompiledConfig, final: tuple[str | None, int | None]) -> None:
     name, count = final
+    backend = None
     if state.route is not None and name is not None:
         backend = compiled.backends.get((state.route.id, name))
-        if backend is not None:
-            state.backend = backend
-    if count is not None:
-        # An attempt the upstream filter ended (rather than wait past the deadline) never went out.
-        state.attempts = count - 1 if state.gave_up else count
+    state.attempts.final(backend, count)
 
 
 def info_headers(state: RequestState) -> dict[str, str]:
     """The headers telling the client which route, backend and attempt answered, and its quota."""
-    headers = {"x-tollway-attempts": str(max(state.attempts, 1))}
+    headers = {"x-tollway-attempts": str(state.attempts.reported)}
     if state.backend is not None:
         headers["x-tollway-backend"] = state.backend.name
     if state.route is not None:
@@ -64,23 +61,7 @@ def info_headers(state: RequestState) -> dict[str, str]:
 
 def choose_replacement(state: RequestState) -> Attempt | None:
     """The failed attempt to answer with instead of the final answer, if any."""
-    if state.status < 400 and not state.gave_up:
-        return None
-    best = most_useful(state.attempt_log)
-    if best is None:
-        return None
-    final = state.attempt_log[-1] if state.attempt_log else None
-    if not state.gave_up:
-        if final is not None and final.status == state.status:
-            if best is final:
-                return None
-            final_key = (error_rank(final.status), final.number)
-        else:  # Envoy's own answer (refused, reset, timed out): a server-side failure, last
-            final_key = (error_rank(500), 1 << 30)
-        if (error_rank(best.status), best.number) >= final_key:
-            return None
-    state.replacement = best
-    return best
+    return state.attempts.choose_replacement(state.status)
 
 
 def _error_body(state: RequestState, status: int, message: str, kind: str, code: str) -> bytes:
@@ -91,7 +72,7 @@ def _error_body(state: RequestState, status: int, message: str, kind: str, code:
 
 def replacement_answer(state: RequestState, info: dict[str, str]) -> tuple[bytes, dict[str, str], list[str]]:
     """(body, headers to set, headers to remove) answering with `state.replacement`."""
-    chosen = state.replacement
+    chosen = state.attempts.replacement
     assert chosen is not None and chosen.error_body is not None
     body, content_type = chosen.error_body, ""
     assert state.operation is not None

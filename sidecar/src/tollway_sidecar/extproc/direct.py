@@ -17,7 +17,6 @@ from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.adapters.base import AttemptRequest
 from tollway_sidecar.providers.adapters.registry import adapter_for, removals
-from tollway_sidecar.providers.attempts import Attempt
 from tollway_sidecar.tracing import Tracing
 
 __all__ = ["DirectRewrite", "rewrite"]
@@ -57,9 +56,7 @@ def rewrite(
             stream=state.stream,
         )
     )
-    attempt = Attempt(number=1, backend=backend.name, provider=backend.provider, started=time.monotonic())
-    state.attempts, state.backend = 1, backend
-    state.attempt_log.append(attempt)
+    attempt = state.attempts.begin(backend, 1, time.monotonic())
     set_headers = {":path": upstream.path, **upstream.set_headers}
     set_headers.update(spans.start_attempt(tracing, state, attempt, backend))
     remove = tuple(name for name in (*_CLIENT_CREDENTIALS, *removals(upstream)) if name not in set_headers)

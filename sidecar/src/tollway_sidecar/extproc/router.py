@@ -392,7 +392,7 @@ class RouterCall:
                 replacement = stream_cost.annotate(state, message.body, replacement)
             return msg.continue_body("response_body", body=replacement)
         # Buffered JSON: the whole body is here, and the headers have not left yet.
-        if state.replacement is not None:
+        if state.attempts.replacement is not None:
             body, set_headers, remove = answer.replacement_answer(state, answer.info_headers(state))
             self._finish(None)
             return msg.continue_body("response_body", body=body, set_headers=set_headers, remove=remove)

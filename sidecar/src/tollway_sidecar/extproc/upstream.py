@@ -37,7 +37,7 @@ from tollway_sidecar.extproc.dispatch import call_id_of
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.adapters.base import AttemptRequest, Refused
 from tollway_sidecar.providers.adapters.registry import adapter_for, removals
-from tollway_sidecar.providers.attempts import MAX_ERROR_BODY, Attempt, retry_after_seconds
+from tollway_sidecar.providers.attempts import MAX_ERROR_BODY, Attempt
 from tollway_sidecar.runtime import Runtime
 from tollway_sidecar.xds import INTERNAL_HEADERS, RID_HEADER
 
@@ -96,29 +96,21 @@ class UpstreamAttempt:
             )
         self.state, self.backend = state, backend
         count = attribute(request, "upstream.request_attempt_count")
-        number = int(count) if isinstance(count, float) else state.attempts + 1
+        number = int(count) if isinstance(count, float) else state.attempts.count + 1
         now = time.monotonic()
 
-        wait_until = max(
-            (a.retry_at for a in state.attempt_log if a.backend == name and a.retry_at is not None),
-            default=0.0,
-        )
+        wait_until = state.attempts.wait_until(name)
         if wait_until > now:
             if wait_until > state.deadline:
                 # The provider asked for longer than this call has left: stop here.
-                state.gave_up = True
+                state.attempts.give_up()
                 log.info("call %s: backend %s asked to wait past the deadline", state.request_id, name)
                 return msg.error(
                     503, "Every backend failed.", error_type="api_error", code="all_backends_failed"
                 )
             self.hold_seconds = wait_until - now
 
-        state.attempts = number
-        state.backend = backend
-        self.attempt = Attempt(
-            number=number, backend=backend.name, provider=backend.provider, started=now + self.hold_seconds
-        )
-        state.attempt_log.append(self.attempt)
+        self.attempt = state.attempts.begin(backend, number, now + self.hold_seconds)
         trace_headers = spans.start_attempt(self.runtime.tracing, state, self.attempt, backend)
 
         # The client's path, not this attempt's `:path`: that may be an earlier attempt's rewrite.
@@ -169,12 +161,7 @@ class UpstreamAttempt:
         if attempt is None or self.state is None:
             return msg.continue_headers("response_headers")
         headers = msg.headers_of(message)
-        attempt.status = int(headers.get(":status", "0") or 0)
-        attempt.content_type = headers.get("content-type", "")
-        waited = retry_after_seconds(headers)
-        if waited is not None:
-            attempt.retry_after_s = waited
-            attempt.retry_at = time.monotonic() + waited
+        attempt.answered(headers, time.monotonic())
         self._count(str(attempt.status))
         if attempt.status >= 400 and not message.end_of_stream:
             # Keep the error's body, in case it turns out to be the most useful answer.
