@@ -1,7 +1,7 @@
 """The sidecar's own embeddings call: the last user message of a Semantic call, embedded over HTTP.
 
 An OpenAI-compatible `POST /v1/embeddings` to the embeddings route's first backend, with that
-backend's path, credential and model (`providers.upstream`, as a client's call would be rewritten).
+backend's path, credential and model (its adapter's `request`, as a client's call is rewritten).
 It is made by the sidecar, not through Envoy, because it happens while Envoy waits for the request
 body's reply. Every failure (timeout, status, a body without one finite vector) is
 `EmbeddingFailed`: the call is then matched exactly only.
@@ -9,7 +9,9 @@ body's reply. Every failure (timeout, status, a body without one finite vector) 
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,8 @@ import aiohttp
 
 from tollway_sidecar.cache.vectors import Vector, unit
 from tollway_sidecar.config.models import Backend, Route
-from tollway_sidecar.providers.upstream import request_body, request_headers
+from tollway_sidecar.providers.adapters.base import AttemptRequest
+from tollway_sidecar.providers.adapters.registry import adapter_for
 from tollway_sidecar.providers.usage import TokenUsage
 
 __all__ = ["Embedder", "Embedding", "EmbeddingFailed"]
@@ -70,14 +73,28 @@ class Embedder:
     async def embed(self, route: Route, text: str, *, timeout_s: float) -> Embedding:
         backend = route.backends[0]
         body: dict[str, Any] = {"model": route.model, "input": text, "encoding_format": "float"}
-        body = request_body(backend, "embeddings", body) or body
-        upstream = request_headers(backend, "embeddings", "/v1/embeddings", {})
+        adapter = adapter_for("embeddings", backend.provider)
+        if adapter is None:
+            raise EmbeddingFailed(f"{backend.name} ({backend.provider}) serves no embeddings")
+        upstream = adapter.request(
+            AttemptRequest(
+                backend=backend,
+                client_path="/v1/embeddings",
+                client_headers={},
+                body=body,
+                raw=None,
+                credential=backend.credential,
+                now=time.time(),
+                stream=False,
+            )
+        )
         url = f"{backend.scheme}://{backend.authority}{upstream.path}"
+        headers = {**upstream.set_headers, "content-type": "application/json"}
         try:
             async with self._client().post(
                 url,
-                json=body,
-                headers=upstream.set_headers,
+                data=upstream.body if upstream.body is not None else json.dumps(body).encode(),
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 if response.status != 200:

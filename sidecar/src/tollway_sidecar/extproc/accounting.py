@@ -81,7 +81,7 @@ def finish(
         provider=backend.provider if backend else "",
         ttft=(state.first_chunk_at - state.started) if state.first_chunk_at is not None else None,
         route=state.route.id,
-        attempts=max(state.attempts, 1),
+        attempts=state.attempts.reported,
     )
     spans.finished(runtime.tracing, state, state.completion)
     cache_call.end(runtime, state)  # after pricing: the entry keeps the cost each hit saves

@@ -6,24 +6,22 @@
   the client can act on better (`providers.attempts.error_rank`), or when the upstream filter ended
   the call rather than wait past its deadline, that attempt's status, body and `retry-after` are
   sent instead.
-- Translation: an Anthropic backend's answer to an OpenAI client becomes a `chat.completion` (whole
-  bodies, errors in OpenAI's shape) or `chat.completion.chunk` events (streams).
-- Garbage: a 2xx answer whose body is not a JSON object (or that has no body at all) cannot be what
-  the client asked for; it becomes a 502 naming the backend (in the client's API's error shape). An
-  answer that is JSON but unexpected (no usage, invalid usage) is still passed on unchanged.
+- The answer itself is the backend's adapter's (`providers.adapters`): read once for its usage, and
+  translated when the backend speaks another API than the client (a failed attempt's error body
+  too, `Adapter.error_body`).
+- Garbage: a 2xx answer whose body is not what the client asked for (not JSON, or no body at all)
+  becomes a 502 naming the backend (in the client's API's error shape). An answer that is JSON but
+  unexpected (no usage, invalid usage) is still passed on unchanged.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Any
-
 from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.providers.anthropic import error_to_openai, message_to_chat
-from tollway_sidecar.providers.anthropic_stream import ChunkTranslator
-from tollway_sidecar.providers.attempts import Attempt, error_rank, most_useful
+from tollway_sidecar.providers.adapters.base import ClientAnswer
+from tollway_sidecar.providers.adapters.registry import adapter_for
+from tollway_sidecar.providers.attempts import Attempt
+from tollway_sidecar.providers.errors import anthropic_error_body, openai_error_body
 from tollway_sidecar.runtime import CompiledConfig
 
 __all__ = [
@@ -33,9 +31,7 @@ __all__ = [
     "info_headers",
     "note_final",
     "replacement_answer",
-    "stream_translator",
     "too_large",
-    "translates",
 ]
 
 _JSON = "application/json"
@@ -43,18 +39,15 @@ _JSON = "application/json"
 
 def note_final(state: RequestState, compiled: CompiledConfig, final: tuple[str | None, int | None]) -> None:
     name, count = final
+    backend = None
     if state.route is not None and name is not None:
         backend = compiled.backends.get((state.route.id, name))
-        if backend is not None:
-            state.backend = backend
-    if count is not None:
-        # An attempt the upstream filter ended (rather than wait past the deadline) never went out.
-        state.attempts = count - 1 if state.gave_up else count
+    state.attempts.final(backend, count)
 
 
 def info_headers(state: RequestState) -> dict[str, str]:
     """The headers telling the client which route, backend and attempt answered, and its quota."""
-    headers = {"x-tollway-attempts": str(max(state.attempts, 1))}
+    headers = {"x-tollway-attempts": str(state.attempts.reported)}
     if state.backend is not None:
         headers["x-tollway-backend"] = state.backend.name
     if state.route is not None:
@@ -68,53 +61,25 @@ def info_headers(state: RequestState) -> dict[str, str]:
 
 def choose_replacement(state: RequestState) -> Attempt | None:
     """The failed attempt to answer with instead of the final answer, if any."""
-    if state.status < 400 and not state.gave_up:
-        return None
-    best = most_useful(state.attempt_log)
-    if best is None:
-        return None
-    final = state.attempt_log[-1] if state.attempt_log else None
-    if not state.gave_up:
-        if final is not None and final.status == state.status:
-            if best is final:
-                return None
-            final_key = (error_rank(final.status), final.number)
-        else:  # Envoy's own answer (refused, reset, timed out): a server-side failure, last
-            final_key = (error_rank(500), 1 << 30)
-        if (error_rank(best.status), best.number) >= final_key:
-            return None
-    state.replacement = best
-    return best
-
-
-def translates(state: RequestState) -> bool:
-    """An Anthropic backend answering an OpenAI chat client."""
-    return state.operation == "chat" and state.backend is not None and state.backend.provider == "anthropic"
-
-
-def stream_translator(state: RequestState) -> ChunkTranslator | None:
-    if not translates(state):
-        return None
-    return ChunkTranslator(
-        model=state.client_model, created=int(time.time()), include_usage=not state.strip_usage_chunk
-    )
+    return state.attempts.choose_replacement(state.status)
 
 
 def _error_body(state: RequestState, status: int, message: str, kind: str, code: str) -> bytes:
     if state.operation == "messages":
-        return msg.anthropic_error_body(status, message)
-    return msg.openai_error_body(message, kind, code)
+        return anthropic_error_body(status, message)
+    return openai_error_body(message, kind, code)
 
 
 def replacement_answer(state: RequestState, info: dict[str, str]) -> tuple[bytes, dict[str, str], list[str]]:
     """(body, headers to set, headers to remove) answering with `state.replacement`."""
-    chosen = state.replacement
+    chosen = state.attempts.replacement
     assert chosen is not None and chosen.error_body is not None
-    body = chosen.error_body
-    content_type = chosen.content_type or _JSON
-    if state.operation != "messages" and chosen.provider == "anthropic":
-        body = json.dumps(error_to_openai(chosen.status, body), separators=(",", ":")).encode()
-        content_type = _JSON
+    body, content_type = chosen.error_body, ""
+    assert state.operation is not None
+    adapter = adapter_for(state.operation, chosen.provider)
+    if adapter is not None:
+        body, content_type = adapter.error_body(chosen.status, body)
+    content_type = content_type or chosen.content_type or _JSON
     headers = {
         **info,
         ":status": str(chosen.status),
@@ -151,36 +116,13 @@ def too_large(state: RequestState, limit: int) -> msg.ProcessingResponse:
     return msg.immediate(502, body, headers=info_headers(state), details="tollway_response_too_large")
 
 
-def buffered_answer(state: RequestState, body: bytes) -> tuple[bytes, dict[str, str]] | None:
-    """A whole answer to rewrite: translated, or garbage turned into a 502; None to pass it on."""
-    assert state.backend is not None
-    name = state.backend.name
-    parsed: Any
-    try:
-        parsed = json.loads(body) if body.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        parsed = None
-    if state.status < 300 and not isinstance(parsed, dict):
-        message = (
-            f"Backend '{name}' answered {state.status} with a body that is not JSON; "
-            "the gateway cannot pass it on as an API response."
-        )
+def buffered_answer(state: RequestState, read: ClientAnswer) -> tuple[bytes, dict[str, str]] | None:
+    """The body and headers to send for an adapter's reading of a whole answer; None: pass it on."""
+    if read.bad_gateway is not None:
+        assert state.backend is not None
+        message = f"Backend '{state.backend.name}' {read.bad_gateway.message}"
         out = _error_body(state, 502, message, "api_error", "bad_gateway")
         return out, {":status": "502", "content-type": _JSON, "content-length": str(len(out))}
-    if not translates(state):
+    if read.body is None:
         return None
-    if state.status >= 400:
-        translated = error_to_openai(state.status, body)
-    else:
-        assert isinstance(parsed, dict)
-        chat = message_to_chat(parsed, int(time.time()))
-        if chat is None:
-            message = (
-                f"Backend '{name}' answered {state.status} with JSON that is not an Anthropic message; "
-                "the gateway cannot translate it."
-            )
-            out = msg.openai_error_body(message, "api_error", "bad_gateway")
-            return out, {":status": "502", "content-type": _JSON, "content-length": str(len(out))}
-        translated = chat
-    out = json.dumps(translated, separators=(",", ":"), ensure_ascii=False).encode()
-    return out, {"content-type": _JSON, "content-length": str(len(out))}
+    return read.body, {"content-type": read.content_type or _JSON, "content-length": str(len(read.body))}

@@ -2,22 +2,21 @@
 
 Such a route's cluster runs no upstream filter: every attempt goes to the same backend, so the
 router filter rewrites the call once, in its request-body reply, exactly as the upstream filter
-would have for each attempt (`providers.upstream`: path, credentials, body), and opens the
+would have for each attempt (its adapter's `request`: path, credentials, body), and opens the
 attempt's span. Envoy keeps those headers and that body for a retry, which is what a retry on the
 same backend needs. The answer is recorded by the router filter (`final_attempt`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
 from tollway_sidecar.config.models import Backend
 from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.providers.attempts import Attempt
-from tollway_sidecar.providers.upstream import request_body, request_headers
+from tollway_sidecar.providers.adapters.base import AttemptRequest
+from tollway_sidecar.providers.adapters.registry import adapter_for, removals
 from tollway_sidecar.tracing import Tracing
 
 __all__ = ["DirectRewrite", "rewrite"]
@@ -38,18 +37,27 @@ def rewrite(
 ) -> DirectRewrite:
     """Rewrite the call for `backend` and record its first attempt.
 
-    Raises `anthropic.TranslationError` when the body cannot be expressed for the backend (the
-    router's `dispatch.check` refuses those calls first).
+    Raises `Refused` when the body cannot be expressed for the backend (the router's
+    `dispatch.check` refuses those calls first).
     """
     assert state.operation is not None and state.body is not None
+    adapter = adapter_for(state.operation, backend.provider)
+    assert adapter is not None  # `dispatch.check` refuses a route with a backend that has none
     client = {"anthropic-version": anthropic_version} if anthropic_version else {}
-    upstream = request_headers(backend, state.operation, state.path, client)
-    body = request_body(backend, state.operation, state.body)
-    attempt = Attempt(number=1, backend=backend.name, provider=backend.provider, started=time.monotonic())
-    state.attempts, state.backend = 1, backend
-    state.attempt_log.append(attempt)
+    upstream = adapter.request(
+        AttemptRequest(
+            backend=backend,
+            client_path=state.path,
+            client_headers=client,
+            body=state.body,
+            raw=None,
+            credential=backend.credential,
+            now=time.time(),
+            stream=state.stream,
+        )
+    )
+    attempt = state.attempts.begin(backend, 1, time.monotonic())
     set_headers = {":path": upstream.path, **upstream.set_headers}
     set_headers.update(spans.start_attempt(tracing, state, attempt, backend))
-    remove = tuple(name for name in (*_CLIENT_CREDENTIALS, *upstream.remove) if name not in set_headers)
-    encoded = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
-    return DirectRewrite(set_headers, tuple(dict.fromkeys(remove)), encoded)
+    remove = tuple(name for name in (*_CLIENT_CREDENTIALS, *removals(upstream)) if name not in set_headers)
+    return DirectRewrite(set_headers, tuple(dict.fromkeys(remove)), upstream.body)

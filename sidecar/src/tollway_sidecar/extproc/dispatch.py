@@ -1,9 +1,9 @@
 """The router filter's routing step: can this route serve this call, and in which backend order.
 
 Called once per call from the request-body phase. `check` refuses a call no backend order could
-serve (an Anthropic client on a route with OpenAI-only backends, a chat request Anthropic cannot
-express); `route_headers` picks the call's backend order (`routing.select`) and returns the headers
-that make Envoy use that order's cluster.
+serve: a backend with no adapter for the client's API (an Anthropic client on a route with OpenAI
+backends), or a request one backend's adapter cannot express; `route_headers` picks the call's
+backend order (`routing.select`) and returns the headers that make Envoy use that order's cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from tollway_sidecar.config.models import Route
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.providers.anthropic import TranslationError, chat_to_messages
+from tollway_sidecar.providers.adapters.base import Adapter
+from tollway_sidecar.providers.adapters.registry import adapter_for
 from tollway_sidecar.routing.select import choose, estimate_tokens
 from tollway_sidecar.runtime import CompiledConfig
 from tollway_sidecar.xds import CALL_METADATA_NAMESPACE, CLUSTER_HEADER
@@ -34,10 +35,21 @@ class Refusal:
     param: str | None = None
 
 
+# What each operation's backends serve, for the refusal naming those that do not.
+_SERVES = {"chat": "chat completions", "embeddings": "embeddings"}
+
+
 def check(route: Route, operation: str, body: dict[str, Any]) -> Refusal | None:
-    providers = {backend.provider for backend in route.backends}
-    if operation == "messages" and providers != {"anthropic"}:
-        others = sorted(b.name for b in route.backends if b.provider != "anthropic")
+    adapters: dict[Adapter, None] = {}
+    unserved = []
+    for backend in route.backends:
+        adapter = adapter_for(operation, backend.provider)
+        if adapter is None:
+            unserved.append(backend)
+        else:
+            adapters[adapter] = None
+    if unserved and operation == "messages":
+        others = sorted(b.name for b in unserved)
         return Refusal(
             400,
             f"The model '{route.model}' (RouteRule {route.namespace}/{route.name}) is served by "
@@ -46,20 +58,20 @@ def check(route: Route, operation: str, body: dict[str, Any]) -> Refusal | None:
             "unsupported_route",
             "model",
         )
-    if operation == "embeddings" and "anthropic" in providers:
-        names = sorted(b.name for b in route.backends if b.provider == "anthropic")
+    if unserved:
+        providers = ", ".join(sorted({b.provider for b in unserved}))
+        names = sorted(b.name for b in unserved)
         return Refusal(
             400,
-            f"The model '{route.model}' has anthropic backends ({', '.join(names)}), which serve no "
-            "embeddings.",
+            f"The model '{route.model}' has {providers} backends ({', '.join(names)}), which serve no "
+            f"{_SERVES.get(operation, operation)}.",
             "unsupported_route",
             "model",
         )
-    if operation == "chat" and "anthropic" in providers:
-        try:
-            chat_to_messages(body, "check")
-        except TranslationError as exc:
-            return Refusal(400, exc.message, "unsupported_parameter", exc.param)
+    for adapter in adapters:  # each adapter once, however many backends it serves
+        refused = adapter.check(body)
+        if refused is not None:
+            return Refusal(refused.status, refused.message, refused.code, refused.param)
     return None
 
 

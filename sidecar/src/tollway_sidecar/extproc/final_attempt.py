@@ -19,7 +19,6 @@ import time
 
 from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.providers.attempts import retry_after_seconds
 from tollway_sidecar.routing.plan import rewritten_by_router
 from tollway_sidecar.runtime import Runtime
 
@@ -31,20 +30,18 @@ VIA_UPSTREAM = "via_upstream"
 
 def record(runtime: Runtime, state: RequestState, headers: dict[str, str], details: str | None) -> None:
     route = state.route
-    if route is None or not state.attempt_log:
+    if route is None or not state.attempts.log:
         return
     by_router = rewritten_by_router(route)
     if route.fallback.max_attempts > 1 and not by_router:
         return  # the upstream filter watched every attempt
-    attempt = state.attempt_log[-1]
+    attempt = state.attempts.log[-1]
     if attempt.status or attempt.ended is not None:
         return
-    if by_router and state.attempts > attempt.number:
+    unseen = state.attempts.renumber_latest() if by_router else 0
+    if unseen:
         # Envoy retried on its own: the earlier attempts' answers were never seen.
-        runtime.metrics.attempts.labels(route.id, attempt.backend, "retried").inc(
-            state.attempts - attempt.number
-        )
-        attempt.number = state.attempts
+        runtime.metrics.attempts.labels(route.id, attempt.backend, "retried").inc(unseen)
         if attempt.span is not None:
             attempt.span.set_attribute("tollway.attempt", attempt.number)
     attempt.ended = time.monotonic()
@@ -52,12 +49,7 @@ def record(runtime: Runtime, state: RequestState, headers: dict[str, str], detai
         outcome = "no_response"
         spans.end_attempt(attempt, outcome)
     else:
-        attempt.status = int(headers.get(":status", "0") or 0)
-        attempt.content_type = headers.get("content-type", "")
-        waited = retry_after_seconds(headers)
-        if waited is not None:
-            attempt.retry_after_s = waited
-            attempt.retry_at = attempt.ended + waited
+        attempt.answered(headers, attempt.ended)
         outcome = str(attempt.status)
         if attempt.status >= 400:
             spans.end_attempt(attempt)  # a success's span ends with the call, carrying its usage

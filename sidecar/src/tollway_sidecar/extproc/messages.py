@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from functools import cache
 
@@ -10,6 +9,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
+
+from tollway_sidecar.providers.errors import anthropic_error_body as anthropic_error_body
+from tollway_sidecar.providers.errors import openai_error_body as openai_error_body
 
 ProcessingResponse = ep.ProcessingResponse
 ProcessingMode = processing_mode_pb2.ProcessingMode
@@ -37,32 +39,6 @@ def headers_of(message: ep.HttpHeaders) -> dict[str, str]:
     for header in message.headers.headers:
         out[header.key] = header.raw_value.decode("latin-1") if header.raw_value else header.value
     return out
-
-
-def openai_error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> bytes:
-    return json.dumps(
-        {"error": {"message": message, "type": error_type, "param": param, "code": code}},
-        separators=(",", ":"),
-    ).encode()
-
-
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
-
-
-def anthropic_error_body(status: int, message: str) -> bytes:
-    """The Anthropic error shape, for clients of `/v1/messages`: {"type": "error", "error": {...}}."""
-    kind = _ANTHROPIC_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return json.dumps(
-        {"type": "error", "error": {"type": kind, "message": message}}, separators=(",", ":")
-    ).encode()
 
 
 def immediate(

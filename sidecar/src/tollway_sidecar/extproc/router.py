@@ -35,8 +35,9 @@ from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc.state import Operation, RequestState
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
 from tollway_sidecar.pricing import format_usd
-from tollway_sidecar.providers.anthropic import TranslationError
-from tollway_sidecar.providers.usage import ParsedStream, SseParser, parse_json
+from tollway_sidecar.providers.adapters.base import Refused
+from tollway_sidecar.providers.adapters.registry import adapter_for
+from tollway_sidecar.providers.usage import ParsedStream
 from tollway_sidecar.quota.decision import Denial
 from tollway_sidecar.routing.plan import rewritten_by_router
 from tollway_sidecar.runtime import Runtime, key_expired, model_allowed
@@ -78,6 +79,7 @@ class RouterCall:
         self.helicone_user: str | None = None
         self.anthropic_version: str | None = None  # a native Anthropic client's API version
         self.cache_headers: dict[str, str] = {}
+        self.content_type = ""  # the answer's
 
     # -- request headers ------------------------------------------------------------------------
 
@@ -269,8 +271,8 @@ class RouterCall:
                 rewrite = direct.rewrite(
                     self.runtime.tracing, state, route.backends[0], self.anthropic_version
                 )
-            except TranslationError as exc:  # dispatch.check refuses these first; never expected
-                return self._deny(400, exc.message, "invalid_request_error", None, param=exc.param)
+            except Refused as exc:  # dispatch.check refuses these first; never expected
+                return self._deny(exc.status, exc.message, "invalid_request_error", None, param=exc.param)
             set_headers.update(rewrite.set_headers)
             remove = rewrite.remove
             # The backend's body (renamed, translated), else ours if it asks for usage: encoded once.
@@ -346,11 +348,15 @@ class RouterCall:
             if state.route is not None and not state.finished:
                 self._finish(None)
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("NONE"))
-        content_type = headers.get("content-type", "")
+        content_type = self.content_type = headers.get("content-type", "")
         info = answer.info_headers(state)
-        if "text/event-stream" in content_type:
-            state.sse = SseParser(state.backend.provider, strip_usage_chunk=state.strip_usage_chunk)
-            state.translator = answer.stream_translator(state)
+        adapter = adapter_for(state.operation or "", state.backend.provider)
+        assert adapter is not None  # `dispatch.check` admits only backends with an adapter
+        if adapter.is_stream(state.status, content_type):
+            state.sse = adapter.stream(
+                client_model=state.client_model, strip_usage_chunk=state.strip_usage_chunk
+            )
+            info.update(adapter.stream_headers())
             cache_call.start_stream(state)
             return msg.continue_headers(
                 "response_headers", set_headers=info, mode_override=msg.response_body_mode("STREAMED")
@@ -377,10 +383,6 @@ class RouterCall:
                 owed = state.sse.flush()
                 if owed:
                     replacement = (message.body if replacement is None else replacement) + owed
-            if state.translator is not None:  # Anthropic events → OpenAI chunks
-                replacement = state.translator.feed(message.body)
-                if message.end_of_stream:
-                    replacement += state.translator.flush()
             if state.cache is not None and state.cache.stream_fill is not None:
                 state.cache.stream_fill.feed(message.body if replacement is None else replacement)
             if (message.end_of_stream or state.sse.complete) and not state.finished:
@@ -390,7 +392,7 @@ class RouterCall:
                 replacement = stream_cost.annotate(state, message.body, replacement)
             return msg.continue_body("response_body", body=replacement)
         # Buffered JSON: the whole body is here, and the headers have not left yet.
-        if state.replacement is not None:
+        if state.attempts.replacement is not None:
             body, set_headers, remove = answer.replacement_answer(state, answer.info_headers(state))
             self._finish(None)
             return msg.continue_body("response_body", body=body, set_headers=set_headers, remove=remove)
@@ -398,24 +400,26 @@ class RouterCall:
         if len(message.body) > self.runtime.max_response_bytes:
             # Handed over whole past Envoy's buffer limit (it arrived before the headers' reply).
             return self._too_large()
-        parsed = parse_json(state.backend.provider, message.body)
-        state.response_model = parsed.model
-        state.finish_reasons = tuple(parsed.finish_reasons)
+        adapter = adapter_for(state.operation or "", state.backend.provider)
+        assert adapter is not None  # `dispatch.check` admits only backends with an adapter
+        read = adapter.answer(state.status, self.content_type, message.body)  # the one parse
+        state.response_model = read.model
+        state.finish_reasons = read.finish_reasons
         if spans.capture_content(self.runtime.tracing, state):
-            state.completion = spans.completion_text(message.body)
-        rewritten = answer.buffered_answer(state, message.body)
+            state.completion = read.text
+        rewritten = answer.buffered_answer(state, read)
         if state.cache is not None and state.cache.lookup.fill is not None:  # what a hit replays
             state.cache.answer_body = message.body if rewritten is None else rewritten[0]
-        if parsed.usage is None and state.status < 400:
-            bad_body = rewritten is not None and rewritten[1].get(":status") == "502"
-            state.unpriced = accounting.BAD_BODY if bad_body else accounting.unpriced_reason(parsed.error)
+        if read.usage is None and state.status < 400:
+            bad_body = read.bad_gateway is not None
+            state.unpriced = accounting.BAD_BODY if bad_body else accounting.unpriced_reason(read.error)
             log.warning(
                 "usage unknown for %s response from backend %s: %s",
                 state.operation,
                 state.backend.name,
-                parsed.error,
+                read.error,
             )
-        self._finish(parsed.usage)
+        self._finish(read.usage)
         info = answer.info_headers(state)
         if state.cost is not None:
             info["x-tollway-cost-usd"] = format_usd(state.cost)

@@ -187,10 +187,10 @@ def end_attempt(attempt: Attempt, outcome: str | None = None) -> None:
 
 def finished(tracing: Tracing, state: RequestState, completion: str | None = None) -> None:
     """The call is over: usage, cost, outcome; closes the attempt spans still open, then the call's."""
-    for attempt in state.attempt_log:
+    for attempt in state.attempts.log:
         if attempt.span is not None:
             outcome = None if attempt.status else "no_response"
-            if attempt is state.attempt_log[-1] and attempt.usage is None and state.usage is not None:
+            if attempt is state.attempts.latest and attempt.usage is None and state.usage is not None:
                 attempt.usage = state.usage
             if attempt.usage is not None:
                 attempt.span.set_attributes(
@@ -205,7 +205,7 @@ def finished(tracing: Tracing, state: RequestState, completion: str | None = Non
         return
     attributes: dict[str, Any] = {
         "http.response.status_code": state.status,
-        "tollway.attempts": max(state.attempts, len(state.attempt_log), 1 if state.backend else 0),
+        "tollway.attempts": max(state.attempts.count, len(state.attempts.log), 1 if state.backend else 0),
     }
     if state.backend is not None:
         attributes["tollway.backend"] = state.backend.name

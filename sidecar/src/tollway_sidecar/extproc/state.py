@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from tollway_sidecar.config.models import Backend, Route, VirtualKey
-from tollway_sidecar.providers.anthropic_stream import ChunkTranslator
+from tollway_sidecar.extproc.attempts import CallAttempts
+from tollway_sidecar.providers.adapters.base import StreamReader
 from tollway_sidecar.providers.attempts import Attempt
-from tollway_sidecar.providers.usage import SseParser, TokenUsage
+from tollway_sidecar.providers.usage import TokenUsage
 from tollway_sidecar.quota.gate import Admission
 
 if TYPE_CHECKING:
@@ -35,10 +36,9 @@ class RequestState:
     cost_comment: bool = False  # the client asked for the stream's cost as a final SSE comment
     body: dict[str, Any] | None = None
     body_length: int = 0  # bytes of the body each upstream attempt starts from (after our rewrite)
-    backend: Backend | None = None  # the backend of the latest attempt
-    attempts: int = 0
+    attempts: CallAttempts = field(default_factory=CallAttempts)  # every try, and which answered
     status: int = 0
-    sse: SseParser | None = None
+    sse: StreamReader | None = None  # the streamed answer's reader (its adapter's `stream`)
     usage: TokenUsage | None = None
     cost: Decimal | None = None
     response_model: str | None = None
@@ -52,11 +52,6 @@ class RequestState:
     order: tuple[str, ...] = ()  # backend names in the order they will be tried
     choice: str = ""  # why: priority, weighted, sticky, cost
     deadline: float = 0.0  # monotonic; a retry-after that ends later is not waited for
-    attempt_log: list[Attempt] = field(default_factory=list)  # every attempt, in order
-    gave_up: bool = False  # the upstream filter ended the call rather than wait past the deadline
-    replacement: Attempt | None = None  # the failed attempt answered in place of the final one
-    translator: ChunkTranslator | None = None  # Anthropic events → OpenAI chunks
-    translate_json: bool = False  # a buffered Anthropic answer to an OpenAI client
     # Tracing and metrics
     span: Any = None  # the call's SERVER span (opentelemetry Span), None once ended
     session: str | None = None  # x-tollway-session
@@ -67,3 +62,20 @@ class RequestState:
     finish_reasons: tuple[str, ...] = ()
     completion: str | None = None  # the answer's text, kept only when content capture is on
     stream_text: Any = None  # spans.StreamText while capturing a streamed answer
+
+    @property
+    def backend(self) -> Backend | None:
+        """The backend of the latest attempt (the final one's, once Envoy said)."""
+        return self.attempts.backend
+
+    @backend.setter
+    def backend(self, backend: Backend | None) -> None:
+        self.attempts.restore_backend(backend)
+
+    @property
+    def attempt_log(self) -> list[Attempt]:
+        return self.attempts.log
+
+    @attempt_log.setter
+    def attempt_log(self, log: list[Attempt]) -> None:
+        self.attempts.restore_log(log)

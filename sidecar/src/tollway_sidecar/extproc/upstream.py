@@ -1,8 +1,8 @@
 """The upstream-level filter: rewrite one attempt for the backend Envoy picked, and watch its answer.
 
 Envoy runs this filter once per attempt (the first try and every retry), after it has chosen an
-endpoint. The endpoint's metadata names the backend; `providers.upstream` says how that backend's
-provider wants the path, the credentials and the body. Headers an earlier attempt set are still
+endpoint. The endpoint's metadata names the backend; its adapter (`providers.adapters.registry`)
+says how that backend wants the path, the credentials and the body. Headers an earlier attempt set are still
 present on a retry, so every header a rewrite touches is set or removed on every attempt, and
 `content-length` always matches the body this attempt sends; the body starts from the original.
 
@@ -22,7 +22,6 @@ from its arrival); otherwise the call ends there, with the most useful failure s
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -36,9 +35,9 @@ from tollway_sidecar.extproc import messages as msg
 from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.dispatch import call_id_of
 from tollway_sidecar.extproc.state import RequestState
-from tollway_sidecar.providers.anthropic import TranslationError
-from tollway_sidecar.providers.attempts import MAX_ERROR_BODY, Attempt, retry_after_seconds
-from tollway_sidecar.providers.upstream import request_body, request_headers
+from tollway_sidecar.providers.adapters.base import AttemptRequest, Refused
+from tollway_sidecar.providers.adapters.registry import adapter_for, removals
+from tollway_sidecar.providers.attempts import MAX_ERROR_BODY, Attempt
 from tollway_sidecar.runtime import Runtime
 from tollway_sidecar.xds import INTERNAL_HEADERS, RID_HEADER
 
@@ -87,7 +86,8 @@ class UpstreamAttempt:
                 500, "The gateway lost track of this request.", error_type="api_error", code="gateway_error"
             )
         backend = self.runtime.compiled.backends.get((state.route.id, name))
-        if backend is None:
+        adapter = adapter_for(state.operation, backend.provider) if backend is not None else None
+        if backend is None or adapter is None:
             return msg.error(
                 500,
                 f"Backend '{name}' is not in the current configuration.",
@@ -96,52 +96,55 @@ class UpstreamAttempt:
             )
         self.state, self.backend = state, backend
         count = attribute(request, "upstream.request_attempt_count")
-        number = int(count) if isinstance(count, float) else state.attempts + 1
+        number = int(count) if isinstance(count, float) else state.attempts.count + 1
         now = time.monotonic()
 
-        wait_until = max(
-            (a.retry_at for a in state.attempt_log if a.backend == name and a.retry_at is not None),
-            default=0.0,
-        )
+        wait_until = state.attempts.wait_until(name)
         if wait_until > now:
             if wait_until > state.deadline:
                 # The provider asked for longer than this call has left: stop here.
-                state.gave_up = True
+                state.attempts.give_up()
                 log.info("call %s: backend %s asked to wait past the deadline", state.request_id, name)
                 return msg.error(
                     503, "Every backend failed.", error_type="api_error", code="all_backends_failed"
                 )
             self.hold_seconds = wait_until - now
 
-        state.attempts = number
-        state.backend = backend
-        self.attempt = Attempt(
-            number=number, backend=backend.name, provider=backend.provider, started=now + self.hold_seconds
-        )
-        state.attempt_log.append(self.attempt)
+        self.attempt = state.attempts.begin(backend, number, now + self.hold_seconds)
         trace_headers = spans.start_attempt(self.runtime.tracing, state, self.attempt, backend)
 
         # The client's path, not this attempt's `:path`: that may be an earlier attempt's rewrite.
-        rewrite = request_headers(backend, state.operation, state.path, headers)
-        set_headers = {":path": rewrite.path, **rewrite.set_headers, **trace_headers}
         try:
-            body = request_body(backend, state.operation, state.body) if state.body is not None else None
-        except TranslationError as exc:  # the router checked it already; never expected here
-            return msg.error(400, exc.message, error_type="invalid_request_error", code=None, param=exc.param)
+            rewrite = adapter.request(
+                AttemptRequest(
+                    backend=backend,
+                    client_path=state.path,
+                    client_headers=headers,
+                    body=state.body,
+                    raw=None,
+                    credential=backend.credential,
+                    now=time.time(),
+                    stream=state.stream,
+                )
+            )
+        except Refused as exc:  # the router checked it already; never expected here
+            return msg.error(
+                exc.status, exc.message, error_type="invalid_request_error", code=None, param=exc.param
+            )
+        set_headers = {":path": rewrite.path, **rewrite.set_headers, **trace_headers}
         # A route that never retries has nothing to learn from the attempt's answer before Envoy
         # sends it on: the router filter records it (`final_attempt.record`), one message fewer.
         self.watching = state.route.fallback.max_attempts > 1
-        if body is not None:
-            self.body = json.dumps(body, separators=(",", ":")).encode()
-        elif state.body is not None:
+        self.body = rewrite.body
+        if rewrite.body is None and state.body is not None:
             # Nothing to rewrite, so no body phase. An earlier attempt may have set another length:
             # this attempt sends the body the router filter passed on.
             set_headers["content-length"] = str(state.body_length)
         return msg.continue_headers(
             "request_headers",
             set_headers=set_headers,
-            remove=[*INTERNAL_HEADERS, *rewrite.remove],
-            mode_override=msg.UPSTREAM_MODES[(body is not None or state.body is None, self.watching)],
+            remove=[*INTERNAL_HEADERS, *removals(rewrite)],
+            mode_override=msg.UPSTREAM_MODES[(rewrite.body is not None or state.body is None, self.watching)],
         )
 
     def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
@@ -158,12 +161,7 @@ class UpstreamAttempt:
         if attempt is None or self.state is None:
             return msg.continue_headers("response_headers")
         headers = msg.headers_of(message)
-        attempt.status = int(headers.get(":status", "0") or 0)
-        attempt.content_type = headers.get("content-type", "")
-        waited = retry_after_seconds(headers)
-        if waited is not None:
-            attempt.retry_after_s = waited
-            attempt.retry_at = time.monotonic() + waited
+        attempt.answered(headers, time.monotonic())
         self._count(str(attempt.status))
         if attempt.status >= 400 and not message.end_of_stream:
             # Keep the error's body, in case it turns out to be the most useful answer.

@@ -127,7 +127,7 @@ def _attempts(state: RequestState) -> tuple[Attempt, ...]:
     models = {b.name: b.model for b in state.route.backends} if state.route is not None else {}
     tries = [
         Attempt(clip(a.backend), clip(a.provider), clip(models.get(a.backend, "")), a.status)
-        for a in state.attempt_log
+        for a in state.attempts.log
     ]
     if not tries and state.backend is not None:  # one backend, rewritten by the router: no log
         backend = state.backend

@@ -40,6 +40,15 @@ class Attempt:
     cost: Decimal | None = None
     span: Any = None  # its CLIENT span while open (opentelemetry Span)
 
+    def answered(self, headers: dict[str, str], now: float) -> None:
+        """Its answer's status, content type and any `retry-after`, read from the response headers."""
+        self.status = int(headers.get(":status", "0") or 0)
+        self.content_type = headers.get("content-type", "")
+        waited = retry_after_seconds(headers)
+        if waited is not None:
+            self.retry_after_s = waited
+            self.retry_at = now + waited
+
     @property
     def failed(self) -> bool:
         return self.status == 0 or self.status >= 400

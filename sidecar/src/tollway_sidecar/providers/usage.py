@@ -52,6 +52,8 @@ __all__ = [
     "SseParser",
     "TokenUsage",
     "parse_json",
+    "read_json",
+    "read_response",
     "usage_from_anthropic",
     "usage_from_openai",
 ]
@@ -264,12 +266,25 @@ def parse_json(provider: Provider | str, body: bytes) -> ParsedResponse:
 
 
 def _parse_json(anthropic: bool, body: bytes) -> ParsedResponse:
-    if not body.strip():
-        return ParsedResponse(None, error="empty body")
+    return read_json(anthropic, body)[1]
+
+
+def read_json(anthropic: bool, body: bytes) -> tuple[Any, ParsedResponse]:
+    """The decoded body (None when it is not JSON) and what it says, in one decode. Never raises."""
     try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        return ParsedResponse(None, error="body is not JSON")
+        if not body.strip():
+            return None, ParsedResponse(None, error="empty body")
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError):
+            return None, ParsedResponse(None, error="body is not JSON")
+        return obj, read_response(anthropic, obj)
+    except Exception as exc:  # last-resort guard: the contract is "never raises"
+        return None, ParsedResponse(None, error=f"unreadable body ({type(exc).__name__})")
+
+
+def read_response(anthropic: bool, obj: Any) -> ParsedResponse:
+    """Usage, model and finish reasons of a decoded response body (Anthropic's shape or OpenAI's)."""
     if not isinstance(obj, dict):
         return ParsedResponse(None, error="body is not a JSON object")
     model = obj.get("model")

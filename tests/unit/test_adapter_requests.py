@@ -1,12 +1,50 @@
-"""Per-provider attempt rewrites, and which failed attempt a client hears about."""
+"""Per-provider attempt rewrites (each adapter's `request`), and which failed attempt a client hears
+about."""
 
 from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from tollway_sidecar.config.models import Backend
+from tollway_sidecar.providers.adapters.base import AttemptRequest
+from tollway_sidecar.providers.adapters.registry import CREDENTIAL_HEADERS, adapter_for, removals
 from tollway_sidecar.providers.attempts import Attempt, error_rank, most_useful, retry_after_seconds
-from tollway_sidecar.providers.upstream import CREDENTIAL_HEADERS, request_body, request_headers
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    path: str
+    set_headers: dict[str, str]
+    remove: tuple[str, ...]
+
+
+def _request(
+    backend: Backend, operation: str, path: str, headers: Mapping[str, str], body: dict[str, Any] | None
+) -> Any:
+    adapter = adapter_for(operation, backend.provider)
+    assert adapter is not None, (operation, backend.provider)
+    return adapter.request(
+        AttemptRequest(backend, path, headers, body, None, backend.credential, time.time(), False)
+    )
+
+
+def request_headers(backend: Backend, operation: str, path: str, headers: Mapping[str, str]) -> Rewrite:
+    """The attempt's path and headers, and what it removes (as the upstream filter sends them)."""
+    upstream = _request(backend, operation, path, headers, None)
+    return Rewrite(upstream.path, upstream.set_headers, removals(upstream))
+
+
+def request_body(backend: Backend, operation: str, body: dict[str, Any]) -> Any:
+    """The attempt's body, decoded; None when the client's is sent unchanged."""
+    upstream = _request(backend, operation, "/v1/chat/completions", {}, body)
+    return json.loads(upstream.body) if upstream.body is not None else None
+
 
 CHAT = {"model": "client-name", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -1,0 +1,48 @@
+"""Which adapter serves a (client API, backend provider) pair; a pair not listed is not served.
+
+Adding a provider: its adapter module, and its lines in `ADAPTERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from tollway_sidecar.providers.adapters.anthropic import AnthropicChat, AnthropicMessages
+from tollway_sidecar.providers.adapters.base import Adapter, UpstreamRequest
+from tollway_sidecar.providers.adapters.openai import AzureOpenAI, OpenAICompatible
+
+__all__ = ["ADAPTERS", "CREDENTIAL_HEADERS", "adapter_for", "removals"]
+
+_OPENAI: Final = OpenAICompatible()
+_AZURE: Final = AzureOpenAI()
+
+# (operation, provider) → adapter. Operations: `chat`, `embeddings`, `messages` (`extproc.state`).
+ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
+    ("chat", "openai"): _OPENAI,
+    ("embeddings", "openai"): _OPENAI,
+    ("chat", "openai-compatible"): _OPENAI,
+    ("embeddings", "openai-compatible"): _OPENAI,
+    ("chat", "gemini"): _OPENAI,
+    ("embeddings", "gemini"): _OPENAI,
+    ("chat", "azure-openai"): _AZURE,
+    ("embeddings", "azure-openai"): _AZURE,
+    ("chat", "anthropic"): AnthropicChat(),
+    ("messages", "anthropic"): AnthropicMessages(),
+}
+
+# Every header any adapter sets: each attempt sets or removes each of them, because Envoy keeps an
+# earlier attempt's header mutations on a retry.
+CREDENTIAL_HEADERS: Final[tuple[str, ...]] = tuple(
+    dict.fromkeys(name for adapter in ADAPTERS.values() for name in adapter.credential_headers)
+)
+
+
+def adapter_for(operation: str, provider: str) -> Adapter | None:
+    return ADAPTERS.get((operation, provider))
+
+
+def removals(upstream: UpstreamRequest) -> tuple[str, ...]:
+    """The headers one attempt removes: every adapter's it does not set, and its own removals."""
+    names = [name for name in CREDENTIAL_HEADERS if name not in upstream.set_headers]
+    return tuple(dict.fromkeys((*names, *upstream.remove)))
