@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,8 @@ from tollway_operator.manifests import load_manifests as load_manifests
 from tollway_operator.manifests import manifest_paths as manifest_paths
 from tollway_operator.resources import (
     API_VERSION,
+    AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN,
     BudgetSpec,
     LimitsSpec,
     RouteRuleSpec,
@@ -334,6 +337,8 @@ class _Compiler:
                 value = self.secret_value(m, b.credentials_secret_ref, f"{path}.credentialsSecretRef")
                 if value is not None:
                     credential = self.credential(m, value, b.credentials_secret_ref, path)
+                if credential is not None and b.provider == "bedrock":
+                    credential = self.aws_credential(m, credential, b.credentials_secret_ref, path)
             if b.pricing is None and not has_catalog_price(b.provider, b.model):
                 self.error(
                     m,
@@ -362,6 +367,7 @@ class _Compiler:
                     priority=b.priority,
                     pricing=pricing,
                     api_version=b.resolved_api_version,
+                    region=b.region,
                 )
             )
         if len(self.errors) != count:
@@ -406,6 +412,24 @@ class _Compiler:
             )
             return None
         return text
+
+    def aws_credential(self, m: Manifest, key_id: str, ref: SecretKeyRef, path: str) -> str | None:
+        """A bedrock backend's credential: the access key id, secret and session token of one Secret,
+        as the JSON object the sidecar's Bedrock adapter reads."""
+        secret_ref = SecretKeyRef(name=ref.name, key=AWS_SECRET_ACCESS_KEY)
+        value = self.secret_value(m, secret_ref, f"{path}.credentialsSecretRef")
+        secret = self.credential(m, value, secret_ref, path) if value is not None else None
+        if secret is None:
+            return None
+        credential = {"access_key_id": key_id, "secret_access_key": secret}
+        data = self.secrets.get((m.namespace, ref.name)) or {}
+        if AWS_SESSION_TOKEN in data:
+            token_ref = SecretKeyRef(name=ref.name, key=AWS_SESSION_TOKEN)
+            token = self.credential(m, data[AWS_SESSION_TOKEN], token_ref, path)
+            if token is None:
+                return None
+            credential["session_token"] = token
+        return json.dumps(credential, sort_keys=True, separators=(",", ":"))
 
 
 def compile_manifests(manifests: Iterable[Manifest], *, default_namespace: str = "default") -> CompileResult:

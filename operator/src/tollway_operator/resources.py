@@ -37,13 +37,18 @@ DEFAULT_BASE_URLS: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
 }
 # Providers that cannot be called without a credential.
-CREDENTIAL_REQUIRED: frozenset[str] = frozenset({"openai", "azure-openai", "anthropic", "gemini"})
+CREDENTIAL_REQUIRED: frozenset[str] = frozenset({"openai", "azure-openai", "anthropic", "gemini", "bedrock"})
+# bedrock: the Secret named by credentialsSecretRef holds the access key id under `key` and these two
+# beside it (the session token optional, for temporary credentials).
+AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 # The `api-version` an azure-openai backend sends when its RouteRule does not say (the GA version
 # of the data-plane inference API).
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]+$")
 _API_VERSION = re.compile(r"^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}(?:-preview)?|preview|latest)$")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -209,6 +214,7 @@ BaseURL = Annotated[str, PlainValidator(base_url)]
 DurationMs = Annotated[int, PlainValidator(parse_duration_ms)]
 Timestamp = Annotated[datetime, PlainValidator(_timestamp)]
 ApiVersion = Annotated[str, PlainValidator(_api_version)]
+Region = Annotated[str, StringConstraints(strict=True, pattern=_REGION.pattern, max_length=32)]
 NamespaceOrAny = Annotated[str, PlainValidator(_namespace_or_any)]
 Seconds = Annotated[int, PlainValidator(parse_duration_s)]
 CacheModeField = Annotated[CacheMode, PlainValidator(_cache_mode)]
@@ -322,9 +328,12 @@ class BackendSpec(Spec):
     priority: NonNegativeInt = 0
     pricing: PricingSpec | None = None
     api_version: ApiVersion | None = None
+    region: Region | None = None  # bedrock: the AWS region (SigV4 scope, default endpoint)
 
     @property
     def resolved_base_url(self) -> str | None:
+        if self.base_url is None and self.provider == "bedrock" and self.region is not None:
+            return f"https://bedrock-runtime.{self.region}.amazonaws.com"
         return self.base_url or DEFAULT_BASE_URLS.get(self.provider)
 
     @property
@@ -339,7 +348,11 @@ class BackendSpec(Spec):
             found.append(
                 ("apiVersion", f"only azure-openai backends take an apiVersion, not {self.provider!r}")
             )
-        if self.resolved_base_url is None:
+        if self.provider == "bedrock" and self.region is None:
+            found.append(("region", "required for provider 'bedrock' (the AWS region, e.g. us-east-1)"))
+        elif self.region is not None and self.provider != "bedrock":
+            found.append(("region", f"only bedrock backends take a region, not {self.provider!r}"))
+        if self.resolved_base_url is None and not (self.provider == "bedrock" and self.region is None):
             found.append(("baseURL", f"required for provider {self.provider!r} (there is no default URL)"))
         if self.credentials_secret_ref is None and self.provider in CREDENTIAL_REQUIRED:
             found.append(

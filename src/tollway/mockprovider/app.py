@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_api, openai_api
+from . import anthropic_api, bedrock_api, openai_api
 from .knobs import (
     FAIL_GARBAGE,
     FAIL_HTML,
@@ -72,6 +72,7 @@ def _endpoint(flavor: Flavor, impl: Impl) -> Handler:
         request_id = state.new_id("req_")
         body: Any = None
         body_text: str | None = None
+        raw = b""
         if request.body_exists:
             raw = await request.read()
             try:
@@ -95,7 +96,11 @@ def _endpoint(flavor: Flavor, impl: Impl) -> Handler:
             return web.Response()
         if knobs.status is not None:
             return error_response(flavor, knobs.status, request_id=request_id, retry_after=knobs.retry_after)
-        if settings.require_key is not None and not _authorized(request, flavor, settings.require_key):
+        if flavor is Flavor.BEDROCK:
+            refused = bedrock_api.verify_signature(request, raw, settings)
+            if refused is not None:
+                return refused
+        elif settings.require_key is not None and not _authorized(request, flavor, settings.require_key):
             return error_response(flavor, 401, request_id=request_id)
         if request.method == "POST" and not isinstance(body, dict):
             return error_response(
@@ -156,6 +161,10 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_get("/v1/models/{model}", _endpoint(oa, openai_api.retrieve_model), allow_head=False)
     app.router.add_post("/v1/messages", _endpoint(an, anthropic_api.messages))
     app.router.add_post("/v1/messages/count_tokens", _endpoint(an, anthropic_api.count_tokens))
+    app.router.add_post("/model/{model}/converse", _endpoint(Flavor.BEDROCK, bedrock_api.converse))
+    app.router.add_post(
+        "/model/{model}/converse-stream", _endpoint(Flavor.BEDROCK, bedrock_api.converse_stream)
+    )
     app.router.add_get("/_mock/health", _health)
     app.router.add_get("/_mock/requests", _get_requests, allow_head=False)
     app.router.add_delete("/_mock/requests", _clear_requests)

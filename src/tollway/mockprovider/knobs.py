@@ -36,6 +36,7 @@ FAIL_TRUNCATED_JSON = "truncated-json"
 FAIL_EMPTY_BODY = "empty-body"
 FAIL_NEGATIVE_USAGE = "negative-usage"
 FAIL_STALL_STREAM = "stall-stream"
+FAIL_BAD_FRAME = "bad-frame"  # Bedrock streams: one event-stream frame with a wrong CRC
 FAIL_MODES = frozenset(
     {
         FAIL_RESET,
@@ -48,6 +49,7 @@ FAIL_MODES = frozenset(
         FAIL_EMPTY_BODY,
         FAIL_NEGATIVE_USAGE,
         FAIL_STALL_STREAM,
+        FAIL_BAD_FRAME,
     }
 )
 
@@ -66,6 +68,7 @@ class Flavor(Enum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    BEDROCK = "bedrock"
 
 
 class KnobError(ValueError):
@@ -232,6 +235,8 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
 ) -> web.Response:
+    if flavor is Flavor.BEDROCK:
+        return bedrock_error_response(status, message, request_id=request_id, retry_after=retry_after)
     if flavor is Flavor.ANTHROPIC:
         body = anthropic_error_body(status, message, request_id)
         headers = {"request-id": request_id}
@@ -242,6 +247,48 @@ def error_response(
         headers["retry-after"] = retry_after
     return web.Response(
         status=status, reason=reason_phrase(status), text=dumps(body), content_type=JSON_CT, headers=headers
+    )
+
+
+# Bedrock's exception names per status, sent in `x-amzn-ErrorType`.
+_BEDROCK_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("ValidationException", "Malformed input request (simulated by the mock provider)."),
+    403: ("AccessDeniedException", "You don't have access to the model with the specified model ID."),
+    404: ("ResourceNotFoundException", "The requested resource could not be found."),
+    408: ("ModelTimeoutException", "The request took too long to process."),
+    424: ("ModelErrorException", "The model failed to process the request."),
+    429: ("ThrottlingException", "Too many requests, please wait before trying again."),
+    500: ("InternalServerException", "An internal server error occurred."),
+    503: ("ServiceUnavailableException", "The service is unavailable. Please try again later."),
+}
+
+
+def bedrock_error_response(
+    status: int,
+    message: str | None = None,
+    *,
+    request_id: str,
+    kind: str | None = None,
+    retry_after: str | None = None,
+) -> web.Response:
+    default_kind, default_message = _BEDROCK_ERRORS.get(
+        status,
+        ("ValidationException", "Invalid request.")
+        if status < 500
+        else ("InternalServerException", "Internal error."),
+    )
+    headers = {
+        "x-amzn-ErrorType": f"{kind or default_kind}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+        "x-amzn-RequestId": request_id,
+    }
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    return web.Response(
+        status=status,
+        reason=reason_phrase(status),
+        text=dumps({"message": message or default_message}),
+        content_type=JSON_CT,
+        headers=headers,
     )
 
 

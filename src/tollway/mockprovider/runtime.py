@@ -92,6 +92,8 @@ class Call:
         return usage
 
     def id_headers(self) -> dict[str, str]:
+        if self.flavor is Flavor.BEDROCK:
+            return {"x-amzn-RequestId": self.request_id}
         name = "request-id" if self.flavor is Flavor.ANTHROPIC else "x-request-id"
         return {name: self.request_id}
 
@@ -126,8 +128,16 @@ class Call:
         await abort_connection(self.request, flush=True)
         return resp
 
-    async def stream(self, head: list[bytes], pieces: list[bytes], tail: list[bytes]) -> web.StreamResponse:
-        """Send an SSE reply: headers, ttft, ``head`` + first piece, the other pieces, ``tail``.
+    async def stream(
+        self,
+        head: list[bytes],
+        pieces: list[bytes],
+        tail: list[bytes],
+        *,
+        content_type: str = "text/event-stream",
+    ) -> web.StreamResponse:
+        """Send a streamed reply (SSE, or Bedrock's event-stream frames): headers, ttft, ``head`` +
+        first piece, the other pieces, ``tail``.
 
         With ``x-mock-fail: broken-stream`` only half of the pieces are sent, then the connection
         is reset (no tail, no terminal chunk/event); with ``stall-stream`` the same half is sent,
@@ -137,8 +147,9 @@ class Call:
         if self.broken or self.stalls_midway:
             pieces, tail = pieces[: len(pieces) // 2], []
         resp = web.StreamResponse(headers={"cache-control": "no-cache", **self.id_headers()})
-        resp.content_type = "text/event-stream"
-        resp.charset = "utf-8"
+        resp.content_type = content_type
+        if content_type == "text/event-stream":
+            resp.charset = "utf-8"
         try:
             await resp.prepare(self.request)
             if knobs.ttft_ms > 0:

@@ -35,6 +35,8 @@ class MockSettings:
         shutdown_timeout: Seconds ``runner.cleanup()`` waits for in-flight requests.
         status: When set, every provider call is answered with this error status (``x-mock-status``).
         retry_after: With ``status``: the ``retry-after`` header sent (``x-mock-retry-after``).
+        aws_access_key_id: Bedrock endpoints: the access key id requests must be SigV4-signed with.
+        aws_secret_access_key: Bedrock endpoints: its secret; both unset, every signature is refused.
         fail: Failure modes applied to every provider call (``x-mock-fail``), e.g. ``{"reset"}``.
 
     Headers override the defaults; a mock started with ``status``/``fail`` plays one misbehaving
@@ -57,6 +59,8 @@ class MockSettings:
     status: int | None = None
     retry_after: str | None = None
     fail: frozenset[str] = frozenset()
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "ttft_ms", "chunk_delay_ms"):

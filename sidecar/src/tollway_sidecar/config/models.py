@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION: Final = "tollway.dev/gatewayconfig/v1alpha1"
 
-Provider = Literal["openai", "openai-compatible", "azure-openai", "anthropic", "gemini"]
+Provider = Literal["openai", "openai-compatible", "azure-openai", "anthropic", "gemini", "bedrock"]
 Strategy = Literal["Cost", "Weighted", "Priority"]
 Period = Literal["Daily", "Weekly", "Monthly", "Total"]
 BudgetAction = Literal["Block", "Alert"]
@@ -164,6 +164,9 @@ class Backend(_Value):
     priority: int = 0
     pricing: Pricing | None = None
     api_version: str | None = None  # azure-openai: the `api-version` query parameter
+    # bedrock: the AWS region requests are signed for (SigV4); `credential` is then the JSON the
+    # `providers.bedrock` module documents (access key id, secret access key, optional session token).
+    region: str | None = None
 
     @property
     def scheme(self) -> str:

@@ -17,6 +17,7 @@ GENAI_PROVIDER_IDS: dict[str, str | None] = {
     "azure-openai": "azure",
     "anthropic": "anthropic",
     "gemini": "google",
+    "bedrock": "aws",
     "openai-compatible": None,
 }
 

@@ -1,0 +1,77 @@
+"""Compiling bedrock backends: region, the default endpoint, and AWS credentials from one Secret."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.unit.test_compile import compile_docs, only_error, resource, route_error, secret
+
+MODEL = "amazon.nova-lite-v1:0"
+
+
+def bedrock(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "br",
+        "provider": "bedrock",
+        "model": MODEL,
+        "region": "eu-west-1",
+        "credentialsSecretRef": {"name": "aws", "key": "AWS_ACCESS_KEY_ID"},
+    } | fields
+
+
+def aws_secret(**extra: str) -> dict[str, Any]:
+    return secret("aws", AWS_ACCESS_KEY_ID="AKIDTEST", AWS_SECRET_ACCESS_KEY="s3cr3t", **extra)
+
+
+def test_bedrock_backend_compiles_with_its_credentials(tmp_path: Path) -> None:
+    result = compile_docs(
+        tmp_path, aws_secret(), resource("RouteRule", "br", {"model": "fast", "backends": [bedrock()]})
+    )
+    assert result.errors == ()
+    (b,) = result.config.routes[0].backends
+    assert (b.provider, b.region, b.base_url) == (
+        "bedrock",
+        "eu-west-1",
+        "https://bedrock-runtime.eu-west-1.amazonaws.com",
+    )
+    assert json.loads(b.credential or "") == {"access_key_id": "AKIDTEST", "secret_access_key": "s3cr3t"}
+
+
+def test_session_token_and_base_url_override(tmp_path: Path) -> None:
+    spec = {"model": "fast", "backends": [bedrock(baseURL="http://127.0.0.1:9000")]}
+    result = compile_docs(tmp_path, aws_secret(AWS_SESSION_TOKEN="tok"), resource("RouteRule", "br", spec))
+    (b,) = result.config.routes[0].backends
+    assert b.base_url == "http://127.0.0.1:9000"
+    assert json.loads(b.credential or "")["session_token"] == "tok"
+
+
+def test_region_is_required(tmp_path: Path) -> None:
+    backend = bedrock()
+    del backend["region"]
+    error = route_error(tmp_path, aws_secret(), backends=[backend])
+    assert error.field.endswith("region") and "required" in error.message
+
+
+def test_only_bedrock_takes_a_region(tmp_path: Path) -> None:
+    other = {
+        "name": "m",
+        "provider": "openai-compatible",
+        "model": "x",
+        "baseURL": "http://h/v1",
+        "region": "us-east-1",
+    }
+    error = route_error(tmp_path, backends=[other])
+    assert error.field.endswith("region")
+
+
+def test_the_secret_access_key_must_be_in_the_secret(tmp_path: Path) -> None:
+    result = compile_docs(
+        tmp_path,
+        secret("aws", AWS_ACCESS_KEY_ID="AKIDTEST"),
+        resource("RouteRule", "br", {"model": "fast", "backends": [bedrock()]}),
+    )
+    error = only_error(result)
+    assert "AWS_SECRET_ACCESS_KEY" in error.message
+    assert result.config.routes == ()
