@@ -242,6 +242,18 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool) -> None:
 @click.option("--status", type=int, default=None, help="Answer every call with this error status.")
 @click.option("--retry-after", default=None, help="With --status: the retry-after header to send.")
 @click.option("--fail", default=None, help="Failure modes for every call (as x-mock-fail), e.g. reset.")
+@click.option(
+    "--aws-access-key-id",
+    envvar="TOLLWAY_MOCK_AWS_ACCESS_KEY_ID",
+    default=None,
+    help="Bedrock endpoints: the access key id SigV4 signatures are checked against.",
+)
+@click.option(
+    "--aws-secret-access-key",
+    envvar="TOLLWAY_MOCK_AWS_SECRET_ACCESS_KEY",
+    default=None,
+    help="Bedrock endpoints: its secret (both unset: every signature is refused).",
+)
 def mock_provider(
     host: str,
     port: int,
@@ -253,8 +265,10 @@ def mock_provider(
     status: int | None,
     retry_after: str | None,
     fail: str | None,
+    aws_access_key_id: str | None,
+    aws_secret_access_key: str | None,
 ) -> None:
-    """Run the mock OpenAI/Anthropic-compatible provider."""
+    """Run the mock OpenAI/Anthropic-compatible provider (and Bedrock's Converse API)."""
     from tollway.mockprovider import MockSettings, run
 
     settings = MockSettings(
@@ -266,6 +280,8 @@ def mock_provider(
         status=status,
         retry_after=retry_after,
         fail=frozenset(part.strip() for part in (fail or "").split(",") if part.strip()),
+        aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key,
     )
     run(host, port, settings)
 

@@ -32,6 +32,7 @@ MOCK_FLEET: dict[str, list[str]] = {
     "UNAUTH": ["--status", "401"],
     "RESET": ["--fail", "reset"],
     "STALL": ["--fail", "stall"],
+    "BEDROCK": ["--aws-access-key-id", "AKIDTOLLWAYTEST", "--aws-secret-access-key", "bedrock-test-secret"],
 }
 
 

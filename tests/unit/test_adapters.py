@@ -22,6 +22,7 @@ SERVES = {
     "gemini": ("chat", "embeddings"),
     "azure-openai": ("chat", "embeddings"),
     "anthropic": ("chat", "messages"),
+    "bedrock": ("chat",),
 }
 
 

@@ -10,6 +10,7 @@ from typing import Final
 
 from tollway_sidecar.providers.adapters.anthropic import AnthropicChat, AnthropicMessages
 from tollway_sidecar.providers.adapters.base import Adapter, UpstreamRequest
+from tollway_sidecar.providers.adapters.chat_bedrock import ChatBedrock
 from tollway_sidecar.providers.adapters.openai import AzureOpenAI, OpenAICompatible
 
 __all__ = ["ADAPTERS", "CREDENTIAL_HEADERS", "adapter_for", "removals"]
@@ -29,6 +30,7 @@ ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("embeddings", "azure-openai"): _AZURE,
     ("chat", "anthropic"): AnthropicChat(),
     ("messages", "anthropic"): AnthropicMessages(),
+    ("chat", "bedrock"): ChatBedrock(),
 }
 
 # Every header any adapter sets: each attempt sets or removes each of them, because Envoy keeps an
