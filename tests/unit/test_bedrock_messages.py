@@ -9,8 +9,8 @@ from typing import Any
 import anthropic.types
 import pytest
 from pydantic import TypeAdapter
-
 from tests.unit.test_bedrock import BACKEND, CONVERSE_ANSWER, CREDENTIAL, USAGE, stream_frames
+
 from tollway_sidecar.providers.adapters.base import AttemptRequest, Refused
 from tollway_sidecar.providers.adapters.messages_bedrock import MessagesBedrock, messages_to_converse
 
