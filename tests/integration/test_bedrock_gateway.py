@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
+import anthropic
 import openai
-from gateway_env import Gateway
+from gateway_env import DEMO_KEY, Gateway
 from genai_prices import Usage, calc_price
 
 
@@ -63,3 +64,35 @@ def test_a_failing_bedrock_backend_falls_back_to_openai(
     assert raw.parse().object == "chat.completion"
     assert raw.headers["x-tollway-backend"] == "openai-up"
     assert raw.headers["x-tollway-attempts"] == "2"
+
+
+CLAUDE_PROMPT: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hello from Claude's SDK"}]
+
+
+def test_anthropic_sdk_messages_to_bedrock_json_and_stream(gateway: Gateway) -> None:
+    claude = anthropic.Anthropic(base_url=gateway.origin, api_key=DEMO_KEY, max_retries=0)
+    try:
+        raw = claude.messages.with_raw_response.create(
+            model="nova-lite",
+            max_tokens=64,
+            messages=CLAUDE_PROMPT,
+        )
+        message = raw.parse()
+        assert message.type == "message" and message.content[0].type == "text"
+        assert "Hello from Claude's SDK" in message.content[0].text
+        cost = Decimal(raw.headers["x-tollway-cost-usd"])
+        assert cost == nova_cost(message.usage.input_tokens, message.usage.output_tokens)
+        with claude.messages.stream(
+            model="nova-lite",
+            max_tokens=64,
+            messages=CLAUDE_PROMPT,
+        ) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text == message.content[0].text
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (
+            message.usage.input_tokens,
+            message.usage.output_tokens,
+        )
+    finally:
+        claude.close()

@@ -22,7 +22,7 @@ SERVES = {
     "gemini": ("chat", "embeddings"),
     "azure-openai": ("chat", "embeddings"),
     "anthropic": ("chat", "messages"),
-    "bedrock": ("chat",),
+    "bedrock": ("chat", "messages"),
 }
 
 

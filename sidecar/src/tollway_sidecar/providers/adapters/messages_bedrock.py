@@ -221,7 +221,14 @@ class MessagesBedrock:
             parsed = None
         translated = bedrock.converse_to_chat(parsed, model="", created=0, call_id="")
         if translated is None:
-            reason = "the Bedrock backend's answer is not a Converse response"
+            # The router puts "Backend '<name>' " in front, as for every adapter.
+            reason = (
+                f"answered {status} with a body that is not JSON; "
+                "the gateway cannot pass it on as an API response."
+                if parsed is None
+                else f"answered {status} with JSON that is not a Converse response; "
+                "the gateway cannot translate it."
+            )
             return ClientAnswer(
                 body=None, content_type=None, usage=None, error=reason, bad_gateway=BadGateway(reason)
             )

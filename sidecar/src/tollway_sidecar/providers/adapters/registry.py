@@ -11,6 +11,7 @@ from typing import Final
 from tollway_sidecar.providers.adapters.anthropic import AnthropicChat, AnthropicMessages
 from tollway_sidecar.providers.adapters.base import Adapter, UpstreamRequest
 from tollway_sidecar.providers.adapters.chat_bedrock import ChatBedrock
+from tollway_sidecar.providers.adapters.messages_bedrock import MessagesBedrock
 from tollway_sidecar.providers.adapters.openai import AzureOpenAI, OpenAICompatible
 
 __all__ = ["ADAPTERS", "CREDENTIAL_HEADERS", "adapter_for", "removals"]
@@ -31,6 +32,7 @@ ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("chat", "anthropic"): AnthropicChat(),
     ("messages", "anthropic"): AnthropicMessages(),
     ("chat", "bedrock"): ChatBedrock(),
+    ("messages", "bedrock"): MessagesBedrock(),
 }
 
 # Every header any adapter sets: each attempt sets or removes each of them, because Envoy keeps an
