@@ -74,6 +74,8 @@ def test_kubectl_get_shows_the_printer_columns(cp: Any) -> None:
     assert "budget.tollway.dev/b" in listed and "routerule.tollway.dev/r" in listed
 
 
+REGION_RULE = "region is required for bedrock"
+
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("zero limit", budget(limit="0.00"), "limit must be greater than 0"),
     ("limit not a number", budget(limit="ten"), "spec.limit in body should match"),
@@ -107,7 +109,9 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         route(backends=[{"name": "c", "provider": "openai-compatible", "model": "m"}]),
         "baseURL is required for openai-compatible and azure-openai backends",
     ),
-    ("unknown provider", route(backends=[{**MOCK, "provider": "bedrock"}]), 'Unsupported value: "bedrock"'),
+    ("unknown provider", route(backends=[{**MOCK, "provider": "watsonx"}]), 'Unsupported value: "watsonx"'),
+    ("bedrock without region", route(backends=[{**MOCK, "provider": "bedrock"}]), REGION_RULE),
+    ("region off bedrock", route(backends=[{**MOCK, "region": "us-east-1"}]), REGION_RULE),
     ("bad timeout", route(timeout="soon"), "spec.timeout in body should match"),
     ("retry on a success", route(fallback={"onStatus": [200]}), "should be greater than or equal to 400"),
     ("too many attempts", route(fallback={"maxAttempts": 11}), "should be less than or equal to 10"),
