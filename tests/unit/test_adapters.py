@@ -17,10 +17,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "responses"
 # The client APIs each provider serves; a provider added to the `Provider` literal fails here until
 # its adapters are registered.
 SERVES = {
-    "openai": ("chat", "embeddings"),
+    "openai": ("chat", "embeddings", "responses"),
     "openai-compatible": ("chat", "embeddings"),
     "gemini": ("chat", "embeddings"),
-    "azure-openai": ("chat", "embeddings"),
+    "azure-openai": ("chat", "embeddings", "responses"),
     "anthropic": ("chat", "messages"),
     "bedrock": ("chat", "messages"),
 }

@@ -36,7 +36,11 @@ class Refusal:
 
 
 # What each operation's backends serve, for the refusal naming those that do not.
-_SERVES = {"chat": "chat completions", "embeddings": "embeddings"}
+_SERVES = {
+    "chat": "chat completions",
+    "embeddings": "embeddings",
+    "responses": "Responses API calls",
+}
 
 
 def check(route: Route, operation: str, body: dict[str, Any]) -> Refusal | None:

@@ -50,6 +50,7 @@ ENDPOINTS: dict[str, tuple[str, Operation]] = {
     "/v1/embeddings": ("POST", "embeddings"),
     "/v1/models": ("GET", "models"),
     "/v1/messages": ("POST", "messages"),  # Anthropic clients; passed to anthropic backends as is
+    "/v1/responses": ("POST", "responses"),  # OpenAI's Responses API (the SDK's `responses.create`)
 }
 
 

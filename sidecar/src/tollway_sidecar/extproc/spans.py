@@ -28,7 +28,13 @@ GENAI_PROVIDER = {
     "anthropic": "anthropic",
     "gemini": "gcp.gemini",
 }
-OPERATION = {"chat": "chat", "messages": "chat", "embeddings": "embeddings", "models": "list_models"}
+OPERATION = {
+    "chat": "chat",
+    "messages": "chat",
+    "responses": "chat",
+    "embeddings": "embeddings",
+    "models": "list_models",
+}
 _REQUEST_PARAMS = {
     "max_tokens": "gen_ai.request.max_tokens",
     "max_completion_tokens": "gen_ai.request.max_tokens",
@@ -109,7 +115,19 @@ def admitted(tracing: Tracing, state: RequestState, body: Mapping[str, Any]) -> 
         attributes["gen_ai.request.stop_sequences"] = stop
     span.set_attributes(attributes)
     if capture_content(tracing, state):
-        tracing.add_prompt_events(span, body)
+        tracing.add_prompt_events(span, _as_messages(body) if state.operation == "responses" else body)
+
+
+def _as_messages(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Responses API request's prompt as messages: `instructions` the system message, `input`
+    text the user's, or its items as they are."""
+    items = body.get("input")
+    messages: list[Any] = [{"role": "user", "content": items}] if isinstance(items, str) else []
+    if isinstance(items, list):
+        messages.extend(items)
+    if isinstance(body.get("instructions"), str):
+        messages.insert(0, {"role": "system", "content": body["instructions"]})
+    return {"messages": messages}
 
 
 def cache_looked_up(state: RequestState, outcome: str, *, waited: bool, saved_usd: str | None) -> None:

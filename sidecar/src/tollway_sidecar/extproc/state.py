@@ -17,7 +17,7 @@ from tollway_sidecar.quota.gate import Admission
 if TYPE_CHECKING:
     from tollway_sidecar.extproc.cache_call import CacheCall
 
-Operation = Literal["chat", "embeddings", "models", "messages"]
+Operation = Literal["chat", "embeddings", "models", "messages", "responses"]
 
 
 @dataclass

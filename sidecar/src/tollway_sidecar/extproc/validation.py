@@ -142,6 +142,8 @@ def validate(operation: Operation, body: dict[str, Any]) -> str:
         _messages_checks(body)
     elif operation == "embeddings":
         _embeddings_checks(body)
+    elif operation == "responses":
+        _responses_checks(body)
     return model
 
 
@@ -215,6 +217,54 @@ def _messages_checks(body: dict[str, Any]) -> None:
         _content(message.get("content"), f"{where}.content")
     _content(body.get("system"), "system")
     _fields(body, _MESSAGES_FIELDS)
+
+
+_RESPONSES_FIELDS: Final = {
+    "instructions": "string",
+    "stream": "boolean",
+    "store": "boolean",
+    "background": "boolean",
+    "user": "string",
+    "max_output_tokens": _TOKENS,
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "tools": "array of objects",
+    "tool_choice": "string or object",
+    "parallel_tool_calls": "boolean",
+    "previous_response_id": "string",
+    "reasoning": "object",
+    "text": "object",
+    "metadata": "object",
+}
+
+
+def _responses_checks(body: dict[str, Any]) -> None:
+    """The Responses API: `input` is text or an array of items (each an object with a `type` or a
+    `role`); the fields the gateway reads to estimate and route have their types."""
+    value = body.get("input")
+    if value is None and body.get("previous_response_id") is None and body.get("prompt") is None:
+        raise BadRequest(
+            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
+    if value is not None and not isinstance(value, str | list):
+        raise BadRequest(
+            f"'input' must be a string or an array of input items, got {_shown(value)}.",
+            param="input",
+            code="invalid_type",
+        )
+    for index, item in enumerate(value if isinstance(value, list) else ()):
+        where = f"input[{index}]"
+        if not isinstance(item, dict) or not (
+            isinstance(item.get("type"), str) or isinstance(item.get("role"), str)
+        ):
+            raise BadRequest(
+                f"'{where}' must be an object with a string 'type' or 'role', got {_shown(item)}.",
+                param=where,
+                code="invalid_type",
+            )
+        if item.get("role") is not None:
+            _content(item.get("content"), f"{where}.content")
+    _fields(body, _RESPONSES_FIELDS)
 
 
 def _embeddings_checks(body: dict[str, Any]) -> None:

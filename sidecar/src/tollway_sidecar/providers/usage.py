@@ -54,6 +54,7 @@ __all__ = [
     "parse_json",
     "read_json",
     "read_response",
+    "responses_finish",
     "usage_from_anthropic",
     "usage_from_openai",
 ]
@@ -242,6 +243,25 @@ def _provider_error(obj: dict[str, Any]) -> str | None:
     return f"provider error: {text}"[:_ERROR_TEXT_LIMIT]
 
 
+def responses_finish(response: Any) -> tuple[str, ...]:
+    """A Responses API `response` object's end, in chat completions' finish reasons: `tool_calls`
+    when it asks for function calls, `length` / `content_filter` when incomplete for that reason."""
+    if not isinstance(response, dict):
+        return ()
+    status = response.get("status")
+    if status == "incomplete":
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        return ("length",) if reason == "max_output_tokens" else (str(reason or "incomplete"),)
+    if status != "completed":
+        return (str(status),) if isinstance(status, str) else ()
+    output = response.get("output")
+    calls = isinstance(output, list) and any(
+        isinstance(item, dict) and item.get("type") == "function_call" for item in output
+    )
+    return ("tool_calls",) if calls else ("stop",)
+
+
 def _finish_reasons(obj: dict[str, Any]) -> list[str]:
     choices = obj.get("choices")
     if not isinstance(choices, list):
@@ -316,6 +336,19 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*(?:\[\s*\]|null)')
 _MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)+)"')
 _CONTENT = re.compile(rb'"(?:content|arguments|refusal|reasoning_content|reasoning)"\s*:\s*"(?!")')
 _EVENT_TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z_]+)"')
+_RESPONSES_TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z_.]+)"')
+# Responses API events that end a response (each carries the whole response, usage included), and
+# those that carry output text or arguments.
+_RESPONSES_END: Final = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
+_RESPONSES_OUTPUT: Final = frozenset(
+    {
+        b"response.output_text.delta",
+        b"response.refusal.delta",
+        b"response.function_call_arguments.delta",
+        b"response.reasoning_summary_text.delta",
+        b"response.reasoning_text.delta",
+    }
+)
 # `"usage": null` as a member of an object (OpenAI puts it on every chunk once
 # `stream_options.include_usage` is set). The pattern starts with a literal, which `re` finds fast; the
 # separator around the member is handled by `_without_usage_null`.
@@ -365,6 +398,7 @@ class SseParser:
         "_on_event",
         "_owed",
         "_pos",
+        "_responses",
         "_scan",
         "_strip",
         "_usage_src",
@@ -376,8 +410,10 @@ class SseParser:
         *,
         strip_usage_chunk: bool = False,
         on_event: Callable[[bytes | None, bytes], None] | None = None,
+        responses: bool = False,
     ) -> None:
         self._anthropic = provider in ANTHROPIC_SHAPE
+        self._responses = responses and not self._anthropic  # the Responses API's typed events
         self._on_event = on_event
         self._strip = strip_usage_chunk and not self._anthropic
         self._buf = bytearray()  # from the start of the first event not yet complete
@@ -516,6 +552,9 @@ class SseParser:
         if self._anthropic:
             self._anthropic_event(event, data)
             return None
+        if self._responses:
+            self._responses_event(event, data)
+            return None
         return self._openai_event(data, buf, start, end)
 
     # ---- OpenAI shape
@@ -557,6 +596,41 @@ class SseParser:
         if self._strip and b'"usage"' in body:
             return _without_usage_null(bytes(buf[start:end]))
         return None
+
+    # ---- the Responses API
+
+    def _responses_event(self, event: bytes | None, data: bytes) -> None:
+        if event is None or event == b"message":
+            match = _RESPONSES_TYPE.search(data)
+            event = match.group(1) if match is not None else b""
+        if event in _RESPONSES_OUTPUT:
+            self._chunks += 1
+        elif event in _RESPONSES_END or event == b"error":
+            obj = self._decode(data)
+            if not isinstance(obj, dict):
+                return
+            if event == b"error":  # {"type": "error", "code", "message", "param"}
+                code, message = obj.get("code") or "error", obj.get("message") or ""
+                self._note(f"provider error: {code}: {message}"[:_ERROR_TEXT_LIMIT])
+                return
+            response = obj.get("response")
+            if not isinstance(response, dict):
+                self._note("end event without a response")
+                return
+            self._complete = True
+            model = response.get("model")
+            if isinstance(model, str) and model:
+                self._model = model
+            self._finish.extend(responses_finish(response))
+            if (error := _provider_error(response)) is not None:
+                self._note(error)
+            if isinstance(response.get("usage"), dict):
+                self._usage_src = response["usage"]
+        elif self._model is None and event == b"response.created":
+            if (match := _MODEL.search(data)) is not None:
+                self._model = _json_string(match.group(1))
+        elif event == b"":
+            self._note("event without a type")
 
     # ---- Anthropic shape
 

@@ -10,7 +10,8 @@ documents 3 + 3 for its chat format; we reserve 4 + 3. Non-text parts (images, a
 reserved at a flat `MEDIA_PART_TOKENS` each. `tools`, `functions`, `response_format` and
 `prediction` are counted as their compact JSON text. Output: `max_completion_tokens`, else
 `max_tokens`, else the configured default cap, times `n`. Embeddings: the input's tokens (token-id
-arrays count one per id) and no output.
+arrays count one per id) and no output. Responses API: `instructions` and `input` (text, or items
+counted like messages), tools and `text` (its format) as JSON; output `max_output_tokens`.
 
 Counting is bounded (`bound.PromptCounter`): past a per-request allowance, or for a string the
 tokenizer would take quadratic time on, a string counts as its UTF-8 bytes, an upper bound.
@@ -46,7 +47,7 @@ PER_MESSAGE_TOKENS: Final = 4
 REPLY_PRIMING_TOKENS: Final = 3
 MEDIA_PART_TOKENS: Final = 2_000
 _MEDIA_TYPES: Final = frozenset({"image_url", "input_image", "input_audio", "audio", "file", "input_file"})
-_JSON_FIELDS: Final = ("tools", "functions", "response_format", "prediction")
+_JSON_FIELDS: Final = ("tools", "functions", "response_format", "prediction", "text")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,13 @@ def prompt_parts(operation: str, body: Mapping[str, Any]) -> PromptParts:
             _collect(message, parts)
     if body.get("system") is not None:  # Anthropic Messages: the system prompt
         _collect(body["system"], parts)
+    if operation == "responses":
+        items = body.get("input")
+        parts.fixed += PER_MESSAGE_TOKENS * (len(items) if isinstance(items, list) else 1)
+        _collect(items, parts)
+        if body.get("instructions") is not None:
+            parts.fixed += PER_MESSAGE_TOKENS
+            _collect(body["instructions"], parts)
     for name in _JSON_FIELDS:
         if body.get(name) is not None:
             parts.strings.append(_compact(body[name]))
@@ -138,7 +146,7 @@ def output_cap(operation: str, body: Mapping[str, Any], default_max_tokens: int)
     if operation == "embeddings":
         return 0
     cap = default_max_tokens
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             cap = value

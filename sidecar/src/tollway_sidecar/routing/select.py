@@ -51,16 +51,18 @@ def estimate_tokens(body: dict[str, Any], raw_length: int) -> tuple[int, int]:
 
     Input: the request's text at about four bytes per token (the JSON around it counts too; the
     same over-estimate applies to every backend, so the ranking is what matters). Output: the call's
-    `max_completion_tokens` / `max_tokens`, else `DEFAULT_OUTPUT_TOKENS`; none for embeddings.
+    `max_completion_tokens` / `max_tokens` (the Responses API's `max_output_tokens`), else
+    `DEFAULT_OUTPUT_TOKENS`; none for embeddings.
     """
-    if "input" in body and "messages" not in body:
+    responses = "max_output_tokens" in body or "instructions" in body
+    if "input" in body and "messages" not in body and not responses:
         return max(1, raw_length // _BYTES_PER_TOKEN), 0
     messages = body.get("messages")
     text_length = len(json.dumps(messages, ensure_ascii=False)) if messages is not None else raw_length
     system = body.get("system")
     if system is not None:
         text_length += len(json.dumps(system, ensure_ascii=False))
-    output = body.get("max_completion_tokens") or body.get("max_tokens")
+    output = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     if not isinstance(output, int) or isinstance(output, bool) or output <= 0:
         output = DEFAULT_OUTPUT_TOKENS
     return max(1, text_length // _BYTES_PER_TOKEN), output

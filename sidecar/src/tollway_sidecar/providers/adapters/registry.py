@@ -13,13 +13,15 @@ from tollway_sidecar.providers.adapters.base import Adapter, UpstreamRequest
 from tollway_sidecar.providers.adapters.chat_bedrock import ChatBedrock
 from tollway_sidecar.providers.adapters.messages_bedrock import MessagesBedrock
 from tollway_sidecar.providers.adapters.openai import AzureOpenAI, OpenAICompatible
+from tollway_sidecar.providers.adapters.responses_openai import AzureResponses, OpenAIResponses
 
 __all__ = ["ADAPTERS", "CREDENTIAL_HEADERS", "adapter_for", "removals"]
 
 _OPENAI: Final = OpenAICompatible()
 _AZURE: Final = AzureOpenAI()
 
-# (operation, provider) → adapter. Operations: `chat`, `embeddings`, `messages` (`extproc.state`).
+# (operation, provider) → adapter. Operations: `chat`, `embeddings`, `messages`, `responses`
+# (`extproc.state`).
 ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("chat", "openai"): _OPENAI,
     ("embeddings", "openai"): _OPENAI,
@@ -33,6 +35,8 @@ ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("messages", "anthropic"): AnthropicMessages(),
     ("chat", "bedrock"): ChatBedrock(),
     ("messages", "bedrock"): MessagesBedrock(),
+    ("responses", "openai"): OpenAIResponses(),
+    ("responses", "azure-openai"): AzureResponses(),
 }
 
 # Every header any adapter sets: each attempt sets or removes each of them, because Envoy keeps an
