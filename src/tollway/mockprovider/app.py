@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_api, bedrock_api, openai_api
+from . import anthropic_api, bedrock_api, openai_api, responses_api
 from .knobs import (
     FAIL_GARBAGE,
     FAIL_HTML,
@@ -50,14 +50,14 @@ CLIENT_MAX_SIZE = 64 * 1024 * 1024
 
 
 def _authorized(request: web.Request, flavor: Flavor, key: str) -> bool:
-    """Bearer token everywhere; ``x-api-key`` on Anthropic paths; ``api-key`` on Azure paths."""
+    """Bearer token everywhere; ``x-api-key`` on Anthropic paths; ``api-key`` on Azure's (``/openai/``)."""
     candidates: list[str] = []
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         candidates.append(auth[7:].strip())
     if flavor is Flavor.ANTHROPIC:
         candidates.append(request.headers.get("x-api-key", ""))
-    elif "deployment" in request.match_info:
+    elif "deployment" in request.match_info or request.path.startswith("/openai/"):
         candidates.append(request.headers.get("api-key", ""))
     expected = key.encode()
     return any(hmac.compare_digest(c.encode(), expected) for c in candidates if c)
@@ -144,6 +144,7 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     settings = settings or MockSettings()
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[STATE_KEY] = MockState(settings=settings, requests=deque(maxlen=settings.record_limit))
+    app[responses_api.STORE_KEY] = responses_api.ResponseStore()
     app.on_shutdown.append(_on_shutdown)
 
     oa, an = Flavor.OPENAI, Flavor.ANTHROPIC
@@ -159,6 +160,15 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_get("/v1/models", models, allow_head=False)
     app.router.add_get("/models", models, allow_head=False)
     app.router.add_get("/v1/models/{model}", _endpoint(oa, openai_api.retrieve_model), allow_head=False)
+    create, retrieve, delete = (
+        _endpoint(oa, responses_api.create),
+        _endpoint(oa, responses_api.retrieve),
+        _endpoint(oa, responses_api.delete),
+    )
+    for prefix in ("/v1", "", "/openai/v1"):  # OpenAI, the base-path-less alias, Azure's v1 API
+        app.router.add_post(f"{prefix}/responses", create)
+        app.router.add_get(f"{prefix}/responses/{{response_id}}", retrieve, allow_head=False)
+        app.router.add_delete(f"{prefix}/responses/{{response_id}}", delete)
     app.router.add_post("/v1/messages", _endpoint(an, anthropic_api.messages))
     app.router.add_post("/v1/messages/count_tokens", _endpoint(an, anthropic_api.count_tokens))
     app.router.add_post("/model/{model}/converse", _endpoint(Flavor.BEDROCK, bedrock_api.converse))
