@@ -90,7 +90,12 @@ async def call(
 
 
 def streamed(adapter: ResponsesOverChat, pieces: list[bytes]) -> tuple[list[dict[str, Any]], ParsedStream]:
-    reader = adapter.stream(client_model="route-model", strip_usage_chunk=True)
+    seen: list[tuple[bytes | None, bytes]] = []
+    reader = adapter.stream(
+        client_model="route-model",
+        strip_usage_chunk=True,
+        on_event=lambda name, data: seen.append((name, data)),
+    )
     sent = [reader.feed(piece) for piece in pieces]
     out = b"".join(
         piece if replaced is None else replaced for piece, replaced in zip(pieces, sent, strict=True)
@@ -103,6 +108,8 @@ def streamed(adapter: ResponsesOverChat, pieces: list[bytes]) -> tuple[list[dict
             name, data = block.split("\n")
             events.append(json.loads(data.removeprefix("data: ")))
             assert name == "event: " + events[-1]["type"]
+    # `on_event` sees the client's events, exactly as sent.
+    assert [(name, json.loads(data)) for name, data in seen] == [(e["type"].encode(), e) for e in events]
     return events, reader.finish()
 
 
