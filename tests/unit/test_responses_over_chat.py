@@ -1,11 +1,12 @@
-"""`ResponsesOverChat` over the OpenAI-compatible and Anthropic chat adapters, against the mock
-provider over real HTTP (and the Anthropic documentation's own bytes): the request each backend
+"""`ResponsesOverChat` over the OpenAI-compatible, Anthropic and Bedrock chat adapters, against the
+mock provider over real HTTP (and the Anthropic documentation's own bytes): the request each backend
 receives, JSON and streamed answers translated, the usage exactly the inner adapter's."""
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from openai import omit
 from openai.lib.streaming.responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
+from yarl import URL
 
 from tollway.mockprovider import MockSettings, base_url, serve
 from tollway_sidecar.config.models import Backend
 from tollway_sidecar.providers.adapters.anthropic import AnthropicChat
 from tollway_sidecar.providers.adapters.base import Adapter, AttemptRequest, ClientAnswer, Refused
+from tollway_sidecar.providers.adapters.chat_bedrock import ChatBedrock
 from tollway_sidecar.providers.adapters.openai import OpenAICompatible
 from tollway_sidecar.providers.adapters.responses_chat import ResponsesOverChat
 from tollway_sidecar.providers.usage import ParsedStream
@@ -315,3 +318,43 @@ def test_a_success_that_is_not_a_chat_completion_is_a_bad_gateway() -> None:
 def test_credential_headers_cover_every_inner() -> None:
     for inner in (OpenAICompatible(), AnthropicChat()):
         assert set(inner.credential_headers) <= set(ResponsesOverChat.credential_headers)
+
+
+async def test_over_bedrock_converse_signed_json_and_stream(http: aiohttp.ClientSession) -> None:
+    runner = await serve(
+        MockSettings(port=0, aws_access_key_id="AKIDRESPONSES", aws_secret_access_key="s3cret")
+    )
+    url = base_url(runner)
+    credential = json.dumps({"access_key_id": "AKIDRESPONSES", "secret_access_key": "s3cret"})
+    back = Backend(
+        name="br", provider="bedrock", model="amazon.nova-lite-v1:0", base_url=url, region="us-east-1"
+    )
+    adapter = ResponsesOverChat(ChatBedrock())
+    results = []
+    try:
+        for stream in (False, True):
+            body = {**REQUEST, "stream": stream}
+            upstream = adapter.request(
+                AttemptRequest(back, "/v1/responses", {}, body, None, credential, time.time(), stream)
+            )
+            headers = {"host": back.host, **upstream.set_headers, **KNOBS, "x-mock-chunks": "3"}
+            async with http.post(
+                URL(f"{url}{upstream.path}", encoded=True), data=upstream.body, headers=headers
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                results.append(
+                    (resp.headers["content-type"], [piece async for piece in resp.content.iter_any()])
+                )
+    finally:
+        await runner.cleanup()
+    (json_type, json_pieces), (stream_type, stream_pieces) = results
+    answer = adapter.answer(200, json_type, b"".join(json_pieces))
+    assert answer.body is not None and answer.usage is not None
+    response = Response.model_validate(json.loads(answer.body))
+    assert answer.usage == ChatBedrock().answer(200, json_type, b"".join(json_pieces)).usage
+    assert adapter.is_stream(200, stream_type) and adapter.stream_headers() == ChatBedrock().stream_headers()
+    events, parsed = streamed(adapter, stream_pieces)
+    final = replay(events)
+    assert parsed.usage == answer.usage
+    assert final.output_text == response.output_text and final.usage == response.usage
+    assert sum(e["type"] == "response.output_text.delta" for e in events) == 3
