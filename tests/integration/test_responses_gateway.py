@@ -60,12 +60,43 @@ def test_a_failing_backend_falls_back(gateway: Gateway, sdk_for: Callable[..., o
     assert len(gateway.requests_at("BROKEN")) >= 1 and len(gateway.requests_at("SECOND")) == 1
 
 
-def test_a_route_without_a_responses_backend_refuses_naming_them(
+def test_a_chat_only_backend_is_translated_and_costs_what_chat_costs(
+    gateway: Gateway, sdk_for: Callable[..., openai.OpenAI]
+) -> None:
+    gateway.clear_mock_requests()
+    raw = sdk_for().responses.with_raw_response.create(model="gpt-4o-mini", input="Translate me")
+    response = raw.parse()
+    assert response.object == "response" and "Translate me" in response.output_text
+    (upstream,) = gateway.requests_at("MOCK")
+    assert upstream["path"] == "/v1/chat/completions"
+    chat = sdk_for().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Translate me"}]
+    )
+    assert raw.headers["x-tollway-cost-usd"] == chat.headers["x-tollway-cost-usd"]
+    with sdk_for().responses.stream(model="gpt-4o-mini", input="Translate me") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == response.output_text and final.usage == response.usage
+
+
+def test_an_anthropic_backend_streams_responses_events(
+    gateway: Gateway, sdk_for: Callable[..., openai.OpenAI]
+) -> None:
+    with sdk_for().responses.stream(
+        model="claude-sonnet", input="Hello, Claude", max_output_tokens=64
+    ) as stream:
+        text = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text and text == final.output_text
+    assert final.usage is not None and final.usage.output_tokens > 0
+
+
+def test_a_field_translation_cannot_express_is_refused_naming_it(
     gateway: Gateway, sdk_for: Callable[..., openai.OpenAI]
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk_for().responses.create(model="gpt-4o-mini", input="hi")
-    assert "serve no Responses API calls" in caught.value.message
+        sdk_for().responses.create(model="gpt-4o-mini", input="hi", previous_response_id="resp_123")
+    body = caught.value.body
+    assert isinstance(body, dict) and body.get("param") == "previous_response_id"
 
 
 def test_bad_input_names_the_field(gateway: Gateway, sdk_for: Callable[..., openai.OpenAI]) -> None:

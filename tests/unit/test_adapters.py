@@ -18,11 +18,11 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "responses"
 # its adapters are registered.
 SERVES = {
     "openai": ("chat", "embeddings", "responses"),
-    "openai-compatible": ("chat", "embeddings"),
-    "gemini": ("chat", "embeddings"),
+    "openai-compatible": ("chat", "embeddings", "responses"),
+    "gemini": ("chat", "embeddings", "responses"),
     "azure-openai": ("chat", "embeddings", "responses"),
-    "anthropic": ("chat", "messages"),
-    "bedrock": ("chat", "messages"),
+    "anthropic": ("chat", "messages", "responses"),
+    "bedrock": ("chat", "messages", "responses"),
 }
 
 

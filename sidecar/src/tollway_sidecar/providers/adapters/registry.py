@@ -13,12 +13,15 @@ from tollway_sidecar.providers.adapters.base import Adapter, UpstreamRequest
 from tollway_sidecar.providers.adapters.chat_bedrock import ChatBedrock
 from tollway_sidecar.providers.adapters.messages_bedrock import MessagesBedrock
 from tollway_sidecar.providers.adapters.openai import AzureOpenAI, OpenAICompatible
+from tollway_sidecar.providers.adapters.responses_chat import ResponsesOverChat
 from tollway_sidecar.providers.adapters.responses_openai import AzureResponses, OpenAIResponses
 
 __all__ = ["ADAPTERS", "CREDENTIAL_HEADERS", "adapter_for", "removals"]
 
 _OPENAI: Final = OpenAICompatible()
 _AZURE: Final = AzureOpenAI()
+_ANTHROPIC_CHAT: Final = AnthropicChat()
+_BEDROCK_CHAT: Final = ChatBedrock()
 
 # (operation, provider) → adapter. Operations: `chat`, `embeddings`, `messages`, `responses`
 # (`extproc.state`).
@@ -31,12 +34,17 @@ ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("embeddings", "gemini"): _OPENAI,
     ("chat", "azure-openai"): _AZURE,
     ("embeddings", "azure-openai"): _AZURE,
-    ("chat", "anthropic"): AnthropicChat(),
+    ("chat", "anthropic"): _ANTHROPIC_CHAT,
     ("messages", "anthropic"): AnthropicMessages(),
-    ("chat", "bedrock"): ChatBedrock(),
+    ("chat", "bedrock"): _BEDROCK_CHAT,
     ("messages", "bedrock"): MessagesBedrock(),
     ("responses", "openai"): OpenAIResponses(),
     ("responses", "azure-openai"): AzureResponses(),
+    # Backends that speak only chat completions (or Anthropic, Converse): translated through them.
+    ("responses", "openai-compatible"): ResponsesOverChat(_OPENAI),
+    ("responses", "gemini"): ResponsesOverChat(_OPENAI),
+    ("responses", "anthropic"): ResponsesOverChat(_ANTHROPIC_CHAT),
+    ("responses", "bedrock"): ResponsesOverChat(_BEDROCK_CHAT),
 }
 
 # Every header any adapter sets: each attempt sets or removes each of them, because Envoy keeps an
