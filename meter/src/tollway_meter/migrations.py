@@ -151,6 +151,9 @@ POSTGRES: tuple[Migration, ...] = (
             "USING gin ((event->'data'->'properties') jsonb_path_ops)",
         ),
     ),
+    # Keeps both dialects' numbers in step, so one number names one schema change everywhere;
+    # SQLite's migration 3 is already part of PostgreSQL's 2.
+    Migration(3, "console indexes (part of migration 2 on PostgreSQL)", ()),
 )
 
 
