@@ -21,11 +21,11 @@ import json
 from typing import Any, Final
 
 from tollway_sidecar.providers.anthropic import finish_reason, usage_to_openai
+from tollway_sidecar.providers.sse_blocks import SseBlocks, SseEvent
 
 __all__ = ["ChunkTranslator"]
 
 _DONE: Final = b"data: [DONE]\n\n"
-_MAX_PENDING: Final = 16 * 1024 * 1024
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def _event(obj: dict[str, Any]) -> bytes:
 
 class ChunkTranslator:
     def __init__(self, *, model: str, created: int, include_usage: bool) -> None:
-        self._pending = bytearray()
+        self._blocks = SseBlocks()
         self._id = ""
         self._model = model
         self._created = created
@@ -57,47 +57,27 @@ class ChunkTranslator:
         return self._done
 
     def feed(self, raw: bytes) -> bytes:
-        self._pending += raw
-        out = bytearray()
-        while True:
-            end, size = self._boundary()
-            if end < 0:
-                break
-            block = bytes(self._pending[:end])
-            del self._pending[: end + size]
-            out += self._event_bytes(block)
-        if len(self._pending) > _MAX_PENDING:
+        out = b"".join(self._event_bytes(event) for event in self._blocks.feed(raw))
+        if self._blocks.overflowed:
             self._note("event too large")
-            self._pending.clear()
-        return bytes(out)
+        return out
 
     def flush(self) -> bytes:
         """At the end of the stream: an unterminated last event, if complete lines were sent."""
-        block, self._pending = bytes(self._pending), bytearray()
-        return self._event_bytes(block) if block.strip() else b""
+        event = self._blocks.flush()
+        return self._event_bytes(event) if event is not None else b""
 
-    def _boundary(self) -> tuple[int, int]:
-        candidates = [(self._pending.find(sep), len(sep)) for sep in (b"\n\n", b"\r\n\r\n")]
-        found = [(at, size) for at, size in candidates if at >= 0]
-        return min(found) if found else (-1, 0)
-
-    def _event_bytes(self, block: bytes) -> bytes:
-        name, data = None, []
-        for line in block.replace(b"\r\n", b"\n").split(b"\n"):
-            if line.startswith(b"event:"):
-                name = line[6:].strip().decode("utf-8", "replace")
-            elif line.startswith(b"data:"):
-                data.append(line[5:].removeprefix(b" "))
-        if not data:
+    def _event_bytes(self, event: SseEvent) -> bytes:
+        if event.data is None:
             return b""
         try:
-            obj = json.loads(b"\n".join(data))
+            obj = json.loads(event.data)
         except ValueError:
             self._note("event data is not JSON")
             return b""
         if not isinstance(obj, dict):
             return b""
-        kind = obj.get("type") if isinstance(obj.get("type"), str) else name
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else event.name
         return self._translate(str(kind or ""), obj)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:

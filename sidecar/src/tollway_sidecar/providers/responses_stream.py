@@ -38,10 +38,10 @@ from tollway_sidecar.providers.responses import (
     status_of,
     usage_of,
 )
+from tollway_sidecar.providers.sse_blocks import SseBlocks, SseEvent
 
 __all__ = ["ChatStreamToResponses"]
 
-_MAX_PENDING: Final = 16 * 1024 * 1024
 _DONE: Final = b"[DONE]"
 
 
@@ -82,7 +82,7 @@ class ChatStreamToResponses:
     ) -> None:
         self._request, self._id, self._created, self._model = request, response_id, created_at, model
         self._on_event = on_event
-        self._pending = bytearray()
+        self._blocks = SseBlocks()
         self._sequence = 0
         self._started = False
         self._done = False
@@ -99,41 +99,20 @@ class ChatStreamToResponses:
         return self._done
 
     def feed(self, raw: bytes) -> bytes:
-        self._pending += raw
-        out = bytearray()
-        while True:
-            end, size = self._boundary()
-            if end < 0:
-                break
-            block = bytes(self._pending[:end])
-            del self._pending[: end + size]
-            out += self._block(block)
-        if len(self._pending) > _MAX_PENDING:
+        out = b"".join(self._block(event) for event in self._blocks.feed(raw))
+        if self._blocks.overflowed:
             self._note("event too large")
-            self._pending.clear()
-        return bytes(out)
+        return out
 
     def flush(self) -> bytes:
         """At the end of the stream: an unterminated last event, if its lines were complete."""
-        block, self._pending = bytes(self._pending), bytearray()
-        return self._block(block) if block.strip() else b""
+        event = self._blocks.flush()
+        return self._block(event) if event is not None else b""
 
-    # ---- framing
-
-    def _boundary(self) -> tuple[int, int]:
-        candidates = [(self._pending.find(sep), len(sep)) for sep in (b"\n\n", b"\r\n\r\n")]
-        found = [(at, size) for at, size in candidates if at >= 0]
-        return min(found) if found else (-1, 0)
-
-    def _block(self, block: bytes) -> bytes:
-        data = [
-            line[5:].removeprefix(b" ")
-            for line in block.replace(b"\r\n", b"\n").split(b"\n")
-            if line.startswith(b"data:")
-        ]
-        if not data or self._done:
+    def _block(self, event: SseEvent) -> bytes:
+        if event.data is None or self._done:
             return b""
-        payload = b"\n".join(data).strip()
+        payload = event.data.strip()
         if payload == _DONE:
             return self._end()
         try:
