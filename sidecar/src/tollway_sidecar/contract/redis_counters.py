@@ -20,6 +20,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tollway_sidecar.contract.counters import (
@@ -72,8 +73,33 @@ class BoundedCluster(RedisCluster):
             await self._turns.acquire()
         try:
             return await super().execute_command(*args, **kwargs)
+        except (AttributeError, TypeError, RuntimeError) as exc:
+            if not _closed_under_a_write(exc):
+                raise
+            raise RedisConnectionError(f"connection closed during a write: {exc}") from exc
         finally:
             self._turns.release()
+
+
+# A write on a connection closed under it (a dead primary's connections are dropped while other
+# calls write on them) escapes redis-py 8.1 as what the transport raises: AttributeError/TypeError
+# ('NoneType' has no 'writelines') on asyncio's, RuntimeError ("the handler is closed") on uvloop's.
+_TRANSPORT = ("asyncio/streams.py", "asyncio/selector_events.py", "asyncio/transports.py")
+
+
+def _closed_under_a_write(exc: BaseException) -> bool:
+    """Whether `exc` came out of the transport beneath redis-py's connection (a torn connection:
+    a store failure), not from our code or redis-py's command logic (a bug, raised as it is)."""
+    files = []
+    frame = exc.__traceback__
+    while frame is not None:
+        files.append(frame.tb_frame.f_code.co_filename.replace("\\", "/"))
+        frame = frame.tb_next
+    while files and (
+        files[-1].endswith(_TRANSPORT) or files[-1].startswith("uvloop/") or "/uvloop/" in files[-1]
+    ):
+        files.pop()
+    return bool(files) and files[-1].endswith("redis/asyncio/connection.py")
 
 
 class _ClusterScript(AsyncScript):
