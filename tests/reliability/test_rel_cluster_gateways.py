@@ -1,0 +1,346 @@
+"""Two gateways (each its own Envoy and sidecar) on a real Redis Cluster (3 primaries, 3 replicas):
+budgets of namespaces on different primaries admit exactly what they are worth; a primary SIGKILLed
+mid-run is answered by the default failure policy (FailClosed: 503) until its replica is promoted,
+and what the failover loses is bounded by what the dead primary had not yet replicated."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+import urllib.error
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from redis.crc import key_slot
+from rediscluster import RedisCluster
+from reliability_env import (
+    RESERVED,
+    Client,
+    QuotaGateway,
+    RedisServer,
+    Reply,
+    budget_yaml,
+    chat_body,
+    config_folder,
+    get_json,
+    key_value,
+    key_yaml,
+    provider_key,
+    record,
+    start_gateway,
+)
+
+from tollway.dev import free_port
+
+# Namespaces whose hash tags ({<namespace>}) fall in three different thirds of the slot space, so
+# `redis-cli --cluster create` gives each its own primary (checked against the cluster below).
+RACE_A, RACE_B, FAILOVER = "team-a", "team-b", "team-c"
+N_A, N_B, N_FAILOVER = 60, 25, 60
+CALLS_A, CALLS_B = 200, 100
+# The mock reports the gateway's own prompt estimate (9 tokens), so each call costs exactly what it
+# reserves: a budget then admits exactly its worth in calls, whatever their order.
+EXACT = {"x-mock-prompt-tokens": "9"}
+
+ROUTE = """\
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cl-provider}}
+stringData: {{apiKey: {provider_key}}}
+---
+apiVersion: tollway.dev/v1alpha1
+kind: RouteRule
+metadata: {{name: cl-chat}}
+spec:
+  model: cl-chat
+  timeout: 5s
+  allowedNamespaces: ["*"]
+  backends:
+    - name: cl-mock
+      provider: openai-compatible
+      model: gpt-4o-mini
+      baseURL: http://127.0.0.1:{mock_port}/v1
+      credentialsSecretRef: {{name: cl-provider, key: apiKey}}
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+"""
+
+
+def in_namespace(resources: str, namespace: str) -> str:
+    """The helpers' resources (no namespace: `default`) placed in `namespace`."""
+    return resources.replace("metadata: {name: ", f"metadata: {{namespace: {namespace}, name: ")
+
+
+def tenant(namespace: str, calls: int) -> str:
+    """A VirtualKey named after its namespace with a Total budget worth exactly `calls` calls."""
+    budget = budget_yaml(f"{namespace}-budget", calls * RESERVED, "period: Total")
+    key = key_yaml(namespace, f"budgetRefs: [{namespace}-budget]")
+    return in_namespace(budget + key, namespace)
+
+
+@dataclass
+class Stage:
+    cluster: RedisCluster
+    gateways: tuple[QuotaGateway, QuotaGateway]
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
+    base = tmp_path_factory.mktemp("cluster-gateways")
+    cluster = RedisCluster(base / "cluster")
+    try:
+        cluster.start()
+        mock_port = free_port()
+        resources = ROUTE.format(mock_port=mock_port, provider_key=provider_key()) + "".join(
+            tenant(ns, n) for ns, n in ((RACE_A, N_A), (RACE_B, N_B), (FAILOVER, N_FAILOVER))
+        )
+        folder = config_folder(base, mock_port, resources)
+        first = start_gateway(base / "a", folder, cluster.url, mock_port=mock_port)
+        try:
+            second = start_gateway(base / "b", folder, cluster.url, mock_port=mock_port, mock_provider=False)
+            try:
+                yield Stage(cluster, (first, second))
+            finally:
+                second.dev.stop()
+        finally:
+            first.dev.stop()
+    finally:
+        cluster.stop()
+
+
+# --- the cluster's topology, read from CLUSTER NODES ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    port: int
+    primary: bool
+    primary_id: str  # "-" for a primary
+    slots: tuple[tuple[int, int], ...]
+
+
+def nodes(cluster: RedisCluster) -> list[Node]:
+    alive = next(s for s in cluster.servers if s.process is not None)
+    found = []
+    for line in cluster.cli(alive.port, "cluster", "nodes").splitlines():
+        fields = line.split()
+        if len(fields) < 8 or "fail" in fields[2]:
+            continue
+        ranges = []
+        for spec in fields[8:]:
+            if match := re.fullmatch(r"(\d+)(?:-(\d+))?", spec):
+                ranges.append((int(match[1]), int(match[2] or match[1])))
+        port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        found.append(Node(fields[0], port, "master" in fields[2], fields[3], tuple(ranges)))
+    return found
+
+
+def primary_of(cluster: RedisCluster, namespace: str) -> Node:
+    slot = key_slot(namespace.encode())
+    return next(n for n in nodes(cluster) if n.primary and any(a <= slot <= b for a, b in n.slots))
+
+
+def server(cluster: RedisCluster, port: int) -> RedisServer:
+    return next(s for s in cluster.servers if s.port == port)
+
+
+def info_field(cluster: RedisCluster, port: int, name: str) -> int:
+    text = cluster.cli(port, "info", "replication")
+    match = re.search(rf"^{name}:(\d+)", text, re.MULTILINE)
+    assert match, f"{name} in INFO replication of :{port}"
+    return int(match[1])
+
+
+# --- calls ---------------------------------------------------------------------------------------
+
+
+def headers_for(namespace: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key_value(namespace)}", "content-type": "application/json", **EXACT}
+
+
+def code(reply: Reply) -> str:
+    return f"{reply.status} {(reply.error_object() or {}).get('code', '')}".strip()
+
+
+def budget_of(gateway: QuotaGateway, namespace: str, *, tries: int = 1) -> dict[str, str]:
+    """The budget's figures from `/spend`. After a failover a client that last spoke to the dead
+    primary fails its first read (503) and learns the new slots for the next: `tries` allows that."""
+    url = f"{gateway.admin_url}/spend"
+    for _ in range(tries - 1):
+        try:
+            return dict(get_json(url)["budgets"][f"{namespace}/{namespace}-budget"])
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+            time.sleep(0.2)
+    return dict(get_json(url)["budgets"][f"{namespace}/{namespace}-budget"])
+
+
+@pytest.mark.timeout(120)
+async def test_two_gateways_on_a_redis_cluster_admit_exactly_each_budgets_worth(stage: Stage) -> None:
+    owners = {ns: primary_of(stage.cluster, ns).port for ns in (RACE_A, RACE_B, FAILOVER)}
+    assert len(set(owners.values())) == 3, f"each namespace on its own primary: {owners}"
+    one, two = stage.gateways
+    async with Client(one.origin, limit=12) as first, Client(two.origin, limit=12) as second:
+        clients = [first, second]
+        calls = [(RACE_A, i) for i in range(CALLS_A)] + [(RACE_B, i) for i in range(CALLS_B)]
+        replies: list[Reply] = await asyncio.gather(
+            *(
+                clients[i % 2].send("POST", "/v1/chat/completions", chat_body("cl-chat"), headers_for(ns))
+                for ns, i in calls
+            )
+        )
+    for namespace, worth, count in ((RACE_A, N_A, CALLS_A), (RACE_B, N_B, CALLS_B)):
+        mine = [r for (ns, _), r in zip(calls, replies, strict=True) if ns == namespace]
+        admitted = [r for r in mine if r.status == 200]
+        refused = [r for r in mine if r.status != 200]
+        codes = Counter(code(r) for r in mine)
+        budget = await asyncio.to_thread(budget_of, one, namespace)
+        other = await asyncio.to_thread(budget_of, two, namespace)
+        headers_sum = sum((r.cost or Decimal(0) for r in admitted), Decimal(0))
+        record(
+            f"two gateways on a Redis Cluster ({namespace})",
+            calls=count,
+            budget_for_calls=worth,
+            primary_port=owners[namespace],
+            by_status=dict(sorted(codes.items())),
+            limit_usd=budget["limit_usd"],
+            spent_usd=budget["spent_usd"],
+            sum_of_cost_headers_usd=str(headers_sum),
+        )
+        assert len(admitted) == worth, codes
+        assert len(refused) == count - worth and all(
+            r.status == 429 and (r.error_object() or {}).get("code") == "budget_exceeded" for r in refused
+        ), codes
+        assert all(r.cost == RESERVED for r in admitted), {r.cost for r in admitted}
+        assert headers_sum == Decimal(budget["spent_usd"]) == Decimal(budget["limit_usd"]) == worth * RESERVED
+        assert budget["reserved_usd"] == "0"
+        assert other == budget, "both gateways read the same spend from the cluster"
+
+
+@dataclass
+class Run:
+    """Calls from both gateways, `workers` at a time each, until `stop` is set."""
+
+    replies: list[Reply]
+    stop: asyncio.Event
+
+
+async def keep_calling(clients: list[Client], namespace: str, workers: int, run: Run) -> None:
+    async def worker(client: Client) -> None:
+        while not run.stop.is_set():
+            reply = await client.send(
+                "POST", "/v1/chat/completions", chat_body("cl-chat"), headers_for(namespace), timeout_s=20
+            )
+            run.replies.append(reply)
+
+    await asyncio.gather(*(worker(c) for c in clients for _ in range(workers)))
+
+
+async def until(check: object, what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} within {seconds:.0f} s"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(180)
+async def test_a_primary_killed_mid_run_fails_closed_until_its_replica_serves_losing_only_unreplicated(
+    stage: Stage,
+) -> None:
+    victim_node = primary_of(stage.cluster, FAILOVER)
+    replica_node = next(n for n in nodes(stage.cluster) if n.primary_id == victim_node.id)
+    victim = server(stage.cluster, victim_node.port)
+    one, two = stage.gateways
+    run = Run([], asyncio.Event())
+    async with Client(one.origin, limit=8) as first, Client(two.origin, limit=8) as second:
+        load = asyncio.create_task(keep_calling([first, second], FAILOVER, 4, run))
+        try:
+            await until(lambda: sum(r.status == 200 for r in run.replies) >= N_FAILOVER // 2, "half", 60)
+            # What the replica had not received yet when the primary died: the bytes of the
+            # replication stream between the two offsets (read just before the kill, under load).
+            primary_offset = info_field(stage.cluster, victim.port, "master_repl_offset")
+            replica_offset = info_field(stage.cluster, replica_node.port, "slave_repl_offset")
+            assert victim.process is not None
+            killed_at = time.monotonic()
+            os.kill(victim.process.pid, signal.SIGKILL)
+            await asyncio.to_thread(victim.process.wait)
+            victim.process = None
+            # Served again once a call started after the kill is admitted or refused by the budget.
+            await until(
+                lambda: any(r.started > killed_at and r.status in (200, 429) for r in run.replies),
+                "the replica promoted and serving",
+                60,
+            )
+            recovered_at = min(
+                r.started for r in run.replies if r.started > killed_at and r.status in (200, 429)
+            )
+            await until(
+                lambda: sum(r.started > recovered_at and r.status == 429 for r in run.replies) >= 20,
+                "the budget spent after the failover",
+                60,
+            )
+        finally:
+            run.stop.set()
+            await load
+    promoted = primary_of(stage.cluster, FAILOVER)
+    budget = await asyncio.to_thread(budget_of, one, FAILOVER, tries=3)
+    other = await asyncio.to_thread(budget_of, two, FAILOVER, tries=3)
+
+    replies = run.replies
+    codes = Counter(code(r) for r in replies)
+    admitted = [r for r in replies if r.status == 200]
+    unavailable = [r for r in replies if r.status == 503]
+    headers_sum = sum((r.cost or Decimal(0) for r in admitted), Decimal(0))
+    spent, limit = Decimal(budget["spent_usd"]), Decimal(budget["limit_usd"])
+    # Calls charged in their answers that the surviving counters do not have: their reservation (or
+    # its settle) reached the dead primary and not its replica.
+    lost = (headers_sum - spent) / RESERVED
+    overspend = max(headers_sum - limit, Decimal(0))
+    in_flight_at_kill = sum(1 for r in admitted if r.started <= killed_at <= r.ended)
+    admitted_before_kill = sum(1 for r in admitted if r.started <= killed_at)
+    record(
+        "a Redis Cluster primary killed mid-run (FailClosed)",
+        calls=len(replies),
+        budget_for_calls=N_FAILOVER,
+        by_status=dict(sorted(codes.items())),
+        killed_primary_port=victim.port,
+        promoted_primary_port=promoted.port,
+        unreplicated_bytes_at_kill=primary_offset - replica_offset,
+        admitted=len(admitted),
+        admitted_started_before_kill=admitted_before_kill,
+        admitted_in_flight_at_kill=in_flight_at_kill,
+        calls_lost_by_failover=str(lost),
+        limit_usd=str(limit),
+        spent_usd=str(spent),
+        reserved_usd=budget["reserved_usd"],
+        sum_of_cost_headers_usd=str(headers_sum),
+        overspend_usd=str(overspend),
+        refused_503_during_failover=len(unavailable),
+    )
+    print(
+        f"failover figures: {codes=} lost={lost} overspend={overspend} in_flight_at_kill={in_flight_at_kill}"
+    )
+
+    assert promoted.port == replica_node.port, "the killed primary's replica took its slots"
+    # Every answer is the budget's, or FailClosed's (the default failurePolicy) while the slot had no
+    # primary; all in OpenAI's error shape.
+    assert set(codes) <= {"200", "429 budget_exceeded", "503 quota_store_unavailable"}, codes
+    assert unavailable, "the dead primary was met (no 503), so the failover was not exercised"
+    assert all(r.ended > killed_at for r in unavailable), "503s only once the primary was killed"
+    assert any(r.status == 200 and r.started > recovered_at for r in replies), (
+        "calls after the failover served"
+    )
+    # The counters never let more through than they know of: what the budget was overspent by is at
+    # most the lost calls, and only calls already reserved on the old primary can be lost.
+    assert lost == lost.to_integral_value() and 0 <= lost <= admitted_before_kill, lost
+    assert overspend <= lost * RESERVED, (overspend, lost)
+    assert spent <= limit
+    assert all(r.cost == RESERVED for r in admitted), {r.cost for r in admitted}
+    assert other == budget, "both gateways read the same spend from the promoted replica"
