@@ -313,6 +313,7 @@ async def test_a_primary_killed_mid_run_fails_closed_until_its_replica_serves_lo
         killed_primary_port=victim.port,
         promoted_primary_port=promoted.port,
         unreplicated_bytes_at_kill=primary_offset - replica_offset,
+        kill_to_first_answer_after_s=round(recovered_at - killed_at, 2),
         admitted=len(admitted),
         admitted_started_before_kill=admitted_before_kill,
         admitted_in_flight_at_kill=in_flight_at_kill,
@@ -321,7 +322,7 @@ async def test_a_primary_killed_mid_run_fails_closed_until_its_replica_serves_lo
         spent_usd=str(spent),
         reserved_usd=budget["reserved_usd"],
         sum_of_cost_headers_usd=str(headers_sum),
-        overspend_usd=str(overspend),
+        overspend_usd=f"{overspend:f}",
         refused_503_during_failover=len(unavailable),
     )
     print(
