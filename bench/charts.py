@@ -13,6 +13,7 @@ COLORS = {
     "envoy": "#1f77b4",
     "floor": "#9467bd",
     "tollway": "#2ca02c",
+    "tollway-cluster": "#98df8a",
     "tollway-cache-hit": "#17becf",
     "tollway-cache-hit-memory": "#bcbd22",
     "tollway-cache-miss": "#8c564b",

@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--redis",
         default=None,
-        help="auto (start a local redis-server when the sidecar supports Redis), off, or a redis:// URL",
+        help="auto (start a local redis-server, and a local Redis Cluster for tollway-cluster, when the "
+        "sidecar supports Redis), off, a redis:// URL, or a redis+cluster:// URL (for tollway-cluster only)",
     )
     parser.add_argument(
         "--otlp",

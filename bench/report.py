@@ -14,12 +14,13 @@ LABELS = {
     "envoy": "bare Envoy",
     "floor": "Envoy + no-op ext_proc",
     "tollway": "Tollway",
+    "tollway-cluster": "Tollway (Redis Cluster)",
     "tollway-cache-hit": "Tollway, cache hit",
     "tollway-cache-hit-memory": "Tollway, cache hit (memory store)",
     "tollway-cache-miss": "Tollway, cache miss",
     "litellm": "LiteLLM",
 }
-ORDER = ("direct", "envoy", "floor", "tollway", *CACHE_SYSTEMS, "litellm")
+ORDER = ("direct", "envoy", "floor", "tollway", "tollway-cluster", *CACHE_SYSTEMS, "litellm")
 # "No added inter-chunk delay at p50", with this much allowance for timer noise.
 GAP_TOLERANCE_MS = 0.5
 

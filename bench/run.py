@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 from bench import load
 from bench.procs import CpuMeter, Proc
+from bench.redis_cluster import start_redis_cluster
 from bench.systems import (
     CACHE_SYSTEMS,
     ROOT,
@@ -44,8 +46,9 @@ from bench.systems import (
 )
 from tollway.dev import DevGateway
 
-SYSTEMS = ("direct", "envoy", "floor", "tollway", *CACHE_SYSTEMS, "litellm")
-GATEWAY_SYSTEMS = ("tollway", *CACHE_SYSTEMS)  # served by a Tollway gateway
+SYSTEMS = ("direct", "envoy", "floor", "tollway", "tollway-cluster", *CACHE_SYSTEMS, "litellm")
+GATEWAY_SYSTEMS = ("tollway", *CACHE_SYSTEMS)  # served by the Tollway gateway on one Redis (or memory)
+# `tollway-cluster`: the same gateway and config on its own Redis Cluster (3 primaries + 3 replicas).
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Config:
     streams_ceiling: int = 2048
     stream_gap_limit_ms: float = 50.0
     stream_ttft_limit_ms: float = 1000.0
-    redis: str = "auto"  # auto | off | redis://…
+    redis: str = "auto"  # auto | off | redis://… | redis+cluster://… (then only for tollway-cluster)
     otlp: str = "auto"  # auto | off
     litellm_workers: int = 1
     litellm_venv: Path | None = None
@@ -192,6 +195,7 @@ class Stack:
     otlp_stats: Path | None = None
     tollway: DevGateway | None = None  # Tollway's gateway, to recompile its config folder
     gateways: dict[str, DevGateway] = field(default_factory=dict)  # by the store its cache uses
+    cluster_procs: dict[str, list[Proc]] = field(default_factory=dict)  # a system's own Redis Cluster
 
     def procs_for(self, system: str, scenario: str) -> list[Proc]:
         procs = [*self.systems[system].procs, self.mocks[scenario][1], self.generator]
@@ -199,7 +203,7 @@ class Stack:
             procs += list(self.extras.values())
         if system == "litellm" and "redis" in self.extras:
             procs.append(self.extras["redis"])
-        return procs
+        return procs + self.cluster_procs.get(system, [])
 
     def stop(self) -> None:
         for stop in reversed(self.stops):
@@ -237,6 +241,8 @@ def start_stack(config: Config) -> Stack:
         redis_url, redis_port = _redis(config, stack)
         if set(GATEWAY_SYSTEMS) & set(config.systems):
             _start_gateways(config, stack, redis_url)
+        if "tollway-cluster" in config.systems:
+            _start_cluster_gateway(config, stack)
         if "litellm" in config.systems:
             assert config.litellm_venv is not None  # installed by run()
             stack.systems["litellm"] = start_litellm(
@@ -297,6 +303,32 @@ def _start_gateways(config: Config, stack: Stack, redis_url: str | None) -> None
     say(config, "bench: second Tollway gateway ready (no Redis: memory cache store)")
 
 
+def _start_cluster_gateway(config: Config, stack: Stack) -> None:
+    """`tollway-cluster`: a second Tollway gateway, the same config, its quotas (and usage streams,
+    one per namespace) on a Redis Cluster; no OTLP, so it differs from `tollway` by the store only
+    (and by `tollway`'s receiver when that one runs)."""
+    if config.redis == "off":
+        stack.notes.append("tollway-cluster: not run (--redis off).")
+        return
+    if config.redis.startswith(("redis+cluster://", "rediss+cluster://")):
+        url, procs = config.redis, []
+    else:
+        server = os.environ.get("TOLLWAY_REDIS_SERVER") or shutil.which("redis-server") or _redis_tool()
+        if server is None:
+            stack.notes.append("tollway-cluster: not run, redis-server not found (scripts/tools/redis.sh).")
+            return
+        url, procs = start_redis_cluster(stack.children, server, stack.state_dir)
+    say(config, f"bench: Redis Cluster ready ({url})")
+    dev, system = start_tollway(
+        stack.state_dir / "cluster-gateway", stack.mocks, stack.scenarios, redis_url=url, otlp_port=None
+    )
+    stack.stops.append(dev.stop)
+    info = {**system.info, "what": system.info["what"] + ", on a Redis Cluster of 3 primaries + 3 replicas"}
+    stack.systems["tollway-cluster"] = dataclasses.replace(system, name="tollway-cluster", info=info)
+    stack.cluster_procs["tollway-cluster"] = procs
+    say(config, "bench: Tollway on the Redis Cluster ready")
+
+
 def cache_outcomes(stack: Stack) -> dict[str, dict[str, float]]:
     """`tollway_cache_requests_total` by result, per gateway: what the cache systems really got."""
     out: dict[str, dict[str, float]] = {}
@@ -322,6 +354,8 @@ def _redis(config: Config, stack: Stack) -> tuple[str | None, int | None]:
         return None, None
     if config.redis.startswith(("redis://", "rediss://", "unix://")):
         return config.redis, None
+    if config.redis.startswith(("redis+cluster://", "rediss+cluster://")):
+        return None, None  # the cluster serves tollway-cluster only
     server = os.environ.get("TOLLWAY_REDIS_SERVER") or shutil.which("redis-server") or _redis_tool()
     if server is None:
         stack.notes.append(
