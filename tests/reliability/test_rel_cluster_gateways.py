@@ -42,6 +42,8 @@ from tollway.dev import free_port
 # `redis-cli --cluster create` gives each its own primary (checked against the cluster below).
 RACE_A, RACE_B, FAILOVER = "team-a", "team-b", "team-c"
 N_A, N_B, N_FAILOVER = 60, 25, 60
+# On team-a's primary (slot 4978 beside 983), with a replica of its own whatever ran before.
+STALLED, STALLED_CALLS = "team-d", 8
 CALLS_A, CALLS_B = 200, 100
 # The mock reports the gateway's own prompt estimate (9 tokens), so each call costs exactly what it
 # reserves: a budget then admits exactly its worth in calls, whatever their order.
@@ -97,7 +99,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
         cluster.start()
         mock_port = free_port()
         resources = ROUTE.format(mock_port=mock_port, provider_key=provider_key()) + "".join(
-            tenant(ns, n) for ns, n in ((RACE_A, N_A), (RACE_B, N_B), (FAILOVER, N_FAILOVER))
+            tenant(ns, n)
+            for ns, n in ((RACE_A, N_A), (RACE_B, N_B), (FAILOVER, N_FAILOVER), (STALLED, N_FAILOVER))
         )
         folder = config_folder(base, mock_port, resources)
         first = start_gateway(base / "a", folder, cluster.url, mock_port=mock_port)
@@ -250,28 +253,61 @@ async def until(check: object, what: str, seconds: float) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.timeout(180)
-async def test_a_primary_killed_mid_run_fails_closed_until_its_replica_serves_losing_only_unreplicated(
-    stage: Stage,
-) -> None:
-    victim_node = primary_of(stage.cluster, FAILOVER)
+@dataclass
+class Failover:
+    """What one failover run saw; `stalled_at` when the replica was cut off before the kill."""
+
+    namespace: str
+    replies: list[Reply]
+    killed_port: int
+    replica_port: int
+    promoted_port: int
+    unreplicated_bytes: int
+    stalled_at: float | None
+    killed_at: float
+    recovered_at: float
+    budgets: tuple[dict[str, str], dict[str, str]]
+
+
+async def fail_over(stage: Stage, namespace: str, *, stalled_calls: int = 0) -> Failover:
+    """Calls on `namespace` from both gateways; once half its budget is admitted, SIGKILL the
+    primary of its slot and go on until the promoted replica has refused 20 calls (budget spent).
+    `stalled_calls`: first cut the replica off (SIGSTOP, then the primary drops its link, so it
+    cannot reconnect) and let that many calls be admitted on the primary alone: writes that are
+    certainly unreplicated when it dies (on loopback the replica is otherwise never behind)."""
+    victim_node = primary_of(stage.cluster, namespace)
     replica_node = next(n for n in nodes(stage.cluster) if n.primary_id == victim_node.id)
-    victim = server(stage.cluster, victim_node.port)
+    victim, replica = server(stage.cluster, victim_node.port), server(stage.cluster, replica_node.port)
+    assert victim.process is not None and replica.process is not None
     one, two = stage.gateways
     run = Run([], asyncio.Event())
+    stalled_at = None
     async with Client(one.origin, limit=8) as first, Client(two.origin, limit=8) as second:
-        load = asyncio.create_task(keep_calling([first, second], FAILOVER, 4, run))
+        load = asyncio.create_task(keep_calling([first, second], namespace, 4, run))
         try:
             await until(lambda: sum(r.status == 200 for r in run.replies) >= N_FAILOVER // 2, "half", 60)
-            # What the replica had not received yet when the primary died: the bytes of the
-            # replication stream between the two offsets (read just before the kill, under load).
+            # What the replica had not received when the primary died: the bytes of the replication
+            # stream between the two offsets (each read just before, under load).
+            replica_offset = info_field(stage.cluster, replica.port, "slave_repl_offset")
+            if stalled_calls:
+                os.kill(replica.process.pid, signal.SIGSTOP)
+                stalled_at = time.monotonic()
+                stage.cluster.cli(victim.port, "client", "kill", "type", "replica")
+                await until(
+                    lambda: (
+                        sum(r.status == 200 and r.started > stalled_at for r in run.replies)  # type: ignore[operator]
+                        >= stalled_calls
+                    ),
+                    "calls admitted on the primary alone",
+                    30,
+                )
             primary_offset = info_field(stage.cluster, victim.port, "master_repl_offset")
-            replica_offset = info_field(stage.cluster, replica_node.port, "slave_repl_offset")
-            assert victim.process is not None
             killed_at = time.monotonic()
             os.kill(victim.process.pid, signal.SIGKILL)
             await asyncio.to_thread(victim.process.wait)
             victim.process = None
+            if stalled_calls:
+                os.kill(replica.process.pid, signal.SIGCONT)
             # Served again once a call started after the kill is admitted or refused by the budget.
             await until(
                 lambda: any(r.started > killed_at and r.status in (200, 429) for r in run.replies),
@@ -289,59 +325,90 @@ async def test_a_primary_killed_mid_run_fails_closed_until_its_replica_serves_lo
         finally:
             run.stop.set()
             await load
-    promoted = primary_of(stage.cluster, FAILOVER)
-    budget = await asyncio.to_thread(budget_of, one, FAILOVER, tries=3)
-    other = await asyncio.to_thread(budget_of, two, FAILOVER, tries=3)
+    budgets = (
+        await asyncio.to_thread(budget_of, one, namespace, tries=3),
+        await asyncio.to_thread(budget_of, two, namespace, tries=3),
+    )
+    return Failover(
+        namespace,
+        run.replies,
+        victim.port,
+        replica.port,
+        primary_of(stage.cluster, namespace).port,
+        primary_offset - replica_offset,
+        stalled_at,
+        killed_at,
+        recovered_at,
+        budgets,
+    )
 
+
+def check_failover(run: Failover, section: str) -> Decimal:
+    """The assertions both failovers share; records the figures; returns the calls lost."""
     replies = run.replies
     codes = Counter(code(r) for r in replies)
     admitted = [r for r in replies if r.status == 200]
     unavailable = [r for r in replies if r.status == 503]
+    budget = run.budgets[0]
     headers_sum = sum((r.cost or Decimal(0) for r in admitted), Decimal(0))
     spent, limit = Decimal(budget["spent_usd"]), Decimal(budget["limit_usd"])
-    # Calls charged in their answers that the surviving counters do not have: their reservation (or
-    # its settle) reached the dead primary and not its replica.
+    # Calls charged in their answers that the surviving counters have not used: their reservation
+    # or their settle reached the dead primary and not its replica.
     lost = (headers_sum - spent) / RESERVED
     overspend = max(headers_sum - limit, Decimal(0))
-    in_flight_at_kill = sum(1 for r in admitted if r.started <= killed_at <= r.ended)
-    admitted_before_kill = sum(1 for r in admitted if r.started <= killed_at)
+    # The only calls whose writes can be lost: admitted ones that overlap the window in which the
+    # replica was behind (from the stall, or without one from any time before the kill).
+    window_start = run.stalled_at if run.stalled_at is not None else float("-inf")
+    in_window = sum(1 for r in admitted if r.ended >= window_start and r.started <= run.killed_at)
     record(
-        "a Redis Cluster primary killed mid-run (FailClosed)",
+        section,
         calls=len(replies),
         budget_for_calls=N_FAILOVER,
         by_status=dict(sorted(codes.items())),
-        killed_primary_port=victim.port,
-        promoted_primary_port=promoted.port,
-        unreplicated_bytes_at_kill=primary_offset - replica_offset,
-        kill_to_first_answer_after_s=round(recovered_at - killed_at, 2),
+        killed_primary_port=run.killed_port,
+        promoted_primary_port=run.promoted_port,
+        unreplicated_bytes_at_kill=run.unreplicated_bytes,
+        kill_to_first_answer_after_s=round(run.recovered_at - run.killed_at, 2),
         admitted=len(admitted),
-        admitted_started_before_kill=admitted_before_kill,
-        admitted_in_flight_at_kill=in_flight_at_kill,
+        admitted_in_unreplicated_window=in_window,
+        admitted_in_flight_at_kill=sum(1 for r in admitted if r.started <= run.killed_at <= r.ended),
         calls_lost_by_failover=str(lost),
         limit_usd=str(limit),
         spent_usd=str(spent),
         reserved_usd=budget["reserved_usd"],
         sum_of_cost_headers_usd=str(headers_sum),
         overspend_usd=f"{overspend:f}",
-        refused_503_during_failover=len(unavailable),
     )
-    print(
-        f"failover figures: {codes=} lost={lost} overspend={overspend} in_flight_at_kill={in_flight_at_kill}"
-    )
+    print(f"{section}: {dict(codes)} lost={lost} overspend={overspend:f} window={in_window}")
 
-    assert promoted.port == replica_node.port, "the killed primary's replica took its slots"
+    assert run.promoted_port == run.replica_port, "the killed primary's replica took its slots"
     # Every answer is the budget's, or FailClosed's (the default failurePolicy) while the slot had no
     # primary; all in OpenAI's error shape.
     assert set(codes) <= {"200", "429 budget_exceeded", "503 quota_store_unavailable"}, codes
     assert unavailable, "the dead primary was met (no 503), so the failover was not exercised"
-    assert all(r.ended > killed_at for r in unavailable), "503s only once the primary was killed"
-    assert any(r.status == 200 and r.started > recovered_at for r in replies), (
-        "calls after the failover served"
-    )
-    # The counters never let more through than they know of: what the budget was overspent by is at
-    # most the lost calls, and only calls already reserved on the old primary can be lost.
-    assert lost == lost.to_integral_value() and 0 <= lost <= admitted_before_kill, lost
+    assert all(r.ended > run.killed_at for r in unavailable), "503s only once the primary was killed"
+    assert any(r.status == 200 and r.started > run.recovered_at for r in replies), "served after"
+    # The counters never let more through than they know of: the overspend is at most the lost
+    # calls, and those are calls admitted while the replica was behind.
+    assert lost == lost.to_integral_value() and 0 <= lost <= in_window, (lost, in_window)
     assert overspend <= lost * RESERVED, (overspend, lost)
     assert spent <= limit
     assert all(r.cost == RESERVED for r in admitted), {r.cost for r in admitted}
-    assert other == budget, "both gateways read the same spend from the promoted replica"
+    assert run.budgets[1] == budget, "both gateways read the same spend from the promoted replica"
+    return lost
+
+
+@pytest.mark.timeout(180)
+async def test_a_primary_killed_mid_run_fails_closed_until_its_replica_serves_losing_only_unreplicated(
+    stage: Stage,
+) -> None:
+    check_failover(await fail_over(stage, FAILOVER), "a Redis Cluster primary killed mid-run (FailClosed)")
+
+
+@pytest.mark.timeout(180)
+async def test_calls_the_replica_never_received_are_all_a_failover_can_overspend(stage: Stage) -> None:
+    assert primary_of(stage.cluster, STALLED).port != primary_of(stage.cluster, FAILOVER).port
+    run = await fail_over(stage, STALLED, stalled_calls=STALLED_CALLS)
+    lost = check_failover(run, "a primary killed with its replica cut off (FailClosed)")
+    assert run.unreplicated_bytes > 0
+    assert lost >= STALLED_CALLS, "the calls admitted on the primary alone are lost with it"
