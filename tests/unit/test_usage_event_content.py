@@ -93,6 +93,13 @@ def test_long_texts_are_cut_with_a_marker_after_redaction() -> None:
     assert content["completion"] == "z" * (MAX_CONTENT_TEXT - len(TRUNCATED)) + TRUNCATED
 
 
+def test_a_huge_prompt_is_read_only_as_far_as_the_bound_needs() -> None:
+    content = event_of(call(True, prompt="w " * 2_000_000), Tracing(None))["content"]
+    assert isinstance(content, dict)
+    assert len(content["prompt"]) == MAX_CONTENT_TEXT and content["prompt"].endswith(TRUNCATED)
+    assert content["prompt"].startswith("system: be brief\n\nuser: w w ")
+
+
 def test_text_a_database_cannot_store_is_cleaned_not_refused() -> None:
     content = event_of(call(True, prompt="a\x00b\ud800c"), Tracing(None))["content"]
     assert isinstance(content, dict)

@@ -1,7 +1,8 @@
 """A capturing route's content for its usage event: the prompt and completion, redacted, bounded.
 
-`pending` keeps references to the call's texts when it ends (no copying, no regex on the answer's
-path); `content` redacts and bounds them in the settle's background task. Redaction runs before
+`pending` keeps references to the call's request body and answer text when it ends (no copying,
+no parsing, no regex on the answer's path); `content` reads, redacts and bounds them in the settle's
+background task (the finished call's body is no longer changed). Redaction runs before
 the cut, so a secret straddling the bound cannot survive half-masked.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tollway_sidecar.contract.usage_event import Content, bounded_content
+from tollway_sidecar.contract.usage_event import MAX_CONTENT_TEXT, TRUNCATED, Content, bounded_content
 from tollway_sidecar.extproc import spans
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.tracing import Redactor, Tracing
@@ -22,9 +23,10 @@ __all__ = ["PendingContent", "content", "pending", "prompt_messages"]
 
 @dataclass(frozen=True, slots=True)
 class PendingContent:
-    """What the call said, not yet redacted: (role, text) per prompt message, and the answer."""
+    """What the call said, not yet read or redacted: its request body and the answer's text."""
 
-    messages: tuple[tuple[str, str], ...]
+    operation: str | None
+    body: Mapping[str, Any] | None
     completion: str
     retention_days: int
     redact: Redactor
@@ -55,7 +57,8 @@ def pending(tracing: Tracing, state: RequestState) -> PendingContent | None:
     if state.route is None or not spans.capture_content(tracing, state):
         return None
     return PendingContent(
-        messages=prompt_messages(state.operation, state.body),
+        operation=state.operation,
+        body=state.body,
         completion=state.completion or "",
         retention_days=state.route.content_retention_days,
         redact=tracing.redact,
@@ -63,13 +66,27 @@ def pending(tracing: Tracing, state: RequestState) -> PendingContent | None:
 
 
 def content(captured: PendingContent) -> Content:
-    """The event's `data.content`: each message redacted (as on the spans), then bounded."""
-    prompt = "\n\n".join(f"{role}: {captured.redact(text)}" for role, text in captured.messages)
+    """The event's `data.content`: the prompt and the answer redacted (the spans' `Redactor`), then
+    bounded."""
+    messages = prompt_messages(captured.operation, captured.body)
+    prompt = "\n\n".join(f"{role}: {text}" for role, text in messages)
     return Content(
-        prompt=bounded_content(_storable(prompt)),
-        completion=bounded_content(_storable(captured.redact(captured.completion))),
+        prompt=_redacted(prompt, captured.redact),
+        completion=_redacted(captured.completion, captured.redact),
         retention_days=captured.retention_days,
     )
+
+
+# Only this much of a text is redacted: what lies beyond could never reach the kept window, and a
+# 10 MiB prompt then costs the settle's task no more than a 64 KiB one.
+_READ = 4 * MAX_CONTENT_TEXT
+
+
+def _redacted(text: str, redact: Redactor) -> str:
+    clean = redact(_storable(text[:_READ]))
+    if len(text) > _READ:
+        return clean[: MAX_CONTENT_TEXT - len(TRUNCATED)] + TRUNCATED
+    return bounded_content(clean)
 
 
 def _storable(text: str) -> str:
