@@ -177,6 +177,13 @@ def meter() -> None:
     "it (roll-ups stay). Default: keep all.",
 )
 @click.option(
+    "--content-expiry-every",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between passes deleting captured content whose route's retentionDays passed.",
+)
+@click.option(
     "--console/--no-console",
     "with_console",
     default=False,
@@ -201,6 +208,7 @@ def meter_run(
     api_host: str,
     close_after: str | None,
     retain_months: int | None,
+    content_expiry_every: float,
     with_console: bool,
     jaeger_url: str | None,
     auth: str,
@@ -232,6 +240,7 @@ def meter_run(
 
     from tollway_meter.api import create_app
     from tollway_meter.consumer import ConsumerOptions, MeterConsumer, default_consumer_name
+    from tollway_meter.content import ContentExpiry
     from tollway_meter.maintenance import Maintenance, MaintenanceOptions
     from tollway_meter.metrics import serve_metrics
     from tollway_meter.outbox_source import OutboxConsumer, OutboxOptions, OutboxRefused
@@ -253,6 +262,16 @@ def meter_run(
         async with contextlib.AsyncExitStack() as stack:
             source: MeterConsumer | OutboxConsumer
             maintenance: Maintenance | None = None
+            # Every mode: captured content expires on the database alone (no Redis needed).
+            expiry = ContentExpiry(_open(dsn), every_s=content_expiry_every)
+            stack.callback(expiry.ledger.close)
+            expiry_task = asyncio.create_task(expiry.run(stop))
+
+            async def finish_expiry() -> None:
+                stop.set()
+                await asyncio.gather(expiry_task, return_exceptions=True)
+
+            stack.push_async_callback(finish_expiry)
             if redis_url is not None and is_cluster(redis_url):
                 if after or retain_months is not None:
                     raise click.UsageError("--close-after and --retain-months need one Redis, not a cluster")
@@ -266,7 +285,7 @@ def meter_run(
                     ),
                 )
                 if metrics_port:
-                    serve_metrics(sharded.stats, metrics_port, metrics_host, None)
+                    serve_metrics(sharded.stats, metrics_port, metrics_host, None, expiry.state)
                 await sharded.run(stop)
                 return
             if redis_url is not None:
@@ -296,7 +315,11 @@ def meter_run(
                 source = OutboxConsumer(session, ledger, outbox)
             if metrics_port:
                 serve_metrics(
-                    source.stats, metrics_port, metrics_host, maintenance.state if maintenance else None
+                    source.stats,
+                    metrics_port,
+                    metrics_host,
+                    maintenance.state if maintenance else None,
+                    expiry.state,
                 )
             if maintenance is not None:
                 task = asyncio.create_task(maintenance.run(stop))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import signal
@@ -25,7 +26,7 @@ from redisserver import RedisServer
 from tollway.meter_cli import parse_since
 from tollway.ports import free_port
 from tollway_meter.ledger import Ledger
-from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, UsageEvent
+from tollway_sidecar.contract.usage_event import USAGE_FIELD, USAGE_STREAM, Content, UsageEvent
 
 TOLLWAY = [sys.executable, "-m", "tollway.cli"]
 
@@ -91,6 +92,9 @@ def test_meter_run_then_close_usage_and_invoice(
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     events = spread(30)
+    # One call's captured content, expired long ago: the meter's expiry job deletes it at start.
+    old = Content(prompt="user: hi", completion="hello", retention_days=1)
+    events[0] = dataclasses.replace(events[0], data=dataclasses.replace(events[0].data, content=old))
     for event in events:
         client.xadd(USAGE_STREAM, {USAGE_FIELD: event.to_json()})
     metrics_port, api_port = free_port(), free_port()
@@ -114,6 +118,8 @@ def test_meter_run_then_close_usage_and_invoice(
             "127.0.0.1",
             "--api-port",
             str(api_port),
+            "--content-expiry-every",
+            "0.2",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -144,6 +150,12 @@ def test_meter_run_then_close_usage_and_invoice(
         assert 'tollway_meter_period_closed{period="2026-11"} 0.0' in metrics, metrics
         assert 'tollway_meter_lag_entries{state="pending"} 0.0' in metrics, metrics
         assert "tollway_meter_lag_seconds " in metrics, metrics
+        for _ in range(300):
+            metrics = scrape(metrics_port)
+            if "tollway_meter_content_expired_total 1.0" in metrics:
+                break
+            time.sleep(0.05)
+        assert "tollway_meter_content_expired_total 1.0" in metrics, metrics
         check_api(api_port, events)
     finally:
         meter.send_signal(signal.SIGTERM)

@@ -21,6 +21,7 @@ from tollway_meter.rows import (
     ROLLUP_DIMENSIONS,
     ROLLUP_MEASURES,
     EventRow,
+    content_row,
     event_row,
     next_period,
     parse_period,
@@ -65,6 +66,7 @@ _EVENT_TYPES = (
     "text",
     "jsonb",
 )
+_CONTENT_COLUMNS = ("event_id", "namespace", "event_time", "expires_at", "prompt", "completion")
 _ROLLUP_COLUMNS = ("hour", "period", "adjustment", *ROLLUP_DIMENSIONS, *ROLLUP_MEASURES)
 _ROLLUP_UPSERT = (
     f"INSERT INTO usage_hourly ({', '.join(_ROLLUP_COLUMNS)}) "
@@ -148,6 +150,7 @@ class Ledger(abc.ABC):
             self.lock_shared(cur)
             closed = self.closed_in(cur)
             new = self.insert_new(cur, [event for _id, event in unique], closed)
+            self.insert_content(cur, [event for _id, event in unique], new)
             deltas = rollup_deltas(new)
             if deltas:
                 cur.executemany(
@@ -162,6 +165,29 @@ class Ledger(abc.ABC):
             duplicates=len(events) - len(new),
             adjustments=sum(1 for row in new if row.adjustment),
         )
+
+    def insert_content(self, cur: Any, events: Sequence[UsageEvent], new: Sequence[EventRow]) -> None:
+        """The captured content of the newly inserted events (a duplicate's was written the first time)."""
+        fresh = {row.id for row in new}
+        rows = [row for event in events if str(event.id) in fresh and (row := content_row(event)) is not None]
+        if rows:
+            cur.executemany(
+                self.sql(
+                    f"INSERT INTO captured_content ({', '.join(_CONTENT_COLUMNS)}) "
+                    f"VALUES ({', '.join(['%s'] * len(_CONTENT_COLUMNS))})"
+                ),
+                [
+                    (
+                        self.uuid(r.event_id),
+                        r.namespace,
+                        self.time(r.event_time),
+                        self.time(r.expires_at),
+                        r.prompt,
+                        r.completion,
+                    )
+                    for r in rows
+                ],
+            )
 
     def close_period(self, period: str) -> None:
         """Freeze a month: from now on the database refuses any change to its rows."""

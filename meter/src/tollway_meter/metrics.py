@@ -15,6 +15,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from tollway_meter.consumer import MeterStats
+from tollway_meter.content import ContentState
 from tollway_meter.maintenance import MaintenanceState
 
 
@@ -104,12 +105,37 @@ class MaintenanceCollector(Collector):
         )
 
 
+class ContentCollector(Collector):
+    """Captured content's retention (its own task, in every meter mode)."""
+
+    def __init__(self, state: ContentState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "tollway_meter_content_expired",
+            "Captured content rows deleted because their route's retentionDays had passed.",
+            value=self.state.expired,
+        )
+        yield CounterMetricFamily(
+            "tollway_meter_content_expiry_errors",
+            "Captured content expiry passes that failed (the database unreachable; retried).",
+            value=self.state.errors,
+        )
+
+
 def serve_metrics(
-    stats: MeterStats, port: int, host: str = "0.0.0.0", maintenance: MaintenanceState | None = None
+    stats: MeterStats,
+    port: int,
+    host: str = "0.0.0.0",
+    maintenance: MaintenanceState | None = None,
+    content: ContentState | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(StatsCollector(stats))
     if maintenance is not None:
         registry.register(MaintenanceCollector(maintenance))
+    if content is not None:
+        registry.register(ContentCollector(content))
     start_http_server(port, addr=host, registry=registry)
     return registry

@@ -154,6 +154,22 @@ POSTGRES: tuple[Migration, ...] = (
     # Keeps both dialects' numbers in step, so one number names one schema change everywhere;
     # SQLite's migration 3 is already part of PostgreSQL's 2.
     Migration(3, "console indexes (part of migration 2 on PostgreSQL)", ()),
+    Migration(
+        4,
+        "captured content: its own table, with its own retention",
+        (
+            # By the dedupe gate's id: the events' own key includes the partition's time. No freeze
+            # trigger: content expires on its own clock, closed period or not.
+            """CREATE TABLE captured_content (
+                event_id uuid PRIMARY KEY REFERENCES event_ids (id),
+                namespace text NOT NULL,
+                event_time timestamptz NOT NULL,
+                expires_at timestamptz NOT NULL,
+                prompt text NOT NULL,
+                completion text NOT NULL)""",
+            "CREATE INDEX captured_content_expires ON captured_content (expires_at)",
+        ),
+    ),
 )
 
 
@@ -239,6 +255,24 @@ SQLITE += (
 SQLITE += (
     # SQLite cannot index an arbitrary property name: a property filter scans the time range.
     Migration(3, "console indexes: each request-list filter in time order", _console_indexes()),
+)
+
+SQLITE += (
+    Migration(
+        4,
+        "captured content: its own table, with its own retention",
+        (
+            # Detail retention deletes usage rows: their content goes with them. No freeze trigger.
+            """CREATE TABLE captured_content (
+                event_id text PRIMARY KEY REFERENCES usage_events (id) ON DELETE CASCADE,
+                namespace text NOT NULL,
+                event_time text NOT NULL,
+                expires_at text NOT NULL,
+                prompt text NOT NULL,
+                completion text NOT NULL)""",
+            "CREATE INDEX captured_content_expires ON captured_content (expires_at)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

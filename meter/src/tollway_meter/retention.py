@@ -66,6 +66,11 @@ def _drop_partitions(ledger: Ledger, cutoff: str) -> list[Retained]:
             cur.execute(f"SELECT DISTINCT booked_period FROM {name}")
             reason = _droppable({str(r[0]) for r in cur.fetchall()}, closed, cutoff)
             if not reason:
+                # The month's content goes with its detail (SQLite's foreign key cascades the same).
+                start, end = period_start(period), period_start(next_period(period))
+                cur.execute(
+                    "DELETE FROM captured_content WHERE event_time >= %s AND event_time < %s", (start, end)
+                )
                 cur.execute(f"DROP TABLE {name}")
         out.append(Retained(period, not reason, reason or f"dropped partition {name}"))
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tollway_sidecar.contract.usage_event import UsageEvent
 
@@ -129,7 +129,36 @@ def event_row(event: UsageEvent, closed: frozenset[str]) -> EventRow:
         latency_ms=data.latency_ms,
         request_id=data.request_id,
         trace_id=data.trace_id,
-        event_json=event.to_json(),
+        event_json=event.to_json(content=False),  # captured content has its own table and retention
+    )
+
+
+@dataclass(frozen=True)
+class ContentRow:
+    """One captured_content row: a capturing route's prompt and completion, and when they expire."""
+
+    event_id: str
+    namespace: str
+    event_time: datetime
+    expires_at: datetime
+    prompt: str
+    completion: str
+
+
+def content_row(event: UsageEvent) -> ContentRow | None:
+    """The event's content row, or None when its route did not capture. It expires counted from the
+    call's time, not the ingest's, so a replay or a late batch keeps it no longer."""
+    content = event.data.content
+    if content is None:
+        return None
+    at = event.time.astimezone(UTC)
+    return ContentRow(
+        event_id=str(event.id),
+        namespace=event.data.namespace,
+        event_time=at,
+        expires_at=at + timedelta(days=content.retention_days),
+        prompt=content.prompt,
+        completion=content.completion,
     )
 
 

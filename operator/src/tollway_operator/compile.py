@@ -51,6 +51,7 @@ from tollway_operator.resources import (
     VirtualKeySpec,
 )
 from tollway_sidecar.config.models import (
+    DEFAULT_CONTENT_RETENTION_DAYS,
     Backend,
     Budget,
     Fallback,
@@ -393,7 +394,10 @@ class _Compiler:
             ),
             timeout_ms=spec.timeout_ms,
             sticky_user=spec.sticky_user,
-            capture_content=spec.capture_content,
+            capture_content=spec.captures,
+            content_retention_days=(
+                spec.capture.retention_days if spec.capture is not None else DEFAULT_CONTENT_RETENTION_DAYS
+            ),
             allowed_namespaces=tuple(sorted(set(spec.allowed_namespaces))),
             cache=route_cache(spec.cache, m.namespace, route_id),
         )

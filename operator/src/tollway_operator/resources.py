@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from tollway_sidecar.config.models import (
     ANY_NAMESPACE,
+    DEFAULT_CONTENT_RETENTION_DAYS,
     DEFAULT_RETRY_STATUS,
     BudgetAction,
     CacheMode,
@@ -396,6 +397,17 @@ class RouteCacheSpec(Spec):
         return found
 
 
+RetentionDays = Annotated[int, Field(strict=True, ge=1, le=365)]
+
+
+class CaptureSpec(Spec):
+    """`spec.capture`: record the route's (redacted) prompts and completions on its spans and in
+    the ledger, which keeps them `retentionDays`."""
+
+    content: StrictBool = False
+    retention_days: RetentionDays = DEFAULT_CONTENT_RETENTION_DAYS
+
+
 class RouteRuleSpec(Spec):
     model: Text
     strategy: Strategy = "Priority"
@@ -404,6 +416,7 @@ class RouteRuleSpec(Spec):
     timeout_ms: DurationMs = Field(default=60_000, alias="timeout")
     sticky_user: StrictBool = False
     capture_content: StrictBool | None = None
+    capture: CaptureSpec | None = None
     # Namespaces (besides the rule's own) whose VirtualKeys may call this model; "*" for all.
     allowed_namespaces: tuple[NamespaceOrAny, ...] = ()
     cache: RouteCacheSpec | None = None
@@ -432,4 +445,11 @@ class RouteRuleSpec(Spec):
             found.append(("backends", "strategy Weighted needs at least one backend with weight above 0"))
         if self.sticky_user and self.strategy != "Weighted":
             found.append(("stickyUser", f"applies only to strategy Weighted, not {self.strategy}"))
+        if self.capture is not None and self.capture_content is not None:
+            found.append(("capture", "set either capture or the older captureContent, not both"))
         return found
+
+    @property
+    def captures(self) -> bool | None:
+        """Whether the route captures content; None: the gateway's setting decides."""
+        return self.capture.content if self.capture is not None else self.capture_content

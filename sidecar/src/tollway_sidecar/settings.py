@@ -77,7 +77,8 @@ class SidecarSettings(BaseSettings):
     """Without Redis: the bound of the in-memory response cache (its stored entries' bytes; the
     least recently used go first). With Redis, Redis's `maxmemory` bounds it."""
     capture_content: bool = False
-    """Record prompts and completions on spans (redacted) for every route; off by default."""
+    """Record prompts and completions (redacted) on spans and in the usage events, for every route
+    that does not set its own; off by default."""
     redact_patterns: list[str] = []
     """Extra regular expressions (a JSON list) whose matches are redacted from captured content."""
 

@@ -272,13 +272,23 @@ class Console:
             else None
         )
         pretty = json.dumps(json.loads(event.to_json()), indent=2, sort_keys=True)
+        sees_content = access.sees_content(event.data.namespace)
+        # Read only for a viewer who may see it: content never leaves the database otherwise.
+        captured = (
+            await self._run(
+                lambda: reads.captured_content(self.ledger, str(event.id), event.data.namespace, self.clock())
+            )
+            if sees_content
+            else None
+        )
         return self.render(
             "request.html",
             event=event,
             booked=found,
             pretty=pretty,
             trace=trace,
-            content=access.sees_content(event.data.namespace),
+            content=sees_content,
+            captured=captured,
             nav="requests",
             access=access,
         )

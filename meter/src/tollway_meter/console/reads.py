@@ -76,6 +76,28 @@ def get_request(ledger: Ledger, event_id: str, allowed: Allowed) -> Booked | Non
 
 
 @dataclass(frozen=True)
+class Captured:
+    """A request's captured content (already redacted by the gateway) and when it expires."""
+
+    prompt: str
+    completion: str
+    expires_at: datetime
+
+
+def captured_content(ledger: Ledger, event_id: str, namespace: str, now: datetime) -> Captured | None:
+    """The captured content of a request in `namespace`, None when there is none or it has expired
+    (the expiry job deletes it within a minute; this hides it in the meantime)."""
+    sql = (
+        "SELECT prompt, completion, expires_at FROM captured_content "
+        "WHERE event_id = %s AND namespace = %s AND expires_at > %s"
+    )
+    with ledger.transaction(readonly=True) as cur:
+        cur.execute(ledger.sql(sql), (ledger.uuid(event_id), namespace, ledger.time(now)))
+        row: Any = cur.fetchone()
+    return None if row is None else Captured(str(row[0]), str(row[1]), as_time(row[2]))
+
+
+@dataclass(frozen=True)
 class RequestRow:
     id: str
     time: datetime

@@ -63,6 +63,8 @@ PARTITION_ORDER: Final[tuple[CachePartition, ...]] = ("Key", "Team", "Namespace"
 DEFAULT_CACHE_TTL_S: Final = 300
 DEFAULT_CACHE_MAX_TTL_S: Final = 86_400
 DEFAULT_CACHE_MAX_ENTRY_BYTES: Final = 1_048_576
+# Captured content is personal data: kept briefly unless a RouteRule's spec.capture says otherwise.
+DEFAULT_CONTENT_RETENTION_DAYS: Final = 7
 
 
 class CacheSettings(_Value):
@@ -215,6 +217,8 @@ class Route(_Value):
     fallback: Fallback = Fallback()
     timeout_ms: int = 60_000  # per attempt
     capture_content: bool | None = None  # prompts/completions on spans; None: the sidecar's setting
+    # Days the ledger keeps a captured call's content (the usage event's `data.content`).
+    content_retention_days: int = Field(default=DEFAULT_CONTENT_RETENTION_DAYS, ge=1, le=365)
     sticky_user: bool = False  # Weighted: one end user always gets the same first backend
     # Namespaces besides its own whose keys may call this route; ANY_NAMESPACE: every namespace.
     allowed_namespaces: tuple[str, ...] = ()

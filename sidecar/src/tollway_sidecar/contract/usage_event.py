@@ -7,7 +7,8 @@ the meter can import it without the sidecar's dependencies.
 
 Money is a decimal string in USD with at most 9 fraction digits (one nano-dollar), never a float;
 `cost_nanos` gives the integer nano-USD the ledger adds up. A new field that older meters may ignore
-keeps `v1`; a change of meaning or a removed field is a new `type` (`...usage.v2`).
+keeps `v1`; a change of meaning or a removed field is a new `type` (`...usage.v2`). `data.content`
+(a capturing route's redacted prompt and completion) is such an optional v1 field.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ MAX_COST_USD = 1_000_000
 # (not relative to now, so a replay of old events parses the same way).
 MIN_YEAR = 2000
 MAX_YEAR = 9000
+
+# Captured content (`data.content`): each text at most this many characters, a longer one cut with
+# `TRUNCATED` at its end (counted in the bound); kept by the ledger 1-365 days.
+MAX_CONTENT_TEXT = 16_384
+TRUNCATED = "\n[… truncated by tollway]"
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 365
 
 NANOS_PER_USD = NANO_PER_USD
 _NANO = Decimal("0.000000001")
@@ -168,6 +176,23 @@ class Tokens:
 
 
 @dataclass(frozen=True)
+class Content:
+    """A capturing route's prompt and completion, redacted before they were put in the event, and
+    how many days the ledger keeps them."""
+
+    prompt: str
+    completion: str
+    retention_days: int
+
+
+def bounded_content(text: str) -> str:
+    """`text` within `MAX_CONTENT_TEXT`, cut with the `TRUNCATED` marker when longer."""
+    if len(text) <= MAX_CONTENT_TEXT:
+        return text
+    return text[: MAX_CONTENT_TEXT - len(TRUNCATED)] + TRUNCATED
+
+
+@dataclass(frozen=True)
 class UsageData:
     """The `data` of a v1 usage event. `key_name` names the VirtualKey; the key itself never appears."""
 
@@ -201,6 +226,8 @@ class UsageData:
     # left out of the JSON when empty.
     cache: str = ""
     saved: str = ""
+    # Only on a route that captures content; left out of the JSON otherwise.
+    content: Content | None = None
 
     @functools.cached_property
     def cost_nanos(self) -> int:
@@ -236,7 +263,11 @@ class UsageEvent:
     def __post_init__(self) -> None:
         _validate(self)
 
-    def to_json(self) -> str:
+    def to_json(self, *, content: bool = True) -> str:
+        """The event as JSON; `content=False` leaves `data.content` out (the ledger's usage rows)."""
+        data = _data_to_dict(self.data)
+        if not content:
+            data.pop("content", None)
         body = {
             "specversion": SPEC_VERSION,
             "id": str(self.id),
@@ -245,7 +276,7 @@ class UsageEvent:
             "time": format_time(self.time),
             "subject": self.subject,
             "datacontenttype": "application/json",
-            "data": _data_to_dict(self.data),
+            "data": data,
         }
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
@@ -315,6 +346,15 @@ def _data_to_dict(data: UsageData) -> dict[str, Any]:
         "reasoning": tokens.reasoning,
     }
     body["budgets"] = list(data.budgets)
+    content = data.content
+    if content is None:
+        del body["content"]
+    else:
+        body["content"] = {
+            "prompt": content.prompt,
+            "completion": content.completion,
+            "retention_days": content.retention_days,
+        }
     for name in _CACHE_FIELDS:
         if not body[name]:
             del body[name]
@@ -404,6 +444,18 @@ def _data_from_dict(data: dict[str, Any]) -> UsageData:
         latency_ms=_opt(data, "latency_ms", int, w, 0),
         ttft_ms=_opt(data, "ttft_ms", int, w, None),
         streamed=_opt(data, "streamed", bool, w, False),
+        content=_content_from_dict(_opt(data, "content", dict, w, None)),
+    )
+
+
+def _content_from_dict(content: dict[str, Any] | None) -> Content | None:
+    if content is None:
+        return None
+    w = "data.content"
+    return Content(
+        prompt=_get(content, "prompt", str, w),
+        completion=_get(content, "completion", str, w),
+        retention_days=_get(content, "retention_days", int, w),
     )
 
 
@@ -448,6 +500,8 @@ def _validate(event: UsageEvent) -> None:
             if not _plain_text(value):
                 _check_text(f"data.attempts[{i}].{name}", value, required=False)
     _check_properties(data.properties)
+    if data.content is not None:
+        _check_content(data.content)
     for i, budget in enumerate(data.budgets):
         _check_text(f"data.budgets[{i}]", budget, required=True)
 
@@ -460,6 +514,18 @@ def _check_cache(data: UsageData) -> None:
             raise UsageEventError("data.saved", "only a cache hit saves anything")
         if usd_to_nanos(parse_usd(data.saved, "data.saved")) > MAX_COST_USD * NANOS_PER_USD:
             raise UsageEventError("data.saved", f"more than {MAX_COST_USD} USD for one call")
+
+
+def _check_content(content: Content) -> None:
+    for name in ("prompt", "completion"):
+        value = getattr(content, name)
+        if len(value) > MAX_CONTENT_TEXT:
+            raise UsageEventError(f"data.content.{name}", f"longer than {MAX_CONTENT_TEXT} characters")
+        _check_storable(f"data.content.{name}", value)
+    if not MIN_RETENTION_DAYS <= content.retention_days <= MAX_RETENTION_DAYS:
+        raise UsageEventError(
+            "data.content.retention_days", f"must be between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS}"
+        )
 
 
 def _check_count(where: str, value: int) -> None:

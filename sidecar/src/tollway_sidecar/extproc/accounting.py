@@ -11,7 +11,7 @@ import functools
 import time
 from datetime import UTC, datetime
 
-from tollway_sidecar.extproc import cache_call, spans, usage_record
+from tollway_sidecar.extproc import cache_call, captured, spans, usage_record
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 from tollway_sidecar.runtime import CompiledConfig, Runtime
@@ -67,7 +67,9 @@ def finish(
             reached_backend=backend is not None,
             stream=stream,
             price=price,
-            event=usage_record.settle_event(state, price, source=runtime.replica),
+            event=usage_record.settle_event(
+                state, price, source=runtime.replica, captured=captured.pending(runtime.tracing, state)
+            ),
         )
     runtime.metrics.observe_call(
         key=key.id,

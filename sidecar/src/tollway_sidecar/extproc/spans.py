@@ -115,10 +115,10 @@ def admitted(tracing: Tracing, state: RequestState, body: Mapping[str, Any]) -> 
         attributes["gen_ai.request.stop_sequences"] = stop
     span.set_attributes(attributes)
     if capture_content(tracing, state):
-        tracing.add_prompt_events(span, _as_messages(body) if state.operation == "responses" else body)
+        tracing.add_prompt_events(span, as_messages(body) if state.operation == "responses" else body)
 
 
-def _as_messages(body: Mapping[str, Any]) -> dict[str, Any]:
+def as_messages(body: Mapping[str, Any]) -> dict[str, Any]:
     """A Responses API request's prompt as messages: `instructions` the system message, `input`
     text the user's, or its items as they are."""
     items = body.get("input")

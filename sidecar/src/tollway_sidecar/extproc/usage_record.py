@@ -33,6 +33,7 @@ from tollway_sidecar.contract.usage_event import (
     UsageEvent,
     uuid7,
 )
+from tollway_sidecar.extproc.captured import PendingContent, content
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.pricing import BackendPrice
 from tollway_sidecar.providers.usage import TokenUsage
@@ -251,9 +252,12 @@ def call_facts(
     )
 
 
-def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
-    """The event; `charge` None for a refused call (cost 0, not billable). Raises `UsageEventError`
-    when a field is outside the contract (not expected: `facts_of` bounds what the client sent)."""
+def usage_event(
+    facts: CallFacts, charge: Charge | None, captured: PendingContent | None = None
+) -> UsageEvent:
+    """The event; `charge` None for a refused call (cost 0, not billable); `captured` the content of
+    a capturing route, redacted here. Raises `UsageEventError` when a field is outside the contract
+    (not expected: `facts_of` bounds what the client sent)."""
     usage = facts.usage
     denied = facts.outcome == "denied"
     tokens = Tokens(
@@ -291,6 +295,7 @@ def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
         trace_id=facts.trace_id,
         cache=facts.cache,
         saved=facts.saved,
+        content=content(captured) if captured is not None else None,
     )
     return UsageEvent(
         id=facts.id,
@@ -301,12 +306,14 @@ def usage_event(facts: CallFacts, charge: Charge | None) -> UsageEvent:
     )
 
 
-def event_json(facts: CallFacts, charge: Charge | None) -> str:
-    return usage_event(facts, charge).to_json()
+def event_json(facts: CallFacts, charge: Charge | None, captured: PendingContent | None = None) -> str:
+    return usage_event(facts, charge, captured).to_json()
 
 
-def settle_event(state: RequestState, price: BackendPrice | None, *, source: str) -> Callable[[Charge], str]:
+def settle_event(
+    state: RequestState, price: BackendPrice | None, *, source: str, captured: PendingContent | None = None
+) -> Callable[[Charge], str]:
     """What a settle appends for the call: its facts read now, at its end; the event built from the
-    settled charge in the settle's background task, off the reply."""
+    settled charge (and any captured content redacted) in the settle's background task, off the reply."""
     facts = facts_of(state, price=price, now=datetime.now(UTC), monotonic=time.monotonic(), source=source)
-    return functools.partial(event_json, facts)
+    return functools.partial(event_json, facts, captured=captured)
