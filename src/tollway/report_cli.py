@@ -1,0 +1,67 @@
+"""`tollway report`: one cost report from the ledger, printed (text, JSON, HTML or CSV)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from tollway.meter_cli import _open, db_option
+
+
+@click.command("report")
+@click.option(
+    "--period",
+    default="last-week",
+    show_default=True,
+    help="last-week, last-month, YYYY-MM or YYYY-Www (UTC).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "html", "csv"]), default="text", show_default=True
+)
+@click.option("--namespace", "namespaces", multiple=True, help="Only these namespaces (repeatable).")
+@click.option("--team", "teams", multiple=True, help="Only these teams (repeatable).")
+@click.option("--key", "keys", multiple=True, help="Only these keys: name or namespace/name (repeatable).")
+@click.option(
+    "--budgets-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A compiled GatewayConfig (e.g. tollway dev's config.json): forecast each budget.",
+)
+@db_option
+def report(
+    period: str,
+    fmt: str,
+    namespaces: tuple[str, ...],
+    teams: tuple[str, ...],
+    keys: tuple[str, ...],
+    budgets_from: Path | None,
+    dsn: str,
+) -> None:
+    """A cost report for one period: totals, change, top spenders, errors, anomalies, budgets."""
+    from tollway_meter.console.forecast import BadBudgets, load_limits
+    from tollway_meter.report import Scope, build_report
+    from tollway_meter.report_period import parse_report_period
+    from tollway_meter.report_render import render
+
+    now = datetime.now(UTC)
+    try:
+        chosen = parse_report_period(period, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--period") from None
+    try:
+        limits = load_limits(budgets_from) if budgets_from is not None else None
+    except BadBudgets as exc:
+        raise click.BadParameter(str(exc), param_hint="--budgets-from") from None
+    scope = Scope(frozenset(namespaces), frozenset(teams), frozenset(keys))
+    ledger = _open(dsn)
+    try:
+        built = build_report(ledger, chosen, scope, now, limits)
+    finally:
+        ledger.close()
+    click.echo(render(built, fmt), nl=False)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(report)
