@@ -63,5 +63,75 @@ def report(
     click.echo(render(built, fmt), nl=False)
 
 
+@click.command("reports")
+@click.option(
+    "--folder",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder of CostReport manifests (*.yaml), re-read every tick.",
+)
+@click.option(
+    "--secrets-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Secrets as files: <dir>/<secret name>/<key> (a mounted Secret's layout).",
+)
+@click.option("--interval", default=60.0, show_default=True, help="Seconds between ticks.")
+@click.option("--lease", default=600.0, show_default=True, help="Seconds a claimed delivery is held.")
+@click.option("--once", is_flag=True, help="One tick, then exit (its outcomes printed).")
+@click.option("--owner", default=None, help="This scheduler's name in the deliveries (default: host-pid).")
+@db_option
+def meter_reports(
+    folder: Path,
+    secrets_dir: Path | None,
+    interval: float,
+    lease: float,
+    once: bool,
+    owner: str | None,
+    dsn: str,
+) -> None:
+    """Send the CostReports that are due, each period to each channel once."""
+    import asyncio
+    import os
+    import socket
+    from datetime import timedelta
+
+    from tollway_meter.costreport import BadCostReport, SecretFiles, load_folder
+    from tollway_meter.report_scheduler import Scheduler
+
+    ledger = _open(dsn)
+    scheduler = Scheduler(
+        ledger,
+        owner or f"{socket.gethostname()}-{os.getpid()}",
+        SecretFiles(secrets_dir),
+        timedelta(seconds=lease),
+    )
+
+    async def run() -> None:
+        while True:
+            try:
+                outcomes = await scheduler.tick(load_folder(folder))
+            except BadCostReport as exc:
+                if once:
+                    raise click.ClickException(str(exc)) from None
+                click.echo(f"cost reports: {exc}", err=True)
+                outcomes = []
+            for o in outcomes:
+                click.echo(
+                    f"{o.report} {o.period} {o.channel}: {o.result}" + (f" ({o.detail})" if o.detail else "")
+                )
+            if once:
+                return
+            await asyncio.sleep(interval)
+
+    try:
+        asyncio.run(run())
+    finally:
+        ledger.close()
+
+
 def register(main: click.Group) -> None:
+    from tollway.meter_cli import meter
+
     main.add_command(report)
+    meter.add_command(meter_reports)

@@ -1,0 +1,120 @@
+"""The cost reports' scheduler: each tick, each CostReport's latest due period goes to each of its
+channels once (`tollway_meter.deliveries`), however many schedulers run.
+
+A report is due for the last complete period before its schedule's latest firing (a Weekly report
+firing on Monday 08:00 covers the ISO week that ended at Monday 00:00). A report that has never
+been sent sends its latest due period at once; a period whose firing passed while no scheduler ran
+is not sent later, only the latest one is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from croniter import croniter
+
+from tollway_meter import deliveries
+from tollway_meter.costreport import BadCostReport, ChannelSpec, CostReportResource, SecretFiles
+from tollway_meter.delivery import Channel, DeliveryError, EmailChannel, SlackChannel, WebhookChannel
+from tollway_meter.ledger import Ledger
+from tollway_meter.report import CostReport, Scope, build_report
+from tollway_meter.report_period import ReportPeriod, containing
+
+log = logging.getLogger("tollway.meter.reports")
+DEFAULT_LEASE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    report: str  # namespace/name
+    period: str
+    channel: str
+    result: str  # sent, failed, skipped (held or already sent), lost (sent after the lease ran out)
+    detail: str = ""
+
+
+def due(resource: CostReportResource, now: datetime) -> tuple[ReportPeriod, datetime]:
+    """(the period due now, the next firing)."""
+    utc = now.astimezone(UTC)
+    fired: datetime = croniter(resource.spec.schedule, utc).get_prev(datetime)
+    upcoming: datetime = croniter(resource.spec.schedule, utc).get_next(datetime)
+    return containing("month" if resource.spec.period == "Monthly" else "week", fired).previous(), upcoming
+
+
+def channel_of(spec: ChannelSpec, secrets: SecretFiles) -> Channel:
+    if spec.slack is not None:
+        slack = spec.slack.webhook_secret_ref
+        return SlackChannel(secrets.read(slack.name, slack.key or "url"))
+    if spec.webhook is not None:
+        ref = spec.webhook.url_secret_ref
+        url = spec.webhook.url if ref is None else secrets.read(ref.name, ref.key or "url")
+        assert url is not None  # the model requires one of them
+        return WebhookChannel(url)
+    if spec.email is not None:
+        mail = spec.email
+        creds = mail.credentials_secret_ref
+        return EmailChannel(
+            to=mail.to,
+            sender=mail.sender,
+            host=mail.host,
+            port=mail.port,
+            starttls=mail.start_tls,
+            username=None if creds is None else secrets.read(creds.name, "username"),
+            password=None if creds is None else secrets.read(creds.name, "password"),
+        )
+    raise BadCostReport("kubernetesEvent: not available in the meter (it has no Kubernetes client)")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        ledger: Ledger,
+        owner: str,
+        secrets: SecretFiles,
+        lease: timedelta = DEFAULT_LEASE,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.ledger, self.owner, self.secrets, self.lease, self.clock = ledger, owner, secrets, lease, clock
+
+    async def tick(self, resources: list[CostReportResource]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for resource in resources:
+            outcomes.extend(await self._report(resource))
+        return outcomes
+
+    async def _report(self, resource: CostReportResource) -> list[Outcome]:
+        now = self.clock()
+        period, _next = due(resource, now)
+        ident = f"{resource.namespace}/{resource.name}"
+        built: CostReport | None = None
+        outcomes = []
+        for name, spec in resource.channel_names():
+            key = deliveries.DeliveryKey(resource.namespace, resource.name, period.label, name)
+            held = await asyncio.to_thread(deliveries.claim, self.ledger, key, self.owner, now, self.lease)
+            if held is None:
+                outcomes.append(
+                    Outcome(ident, period.label, name, "skipped", "held, sent or out of attempts")
+                )
+                continue
+            try:
+                channel = channel_of(spec, self.secrets)
+                if built is None:
+                    scope = resource.spec.scope
+                    chosen = Scope(frozenset(scope.namespaces), frozenset(scope.teams), frozenset(scope.keys))
+                    built = await asyncio.to_thread(build_report, self.ledger, period, chosen, now)
+                await channel.send(built, key.id, resource.spec.title)
+            except (DeliveryError, BadCostReport) as exc:
+                retry = self.clock() + timedelta(minutes=2**held.attempt)
+                await asyncio.to_thread(deliveries.mark_failed, self.ledger, held, str(exc), retry)
+                log.warning("cost report %s %s to %s failed: %s", ident, period.label, name, exc)
+                outcomes.append(Outcome(ident, period.label, name, "failed", str(exc)))
+                continue
+            kept = await asyncio.to_thread(deliveries.mark_sent, self.ledger, held, self.clock())
+            outcomes.append(
+                Outcome(ident, period.label, name, "sent" if kept else "lost", f"attempt {held.attempt}")
+            )
+        return outcomes
