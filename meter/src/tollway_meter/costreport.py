@@ -103,6 +103,13 @@ class CostReportSpec(_Spec):
             raise ValueError(f"not a cron expression: {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _unique_names(self) -> CostReportSpec:
+        names = [c.name or f"{c.kind}-{i}" for i, c in enumerate(self.channels)]
+        if len(set(names)) != len(names):
+            raise ValueError("channel names must be unique (each names one delivery record)")
+        return self
+
 
 class CostReportResource(_Spec):
     namespace: str
@@ -111,6 +118,7 @@ class CostReportResource(_Spec):
 
     def channel_names(self) -> list[tuple[str, ChannelSpec]]:
         """Each channel's name in the delivery ledger: its `name`, else `<kind>-<index>`."""
+        # Unique: CostReportSpec checks it.
         return [(c.name or f"{c.kind}-{i}", c) for i, c in enumerate(self.spec.channels)]
 
 
