@@ -66,15 +66,26 @@ def report(
 @click.command("reports")
 @click.option(
     "--folder",
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
     help="A folder of CostReport manifests (*.yaml), re-read every tick.",
 )
+@click.option(
+    "--kubernetes",
+    "from_kubernetes",
+    is_flag=True,
+    help="Instead: list the CostReports with the meter's ServiceAccount, write their status, read "
+    "their Secrets and send kubernetesEvent channels.",
+)
+@click.option("--namespace", "namespaces", multiple=True, help="--kubernetes: only these namespaces.")
+@click.option("--kube-url", default=None, help="--kubernetes: the API server (default: in-cluster).")
+@click.option("--kube-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--kube-ca-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
     "--secrets-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Secrets as files: <dir>/<secret name>/<key> (a mounted Secret's layout).",
+    help="With --folder: Secrets as files, <dir>/<secret name>/<key> (a mounted Secret's layout).",
 )
 @click.option("--interval", default=60.0, show_default=True, help="Seconds between ticks.")
 @click.option("--lease", default=600.0, show_default=True, help="Seconds a claimed delivery is held.")
@@ -82,7 +93,12 @@ def report(
 @click.option("--owner", default=None, help="This scheduler's name in the deliveries (default: host-pid).")
 @db_option
 def meter_reports(
-    folder: Path,
+    folder: Path | None,
+    from_kubernetes: bool,
+    namespaces: tuple[str, ...],
+    kube_url: str | None,
+    kube_token_file: Path | None,
+    kube_ca_file: Path | None,
     secrets_dir: Path | None,
     interval: float,
     lease: float,
@@ -96,33 +112,53 @@ def meter_reports(
     import socket
     from datetime import timedelta
 
+    from tollway_meter.console.access import IN_CLUSTER_DIR, KubeApi, KubeClient, ReviewFailed
     from tollway_meter.costreport import BadCostReport, SecretFiles, load_folder
+    from tollway_meter.costreport_kube import ClusterCostReports, ClusterSecrets
+    from tollway_meter.ledger import LedgerUnavailableError
     from tollway_meter.report_scheduler import Scheduler
 
+    if (folder is None) == (not from_kubernetes):
+        raise click.UsageError("give exactly one of --folder DIR and --kubernetes")
+    name = owner or f"{socket.gethostname()}-{os.getpid()}"
+    kube: KubeClient | None = None
+    cluster: ClusterCostReports | None = None
+    if from_kubernetes:
+        try:
+            api = (
+                KubeApi.in_cluster()
+                if kube_url is None
+                else KubeApi(kube_url.rstrip("/"), IN_CLUSTER_DIR / "token", None)
+            )
+        except ValueError as exc:
+            raise click.UsageError(f"--kubernetes: {exc}") from None
+        api = KubeApi(api.url, kube_token_file or api.token_file, kube_ca_file or api.ca_file)
+        kube = KubeClient(api)
+        cluster = ClusterCostReports(kube, namespaces)
     ledger = _open(dsn)
-    scheduler = Scheduler(
-        ledger,
-        owner or f"{socket.gethostname()}-{os.getpid()}",
-        SecretFiles(secrets_dir),
-        timedelta(seconds=lease),
-    )
+    secrets = ClusterSecrets(kube) if kube is not None else SecretFiles(secrets_dir)
+    scheduler = Scheduler(ledger, name, secrets, timedelta(seconds=lease), kube=kube, status=cluster)
 
     async def run() -> None:
-        while True:
-            try:
-                outcomes = await scheduler.tick(load_folder(folder))
-            except BadCostReport as exc:
+        try:
+            while True:
+                try:
+                    resources = await cluster.list() if cluster is not None else load_folder(folder or Path())
+                    outcomes = await scheduler.tick(resources)
+                except (BadCostReport, ReviewFailed, LedgerUnavailableError) as exc:
+                    if once:
+                        raise click.ClickException(str(exc)) from None
+                    click.echo(f"cost reports: {exc}", err=True)
+                    outcomes = []
+                for o in outcomes:
+                    detail = f" ({o.detail})" if o.detail else ""
+                    click.echo(f"{o.report} {o.period} {o.channel}: {o.result}{detail}")
                 if once:
-                    raise click.ClickException(str(exc)) from None
-                click.echo(f"cost reports: {exc}", err=True)
-                outcomes = []
-            for o in outcomes:
-                click.echo(
-                    f"{o.report} {o.period} {o.channel}: {o.result}" + (f" ({o.detail})" if o.detail else "")
-                )
-            if once:
-                return
-            await asyncio.sleep(interval)
+                    return
+                await asyncio.sleep(interval)
+        finally:
+            if kube is not None:
+                await kube.close()
 
     try:
         asyncio.run(run())

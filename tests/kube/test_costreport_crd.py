@@ -3,18 +3,34 @@ meter's scheduler reads it; the OpenAPI and CEL rules refuse what the scheduler 
 
 from __future__ import annotations
 
+import base64
 import copy
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
+from croniter import croniter
 from harness import ControlPlane
 
+from tollway.ports import free_port
+from tollway_meter.console.access import KubeApi, KubeClient
 from tollway_meter.costreport import BadCostReport, parse_manifest
+from tollway_meter.costreport_kube import GROUP_PATH, ClusterCostReports, ClusterSecrets
+from tollway_meter.ledger import Ledger
+from tollway_meter.report_period import containing
+from tollway_meter.report_scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests" / "ledger") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "ledger"))
+
+from ledger_events import make_event  # noqa: E402  (the ledger tier's event builder)
+
 EXAMPLE = ROOT / "examples" / "reports" / "weekly-costreport.yaml"
 
 
@@ -88,3 +104,91 @@ def test_the_apiserver_and_the_scheduler_refuse_the_same_mistakes(
     assert code != 0 and message in err
     with pytest.raises(BadCostReport):
         parse_manifest("broken", body)
+
+
+async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_status(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    """As the meter's ServiceAccount, with only the RBAC docs/reports.md lists: the report goes to
+    a webhook whose URL is in a Secret and as an Event; the status tells; a second tick sends nothing."""
+    cp.create_namespace("reports")
+    cp.create_namespace("meter-system")
+    cp.create_service_account("meter-system", "meter")
+    cp.grant_cluster(
+        "meter-system",
+        "meter",
+        [
+            {"apiGroups": ["tollway.dev"], "resources": ["costreports"], "verbs": ["list"]},
+            {"apiGroups": ["tollway.dev"], "resources": ["costreports/status"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        ],
+    )
+    token = tmp_path / "token"
+    token.write_text(cp.token("meter-system", "meter"))
+
+    got: list[tuple[dict[str, Any], str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append((await request.json(), request.headers.get("Idempotency-Key", "")))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = base64.b64encode(f"http://127.0.0.1:{port}/hook".encode()).decode()
+    cp.api(
+        "POST",
+        "/api/v1/namespaces/reports/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"}, "data": {"url": url}},
+    )
+    body = {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "CostReport",
+        "metadata": {"name": "weekly", "namespace": "reports"},
+        "spec": {
+            "schedule": "0 8 * * 1",
+            "channels": [
+                {"name": "hook", "webhook": {"urlSecretRef": {"name": "hook"}}},
+                {"name": "event", "kubernetesEvent": {}},
+            ],
+        },
+    }
+    code, err = _apply(cp, body)
+    assert code == 0, err
+
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    now = datetime.now(UTC)
+    week = containing("week", croniter("0 8 * * 1", now).get_prev(datetime)).previous()
+    ledger.ingest([make_event(at=week.since + timedelta(hours=5), cost="1.5", namespace="reports")])
+    client = KubeClient(KubeApi(cp.url, token, cp.pki.ca_cert))
+    cluster = ClusterCostReports(client, ["reports"])
+    try:
+        scheduler = Scheduler(ledger, "meter-0", ClusterSecrets(client), kube=client, status=cluster)
+        outcomes = await scheduler.tick(await cluster.list())
+        assert [(o.channel, o.result) for o in outcomes] == [("hook", "sent"), ("event", "sent")], outcomes
+        again = await Scheduler(ledger, "meter-1", ClusterSecrets(client), kube=client, status=cluster).tick(
+            await cluster.list()
+        )
+        assert [o.result for o in again] == ["skipped", "skipped"]
+    finally:
+        await client.close()
+        await runner.cleanup()
+        ledger.close()
+
+    ((payload, key),) = got
+    assert payload["report"]["total_usd"] == "1.500000000" and key == payload["delivery_id"]
+    events = cp.api("GET", "/api/v1/namespaces/reports/events")["items"]
+    mine = [e for e in events if e["involvedObject"]["name"] == "weekly"]
+    assert (
+        len(mine) == 1 and mine[0]["reason"] == "CostReportSent" and "1.500000000 USD" in mine[0]["message"]
+    )
+    status = cp.api("GET", f"{GROUP_PATH}/namespaces/reports/costreports/weekly")["status"]
+    assert status["lastResult"] == "Sent" and status["lastPeriod"] == week.label
+    assert status["conditions"][0]["status"] == "True"
+    listed = cp.kubectl("get", "costreports", "-n", "reports").stdout
+    assert "Sent" in listed.splitlines()[1]

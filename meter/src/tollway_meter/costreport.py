@@ -8,7 +8,7 @@ as files in the layout a mounted Secret has: `<secrets dir>/<secret name>/<key>`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import yaml
 from croniter import croniter
@@ -115,6 +115,7 @@ class CostReportResource(_Spec):
     namespace: str
     name: str
     spec: CostReportSpec
+    uid: str = ""  # from the API server (an Event names it); empty from a folder
 
     def channel_names(self) -> list[tuple[str, ChannelSpec]]:
         """Each channel's name in the delivery ledger: its `name`, else `<kind>-<index>`."""
@@ -131,7 +132,9 @@ def parse_manifest(where: str, body: object) -> CostReportResource | None:
     meta = body.get("metadata") or {}
     name, namespace = meta.get("name"), meta.get("namespace", "default")
     try:
-        return CostReportResource(namespace=namespace, name=name, spec=body.get("spec"))
+        return CostReportResource(
+            namespace=namespace, name=name, uid=meta.get("uid", ""), spec=body.get("spec")
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
@@ -153,13 +156,18 @@ def load_folder(folder: Path) -> list[CostReportResource]:
     return found
 
 
+class Secrets(Protocol):
+    async def read(self, namespace: str, name: str, key: str) -> str: ...
+
+
 class SecretFiles:
-    """Secrets as files: `<folder>/<name>/<key>` (a mounted Secret's layout)."""
+    """Secrets as files: `<folder>/<name>/<key>` (a mounted Secret's layout; the namespace is not
+    part of the path: one folder serves the reports it is given)."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
 
-    def read(self, name: str, key: str) -> str:
+    async def read(self, namespace: str, name: str, key: str) -> str:
         if self.folder is None:
             raise BadCostReport(f"Secret {name}: no secrets folder given (--secrets-dir)")
         path = self.folder / name / key

@@ -14,11 +14,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from croniter import croniter
 
 from tollway_meter import deliveries
-from tollway_meter.costreport import BadCostReport, ChannelSpec, CostReportResource, SecretFiles
+from tollway_meter.console.access import KubeClient, ReviewFailed
+from tollway_meter.console.reads import as_time
+from tollway_meter.costreport import BadCostReport, ChannelSpec, CostReportResource, Secrets
+from tollway_meter.costreport_kube import KubernetesEventChannel
 from tollway_meter.delivery import Channel, DeliveryError, EmailChannel, SlackChannel, WebhookChannel
 from tollway_meter.ledger import Ledger
 from tollway_meter.report import CostReport, Scope, build_report
@@ -45,13 +49,16 @@ def due(resource: CostReportResource, now: datetime) -> tuple[ReportPeriod, date
     return containing("month" if resource.spec.period == "Monthly" else "week", fired).previous(), upcoming
 
 
-def channel_of(spec: ChannelSpec, secrets: SecretFiles) -> Channel:
+async def channel_of(
+    spec: ChannelSpec, resource: CostReportResource, secrets: Secrets, kube: KubeClient | None
+) -> Channel:
+    ns = resource.namespace
     if spec.slack is not None:
         slack = spec.slack.webhook_secret_ref
-        return SlackChannel(secrets.read(slack.name, slack.key or "url"))
+        return SlackChannel(await secrets.read(ns, slack.name, slack.key or "url"))
     if spec.webhook is not None:
         ref = spec.webhook.url_secret_ref
-        url = spec.webhook.url if ref is None else secrets.read(ref.name, ref.key or "url")
+        url = spec.webhook.url if ref is None else await secrets.read(ns, ref.name, ref.key or "url")
         assert url is not None  # the model requires one of them
         return WebhookChannel(url)
     if spec.email is not None:
@@ -63,10 +70,46 @@ def channel_of(spec: ChannelSpec, secrets: SecretFiles) -> Channel:
             host=mail.host,
             port=mail.port,
             starttls=mail.start_tls,
-            username=None if creds is None else secrets.read(creds.name, "username"),
-            password=None if creds is None else secrets.read(creds.name, "password"),
+            username=None if creds is None else await secrets.read(ns, creds.name, "username"),
+            password=None if creds is None else await secrets.read(ns, creds.name, "password"),
         )
-    raise BadCostReport("kubernetesEvent: not available in the meter (it has no Kubernetes client)")
+    if kube is None or not resource.uid:
+        raise BadCostReport("kubernetesEvent: only for CostReports read from the API server (--kubernetes)")
+    return KubernetesEventChannel(kube, ns, resource.name, resource.uid)
+
+
+class StatusSink(Protocol):
+    async def write_status(self, resource: CostReportResource, status: dict[str, Any]) -> None: ...
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_of(rows: list[deliveries.Delivery], period: str, upcoming: datetime) -> dict[str, Any]:
+    """The CostReport's status from its delivery rows: the period due now and when the next is."""
+    status: dict[str, Any] = {"nextDue": _rfc3339(upcoming)}
+    sent = [r for r in rows if r.state == "sent" and r.sent_at is not None]
+    if sent:
+        last = max(sent, key=lambda r: (r.key.period, r.sent_at or ""))
+        status["lastSent"] = _rfc3339(as_time(last.sent_at))
+        status["lastPeriod"] = last.key.period
+    now = [r for r in rows if r.key.period == period]
+    if now and all(r.state != "claimed" for r in now):
+        states = {r.state for r in now}
+        status["lastResult"] = (
+            "Sent" if states == {"sent"} else "PartlyFailed" if "sent" in states else "Failed"
+        )
+        failed = sorted(f"{r.key.channel}: {r.last_error}" for r in now if r.state == "failed")
+        status["conditions"] = [
+            {
+                "type": "Delivered",
+                "status": "True" if not failed else "False",
+                "reason": "Sent" if not failed else "ChannelFailed",
+                "message": (f"{period} sent to every channel" if not failed else "; ".join(failed))[:1000],
+            }
+        ]
+    return status
 
 
 class Scheduler:
@@ -74,11 +117,15 @@ class Scheduler:
         self,
         ledger: Ledger,
         owner: str,
-        secrets: SecretFiles,
+        secrets: Secrets,
         lease: timedelta = DEFAULT_LEASE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        kube: KubeClient | None = None,
+        status: StatusSink | None = None,
     ) -> None:
         self.ledger, self.owner, self.secrets, self.lease, self.clock = ledger, owner, secrets, lease, clock
+        self.kube, self.status = kube, status
+        self._written: dict[str, dict[str, Any]] = {}  # the last status written per report
 
     async def tick(self, resources: list[CostReportResource]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -88,7 +135,7 @@ class Scheduler:
 
     async def _report(self, resource: CostReportResource) -> list[Outcome]:
         now = self.clock()
-        period, _next = due(resource, now)
+        period, upcoming = due(resource, now)
         ident = f"{resource.namespace}/{resource.name}"
         built: CostReport | None = None
         outcomes = []
@@ -101,7 +148,7 @@ class Scheduler:
                 )
                 continue
             try:
-                channel = channel_of(spec, self.secrets)
+                channel = await channel_of(spec, resource, self.secrets, self.kube)
                 if built is None:
                     scope = resource.spec.scope
                     chosen = Scope(frozenset(scope.namespaces), frozenset(scope.teams), frozenset(scope.keys))
@@ -117,4 +164,19 @@ class Scheduler:
             outcomes.append(
                 Outcome(ident, period.label, name, "sent" if kept else "lost", f"attempt {held.attempt}")
             )
+        if self.status is not None:
+            await self._write_status(resource, period.label, upcoming)
         return outcomes
+
+    async def _write_status(self, resource: CostReportResource, period: str, upcoming: datetime) -> None:
+        rows = await asyncio.to_thread(deliveries.deliveries, self.ledger, resource.namespace, resource.name)
+        status = status_of(rows, period, upcoming)
+        ident = f"{resource.namespace}/{resource.name}"
+        if self.status is None or self._written.get(ident) == status:
+            return
+        try:
+            await self.status.write_status(resource, status)
+        except ReviewFailed as exc:
+            log.warning("cost report %s: status not written: %s", ident, exc)
+            return
+        self._written[ident] = status
