@@ -87,6 +87,14 @@ def report(
     default=None,
     help="With --folder: Secrets as files, <dir>/<secret name>/<key> (a mounted Secret's layout).",
 )
+@click.option(
+    "--budgets-from",
+    "budgets_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --folder: a compiled GatewayConfig whose budgets the reports forecast "
+    "(--kubernetes lists the Budget resources instead).",
+)
 @click.option("--interval", default=60.0, show_default=True, help="Seconds between ticks.")
 @click.option("--lease", default=600.0, show_default=True, help="Seconds a claimed delivery is held.")
 @click.option("--once", is_flag=True, help="One tick, then exit (its outcomes printed).")
@@ -100,6 +108,7 @@ def meter_reports(
     kube_token_file: Path | None,
     kube_ca_file: Path | None,
     secrets_dir: Path | None,
+    budgets_file: Path | None,
     interval: float,
     lease: float,
     once: bool,
@@ -113,6 +122,7 @@ def meter_reports(
     from datetime import timedelta
 
     from tollway_meter.console.access import IN_CLUSTER_DIR, KubeApi, KubeClient, ReviewFailed
+    from tollway_meter.console.forecast import BudgetFile, BudgetSource, ClusterBudgets
     from tollway_meter.costreport import BadCostReport, SecretFiles, load_folder
     from tollway_meter.costreport_kube import ClusterCostReports, ClusterSecrets
     from tollway_meter.ledger import LedgerUnavailableError
@@ -137,7 +147,12 @@ def meter_reports(
         cluster = ClusterCostReports(kube, namespaces)
     ledger = _open(dsn)
     secrets = ClusterSecrets(kube) if kube is not None else SecretFiles(secrets_dir)
-    scheduler = Scheduler(ledger, name, secrets, timedelta(seconds=lease), kube=kube, status=cluster)
+    budgets: BudgetSource | None = (
+        ClusterBudgets(kube) if kube is not None else BudgetFile(budgets_file) if budgets_file else None
+    )
+    scheduler = Scheduler(
+        ledger, name, secrets, timedelta(seconds=lease), kube=kube, status=cluster, budgets=budgets
+    )
 
     async def run() -> None:
         try:

@@ -19,6 +19,7 @@ from harness import ControlPlane
 
 from tollway.ports import free_port
 from tollway_meter.console.access import KubeApi, KubeClient
+from tollway_meter.console.forecast import ClusterBudgets
 from tollway_meter.costreport import BadCostReport, parse_manifest
 from tollway_meter.costreport_kube import GROUP_PATH, ClusterCostReports, ClusterSecrets
 from tollway_meter.ledger import Ledger
@@ -37,10 +38,11 @@ EXAMPLE = ROOT / "examples" / "reports" / "weekly-costreport.yaml"
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     with ControlPlane.start(tmp_path_factory.mktemp("kube")) as control_plane:
-        control_plane.kubectl("apply", "-f", str(ROOT / "crds" / "tollway.dev_costreports.yaml"))
-        control_plane.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/costreports.tollway.dev"
-        )
+        for crd in ("costreports", "budgets"):
+            control_plane.kubectl("apply", "-f", str(ROOT / "crds" / f"tollway.dev_{crd}.yaml"))
+            control_plane.kubectl(
+                "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.tollway.dev"
+            )
         control_plane.create_namespace("team-a")
         yield control_plane
 
@@ -118,7 +120,7 @@ async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_sta
         "meter-system",
         "meter",
         [
-            {"apiGroups": ["tollway.dev"], "resources": ["costreports"], "verbs": ["list"]},
+            {"apiGroups": ["tollway.dev"], "resources": ["costreports", "budgets"], "verbs": ["list"]},
             {"apiGroups": ["tollway.dev"], "resources": ["costreports/status"], "verbs": ["patch"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
@@ -159,6 +161,14 @@ async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_sta
     }
     code, err = _apply(cp, body)
     assert code == 0, err
+    budget = {
+        "apiVersion": "tollway.dev/v1alpha1",
+        "kind": "Budget",
+        "metadata": {"name": "monthly", "namespace": "reports"},
+        "spec": {"limit": "10"},
+    }
+    code, err = _apply(cp, budget)
+    assert code == 0, err
 
     ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.migrate()
@@ -168,7 +178,14 @@ async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_sta
     client = KubeClient(KubeApi(cp.url, token, cp.pki.ca_cert))
     cluster = ClusterCostReports(client, ["reports"])
     try:
-        scheduler = Scheduler(ledger, "meter-0", ClusterSecrets(client), kube=client, status=cluster)
+        scheduler = Scheduler(
+            ledger,
+            "meter-0",
+            ClusterSecrets(client),
+            kube=client,
+            status=cluster,
+            budgets=ClusterBudgets(client),
+        )
         outcomes = await scheduler.tick(await cluster.list())
         assert [(o.channel, o.result) for o in outcomes] == [("hook", "sent"), ("event", "sent")], outcomes
         again = await Scheduler(ledger, "meter-1", ClusterSecrets(client), kube=client, status=cluster).tick(
@@ -182,6 +199,8 @@ async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_sta
 
     ((payload, key),) = got
     assert payload["report"]["total_usd"] == "1.500000000" and key == payload["delivery_id"]
+    (forecast,) = payload["report"]["budgets"]
+    assert (forecast["budget"], forecast["limit_usd"]) == ("reports/monthly", "10.000000000")
     events = cp.api("GET", "/api/v1/namespaces/reports/events")["items"]
     mine = [e for e in events if e["involvedObject"]["name"] == "weekly"]
     assert (

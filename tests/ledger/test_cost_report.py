@@ -72,7 +72,7 @@ def test_the_report_equals_the_events_to_the_nano_dollar(ledger: Ledger) -> None
         status=502,
         attempts=(Attempt("a", "openai", "m", 502), Attempt("b", "anthropic", "m", 502)),
     )
-    cached = make_event(at=_when(4), cost="0", cache="HIT", saved="0.123456789", price_source="catalog")
+    cached = make_event(at=_when(4), cost="0", cache="HIT", saved="0.123456789")  # no price source
     other_ns = make_event(at=_when(1), cost="5", namespace="team-b")
     before = [make_event(at=_when(-3), cost="0.25", key_name="k0"), make_event(at=_when(-10), cost="0.5")]
     after = [make_event(at=_when(7, 0), cost="7")]
@@ -86,7 +86,7 @@ def test_the_report_equals_the_events_to_the_nano_dollar(ledger: Ledger) -> None
     assert report.previous_cost_nanos == _nanos(before[:1])
     assert report.change_nanos == _nanos(ours) - _nanos(before[:1])
     assert report.cache_hits == 1 and report.cache_saved_nanos == 123_456_789
-    # Unpriced: the successes without a price source (make_event sets none, the cache hit one).
+    # Unpriced: the successes without a price source (make_event sets none), less the cache hit.
     assert report.unpriced == len(inside)
     by_team: dict[str, int] = {}
     for e in ours:

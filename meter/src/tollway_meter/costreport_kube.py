@@ -2,8 +2,8 @@
 ServiceAccount, through the console's API-server client (`KubeClient`, aiohttp: no Kubernetes
 client library in the meter's image). The `kubernetesEvent` channel is an Event on the CostReport.
 
-RBAC the meter needs: `list` costreports.tollway.dev, `patch` costreports/status, `get` the Secrets
-its channels name, `create` events.
+RBAC the meter needs: `list` costreports.tollway.dev (and budgets.tollway.dev, for the forecasts),
+`patch` costreports/status, `get` the Secrets its channels name, `create` events.
 """
 
 from __future__ import annotations

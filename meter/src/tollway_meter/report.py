@@ -9,7 +9,7 @@ no spend in any of them has no baseline and is not flagged). Percentiles are nea
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -230,9 +230,11 @@ def build_report(
             )
         ]
         ttft = f"CAST({_json(ledger, 'ttft_ms')} AS bigint)"
+        # A cache hit calls no provider, so it has no price to lack.
         unpriced = reader.rows(
             "SELECT count(*) FROM usage_events WHERE outcome = 'ok' "
-            f"AND coalesce({_json(ledger, 'price_source')}, '') = '' AND {{where}}",
+            f"AND coalesce({_json(ledger, 'price_source')}, '') = '' "
+            f"AND coalesce({_json(ledger, 'cache')}, '') NOT IN ('HIT', 'SEMANTIC_HIT') AND {{where}}",
             period,
         )[0][0]
         anomalies = _anomalies(reader, period)
@@ -298,11 +300,11 @@ def _forecasts(ledger: Ledger, scope: Scope, limits: Mapping[str, Limit], now: d
         limit for limit in limits.values() if not scope.namespaces or limit.namespace in scope.namespaces
     ]
     spent: dict[str, dict[str, int]] = {}
-    allowed: Collection[str] | None = scope.namespaces or None
     for kind in PERIODS:
         if any(limit.period == kind for limit in chosen):
             start, _end = period_bounds(kind, now)
-            rows = budget_spend(ledger, TimeRange(start, now), frozenset(allowed) if allowed else None)
+            # A budget's whole spend, not the report's teams or keys: its limit applies to all of it.
+            rows = budget_spend(ledger, TimeRange(start, now), scope.namespaces or None)
             spent[kind] = {row.budget: row.cost_nanos for row in rows}
     return [
         forecast(limit, spent[limit.period].get(limit.id, 0), now)

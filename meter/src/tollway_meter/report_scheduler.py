@@ -20,6 +20,7 @@ from croniter import croniter
 
 from tollway_meter import deliveries
 from tollway_meter.console.access import KubeClient, ReviewFailed
+from tollway_meter.console.forecast import BadBudgets, BudgetSource, Limit
 from tollway_meter.console.reads import as_time
 from tollway_meter.costreport import BadCostReport, ChannelSpec, CostReportResource, Secrets
 from tollway_meter.costreport_kube import KubernetesEventChannel
@@ -122,9 +123,10 @@ class Scheduler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         kube: KubeClient | None = None,
         status: StatusSink | None = None,
+        budgets: BudgetSource | None = None,
     ) -> None:
         self.ledger, self.owner, self.secrets, self.lease, self.clock = ledger, owner, secrets, lease, clock
-        self.kube, self.status = kube, status
+        self.kube, self.status, self.budgets = kube, status, budgets
         self._written: dict[str, dict[str, Any]] = {}  # the last status written per report
 
     async def tick(self, resources: list[CostReportResource]) -> list[Outcome]:
@@ -150,9 +152,7 @@ class Scheduler:
             try:
                 channel = await channel_of(spec, resource, self.secrets, self.kube)
                 if built is None:
-                    scope = resource.spec.scope
-                    chosen = Scope(frozenset(scope.namespaces), frozenset(scope.teams), frozenset(scope.keys))
-                    built = await asyncio.to_thread(build_report, self.ledger, period, chosen, now)
+                    built = await self._build(resource, period, now)
                 await channel.send(built, key.id, resource.spec.title)
             except (DeliveryError, BadCostReport) as exc:
                 retry = self.clock() + timedelta(minutes=2**held.attempt)
@@ -167,6 +167,18 @@ class Scheduler:
         if self.status is not None:
             await self._write_status(resource, period.label, upcoming)
         return outcomes
+
+    async def _build(self, resource: CostReportResource, period: ReportPeriod, now: datetime) -> CostReport:
+        scope = resource.spec.scope
+        chosen = Scope(frozenset(scope.namespaces), frozenset(scope.teams), frozenset(scope.keys))
+        limits: dict[str, Limit] | None = None
+        if self.budgets is not None:
+            try:
+                limits = await self.budgets.limits()
+            except (ReviewFailed, BadBudgets, OSError) as exc:
+                # The report goes out without its budgets rather than not at all.
+                log.warning("cost reports: budget limits unavailable: %s", exc)
+        return await asyncio.to_thread(build_report, self.ledger, period, chosen, now, limits)
 
     async def _write_status(self, resource: CostReportResource, period: str, upcoming: datetime) -> None:
         rows = await asyncio.to_thread(deliveries.deliveries, self.ledger, resource.namespace, resource.name)
