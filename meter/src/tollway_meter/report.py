@@ -158,13 +158,13 @@ class _Reader:
         found = self.rows(sql + (" LIMIT %s" if limit else ""), window, *([limit] if limit else []))
         return [Spend(str(r[0]), int(r[1]), int(r[2])) for r in found]
 
-    def percentile(self, expression: str, window: ReportPeriod, rank_of: float = 0.95) -> int | None:
-        """Nearest rank: the smallest value with at least 95% of the values at or below it."""
+    def percentile(self, expression: str, window: ReportPeriod, percent: int = 95) -> int | None:
+        """Nearest rank: the smallest value with at least `percent`% of the values at or below it."""
         condition = f"{expression} IS NOT NULL AND {{where}}"
         count = int(self.rows(f"SELECT count(*) FROM usage_events WHERE {condition}", window)[0][0])
         if count == 0:
             return None
-        offset = -(-count * int(rank_of * 100) // 100) - 1  # ceil(0.95 n) - 1, in integers
+        offset = -(-count * percent // 100) - 1  # ceil(n * percent / 100) - 1, in integers
         found = self.rows(
             f"SELECT {expression} FROM usage_events WHERE {condition} "
             f"ORDER BY {expression} LIMIT 1 OFFSET %s",
