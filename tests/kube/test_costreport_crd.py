@@ -111,23 +111,15 @@ def test_the_apiserver_and_the_scheduler_refuse_the_same_mistakes(
 async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_status(
     cp: ControlPlane, tmp_path: Path
 ) -> None:
-    """As the meter's ServiceAccount, with only the RBAC docs/reports.md lists: the report goes to
-    a webhook whose URL is in a Secret and as an Event; the status tells; a second tick sends nothing."""
+    """As the meter's ServiceAccount under deploy/rbac/meter-reports.yaml only, the example
+    RoleBinding for Secrets moved to this test's namespace: the report goes to a webhook whose URL is
+    in a Secret and as an Event; the status tells; a second tick sends nothing."""
     cp.create_namespace("reports")
-    cp.create_namespace("meter-system")
-    cp.create_service_account("meter-system", "meter")
-    cp.grant_cluster(
-        "meter-system",
-        "meter",
-        [
-            {"apiGroups": ["tollway.dev"], "resources": ["costreports", "budgets"], "verbs": ["list"]},
-            {"apiGroups": ["tollway.dev"], "resources": ["costreports/status"], "verbs": ["patch"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-        ],
-    )
+    cp.create_namespace("tollway-system")
+    rbac = (ROOT / "deploy" / "rbac" / "meter-reports.yaml").read_text()
+    cp.kubectl("apply", "-f", "-", input=rbac.replace("namespace: team-a", "namespace: reports"))
     token = tmp_path / "token"
-    token.write_text(cp.token("meter-system", "meter"))
+    token.write_text(cp.token("tollway-system", "tollway-meter"))
 
     got: list[tuple[dict[str, Any], str]] = []
 
@@ -192,6 +184,9 @@ async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_sta
             await cluster.list()
         )
         assert [o.result for o in again] == ["skipped", "skipped"]
+        # No RoleBinding in team-a: its Secrets stay out of the meter's reach.
+        with pytest.raises(BadCostReport, match="HTTP 403"):
+            await ClusterSecrets(client).read("team-a", "anything", "url")
     finally:
         await client.close()
         await runner.cleanup()

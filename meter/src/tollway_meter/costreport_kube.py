@@ -2,8 +2,9 @@
 ServiceAccount, through the console's API-server client (`KubeClient`, aiohttp: no Kubernetes
 client library in the meter's image). The `kubernetesEvent` channel is an Event on the CostReport.
 
-RBAC the meter needs: `list` costreports.tollway.dev (and budgets.tollway.dev, for the forecasts),
-`patch` costreports/status, `get` the Secrets its channels name, `create` events.
+RBAC the meter needs (deploy/rbac/meter-reports.yaml): `list` costreports.tollway.dev and
+budgets.tollway.dev, `patch` costreports/status, `create` events, and `get` secrets in the
+namespaces that have CostReports.
 """
 
 from __future__ import annotations
