@@ -120,7 +120,11 @@ class SlackChannel:
             f"*Cache saved*\n{body['cache']['saved_usd']} USD",
         ]
         blocks: list[dict[str, Any]] = [
-            {"type": "header", "text": {"type": "plain_text", "text": f"{title} {report.period.label}"}},
+            # Slack refuses a header over 150 characters.
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": f"{title} {report.period.label}"[:150]},
+            },
             {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
         ]
         if top:
