@@ -1,4 +1,4 @@
-"""The `tollway` command: dev, compile, sidecar, operator, mock-provider, meter, usage."""
+"""The `tollway` command: dev, compile, sidecar, operator, mock-provider, meter, usage, report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tollway import console_cli, meter_cli
+from tollway import console_cli, meter_cli, report_cli
 
 if TYPE_CHECKING:
     from tollway_operator.compile import CompileResult
@@ -289,6 +289,7 @@ def mock_provider(
 # `tollway meter …` and `tollway usage` live in their own module (they import nothing until run).
 meter_cli.register(main)
 main.add_command(console_cli.console)
+report_cli.register(main)
 
 
 if __name__ == "__main__":

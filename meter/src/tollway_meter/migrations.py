@@ -275,6 +275,36 @@ SQLITE += (
     ),
 )
 
+# Cost reports' deliveries: one row per (report, period, channel), claimed with a lease so that
+# each is sent once (tollway_meter.deliveries). One number for both dialects, from this constant.
+REPORT_DELIVERIES = 5
+
+
+def _report_deliveries(time_type: str) -> Migration:
+    return Migration(
+        REPORT_DELIVERIES,
+        "cost reports: each delivery of a report's period to a channel, claimed under a lease",
+        (
+            f"""CREATE TABLE report_deliveries (
+                report_namespace text NOT NULL,
+                report_name text NOT NULL,
+                period text NOT NULL,
+                channel text NOT NULL,
+                delivery_id text NOT NULL,
+                state text NOT NULL CHECK (state IN ('claimed', 'sent', 'failed')),
+                claimed_by text NOT NULL,
+                lease_until {time_type} NOT NULL,
+                attempts integer NOT NULL,
+                last_error text NOT NULL DEFAULT '',
+                sent_at {time_type},
+                PRIMARY KEY (report_namespace, report_name, period, channel))""",
+        ),
+    )
+
+
+POSTGRES += (_report_deliveries("timestamptz"),)
+SQLITE += (_report_deliveries("text"),)
+
 SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     version integer PRIMARY KEY,
     description text NOT NULL,

@@ -141,7 +141,10 @@ class KubeClient:
             await self._session.close()
             self._session = None
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, content_type: str | None = None
+    ) -> dict[str, Any]:
+        """`content_type`: for a PATCH (e.g. application/merge-patch+json); default a JSON body."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.api.ssl_context()),
@@ -153,8 +156,11 @@ class KubeClient:
             raise ReviewFailed(f"the meter's ServiceAccount token {self.api.token_file}: {exc}") from None
         self.calls += 1
         try:
+            headers = {"Authorization": f"Bearer {own}"}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
             async with self._session.request(
-                method, self.api.url + path, json=body, headers={"Authorization": f"Bearer {own}"}
+                method, self.api.url + path, json=body, headers=headers
             ) as response:
                 if response.status not in (200, 201):
                     # Names the meter's own refused call, never a user's token.

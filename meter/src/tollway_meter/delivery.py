@@ -1,0 +1,152 @@
+"""The channels a cost report goes out on: e-mail over SMTP, a Slack-compatible incoming webhook and
+a generic JSON webhook. Each `send` raises `DeliveryError` with a reason that names no secret (a
+Slack webhook's URL is one, and so are SMTP credentials).
+
+The e-mail is multipart: the text table, the HTML page as the alternative (its chart is inline SVG,
+which some mail clients do not draw; no PNG: there is no kept pure-Python renderer for one) and the
+CSV of the lines as an attachment. Its Message-ID and the webhooks' `Idempotency-Key` header carry
+the delivery id, the same on every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+import aiohttp
+
+from tollway_meter.report import CostReport
+from tollway_meter.report_render import change_percent, render_csv, render_html, render_text, report_dict, usd
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+TIMEOUT = 30.0
+
+
+class DeliveryError(RuntimeError):
+    """The channel did not accept the report; the message says why (and never a secret)."""
+
+
+class Channel(Protocol):
+    async def send(self, report: CostReport, delivery_id: str, title: str) -> None: ...
+
+
+def summary(report: CostReport, title: str) -> str:
+    return (
+        f"{title}: {usd(report.cost_nanos)} USD over {report.requests} requests in {report.period.label} "
+        f"({change_percent(report)} vs the period before)"
+    )
+
+
+@dataclass(frozen=True)
+class EmailChannel:
+    to: tuple[str, ...]
+    sender: str
+    host: str
+    port: int = 587
+    starttls: bool = True
+    username: str | None = None
+    password: str | None = None
+    kind: str = "email"
+
+    def message(self, report: CostReport, delivery_id: str, title: str) -> EmailMessage:
+        message = EmailMessage()
+        message["Subject"] = summary(report, title)
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.to)
+        message["Date"] = email.utils.formatdate(usegmt=True)
+        message["Message-ID"] = f"<{delivery_id}@tollway.dev>"
+        message.set_content(render_text(report))
+        message.add_alternative(render_html(report), subtype="html")
+        message.add_attachment(
+            render_csv(report).encode(),
+            maintype="text",
+            subtype="csv",
+            filename=f"cost-report-{report.period.label}.csv",
+        )
+        return message
+
+    async def send(self, report: CostReport, delivery_id: str, title: str) -> None:
+        message = self.message(report, delivery_id, title)
+        await asyncio.to_thread(self._send, message)
+
+    def _send(self, message: EmailMessage) -> None:
+        where = f"SMTP {self.host}:{self.port}"
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=TIMEOUT) as smtp:
+                if self.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.username is not None:
+                    smtp.login(self.username, self.password or "")
+                refused = smtp.send_message(message)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(f"{where}: login refused ({exc.smtp_code})") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(f"{where}: {type(exc).__name__}: {exc}") from None
+        if refused:
+            raise DeliveryError(f"{where}: refused recipients {sorted(refused)}")
+
+
+async def _post(url: str, body: dict[str, Any], headers: dict[str, str], what: str) -> None:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session,
+            session.post(url, json=body, headers=headers) as answer,
+        ):
+            if answer.status >= 300:
+                raise DeliveryError(f"{what}: answered HTTP {answer.status}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise DeliveryError(f"{what}: {type(exc).__name__}") from None
+
+
+@dataclass(frozen=True)
+class SlackChannel:
+    """A Slack incoming webhook (or anything that takes its payload: Mattermost, Rocket.Chat)."""
+
+    url: str
+    kind: str = "slack"
+
+    def payload(self, report: CostReport, title: str) -> dict[str, Any]:
+        body = report_dict(report)
+        top = "\n".join(f"• {s['name'] or '-'}: {s['cost_usd']} USD" for s in body["top"]["key"][:5])
+        fields = [
+            f"*Total*\n{body['total_usd']} USD",
+            f"*Change*\n{body['change_usd']} USD ({body['change_percent']})",
+            f"*Requests*\n{report.requests}",
+            f"*Cache saved*\n{body['cache']['saved_usd']} USD",
+        ]
+        blocks: list[dict[str, Any]] = [
+            # Slack refuses a header over 150 characters.
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": f"{title} {report.period.label}"[:150]},
+            },
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+        ]
+        if top:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Top keys*\n{top}"}})
+        if report.anomalies:
+            lines = "\n".join(
+                f"• {a['dimension']} {a['name']}: {a['cost_usd']} USD" for a in body["anomalies"]
+            )
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Anomalies*\n{lines}"}})
+        return {"text": summary(report, title), "blocks": blocks}
+
+    async def send(self, report: CostReport, delivery_id: str, title: str) -> None:
+        await _post(self.url, self.payload(report, title), {IDEMPOTENCY_HEADER: delivery_id}, "slack webhook")
+
+
+@dataclass(frozen=True)
+class WebhookChannel:
+    """The whole report as JSON (the `tollway report --format json` body) with its delivery id."""
+
+    url: str
+    kind: str = "webhook"
+
+    async def send(self, report: CostReport, delivery_id: str, title: str) -> None:
+        body = {"delivery_id": delivery_id, "title": title, "report": report_dict(report)}
+        await _post(self.url, body, {IDEMPOTENCY_HEADER: delivery_id}, "webhook")
