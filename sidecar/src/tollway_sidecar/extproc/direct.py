@@ -46,7 +46,7 @@ def rewrite(
     `dispatch.check` refuses those calls first).
     """
     assert state.operation is not None and state.body is not None
-    adapter = adapter_for(state.operation, backend.provider)
+    adapter = adapter_for(state.operation, backend.provider, backend.model)
     assert adapter is not None  # `dispatch.check` refuses a route with a backend that has none
     client = {"anthropic-version": anthropic_version} if anthropic_version else {}
     upstream = adapter.request(

@@ -31,6 +31,7 @@ class Attempt:
     provider: str
     started: float
     status: int = 0
+    model: str = ""  # the backend's model: with `provider`, which adapter words its errors
     ended: float | None = None
     retry_after_s: float | None = None  # what the provider asked, in seconds
     retry_at: float | None = None  # monotonic time it asked us to wait until

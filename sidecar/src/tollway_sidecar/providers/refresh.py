@@ -84,7 +84,12 @@ class Refreshers:
             if factory is None:
                 log.error("backend %s: no credential source %r in this sidecar", backend.name, key[0])
                 continue
-            self._entries[key] = _Entry(factory(backend), backend.name, next_at=self._clock())
+            try:
+                fetch = factory(backend)
+            except Exception as exc:  # a Secret that is not what the source reads: say so, send nothing
+                log.error("backend %s: credential source %s: %s", backend.name, key[0], exc)
+                continue
+            self._entries[key] = _Entry(fetch, backend.name, next_at=self._clock())
         self._changed.set()
 
     def credential(self, backend: Backend) -> str | None:
