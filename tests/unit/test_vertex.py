@@ -389,3 +389,22 @@ def test_vertex_models_are_priced_from_the_catalogue() -> None:
     assert claude.cost(TokenUsage(input_tokens=100_000, output_tokens=10_000)) == Decimal("0.3") + Decimal(
         "0.15"
     )
+
+
+def test_vertex_errors_reach_messages_clients_in_anthropic_shape() -> None:
+    messages = adapter_for("messages", "vertex", CLAUDE.model)
+    assert messages is not None
+    google = {
+        "error": {"code": 401, "message": "Request had invalid authentication", "status": "UNAUTHENTICATED"}
+    }
+    body, content_type = messages.error_body(401, json.dumps(google).encode())
+    assert json.loads(body) == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Request had invalid authentication"},
+    }
+    assert content_type == "application/json"
+    read = messages.answer(401, "application/json", json.dumps(google).encode())
+    assert read.body == body and read.usage is None
+    claude = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    assert messages.error_body(529, claude) == (claude, "")
+    assert messages.answer(529, "application/json", claude).body is None  # passed on as it came
