@@ -126,3 +126,15 @@ def test_tokens_expiring_during_the_run_are_refreshed_without_failing_a_call(
     tokens = [r["headers"]["authorization"] for r in gateway.requests_at("VERTEX")]
     assert len(tokens) == 5
     assert len(set(tokens)) >= 2, "the token was never refreshed"
+
+
+def test_responses_api_on_gemini_is_translated_through_chat(
+    gateway: Gateway, sdk_for: Callable[..., openai.OpenAI]
+) -> None:
+    raw = sdk_for().responses.with_raw_response.create(model="vertex-gemini", input="Hello, Responses")
+    response = raw.parse()
+    assert response.status == "completed" and "Hello, Responses" in response.output_text
+    assert response.usage is not None
+    assert Decimal(raw.headers["x-tollway-cost-usd"]) == google_cost(
+        "gemini-2.5-flash", response.usage.input_tokens, response.usage.output_tokens
+    )

@@ -408,3 +408,17 @@ def test_vertex_errors_reach_messages_clients_in_anthropic_shape() -> None:
     claude = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
     assert messages.error_body(529, claude) == (claude, "")
     assert messages.answer(529, "application/json", claude).body is None  # passed on as it came
+
+
+def test_stream_usage_after_the_finish_event_and_a_finish_without_usage() -> None:
+    late = (
+        _event("Hi")
+        + _event("", finish="STOP")
+        + _sse({"usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1}})
+    )
+    events, parsed = _read([late])
+    assert events[-1] == b"[DONE]" and events[-2]["usage"]["prompt_tokens"] == 3
+    assert parsed.complete and parsed.usage == TokenUsage(input_tokens=3, output_tokens=1)
+    events, parsed = _read([_event("Hi") + _event("", finish="MAX_TOKENS")])
+    assert events[-1] == b"[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+    assert parsed.complete and parsed.usage is None and parsed.error == "the stream carried no usageMetadata"

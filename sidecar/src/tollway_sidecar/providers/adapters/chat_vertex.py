@@ -10,9 +10,10 @@ stream (each event a whole `GenerateContentResponse`) becomes `chat.completion.c
 - the first event → a chunk with `delta: {role: "assistant", content: ""}`;
 - text parts → `delta.content` (thought parts → nothing); `functionCall` parts → a whole
   `delta.tool_calls[]` entry each (Gemini sends a call's arguments at once);
-- the event with a `finishReason` → `delta: {}` with the mapped reason, then the usage chunk
+- the event with a `finishReason` → `delta: {}` with the mapped reason; then, once a
+  `usageMetadata` has been seen (with the finish, as Vertex sends it, or after it), the usage chunk
   (`choices: []`, unless the gateway asked for usage on the client's behalf: `strip_usage_chunk`)
-  from the last `usageMetadata` seen, then `[DONE]`;
+  and `[DONE]` (at the stream's end without usage, `[DONE]` alone);
 - an error event → `data: {"error": {…}}` in OpenAI's shape.
 
 Claude (`claude-*` models): the chat → Anthropic translation of `adapters.anthropic` sent to
@@ -174,6 +175,8 @@ class GeminiStreamReader:
             return b""
         last = self._blocks.flush()
         out = self._translate(last.data) if last is not None and last.data is not None else b""
+        if not self._complete and self._finish:
+            return out + self._end()  # finished, but no usage came: the answer is whole all the same
         if not self._complete:
             self._note("stream ended before Gemini's finishReason")
         return out
@@ -246,10 +249,11 @@ class GeminiStreamReader:
             )
             self._calls += len(calls)
         reason = vertex.finish_reason(candidate.get("finishReason"), called=self._calls > 0)
-        if reason is not None:
+        if reason is not None and not self._finish:
             self._finish.append(reason)
             out += self._chunk({}, reason)
-            out += self._end()
+        if self._finish and isinstance(self._usage, TokenUsage):
+            out += self._end()  # usage comes with the finish, or in an event after it
         return bytes(out)
 
     def _end(self) -> bytes:
