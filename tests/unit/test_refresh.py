@@ -159,3 +159,25 @@ async def test_run_loop_refreshes_on_its_own() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_the_runtime_follows_config_reloads() -> None:
+    from tollway_sidecar.config.models import GatewayConfig, Pricing, Route
+    from tollway_sidecar.runtime import CompiledConfig, Runtime
+
+    clock = Clock()
+    source = Source(clock)
+    vx = backend().model_copy(update={"pricing": Pricing(input_per_million=1, output_per_million=1)})
+
+    def config(*backends: Backend) -> CompiledConfig:
+        routes = (Route(id="r", name="r", namespace="ns", model="m", backends=backends),) if backends else ()
+        return CompiledConfig.build(GatewayConfig(routes=routes).with_checksum())
+
+    runtime = Runtime(config(vx), max_request_bytes=1000, credentials=refreshers(clock, source))
+    await runtime.credentials.refresh_due()
+    assert runtime.credentials.credential(vx) == "token-1"
+    runtime.swap(config())
+    assert runtime.credentials.credential(vx) is None and runtime.credentials.next_due() is None
+    runtime.swap(config(vx))
+    await runtime.credentials.refresh_due()
+    assert runtime.credentials.credential(vx) == "token-2"
