@@ -31,7 +31,6 @@ class Attempt:
     provider: str
     started: float
     status: int = 0
-    model: str = ""  # the backend's model: with `provider`, which adapter words its errors
     ended: float | None = None
     retry_after_s: float | None = None  # what the provider asked, in seconds
     retry_at: float | None = None  # monotonic time it asked us to wait until
@@ -40,6 +39,7 @@ class Attempt:
     usage: TokenUsage | None = None
     cost: Decimal | None = None
     span: Any = None  # its CLIENT span while open (opentelemetry Span)
+    model: str = ""  # the backend's model: with `provider`, which adapter words its errors
 
     def answered(self, headers: dict[str, str], now: float) -> None:
         """Its answer's status, content type and any `retry-after`, read from the response headers."""
