@@ -1,5 +1,6 @@
 """Google Vertex AI through the real Envoy: the openai SDK's JSON and streamed calls to Gemini,
-priced by genai-prices' Google entries; the anthropic SDK to Claude on Vertex; and access tokens
+priced by genai-prices' Google entries; the anthropic SDK to Claude on Vertex and to Gemini
+(translated); and access tokens
 (from a service-account key, at the mock's /token) that expire during the run and are refreshed
 without a call failing."""
 
@@ -99,13 +100,29 @@ def test_anthropic_sdk_to_claude_on_vertex_json_and_stream(gateway: Gateway) -> 
         claude.close()
 
 
-def test_gemini_messages_clients_are_refused(gateway: Gateway) -> None:
+def test_anthropic_sdk_to_gemini_is_translated_json_and_stream(gateway: Gateway) -> None:
     claude = anthropic.Anthropic(base_url=gateway.origin, api_key=DEMO_KEY, max_retries=0)
+    prompt: list[anthropic.types.MessageParam] = [
+        {"role": "user", "content": "Hello, Gemini from Claude's SDK"}
+    ]
     try:
-        with pytest.raises(anthropic.BadRequestError, match="vertex-gemini"):
-            claude.messages.create(
-                model="vertex-gemini", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
-            )
+        raw = claude.messages.with_raw_response.create(model="vertex-gemini", max_tokens=64, messages=prompt)
+        message = raw.parse()
+        assert message.type == "message" and message.content[0].type == "text"
+        assert "Hello, Gemini from Claude's SDK" in message.content[0].text
+        assert message.stop_reason == "end_turn"
+        cost = Decimal(raw.headers["x-tollway-cost-usd"])
+        assert cost == google_cost(
+            "gemini-2.5-flash", message.usage.input_tokens, message.usage.output_tokens
+        )
+        with claude.messages.stream(model="vertex-gemini", max_tokens=64, messages=prompt) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text == message.content[0].text
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (
+            message.usage.input_tokens,
+            message.usage.output_tokens,
+        )
     finally:
         claude.close()
 

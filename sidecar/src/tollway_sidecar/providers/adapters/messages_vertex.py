@@ -8,8 +8,7 @@ Answers and streams are Anthropic's own and pass through unchanged, read for usa
 Vertex itself (not Claude) words some failures (a bad token, a quota, an unknown model) in Google's
 error shape: those reach the client in Anthropic's (`error_body`).
 
-A Vertex backend serving a Gemini model has no adapter for messages clients
-(`registry.adapter_for`): the router refuses such a call with a 400 naming the route's backends.
+A Vertex backend serving a Gemini model is `messages_gemini.MessagesGemini`'s (`registry.adapter_for`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from tollway_sidecar.providers.adapters.base import Adapter, UpstreamRequest
 from tollway_sidecar.providers.adapters.chat_bedrock import ChatBedrock
 from tollway_sidecar.providers.adapters.chat_vertex import ChatVertex, ChatVertexClaude
 from tollway_sidecar.providers.adapters.messages_bedrock import MessagesBedrock
+from tollway_sidecar.providers.adapters.messages_gemini import MessagesGemini
 from tollway_sidecar.providers.adapters.messages_vertex import MessagesVertex
 from tollway_sidecar.providers.adapters.openai import AzureOpenAI, OpenAICompatible
 from tollway_sidecar.providers.adapters.responses_chat import ResponsesOverChat
@@ -44,7 +45,8 @@ ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("messages", "anthropic"): AnthropicMessages(),
     ("chat", "bedrock"): _BEDROCK_CHAT,
     ("messages", "bedrock"): MessagesBedrock(),
-    ("chat", "vertex"): _VERTEX_CHAT,  # Gemini: no messages adapter
+    ("chat", "vertex"): _VERTEX_CHAT,  # Gemini
+    ("messages", "vertex"): MessagesGemini(),
     ("chat", "vertex/anthropic"): _VERTEX_CLAUDE_CHAT,
     ("messages", "vertex/anthropic"): MessagesVertex(),
     ("responses", "openai"): OpenAIResponses(),
