@@ -259,7 +259,7 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool) -> None:
     envvar="TOLLWAY_MOCK_VERTEX_PUBLIC_KEY_FILE",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Vertex: the service account's public key (PEM) that signs token requests' JWTs.",
+    help="Vertex: the service account's public key (PEM) token requests' JWTs are verified with.",
 )
 @click.option(
     "--vertex-client-email",
