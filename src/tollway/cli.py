@@ -254,6 +254,27 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool) -> None:
     default=None,
     help="Bedrock endpoints: its secret (both unset: every signature is refused).",
 )
+@click.option(
+    "--vertex-public-key-file",
+    envvar="TOLLWAY_MOCK_VERTEX_PUBLIC_KEY_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Vertex: the service account's public key (PEM) token requests' JWTs are verified with.",
+)
+@click.option(
+    "--vertex-client-email",
+    envvar="TOLLWAY_MOCK_VERTEX_CLIENT_EMAIL",
+    default=None,
+    help="Vertex: the service account email token requests must be issued by.",
+)
+@click.option(
+    "--vertex-token-lifetime",
+    envvar="TOLLWAY_MOCK_VERTEX_TOKEN_LIFETIME",
+    type=int,
+    default=3600,
+    show_default=True,
+    help="Vertex: seconds an access token from POST /token is valid.",
+)
 def mock_provider(
     host: str,
     port: int,
@@ -267,8 +288,11 @@ def mock_provider(
     fail: str | None,
     aws_access_key_id: str | None,
     aws_secret_access_key: str | None,
+    vertex_public_key_file: str | None,
+    vertex_client_email: str | None,
+    vertex_token_lifetime: int,
 ) -> None:
-    """Run the mock OpenAI/Anthropic-compatible provider (and Bedrock's Converse API)."""
+    """Run the mock OpenAI/Anthropic-compatible provider (and Bedrock's Converse API, Vertex AI's)."""
     from tollway.mockprovider import MockSettings, run
 
     settings = MockSettings(
@@ -282,6 +306,9 @@ def mock_provider(
         fail=frozenset(part.strip() for part in (fail or "").split(",") if part.strip()),
         aws_access_key_id=aws_access_key_id,
         aws_secret_access_key=aws_secret_access_key,
+        vertex_public_key=Path(vertex_public_key_file).read_text() if vertex_public_key_file else None,
+        vertex_client_email=vertex_client_email,
+        vertex_token_lifetime_s=vertex_token_lifetime,
     )
     run(host, port, settings)
 

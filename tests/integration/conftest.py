@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import openai
 import pytest
-from gateway_env import DEMO_KEY, ROOT, Gateway, start_fleet
+from gateway_env import DEMO_KEY, ROOT, Gateway, start_fleet, vertex_key
 from rediscluster import redis_cluster_fixture  # noqa: F401  (the shared fixture)
 from redisserver import redis_server_fixture  # noqa: F401  (the shared fixture)
 
@@ -29,6 +29,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         text = text.replace("MOCK_PORT", str(mock_port)).replace("DEAD_PORT", str(dead_port))
         for fleet_name, port in fleet_ports.items():
             text = text.replace(f"{fleet_name}_PORT", str(port))
+        text = text.replace("VERTEX_SERVICE_ACCOUNT_KEY", vertex_key())
         (config_dir / f"zz-{name}.yaml").write_text(text)
     for path in config_dir.glob("*.yaml"):
         path.write_text(path.read_text().replace("127.0.0.1:9000", f"127.0.0.1:{mock_port}"))

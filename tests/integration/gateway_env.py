@@ -33,7 +33,12 @@ MOCK_FLEET: dict[str, list[str]] = {
     "RESET": ["--fail", "reset"],
     "STALL": ["--fail", "stall"],
     "BEDROCK": ["--aws-access-key-id", "AKIDTOLLWAYTEST", "--aws-secret-access-key", "bedrock-test-secret"],
+    # Vertex: tokens from its /token for the service account `vertex_flags` makes; short-lived, so
+    # that the sidecar refreshes them during the run.
+    "VERTEX": ["--vertex-token-lifetime", "6"],
 }
+VERTEX_CLIENT_EMAIL = "tollway-it@tollway-test.iam.gserviceaccount.com"
+_vertex_key: list[str] = []  # the service account's JSON key, once `vertex_flags` made it
 
 
 @dataclass
@@ -95,9 +100,45 @@ def start_mock(children: Children, name: str, port: int, *flags: str, timeout: f
             time.sleep(0.05)
 
 
+def vertex_flags(directory: Path, port: int) -> list[str]:
+    """A throwaway service account for the Vertex mock on `port`: its key (`vertex_key`) names that
+    mock's token endpoint; the mock gets the public half."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vertex-public.pem").write_bytes(public)
+    info = {
+        "type": "service_account",
+        "project_id": "tollway-test",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private.decode(),
+        "client_email": VERTEX_CLIENT_EMAIL,
+        "token_uri": f"http://127.0.0.1:{port}/token",
+    }
+    _vertex_key[:] = [json.dumps(info)]
+    pem = str(directory / "vertex-public.pem")
+    return ["--vertex-public-key-file", pem, "--vertex-client-email", VERTEX_CLIENT_EMAIL]
+
+
+def vertex_key() -> str:
+    """The Vertex fleet mock's service-account JSON key (after `start_fleet`)."""
+    return _vertex_key[0]
+
+
 def start_fleet(children: Children) -> dict[str, int]:
     """The fleet of single-behaviour mocks (MOCK_FLEET), by name → port."""
     ports = {name: free_port() for name in MOCK_FLEET}
     for name, port in ports.items():
-        start_mock(children, f"mock-{name.lower()}", port, *MOCK_FLEET[name])
+        flags = MOCK_FLEET[name]
+        if name == "VERTEX":
+            flags = [*flags, *vertex_flags(children.log_dir, port)]
+        start_mock(children, f"mock-{name.lower()}", port, *flags)
     return ports

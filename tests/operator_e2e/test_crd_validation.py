@@ -75,6 +75,14 @@ def test_kubectl_get_shows_the_printer_columns(cp: Any) -> None:
 
 
 REGION_RULE = "region is required for bedrock"
+VERTEX = {
+    "name": "vx",
+    "provider": "vertex",
+    "model": "gemini-2.5-flash",
+    "project": "my-proj",
+    "region": "us-central1",
+    "credentialsSecretRef": {"name": "gcp", "key": "key.json"},
+}
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("zero limit", budget(limit="0.00"), "limit must be greater than 0"),
@@ -112,6 +120,26 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("unknown provider", route(backends=[{**MOCK, "provider": "watsonx"}]), 'Unsupported value: "watsonx"'),
     ("bedrock without region", route(backends=[{**MOCK, "provider": "bedrock"}]), REGION_RULE),
     ("region off bedrock", route(backends=[{**MOCK, "region": "us-east-1"}]), REGION_RULE),
+    (
+        "vertex without project",
+        route(backends=[{k: v for k, v in VERTEX.items() if k != "project"}]),
+        "spec.backends[0].project: Invalid value: project is required for vertex",
+    ),
+    (
+        "vertex without region",
+        route(backends=[{k: v for k, v in VERTEX.items() if k != "region"}]),
+        "spec.backends[0].region: Invalid value: region is required for bedrock and vertex",
+    ),
+    (
+        "project off vertex",
+        route(backends=[{**MOCK, "project": "my-proj"}]),
+        "project is required for vertex",
+    ),
+    (
+        "vertex project malformed",
+        route(backends=[{**VERTEX, "project": "My_Proj"}]),
+        "spec.backends[0].project in body should match",
+    ),
     ("bad timeout", route(timeout="soon"), "spec.timeout in body should match"),
     ("retry on a success", route(fallback={"onStatus": [200]}), "should be greater than or equal to 400"),
     ("too many attempts", route(fallback={"maxAttempts": 11}), "should be less than or equal to 10"),
@@ -119,6 +147,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("secretRef without key", vkey(secretRef={"name": "s"}), "spec.secretRef.key: Required value"),
     ("expiry not a time", vkey(expiresAt="tomorrow"), "spec.expiresAt in body must be of type date-time"),
 ]
+
+
+@pytest.mark.parametrize("region", ["us-central1", "global"])
+def test_a_vertex_backend_is_accepted(cp: Any, region: str) -> None:
+    result = apply(cp, route(backends=[{**VERTEX, "region": region}]))
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(

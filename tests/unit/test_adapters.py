@@ -23,6 +23,7 @@ SERVES = {
     "azure-openai": ("chat", "embeddings", "responses"),
     "anthropic": ("chat", "messages", "responses"),
     "bedrock": ("chat", "messages", "responses"),
+    "vertex": ("chat", "messages", "responses"),  # Gemini; claude-* models below
 }
 
 
@@ -36,6 +37,11 @@ def test_every_provider_has_an_adapter_for_each_api_it_serves() -> None:
         for operation in operations:
             assert adapter_for(operation, provider) is not None, (operation, provider)
     assert adapter_for("embeddings", "anthropic") is None and adapter_for("messages", "openai") is None
+    # Vertex: the adapter follows the backend's model's publisher (Claude or Gemini).
+    claude, gemini = "claude-haiku-4-5@20251001", "gemini-2.5-flash"
+    for operation in ("chat", "messages", "responses"):
+        assert adapter_for(operation, "vertex", claude) is not None, operation
+        assert adapter_for(operation, "vertex", claude) is not adapter_for(operation, "vertex", gemini)
     assert set(CREDENTIAL_HEADERS) == {h for a in ADAPTERS.values() for h in a.credential_headers}
 
 

@@ -43,6 +43,7 @@ from tollway_operator.resources import (
     API_VERSION,
     AWS_SECRET_ACCESS_KEY,
     AWS_SESSION_TOKEN,
+    SERVICE_ACCOUNT_FIELDS,
     BudgetSpec,
     LimitsSpec,
     RouteRuleSpec,
@@ -336,7 +337,9 @@ class _Compiler:
             credential: str | None = None
             if b.credentials_secret_ref is not None:
                 value = self.secret_value(m, b.credentials_secret_ref, f"{path}.credentialsSecretRef")
-                if value is not None:
+                if value is not None and b.provider == "vertex":
+                    credential = self.service_account_key(m, value, b.credentials_secret_ref, path)
+                elif value is not None:
                     credential = self.credential(m, value, b.credentials_secret_ref, path)
                 if credential is not None and b.provider == "bedrock":
                     credential = self.aws_credential(m, credential, b.credentials_secret_ref, path)
@@ -369,6 +372,9 @@ class _Compiler:
                     pricing=pricing,
                     api_version=b.resolved_api_version,
                     region=b.region,
+                    project=b.project,
+                    # vertex: the sidecar trades the service-account key for access tokens.
+                    credential_source="google-service-account" if b.provider == "vertex" else None,
                 )
             )
         if len(self.errors) != count:
@@ -416,6 +422,29 @@ class _Compiler:
             )
             return None
         return text
+
+    def service_account_key(self, m: Manifest, value: bytes, ref: SecretKeyRef, path: str) -> str | None:
+        """A vertex backend's credential: the Secret's service-account JSON key (a key file as Google
+        downloads it, newlines and all), checked for the fields the sidecar signs its token requests
+        with and sent on compact. The key itself is never quoted."""
+        try:
+            key = json.loads(value)
+        except (ValueError, UnicodeDecodeError):
+            key = None
+        missing = (
+            [name for name in SERVICE_ACCOUNT_FIELDS if not isinstance(key.get(name), str) or not key[name]]
+            if isinstance(key, dict)
+            else list(SERVICE_ACCOUNT_FIELDS)
+        )
+        if missing:
+            self.error(
+                m,
+                f"{path}.credentialsSecretRef.key",
+                f"Secret {m.namespace}/{ref.name} key {ref.key!r} must hold a Google service-account JSON "
+                f"key (missing: {', '.join(missing)})",
+            )
+            return None
+        return json.dumps(key, sort_keys=True, separators=(",", ":"))
 
     def aws_credential(self, m: Manifest, key_id: str, ref: SecretKeyRef, path: str) -> str | None:
         """A bedrock backend's credential: the access key id, secret and session token of one Secret,

@@ -38,18 +38,25 @@ DEFAULT_BASE_URLS: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
 }
 # Providers that cannot be called without a credential.
-CREDENTIAL_REQUIRED: frozenset[str] = frozenset({"openai", "azure-openai", "anthropic", "gemini", "bedrock"})
+CREDENTIAL_REQUIRED: frozenset[str] = frozenset(
+    {"openai", "azure-openai", "anthropic", "gemini", "bedrock", "vertex"}
+)
 # bedrock: the Secret named by credentialsSecretRef holds the access key id under `key` and these two
 # beside it (the session token optional, for temporary credentials).
 AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
+# vertex: what a service-account JSON key needs for the sidecar to sign its token requests.
+SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
 # The `api-version` an azure-openai backend sends when its RouteRule does not say (the GA version
 # of the data-plane inference API).
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]+$")
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]+$")  # AWS: us-east-1
+_GCP_REGION = re.compile(r"^(?:[a-z]+-[a-z]+[0-9]+|global)$")  # Google Cloud: us-central1, global
+_ANY_REGION = re.compile(f"^(?:{_REGION.pattern[1:-1]}|{_GCP_REGION.pattern[1:-1]})$")
+_GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _API_VERSION = re.compile(r"^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}(?:-preview)?|preview|latest)$")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -215,7 +222,8 @@ BaseURL = Annotated[str, PlainValidator(base_url)]
 DurationMs = Annotated[int, PlainValidator(parse_duration_ms)]
 Timestamp = Annotated[datetime, PlainValidator(_timestamp)]
 ApiVersion = Annotated[str, PlainValidator(_api_version)]
-Region = Annotated[str, StringConstraints(strict=True, pattern=_REGION.pattern, max_length=32)]
+Region = Annotated[str, StringConstraints(strict=True, pattern=_ANY_REGION.pattern, max_length=32)]
+GcpProject = Annotated[str, StringConstraints(strict=True, pattern=_GCP_PROJECT.pattern)]
 NamespaceOrAny = Annotated[str, PlainValidator(_namespace_or_any)]
 Seconds = Annotated[int, PlainValidator(parse_duration_s)]
 CacheModeField = Annotated[CacheMode, PlainValidator(_cache_mode)]
@@ -329,12 +337,17 @@ class BackendSpec(Spec):
     priority: NonNegativeInt = 0
     pricing: PricingSpec | None = None
     api_version: ApiVersion | None = None
-    region: Region | None = None  # bedrock: the AWS region (SigV4 scope, default endpoint)
+    region: Region | None = None  # bedrock: the AWS region (SigV4 scope); vertex: the location
+    project: GcpProject | None = None  # vertex: the Google Cloud project
 
     @property
     def resolved_base_url(self) -> str | None:
         if self.base_url is None and self.provider == "bedrock" and self.region is not None:
             return f"https://bedrock-runtime.{self.region}.amazonaws.com"
+        if self.base_url is None and self.provider == "vertex" and self.region is not None:
+            if self.region == "global":
+                return "https://aiplatform.googleapis.com"
+            return f"https://{self.region}-aiplatform.googleapis.com"
         return self.base_url or DEFAULT_BASE_URLS.get(self.provider)
 
     @property
@@ -351,9 +364,20 @@ class BackendSpec(Spec):
             )
         if self.provider == "bedrock" and self.region is None:
             found.append(("region", "required for provider 'bedrock' (the AWS region, e.g. us-east-1)"))
-        elif self.region is not None and self.provider != "bedrock":
-            found.append(("region", f"only bedrock backends take a region, not {self.provider!r}"))
-        if self.resolved_base_url is None and not (self.provider == "bedrock" and self.region is None):
+        elif self.provider == "vertex" and self.region is None:
+            found.append(("region", "required for provider 'vertex' (the location, e.g. us-central1)"))
+        elif self.region is not None and self.provider not in ("bedrock", "vertex"):
+            found.append(("region", f"only bedrock and vertex backends take a region, not {self.provider!r}"))
+        elif self.region is not None and self.provider == "bedrock" and not _REGION.match(self.region):
+            found.append(("region", f"{self.region!r} is not an AWS region (e.g. us-east-1)"))
+        elif self.region is not None and self.provider == "vertex" and not _GCP_REGION.match(self.region):
+            found.append(("region", f"{self.region!r} is not a Google Cloud location (e.g. us-central1)"))
+        if self.provider == "vertex" and self.project is None:
+            found.append(("project", "required for provider 'vertex' (the Google Cloud project id)"))
+        elif self.project is not None and self.provider != "vertex":
+            found.append(("project", f"only vertex backends take a project, not {self.provider!r}"))
+        regional = self.provider in ("bedrock", "vertex")
+        if self.resolved_base_url is None and not (regional and self.region is None):
             found.append(("baseURL", f"required for provider {self.provider!r} (there is no default URL)"))
         if self.credentials_secret_ref is None and self.provider in CREDENTIAL_REQUIRED:
             found.append(

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_api, bedrock_api, openai_api, responses_api
+from . import anthropic_api, bedrock_api, openai_api, responses_api, vertex_api
 from .knobs import (
     FAIL_GARBAGE,
     FAIL_HTML,
@@ -100,6 +100,10 @@ def _endpoint(flavor: Flavor, impl: Impl) -> Handler:
             refused = bedrock_api.verify_signature(request, raw, settings)
             if refused is not None:
                 return refused
+        elif "publisher" in request.match_info:  # Vertex: a token from this mock's `POST /token`
+            refused = vertex_api.verify_token(request)
+            if refused is not None:
+                return refused
         elif settings.require_key is not None and not _authorized(request, flavor, settings.require_key):
             return error_response(flavor, 401, request_id=request_id)
         if request.method == "POST" and not isinstance(body, dict):
@@ -139,12 +143,33 @@ async def _on_shutdown(app: web.Application) -> None:
     app[STATE_KEY].stopping.set()  # releases stalled requests so cleanup does not wait for them
 
 
+def _vertex_endpoints() -> Handler:
+    """Vertex's `…/publishers/{publisher}/models/{model}:{method}`, by publisher and method."""
+    vx, an = Flavor.VERTEX, Flavor.ANTHROPIC
+    methods: dict[tuple[str, str], Handler] = {
+        ("google", "generateContent"): _endpoint(vx, vertex_api.generate_content),
+        ("google", "streamGenerateContent"): _endpoint(vx, vertex_api.stream_generate_content),
+        ("anthropic", "rawPredict"): _endpoint(an, vertex_api.raw_predict),
+        ("anthropic", "streamRawPredict"): _endpoint(an, vertex_api.stream_raw_predict),
+    }
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        method = request.match_info["tail"].rpartition(":")[2]
+        endpoint = methods.get((request.match_info["publisher"], method))
+        if endpoint is None:
+            return error_response(vx, 404, f"Method {method!r} not found.", request_id="")
+        return await endpoint(request)
+
+    return handler
+
+
 def create_app(settings: MockSettings | None = None) -> web.Application:
     """Build the mock provider application (no access log is attached; the runner decides)."""
     settings = settings or MockSettings()
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[STATE_KEY] = MockState(settings=settings, requests=deque(maxlen=settings.record_limit))
     app[responses_api.STORE_KEY] = responses_api.ResponseStore()
+    app[vertex_api.TOKENS_KEY] = vertex_api.TokenStore()
     app.on_shutdown.append(_on_shutdown)
 
     oa, an = Flavor.OPENAI, Flavor.ANTHROPIC
@@ -174,6 +199,11 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_post("/model/{model}/converse", _endpoint(Flavor.BEDROCK, bedrock_api.converse))
     app.router.add_post(
         "/model/{model}/converse-stream", _endpoint(Flavor.BEDROCK, bedrock_api.converse_stream)
+    )
+    app.router.add_post("/token", vertex_api.token)
+    app.router.add_post(
+        "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{tail}",
+        _vertex_endpoints(),
     )
     app.router.add_get("/_mock/health", _health)
     app.router.add_get("/_mock/requests", _get_requests, allow_head=False)

@@ -69,6 +69,7 @@ class Flavor(Enum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     BEDROCK = "bedrock"
+    VERTEX = "vertex"  # Google's error shape (Vertex AI's Gemini endpoints)
 
 
 class KnobError(ValueError):
@@ -237,7 +238,10 @@ def error_response(
 ) -> web.Response:
     if flavor is Flavor.BEDROCK:
         return bedrock_error_response(status, message, request_id=request_id, retry_after=retry_after)
-    if flavor is Flavor.ANTHROPIC:
+    if flavor is Flavor.VERTEX:
+        body = vertex_error_body(status, message)
+        headers = {"x-request-id": request_id}
+    elif flavor is Flavor.ANTHROPIC:
         body = anthropic_error_body(status, message, request_id)
         headers = {"request-id": request_id}
     else:
@@ -248,6 +252,33 @@ def error_response(
     return web.Response(
         status=status, reason=reason_phrase(status), text=dumps(body), content_type=JSON_CT, headers=headers
     )
+
+
+# Google's canonical error status names per HTTP status.
+_GOOGLE_STATUS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def vertex_error_body(status: int, message: str | None = None) -> dict[str, Any]:
+    """Google's error shape: `{"error": {"code", "message", "status"}}`."""
+    name = _GOOGLE_STATUS.get(status, "FAILED_PRECONDITION" if status < 500 else "INTERNAL")
+    return {
+        "error": {
+            "code": status,
+            "message": message or f"{name.replace('_', ' ').capitalize()} (simulated by the mock provider).",
+            "status": name,
+        }
+    }
 
 
 # Bedrock's exception names per status, sent in `x-amzn-ErrorType`.

@@ -37,6 +37,10 @@ class MockSettings:
         retry_after: With ``status``: the ``retry-after`` header sent (``x-mock-retry-after``).
         aws_access_key_id: Bedrock endpoints: the access key id requests must be SigV4-signed with.
         aws_secret_access_key: Bedrock endpoints: its secret; both unset, every signature is refused.
+        vertex_public_key: Vertex: the service account's public key (PEM) token requests' JWT
+            assertions must be signed with; unset, only their structure and claims are checked.
+        vertex_client_email: Vertex: the service account's email the assertions must be issued by.
+        vertex_token_lifetime_s: Vertex: how long an access token from ``POST /token`` is valid.
         fail: Failure modes applied to every provider call (``x-mock-fail``), e.g. ``{"reset"}``.
 
     Headers override the defaults; a mock started with ``status``/``fail`` plays one misbehaving
@@ -61,6 +65,9 @@ class MockSettings:
     fail: frozenset[str] = frozenset()
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
+    vertex_public_key: str | None = None
+    vertex_client_email: str | None = None
+    vertex_token_lifetime_s: int = 3600
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "ttft_ms", "chunk_delay_ms"):
@@ -72,6 +79,8 @@ class MockSettings:
             raise ValueError("chunks must be >= 1")
         if self.embedding_dimensions < 1:
             raise ValueError("embedding_dimensions must be >= 1")
+        if self.vertex_token_lifetime_s < 1:
+            raise ValueError("vertex_token_lifetime_s must be >= 1")
         if self.record_limit < 0:
             raise ValueError("record_limit must be >= 0")
         if not 0 <= self.port <= 65535:

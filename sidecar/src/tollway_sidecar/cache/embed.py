@@ -73,7 +73,7 @@ class Embedder:
     async def embed(self, route: Route, text: str, *, timeout_s: float) -> Embedding:
         backend = route.backends[0]
         body: dict[str, Any] = {"model": route.model, "input": text, "encoding_format": "float"}
-        adapter = adapter_for("embeddings", backend.provider)
+        adapter = adapter_for("embeddings", backend.provider, backend.model)
         if adapter is None:
             raise EmbeddingFailed(f"{backend.name} ({backend.provider}) serves no embeddings")
         upstream = adapter.request(

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION: Final = "tollway.dev/gatewayconfig/v1alpha1"
 
-Provider = Literal["openai", "openai-compatible", "azure-openai", "anthropic", "gemini", "bedrock"]
+Provider = Literal["openai", "openai-compatible", "azure-openai", "anthropic", "gemini", "bedrock", "vertex"]
+# Where a backend's short-lived credential comes from (`providers.refresh`); None: `credential` as is.
+CredentialSource = Literal["google-service-account", "aws-web-identity"]
 Strategy = Literal["Cost", "Weighted", "Priority"]
 Period = Literal["Daily", "Weekly", "Monthly", "Total"]
 BudgetAction = Literal["Block", "Alert"]
@@ -169,6 +171,11 @@ class Backend(_Value):
     # bedrock: the AWS region requests are signed for (SigV4); `credential` is then the JSON the
     # `providers.bedrock` module documents (access key id, secret access key, optional session token).
     region: str | None = None
+    # vertex: the Google Cloud project (`region` is then its location, e.g. us-central1 or global).
+    project: str | None = None
+    # Set: `credential` is what the source turns into short-lived credentials, refreshed in the
+    # background (`providers.refresh`); the adapter then receives those, never the Secret's value.
+    credential_source: CredentialSource | None = None
 
     @property
     def scheme(self) -> str:

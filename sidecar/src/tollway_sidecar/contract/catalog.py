@@ -18,6 +18,7 @@ GENAI_PROVIDER_IDS: dict[str, str | None] = {
     "anthropic": "anthropic",
     "gemini": "google",
     "bedrock": "aws",
+    "vertex": "google",  # genai-prices lists Vertex's Gemini and Claude models under Google
     "openai-compatible": None,
 }
 

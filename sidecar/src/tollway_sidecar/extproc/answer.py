@@ -76,7 +76,7 @@ def replacement_answer(state: RequestState, info: dict[str, str]) -> tuple[bytes
     assert chosen is not None and chosen.error_body is not None
     body, content_type = chosen.error_body, ""
     assert state.operation is not None
-    adapter = adapter_for(state.operation, chosen.provider)
+    adapter = adapter_for(state.operation, chosen.provider, chosen.model)
     if adapter is not None:
         body, content_type = adapter.error_body(chosen.status, body)
     content_type = content_type or chosen.content_type or _JSON

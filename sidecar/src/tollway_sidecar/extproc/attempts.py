@@ -41,7 +41,13 @@ class CallAttempts:
         return max(self.count, 1)
 
     def begin(self, backend: Backend, number: int, started: float) -> Attempt:
-        attempt = Attempt(number=number, backend=backend.name, provider=backend.provider, started=started)
+        attempt = Attempt(
+            number=number,
+            backend=backend.name,
+            provider=backend.provider,
+            started=started,
+            model=backend.model,
+        )
         self.count, self.backend = number, backend
         self.log.append(attempt)
         return attempt

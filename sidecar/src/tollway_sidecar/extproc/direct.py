@@ -33,15 +33,20 @@ class DirectRewrite:
 
 
 def rewrite(
-    tracing: Tracing, state: RequestState, backend: Backend, anthropic_version: str | None
+    tracing: Tracing,
+    state: RequestState,
+    backend: Backend,
+    anthropic_version: str | None,
+    credential: str | None,
 ) -> DirectRewrite:
-    """Rewrite the call for `backend` and record its first attempt.
+    """Rewrite the call for `backend` and record its first attempt; `credential` is what to send it
+    (`Runtime.credentials`).
 
     Raises `Refused` when the body cannot be expressed for the backend (the router's
     `dispatch.check` refuses those calls first).
     """
     assert state.operation is not None and state.body is not None
-    adapter = adapter_for(state.operation, backend.provider)
+    adapter = adapter_for(state.operation, backend.provider, backend.model)
     assert adapter is not None  # `dispatch.check` refuses a route with a backend that has none
     client = {"anthropic-version": anthropic_version} if anthropic_version else {}
     upstream = adapter.request(
@@ -51,7 +56,7 @@ def rewrite(
             client_headers=client,
             body=state.body,
             raw=None,
-            credential=backend.credential,
+            credential=credential,
             now=time.time(),
             stream=state.stream,
         )

@@ -47,7 +47,7 @@ def check(route: Route, operation: str, body: dict[str, Any]) -> Refusal | None:
     adapters: dict[Adapter, None] = {}
     unserved = []
     for backend in route.backends:
-        adapter = adapter_for(operation, backend.provider)
+        adapter = adapter_for(operation, backend.provider, backend.model)
         if adapter is None:
             unserved.append(backend)
         else:

@@ -269,8 +269,13 @@ class RouterCall:
         if by_router:
             # One backend: rewrite the call here; its cluster has no upstream filter.
             try:
+                backend = route.backends[0]
                 rewrite = direct.rewrite(
-                    self.runtime.tracing, state, route.backends[0], self.anthropic_version
+                    self.runtime.tracing,
+                    state,
+                    backend,
+                    self.anthropic_version,
+                    self.runtime.credentials.credential(backend),
                 )
             except Refused as exc:  # dispatch.check refuses these first; never expected
                 return self._deny(exc.status, exc.message, "invalid_request_error", None, param=exc.param)
@@ -351,7 +356,7 @@ class RouterCall:
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("NONE"))
         content_type = self.content_type = headers.get("content-type", "")
         info = answer.info_headers(state)
-        adapter = adapter_for(state.operation or "", state.backend.provider)
+        adapter = adapter_for(state.operation or "", state.backend.provider, state.backend.model)
         assert adapter is not None  # `dispatch.check` admits only backends with an adapter
         if adapter.is_stream(state.status, content_type):
             state.sse = adapter.stream(
@@ -401,7 +406,7 @@ class RouterCall:
         if len(message.body) > self.runtime.max_response_bytes:
             # Handed over whole past Envoy's buffer limit (it arrived before the headers' reply).
             return self._too_large()
-        adapter = adapter_for(state.operation or "", state.backend.provider)
+        adapter = adapter_for(state.operation or "", state.backend.provider, state.backend.model)
         assert adapter is not None  # `dispatch.check` admits only backends with an adapter
         read = adapter.answer(state.status, self.content_type, message.body)  # the one parse
         state.response_model = read.model

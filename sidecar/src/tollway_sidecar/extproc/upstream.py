@@ -86,7 +86,9 @@ class UpstreamAttempt:
                 500, "The gateway lost track of this request.", error_type="api_error", code="gateway_error"
             )
         backend = self.runtime.compiled.backends.get((state.route.id, name))
-        adapter = adapter_for(state.operation, backend.provider) if backend is not None else None
+        adapter = (
+            adapter_for(state.operation, backend.provider, backend.model) if backend is not None else None
+        )
         if backend is None or adapter is None:
             return msg.error(
                 500,
@@ -122,7 +124,7 @@ class UpstreamAttempt:
                     client_headers=headers,
                     body=state.body,
                     raw=None,
-                    credential=backend.credential,
+                    credential=self.runtime.credentials.credential(backend),
                     now=time.time(),
                     stream=state.stream,
                 )

@@ -39,6 +39,7 @@ class Attempt:
     usage: TokenUsage | None = None
     cost: Decimal | None = None
     span: Any = None  # its CLIENT span while open (opentelemetry Span)
+    model: str = ""  # the backend's model: with `provider`, which adapter words its errors
 
     def answered(self, headers: dict[str, str], now: float) -> None:
         """Its answer's status, content type and any `retry-after`, read from the response headers."""

@@ -1,6 +1,7 @@
 """Which adapter serves a (client API, backend provider) pair; a pair not listed is not served.
 
-Adding a provider: its adapter module, and its lines in `ADAPTERS`.
+Adding a provider: its adapter module, and its lines in `ADAPTERS`. A provider whose API depends on
+the backend's model (Vertex: Claude or Gemini) is keyed `provider/publisher` (`_publisher_key`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from typing import Final
 from tollway_sidecar.providers.adapters.anthropic import AnthropicChat, AnthropicMessages
 from tollway_sidecar.providers.adapters.base import Adapter, UpstreamRequest
 from tollway_sidecar.providers.adapters.chat_bedrock import ChatBedrock
+from tollway_sidecar.providers.adapters.chat_vertex import ChatVertex, ChatVertexClaude
 from tollway_sidecar.providers.adapters.messages_bedrock import MessagesBedrock
+from tollway_sidecar.providers.adapters.messages_gemini import MessagesGemini
+from tollway_sidecar.providers.adapters.messages_vertex import MessagesVertex
 from tollway_sidecar.providers.adapters.openai import AzureOpenAI, OpenAICompatible
 from tollway_sidecar.providers.adapters.responses_chat import ResponsesOverChat
 from tollway_sidecar.providers.adapters.responses_openai import AzureResponses, OpenAIResponses
+from tollway_sidecar.providers.vertex import publisher
 
 __all__ = ["ADAPTERS", "CREDENTIAL_HEADERS", "adapter_for", "removals"]
 
@@ -22,6 +27,8 @@ _OPENAI: Final = OpenAICompatible()
 _AZURE: Final = AzureOpenAI()
 _ANTHROPIC_CHAT: Final = AnthropicChat()
 _BEDROCK_CHAT: Final = ChatBedrock()
+_VERTEX_CHAT: Final = ChatVertex()
+_VERTEX_CLAUDE_CHAT: Final = ChatVertexClaude()
 
 # (operation, provider) → adapter. Operations: `chat`, `embeddings`, `messages`, `responses`
 # (`extproc.state`).
@@ -38,6 +45,10 @@ ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("messages", "anthropic"): AnthropicMessages(),
     ("chat", "bedrock"): _BEDROCK_CHAT,
     ("messages", "bedrock"): MessagesBedrock(),
+    ("chat", "vertex"): _VERTEX_CHAT,  # Gemini
+    ("messages", "vertex"): MessagesGemini(),
+    ("chat", "vertex/anthropic"): _VERTEX_CLAUDE_CHAT,
+    ("messages", "vertex/anthropic"): MessagesVertex(),
     ("responses", "openai"): OpenAIResponses(),
     ("responses", "azure-openai"): AzureResponses(),
     # Backends that speak only chat completions (or Anthropic, Converse): translated through them.
@@ -45,6 +56,8 @@ ADAPTERS: Final[Mapping[tuple[str, str], Adapter]] = {
     ("responses", "gemini"): ResponsesOverChat(_OPENAI),
     ("responses", "anthropic"): ResponsesOverChat(_ANTHROPIC_CHAT),
     ("responses", "bedrock"): ResponsesOverChat(_BEDROCK_CHAT),
+    ("responses", "vertex"): ResponsesOverChat(_VERTEX_CHAT),
+    ("responses", "vertex/anthropic"): ResponsesOverChat(_VERTEX_CLAUDE_CHAT),
 }
 
 # Every header any adapter sets: each attempt sets or removes each of them, because Envoy keeps an
@@ -54,8 +67,15 @@ CREDENTIAL_HEADERS: Final[tuple[str, ...]] = tuple(
 )
 
 
-def adapter_for(operation: str, provider: str) -> Adapter | None:
-    return ADAPTERS.get((operation, provider))
+def _publisher_key(provider: str, model: str) -> str:
+    if provider == "vertex" and publisher(model) == "anthropic":
+        return "vertex/anthropic"
+    return provider
+
+
+def adapter_for(operation: str, provider: str, model: str = "") -> Adapter | None:
+    """The adapter for a backend of `provider` serving `model` to `operation` clients."""
+    return ADAPTERS.get((operation, _publisher_key(provider, model)))
 
 
 def removals(upstream: UpstreamRequest) -> tuple[str, ...]:
