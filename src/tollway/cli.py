@@ -254,6 +254,20 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool) -> None:
     default=None,
     help="Bedrock endpoints: its secret (both unset: every signature is refused).",
 )
+@click.option(
+    "--sts-web-identity-token",
+    envvar="TOLLWAY_MOCK_STS_WEB_IDENTITY_TOKEN",
+    default=None,
+    help="STS endpoint: the web identity token (JWT) AssumeRoleWithWebIdentity accepts.",
+)
+@click.option("--sts-role-arn", default=None, help="STS endpoint: the only role that may be assumed.")
+@click.option(
+    "--sts-duration-s",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="STS endpoint: lifetime of the temporary keys it issues.",
+)
 def mock_provider(
     host: str,
     port: int,
@@ -267,6 +281,9 @@ def mock_provider(
     fail: str | None,
     aws_access_key_id: str | None,
     aws_secret_access_key: str | None,
+    sts_web_identity_token: str | None,
+    sts_role_arn: str | None,
+    sts_duration_s: float,
 ) -> None:
     """Run the mock OpenAI/Anthropic-compatible provider (and Bedrock's Converse API)."""
     from tollway.mockprovider import MockSettings, run
@@ -282,6 +299,9 @@ def mock_provider(
         fail=frozenset(part.strip() for part in (fail or "").split(",") if part.strip()),
         aws_access_key_id=aws_access_key_id,
         aws_secret_access_key=aws_secret_access_key,
+        sts_web_identity_token=sts_web_identity_token,
+        sts_role_arn=sts_role_arn,
+        sts_duration_s=sts_duration_s,
     )
     run(host, port, settings)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_api, bedrock_api, openai_api, responses_api
+from . import anthropic_api, bedrock_api, openai_api, responses_api, sts_api
 from .knobs import (
     FAIL_GARBAGE,
     FAIL_HTML,
@@ -145,6 +145,7 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[STATE_KEY] = MockState(settings=settings, requests=deque(maxlen=settings.record_limit))
     app[responses_api.STORE_KEY] = responses_api.ResponseStore()
+    app[sts_api.ISSUED_KEY] = sts_api.IssuedKeys()
     app.on_shutdown.append(_on_shutdown)
 
     oa, an = Flavor.OPENAI, Flavor.ANTHROPIC
@@ -175,6 +176,9 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_post(
         "/model/{model}/converse-stream", _endpoint(Flavor.BEDROCK, bedrock_api.converse_stream)
     )
+    # STS's query API: botocore posts to the endpoint's root (`AWS_ENDPOINT_URL_STS`).
+    app.router.add_post("/", sts_api.assume_role_with_web_identity)
+    app.router.add_post("/sts", sts_api.assume_role_with_web_identity)
     app.router.add_get("/_mock/health", _health)
     app.router.add_get("/_mock/requests", _get_requests, allow_head=False)
     app.router.add_delete("/_mock/requests", _clear_requests)

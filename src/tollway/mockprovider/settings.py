@@ -37,6 +37,10 @@ class MockSettings:
         retry_after: With ``status``: the ``retry-after`` header sent (``x-mock-retry-after``).
         aws_access_key_id: Bedrock endpoints: the access key id requests must be SigV4-signed with.
         aws_secret_access_key: Bedrock endpoints: its secret; both unset, every signature is refused.
+        sts_web_identity_token: STS endpoint: the one web identity token (a JWT) it accepts; unset,
+            every AssumeRoleWithWebIdentity is refused.
+        sts_role_arn: STS endpoint: when set, the only role it lets be assumed.
+        sts_duration_s: STS endpoint: how long the temporary keys it issues stay valid (seconds).
         fail: Failure modes applied to every provider call (``x-mock-fail``), e.g. ``{"reset"}``.
 
     Headers override the defaults; a mock started with ``status``/``fail`` plays one misbehaving
@@ -61,6 +65,9 @@ class MockSettings:
     fail: frozenset[str] = frozenset()
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
+    sts_web_identity_token: str | None = None
+    sts_role_arn: str | None = None
+    sts_duration_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "ttft_ms", "chunk_delay_ms"):
@@ -72,6 +79,8 @@ class MockSettings:
             raise ValueError("chunks must be >= 1")
         if self.embedding_dimensions < 1:
             raise ValueError("embedding_dimensions must be >= 1")
+        if self.sts_duration_s <= 0:
+            raise ValueError("sts_duration_s must be > 0")
         if self.record_limit < 0:
             raise ValueError("record_limit must be >= 0")
         if not 0 <= self.port <= 65535:

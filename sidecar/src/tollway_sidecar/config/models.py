@@ -167,6 +167,9 @@ class Backend(_Value):
     # bedrock: the AWS region requests are signed for (SigV4); `credential` is then the JSON the
     # `providers.bedrock` module documents (access key id, secret access key, optional session token).
     region: str | None = None
+    # bedrock with web identity: the IAM role assumed with the pod's ServiceAccount token (None: the
+    # pod's AWS_ROLE_ARN); the credential is then fetched and refreshed by the sidecar.
+    role_arn: str | None = None
 
     @property
     def scheme(self) -> str:

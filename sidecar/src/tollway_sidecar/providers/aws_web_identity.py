@@ -1,0 +1,117 @@
+"""Temporary AWS credentials for a Bedrock backend from the pod's web identity (IRSA).
+
+The gateway Pod's projected ServiceAccount token (`AWS_WEB_IDENTITY_TOKEN_FILE`, by default the path
+EKS's pod-identity webhook mounts) is exchanged for temporary keys with STS
+`AssumeRoleWithWebIdentity`, through botocore's STS client (unsigned, as the call needs no keys).
+The role is the backend's `role_arn`, else `AWS_ROLE_ARN`; the STS endpoint is botocore's: regional
+for the backend's region, or `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` when set. The token file is
+read on every fetch, since the kubelet rotates it.
+
+`fetch()` blocks (an HTTPS call): the credential refresher runs it in a thread. Its credential is
+the JSON `providers.bedrock.parse_credentials` reads, so the Bedrock adapters sign with it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import botocore.session
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tollway_sidecar.config.models import Backend
+
+__all__ = ["DEFAULT_TOKEN_FILE", "SOURCE", "WebIdentityError", "WebIdentitySource", "source_for"]
+
+SOURCE: Final = "aws-web-identity"
+# Where EKS's pod-identity webhook projects the ServiceAccount token (and sets the variable to).
+DEFAULT_TOKEN_FILE: Final = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"
+_SESSION_NAME_CHARS: Final = re.compile(r"[^\w+=,.@-]")
+
+
+class WebIdentityError(RuntimeError):
+    """Why no temporary credentials could be had; never holds the token or a key."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebIdentitySource:
+    role_arn: str
+    region: str
+    token_file: str
+    session_name: str
+    timeout_s: float = 10.0
+
+    def _client(self) -> object:
+        config = Config(
+            signature_version=UNSIGNED,
+            connect_timeout=self.timeout_s,
+            read_timeout=self.timeout_s,
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        # A fresh session reads AWS_ENDPOINT_URL_STS and the like now, not at import.
+        return botocore.session.get_session().create_client("sts", region_name=self.region, config=config)
+
+    def fetch(self) -> tuple[str, float]:
+        """(the Bedrock credential JSON, its expiry as a Unix time); raises WebIdentityError."""
+        try:
+            token = Path(self.token_file).read_text().strip()
+        except OSError as exc:
+            raise WebIdentityError(
+                f"cannot read the web identity token file {self.token_file}: {exc.strerror}"
+            ) from None
+        if not token:
+            raise WebIdentityError(f"the web identity token file {self.token_file} is empty")
+        client = self._client()
+        try:
+            answer = client.assume_role_with_web_identity(  # type: ignore[attr-defined]
+                RoleArn=self.role_arn, RoleSessionName=self.session_name, WebIdentityToken=token
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise WebIdentityError(
+                f"STS AssumeRoleWithWebIdentity for {self.role_arn} failed: "
+                f"{error.get('Code', '?')}: {error.get('Message', '')}"[:500]
+            ) from None
+        except BotoCoreError as exc:
+            raise WebIdentityError(
+                f"STS AssumeRoleWithWebIdentity for {self.role_arn} failed: {exc}"
+            ) from None
+        finally:
+            client.close()  # type: ignore[attr-defined]
+        credentials = answer["Credentials"]
+        credential = json.dumps(
+            {
+                "access_key_id": credentials["AccessKeyId"],
+                "secret_access_key": credentials["SecretAccessKey"],
+                "session_token": credentials["SessionToken"],
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return credential, credentials["Expiration"].timestamp()
+
+
+def source_for(backend: Backend, environ: Mapping[str, str] | None = None) -> WebIdentitySource:
+    """The source of a web-identity Bedrock backend, from the backend and the pod's environment."""
+    env = os.environ if environ is None else environ
+    role_arn = backend.role_arn or env.get("AWS_ROLE_ARN", "")
+    if not role_arn:
+        raise WebIdentityError(
+            f"backend {backend.name!r} uses web identity but names no roleARN and AWS_ROLE_ARN is unset"
+        )
+    if backend.region is None:
+        raise WebIdentityError(f"backend {backend.name!r} uses web identity but has no region")
+    session = env.get("AWS_ROLE_SESSION_NAME") or f"tollway-{backend.name}"
+    return WebIdentitySource(
+        role_arn=role_arn,
+        region=backend.region,
+        token_file=env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or DEFAULT_TOKEN_FILE,
+        session_name=_SESSION_NAME_CHARS.sub("-", session)[:64],
+    )
