@@ -25,6 +25,8 @@ from tollway_sidecar.config.models import GatewayConfig
 from tollway_sidecar.config.secret_watch import ApiAccess, SecretWatcher, parse_secret_ref
 from tollway_sidecar.extproc.server import ExternalProcessor
 from tollway_sidecar.limits import grpc_message_limit
+from tollway_sidecar.providers.refresh import Refreshers
+from tollway_sidecar.providers.sources import credential_sources
 from tollway_sidecar.quota.gate import QuotaGate
 from tollway_sidecar.quota.memory import MemoryStore
 from tollway_sidecar.quota.redis_store import RedisStore
@@ -64,8 +66,12 @@ async def serve(
         tracing=Tracing.from_env(
             capture_content=settings.capture_content, redact_patterns=settings.redact_patterns
         ),
+        credentials=Refreshers(credential_sources()),
     )
     runtime.worker_index = worker
+    # Short-lived credentials before the first call needs them (a failure is logged and retried).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.credentials.refresh_due(), timeout=CREDENTIALS_START_TIMEOUT_S)
     write_dynamic_resources(config, settings.xds_dir, workers=workers)
 
     def apply(new: GatewayConfig) -> None:
@@ -112,6 +118,7 @@ async def serve(
     refresh_task = asyncio.create_task(_refresh_gauges(runtime)) if multiprocess_metrics() else None
     watch_task = asyncio.create_task(watcher.run())
     secret_task = asyncio.create_task(secret_watcher.run()) if secret_watcher is not None else None
+    credentials_task = asyncio.create_task(runtime.credentials.run())
     _tune_gc()
     log.info(
         "sidecar worker %d of %d ready: ext_proc on %s, admin %s, config %s",
@@ -126,6 +133,7 @@ async def serve(
     finally:
         log.info("shutting down")
         watch_task.cancel()
+        credentials_task.cancel()
         if secret_task is not None:
             secret_task.cancel()
         if refresh_task is not None:
@@ -171,6 +179,7 @@ async def _quota_gate(settings: SidecarSettings, config: GatewayConfig) -> Quota
 # A stopping gRPC server refuses new streams, and a call under way on a route that can fall back opens
 # one per attempt: keep serving until the calls admitted have ended (or this long has passed).
 DRAIN_CALLS_S = 4.0
+CREDENTIALS_START_TIMEOUT_S = 10.0  # a slow token endpoint delays start-up no longer than this
 DRAIN_GRACE_S = 5.0  # as before: the streams still open (a long answer) get this long
 
 

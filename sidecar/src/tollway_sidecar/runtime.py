@@ -16,6 +16,7 @@ from tollway_sidecar.cache import Coalescer, MemoryCacheStore
 from tollway_sidecar.config.models import Backend, Budget, GatewayConfig, Route, VirtualKey
 from tollway_sidecar.limits import DEFAULT_MAX_RESPONSE_BYTES
 from tollway_sidecar.pricing import PriceBook
+from tollway_sidecar.providers.refresh import Refreshers
 from tollway_sidecar.routing.plan import RoutePlan, plans_for, rewritten_by_router
 from tollway_sidecar.tracing import Tracing
 
@@ -144,6 +145,7 @@ class Runtime:
         tracing: Tracing | None = None,
         replica: str = "",
         cache: Coalescer | None = None,
+        credentials: Refreshers | None = None,
     ) -> None:
         from tollway_sidecar.extproc.usage_record import replica_name
         from tollway_sidecar.quota.gate import QuotaGate
@@ -162,6 +164,9 @@ class Runtime:
         self.tracing = tracing or Tracing()  # no-op unless the app configures an exporter
         self.metrics = Metrics()
         self.metrics.config_loaded(compiled.config)
+        # Each backend's credential as sent upstream: refreshed ones for backends with a source.
+        self.credentials = credentials or Refreshers({})
+        self.credentials.update(compiled.backends.values())
         self.quota.bind_metrics(self.metrics.registry, self.metrics.track)
         self.metrics.track_open(lambda: self.quota.open)
 
@@ -179,4 +184,5 @@ class Runtime:
     def swap(self, compiled: CompiledConfig) -> None:
         """Replace the config; requests already under way keep the objects they hold."""
         self.compiled = compiled
+        self.credentials.update(compiled.backends.values())
         self.metrics.config_loaded(compiled.config)

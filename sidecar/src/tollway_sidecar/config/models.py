@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 SCHEMA_VERSION: Final = "tollway.dev/gatewayconfig/v1alpha1"
 
 Provider = Literal["openai", "openai-compatible", "azure-openai", "anthropic", "gemini", "bedrock"]
+# Where a backend's short-lived credential comes from (`providers.refresh`); None: `credential` as is.
+CredentialSource = Literal["google-service-account", "aws-web-identity"]
 Strategy = Literal["Cost", "Weighted", "Priority"]
 Period = Literal["Daily", "Weekly", "Monthly", "Total"]
 BudgetAction = Literal["Block", "Alert"]
@@ -167,9 +169,9 @@ class Backend(_Value):
     # bedrock: the AWS region requests are signed for (SigV4); `credential` is then the JSON the
     # `providers.bedrock` module documents (access key id, secret access key, optional session token).
     region: str | None = None
-    # bedrock with web identity: the IAM role assumed with the pod's ServiceAccount token (None: the
-    # pod's AWS_ROLE_ARN); the credential is then fetched and refreshed by the sidecar.
-    role_arn: str | None = None
+    # Set: `credential` is what the source turns into short-lived credentials, refreshed in the
+    # background (`providers.refresh`); the adapter then receives those, never the Secret's value.
+    credential_source: CredentialSource | None = None
 
     @property
     def scheme(self) -> str:

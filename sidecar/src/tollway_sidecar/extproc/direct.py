@@ -33,9 +33,14 @@ class DirectRewrite:
 
 
 def rewrite(
-    tracing: Tracing, state: RequestState, backend: Backend, anthropic_version: str | None
+    tracing: Tracing,
+    state: RequestState,
+    backend: Backend,
+    anthropic_version: str | None,
+    credential: str | None,
 ) -> DirectRewrite:
-    """Rewrite the call for `backend` and record its first attempt.
+    """Rewrite the call for `backend` and record its first attempt; `credential` is what to send it
+    (`Runtime.credentials`).
 
     Raises `Refused` when the body cannot be expressed for the backend (the router's
     `dispatch.check` refuses those calls first).
@@ -51,7 +56,7 @@ def rewrite(
             client_headers=client,
             body=state.body,
             raw=None,
-            credential=backend.credential,
+            credential=credential,
             now=time.time(),
             stream=state.stream,
         )

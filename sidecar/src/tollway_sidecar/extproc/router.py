@@ -269,8 +269,13 @@ class RouterCall:
         if by_router:
             # One backend: rewrite the call here; its cluster has no upstream filter.
             try:
+                backend = route.backends[0]
                 rewrite = direct.rewrite(
-                    self.runtime.tracing, state, route.backends[0], self.anthropic_version
+                    self.runtime.tracing,
+                    state,
+                    backend,
+                    self.anthropic_version,
+                    self.runtime.credentials.credential(backend),
                 )
             except Refused as exc:  # dispatch.check refuses these first; never expected
                 return self._deny(exc.status, exc.message, "invalid_request_error", None, param=exc.param)

@@ -122,7 +122,7 @@ class UpstreamAttempt:
                     client_headers=headers,
                     body=state.body,
                     raw=None,
-                    credential=backend.credential,
+                    credential=self.runtime.credentials.credential(backend),
                     now=time.time(),
                     stream=state.stream,
                 )

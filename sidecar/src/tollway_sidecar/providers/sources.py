@@ -1,0 +1,12 @@
+"""The credential sources this sidecar can refresh (`providers.refresh`), by `Backend.credential_source`."""
+
+from __future__ import annotations
+
+from tollway_sidecar.providers.refresh import SourceFactory
+
+__all__ = ["credential_sources"]
+
+
+def credential_sources() -> dict[str, SourceFactory]:
+    """Each source kind's factory: it turns a backend into a blocking `fetch` of its credential."""
+    return {}
