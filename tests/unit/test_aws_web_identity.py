@@ -26,8 +26,11 @@ from tollway_sidecar.providers.aws_web_identity import (
     DEFAULT_TOKEN_FILE,
     WebIdentityError,
     WebIdentitySource,
+    fetch_for,
     source_for,
 )
+from tollway_sidecar.providers.refresh import Refreshers
+from tollway_sidecar.providers.sources import credential_sources
 
 ROLE = "arn:aws:iam::123456789012:role/tollway-gateway"
 NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
@@ -84,7 +87,8 @@ def backend(url: str, role: str | None = ROLE) -> Backend:
         model="amazon.nova-lite-v1:0",
         base_url=url,
         region="us-east-1",
-        role_arn=role,
+        credential=role,
+        credential_source="aws-web-identity",
     )
 
 
@@ -217,3 +221,31 @@ def test_source_for_takes_the_backends_role_else_the_pods() -> None:
     assert source_for(backend("http://b", None), {"AWS_ROLE_ARN": ROLE}).token_file == DEFAULT_TOKEN_FILE
     with pytest.raises(WebIdentityError, match="names no roleARN and AWS_ROLE_ARN is unset"):
         source_for(backend("http://b", None), {})
+
+
+async def test_the_refresher_keeps_web_identity_keys_for_the_bedrock_adapter(
+    sts_env: None, token_file: Path, mock_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    refreshers = Refreshers(credential_sources())
+    b = backend(mock_url)
+    refreshers.update([b])
+    assert refreshers.credential(b) is None  # nothing fetched yet
+    await refreshers.refresh_due()
+    first = refreshers.credential(b)
+    assert first is not None and (await converse(mock_url, first))[0] == 200
+    due = refreshers.next_due()
+    # Halfway through the mock's 2 s lifetime: well before the keys expire.
+    assert due is not None and due <= time.time() + 1.2
+    await asyncio.sleep(max(0.0, due - time.time()) + 0.05)
+    await refreshers.refresh_due()
+    second = refreshers.credential(b)
+    assert second is not None and second != first
+    assert (await converse(mock_url, second))[0] == 200
+
+
+def test_a_backend_without_any_role_fails_its_fetch_not_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ROLE_ARN", raising=False)
+    fetch = fetch_for(backend("http://b", None))
+    with pytest.raises(WebIdentityError, match="names no roleARN"):
+        fetch()

@@ -53,6 +53,7 @@ from tollway_operator.resources import (
 from tollway_sidecar.config.models import (
     Backend,
     Budget,
+    CredentialSource,
     Fallback,
     GatewayConfig,
     Limits,
@@ -339,6 +340,11 @@ class _Compiler:
                     credential = self.credential(m, value, b.credentials_secret_ref, path)
                 if credential is not None and b.provider == "bedrock":
                     credential = self.aws_credential(m, credential, b.credentials_secret_ref, path)
+            # Web identity: the sidecar assumes this role (None: the Pod's AWS_ROLE_ARN) and keeps the
+            # temporary keys fresh; no Secret is involved.
+            source: CredentialSource | None = None
+            if b.web_identity is not None:
+                credential, source = b.web_identity.role_arn, "aws-web-identity"
             if b.pricing is None and not has_catalog_price(b.provider, b.model):
                 self.error(
                     m,
@@ -368,6 +374,7 @@ class _Compiler:
                     pricing=pricing,
                     api_version=b.resolved_api_version,
                     region=b.region,
+                    credential_source=source,
                 )
             )
         if len(self.errors) != count:

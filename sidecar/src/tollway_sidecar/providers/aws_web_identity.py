@@ -3,9 +3,10 @@
 The gateway Pod's projected ServiceAccount token (`AWS_WEB_IDENTITY_TOKEN_FILE`, by default the path
 EKS's pod-identity webhook mounts) is exchanged for temporary keys with STS
 `AssumeRoleWithWebIdentity`, through botocore's STS client (unsigned, as the call needs no keys).
-The role is the backend's `role_arn`, else `AWS_ROLE_ARN`; the STS endpoint is botocore's: regional
-for the backend's region, or `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` when set. The token file is
-read on every fetch, since the kubelet rotates it.
+The role is the backend's `credential` (the operator compiles `webIdentity.roleARN` into it: the
+role is what this source turns into keys), else the Pod's `AWS_ROLE_ARN`. The STS endpoint is
+botocore's: regional for the backend's region, or `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` when
+set. The token file is read on every fetch, since the kubelet rotates it.
 
 `fetch()` blocks (an HTTPS call): the credential refresher runs it in a thread. Its credential is
 the JSON `providers.bedrock.parse_credentials` reads, so the Bedrock adapters sign with it unchanged.
@@ -27,8 +28,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tollway_sidecar.config.models import Backend
+from tollway_sidecar.providers.refresh import Fetch
 
-__all__ = ["DEFAULT_TOKEN_FILE", "SOURCE", "WebIdentityError", "WebIdentitySource", "source_for"]
+__all__ = ["DEFAULT_TOKEN_FILE", "SOURCE", "WebIdentityError", "WebIdentitySource", "fetch_for", "source_for"]
 
 SOURCE: Final = "aws-web-identity"
 # Where EKS's pod-identity webhook projects the ServiceAccount token (and sets the variable to).
@@ -101,7 +103,7 @@ class WebIdentitySource:
 def source_for(backend: Backend, environ: Mapping[str, str] | None = None) -> WebIdentitySource:
     """The source of a web-identity Bedrock backend, from the backend and the pod's environment."""
     env = os.environ if environ is None else environ
-    role_arn = backend.role_arn or env.get("AWS_ROLE_ARN", "")
+    role_arn = backend.credential or env.get("AWS_ROLE_ARN", "")
     if not role_arn:
         raise WebIdentityError(
             f"backend {backend.name!r} uses web identity but names no roleARN and AWS_ROLE_ARN is unset"
@@ -115,3 +117,17 @@ def source_for(backend: Backend, environ: Mapping[str, str] | None = None) -> We
         token_file=env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or DEFAULT_TOKEN_FILE,
         session_name=_SESSION_NAME_CHARS.sub("-", session)[:64],
     )
+
+
+def fetch_for(backend: Backend) -> Fetch:
+    """The refresher's factory: the backend's fetch, or one that fails with the reason (a config
+    reload must not fail for one backend's missing role; the refresher logs and retries it)."""
+    try:
+        return source_for(backend).fetch
+    except WebIdentityError as exc:
+        reason = str(exc)
+
+        def refuse() -> tuple[str, float]:
+            raise WebIdentityError(reason)
+
+        return refuse

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tollway_sidecar.providers import aws_web_identity
 from tollway_sidecar.providers.refresh import SourceFactory
 
 __all__ = ["credential_sources"]
@@ -9,4 +10,4 @@ __all__ = ["credential_sources"]
 
 def credential_sources() -> dict[str, SourceFactory]:
     """Each source kind's factory: it turns a backend into a blocking `fetch` of its credential."""
-    return {}
+    return {aws_web_identity.SOURCE: aws_web_identity.fetch_for}
