@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chart_env import documents, template
+from chart_env import ROOT, documents, template
 
 ROLE = "arn:aws:iam::123456789012:role/tollway-gateway"
 TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
@@ -82,3 +82,15 @@ def test_the_schema_refuses_a_role_that_is_no_iam_role_arn(helm: str) -> None:
     result = template(helm, "--set", "gateway.aws.webIdentity.roleARN=tollway-gateway")
     assert result.returncode != 0
     assert "roleARN" in result.stderr
+
+
+def test_the_examples_values_render(helm: str) -> None:
+    eks = _render(helm, "-f", str(ROOT / "examples" / "bedrock" / "chart" / "values-eks.yaml"))
+    account = next(
+        d for d in eks if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "tw-tollway-gateway"
+    )
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/tollway-bedrock")
+    oidc = _gateway_pod(
+        _render(helm, "-f", str(ROOT / "examples" / "bedrock" / "chart" / "values-oidc.yaml"))
+    )
+    assert any(v["name"] == "aws-web-identity" for v in oidc["volumes"])

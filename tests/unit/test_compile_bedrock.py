@@ -8,6 +8,8 @@ from typing import Any
 
 from tests.unit.test_compile import compile_docs, only_error, resource, route_error, secret
 
+from tollway_operator.compile import compile_directory
+
 MODEL = "amazon.nova-lite-v1:0"
 
 
@@ -119,3 +121,20 @@ def test_only_bedrock_takes_web_identity(tmp_path: Path) -> None:
 def test_a_role_that_is_no_iam_role_arn_is_refused(tmp_path: Path) -> None:
     error = route_error(tmp_path, backends=[web_identity(webIdentity={"roleARN": "tollway-gateway"})])
     assert "roleARN" in error.field
+
+
+def test_the_bedrock_example_compiles_to_both_kinds_of_keys() -> None:
+    result = compile_directory(Path(__file__).resolve().parents[2] / "examples" / "bedrock")
+    assert (result.errors, result.warnings) == ((), ())
+    routes = {r.name: r for r in result.config.routes}
+    us, eu = routes["nova"].backends
+    assert (us.credential_source, us.credential) == (
+        "aws-web-identity",
+        "arn:aws:iam::123456789012:role/tollway-bedrock",
+    )
+    assert (eu.credential_source, eu.credential, eu.region) == ("aws-web-identity", None, "eu-west-1")
+    (static,) = routes["claude-on-bedrock"].backends
+    assert (
+        static.credential_source is None
+        and json.loads(static.credential or "")["access_key_id"] == "AKIDEXAMPLE"
+    )
