@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import botocore.session
 from botocore import UNSIGNED
@@ -50,7 +50,7 @@ class WebIdentitySource:
     session_name: str
     timeout_s: float = 10.0
 
-    def _client(self) -> object:
+    def _client(self) -> Any:  # botocore's clients are generated at run time: untyped
         config = Config(
             signature_version=UNSIGNED,
             connect_timeout=self.timeout_s,
@@ -72,7 +72,7 @@ class WebIdentitySource:
             raise WebIdentityError(f"the web identity token file {self.token_file} is empty")
         client = self._client()
         try:
-            answer = client.assume_role_with_web_identity(  # type: ignore[attr-defined]
+            answer = client.assume_role_with_web_identity(
                 RoleArn=self.role_arn, RoleSessionName=self.session_name, WebIdentityToken=token
             )
         except ClientError as exc:
@@ -86,7 +86,7 @@ class WebIdentitySource:
                 f"STS AssumeRoleWithWebIdentity for {self.role_arn} failed: {exc}"
             ) from None
         finally:
-            client.close()  # type: ignore[attr-defined]
+            client.close()
         credentials = answer["Credentials"]
         credential = json.dumps(
             {
