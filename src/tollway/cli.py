@@ -275,6 +275,20 @@ def operator_command(namespaces: tuple[str, ...], all_namespaces: bool) -> None:
     show_default=True,
     help="Vertex: seconds an access token from POST /token is valid.",
 )
+@click.option(
+    "--sts-web-identity-token",
+    envvar="TOLLWAY_MOCK_STS_WEB_IDENTITY_TOKEN",
+    default=None,
+    help="STS endpoint: the web identity token (JWT) AssumeRoleWithWebIdentity accepts.",
+)
+@click.option("--sts-role-arn", default=None, help="STS endpoint: the only role that may be assumed.")
+@click.option(
+    "--sts-duration-s",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="STS endpoint: lifetime of the temporary keys it issues.",
+)
 def mock_provider(
     host: str,
     port: int,
@@ -291,6 +305,9 @@ def mock_provider(
     vertex_public_key_file: str | None,
     vertex_client_email: str | None,
     vertex_token_lifetime: int,
+    sts_web_identity_token: str | None,
+    sts_role_arn: str | None,
+    sts_duration_s: float,
 ) -> None:
     """Run the mock OpenAI/Anthropic-compatible provider (and Bedrock's Converse API, Vertex AI's)."""
     from tollway.mockprovider import MockSettings, run
@@ -309,6 +326,9 @@ def mock_provider(
         vertex_public_key=Path(vertex_public_key_file).read_text() if vertex_public_key_file else None,
         vertex_client_email=vertex_client_email,
         vertex_token_lifetime_s=vertex_token_lifetime,
+        sts_web_identity_token=sts_web_identity_token,
+        sts_role_arn=sts_role_arn,
+        sts_duration_s=sts_duration_s,
     )
     run(host, port, settings)
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import openai
 import pytest
-from gateway_env import DEMO_KEY, ROOT, Gateway, start_fleet, vertex_key
+from gateway_env import DEMO_KEY, ROOT, WEB_IDENTITY_TOKEN, Gateway, start_fleet, vertex_key
 from rediscluster import redis_cluster_fixture  # noqa: F401  (the shared fixture)
 from redisserver import redis_server_fixture  # noqa: F401  (the shared fixture)
 
@@ -42,8 +42,15 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         quiet=True,
     )
     dev = DevGateway(options)
+    token_file = base / "aws-web-identity-token"
+    token_file.write_text(WEB_IDENTITY_TOKEN)
     try:
-        dev.start()
+        # The sidecar's web identity, as EKS's webhook sets it (the children copy the environment).
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+            env.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{fleet_ports['IRSA']}")
+            env.setenv("AWS_CONFIG_FILE", str(base / "no-aws-config"))
+            dev.start()
         yield Gateway(
             dev=dev,
             config_dir=config_dir,

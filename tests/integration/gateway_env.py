@@ -4,6 +4,7 @@ A module of its own (not conftest) so test files can import it by a name no othe
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -23,6 +24,30 @@ DISABLED_KEY = "tw-disabled-0123456789abcdef0123456789abcd"
 EXPIRED_KEY = "tw-expired-0123456789abcdef0123456789abcdef"
 
 
+# The gateway's web identity for Bedrock (IRSA): the ServiceAccount token the sidecar reads from
+# AWS_WEB_IDENTITY_TOKEN_FILE (a JWT, as the kubelet projects one), the role it may assume, and how
+# long the mock's STS keys live: short, so a test sees them refreshed.
+def _b64(claims: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+
+
+WEB_IDENTITY_TOKEN = ".".join(
+    (
+        _b64({"alg": "RS256", "kid": "tollway-test"}),
+        _b64(
+            {
+                "iss": "https://oidc.eks.us-east-1.amazonaws.com/id/TOLLWAYTEST",
+                "sub": "system:serviceaccount:tollway-system:tw-tollway-gateway",
+                "aud": "sts.amazonaws.com",
+                "exp": 4102444800,
+            }
+        ),
+        "dGVzdC1zaWduYXR1cmU",
+    )
+)
+IRSA_ROLE = "arn:aws:iam::123456789012:role/tollway-gateway"
+IRSA_KEY_LIFETIME_S = 6
+
 # Extra mock providers for the fallback tests, each with one fixed behaviour (tollway mock-provider
 # flags); tests/fixtures/integration/routing.yaml names them by port.
 MOCK_FLEET: dict[str, list[str]] = {
@@ -36,6 +61,15 @@ MOCK_FLEET: dict[str, list[str]] = {
     # Vertex: tokens from its /token for the service account `vertex_flags` makes; short-lived, so
     # that the sidecar refreshes them during the run.
     "VERTEX": ["--vertex-token-lifetime", "6"],
+    # Bedrock that accepts only keys from its own STS endpoint (web identity).
+    "IRSA": [
+        "--sts-web-identity-token",
+        WEB_IDENTITY_TOKEN,
+        "--sts-role-arn",
+        IRSA_ROLE,
+        "--sts-duration-s",
+        str(IRSA_KEY_LIFETIME_S),
+    ],
 }
 VERTEX_CLIENT_EMAIL = "tollway-it@tollway-test.iam.gserviceaccount.com"
 _vertex_key: list[str] = []  # the service account's JSON key, once `vertex_flags` made it

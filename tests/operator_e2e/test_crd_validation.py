@@ -83,6 +83,10 @@ VERTEX = {
     "region": "us-central1",
     "credentialsSecretRef": {"name": "gcp", "key": "key.json"},
 }
+ROLE = "arn:aws:iam::123456789012:role/tollway-gateway"
+BEDROCK = {"name": "br", "provider": "bedrock", "model": "amazon.nova-lite-v1:0", "region": "us-east-1"}
+AWS_SECRET = {"name": "aws", "key": "AWS_ACCESS_KEY_ID"}
+ONE_OF_RULE = "a bedrock backend takes exactly one of credentialsSecretRef and webIdentity"
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("zero limit", budget(limit="0.00"), "limit must be greater than 0"),
@@ -140,6 +144,22 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         route(backends=[{**VERTEX, "project": "My_Proj"}]),
         "spec.backends[0].project in body should match",
     ),
+    (
+        "web_identity and a Secret",
+        route(backends=[{**BEDROCK, "credentialsSecretRef": AWS_SECRET, "webIdentity": {"roleARN": ROLE}}]),
+        ONE_OF_RULE,
+    ),
+    ("web_identity nor a Secret", route(backends=[BEDROCK]), ONE_OF_RULE),
+    (
+        "web_identity off bedrock",
+        route(backends=[{**MOCK, "webIdentity": {}}]),
+        "only bedrock backends take webIdentity",
+    ),
+    (
+        "web_identity role not an IAM role ARN",
+        route(backends=[{**BEDROCK, "webIdentity": {"roleARN": "tollway-gateway"}}]),
+        "webIdentity.roleARN in body should match",
+    ),
     ("bad timeout", route(timeout="soon"), "spec.timeout in body should match"),
     ("retry on a success", route(fallback={"onStatus": [200]}), "should be greater than or equal to 400"),
     ("too many attempts", route(fallback={"maxAttempts": 11}), "should be less than or equal to 10"),
@@ -164,3 +184,11 @@ def test_invalid_manifests_are_refused_with_the_reason(
     result = apply(cp, manifest)
     assert result.returncode != 0, f"accepted: {yaml.safe_dump(manifest)}"
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "web_identity", [{"roleARN": ROLE}, {}], ids=["web_identity role", "web_identity pod role"]
+)
+def test_a_bedrock_backend_with_web_identity_is_accepted(cp: Any, web_identity: dict[str, Any]) -> None:
+    result = apply(cp, route(backends=[{**BEDROCK, "webIdentity": web_identity}]))
+    assert result.returncode == 0, result.stderr

@@ -55,6 +55,7 @@ from tollway_sidecar.config.models import (
     DEFAULT_CONTENT_RETENTION_DAYS,
     Backend,
     Budget,
+    CredentialSource,
     Fallback,
     GatewayConfig,
     Limits,
@@ -343,6 +344,13 @@ class _Compiler:
                     credential = self.credential(m, value, b.credentials_secret_ref, path)
                 if credential is not None and b.provider == "bedrock":
                     credential = self.aws_credential(m, credential, b.credentials_secret_ref, path)
+            # Web identity: the sidecar assumes this role (None: the Pod's AWS_ROLE_ARN) and keeps the
+            # temporary keys fresh; no Secret is involved.
+            source: CredentialSource | None = None
+            if b.provider == "vertex":  # the sidecar trades the service-account key for access tokens
+                source = "google-service-account"
+            if b.web_identity is not None:
+                credential, source = b.web_identity.role_arn, "aws-web-identity"
             if b.pricing is None and not has_catalog_price(b.provider, b.model):
                 self.error(
                     m,
@@ -373,8 +381,7 @@ class _Compiler:
                     api_version=b.resolved_api_version,
                     region=b.region,
                     project=b.project,
-                    # vertex: the sidecar trades the service-account key for access tokens.
-                    credential_source="google-service-account" if b.provider == "vertex" else None,
+                    credential_source=source,
                 )
             )
         if len(self.errors) != count:

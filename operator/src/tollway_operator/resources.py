@@ -57,6 +57,7 @@ _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]+$")  # AWS: us-east-1
 _GCP_REGION = re.compile(r"^(?:[a-z]+-[a-z]+[0-9]+|global)$")  # Google Cloud: us-central1, global
 _ANY_REGION = re.compile(f"^(?:{_REGION.pattern[1:-1]}|{_GCP_REGION.pattern[1:-1]})$")
 _GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$")
 _API_VERSION = re.compile(r"^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}(?:-preview)?|preview|latest)$")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -327,12 +328,22 @@ class PricingSpec(Spec):
     cached_input_per_million: NonNegativeDecimal | None = None
 
 
+RoleArn = Annotated[str, StringConstraints(strict=True, pattern=_ROLE_ARN.pattern, max_length=2048)]
+
+
+class WebIdentitySpec(Spec):
+    """bedrock: temporary credentials from STS with the gateway Pod's ServiceAccount token."""
+
+    role_arn: RoleArn | None = Field(default=None, alias="roleARN")  # None: the Pod's AWS_ROLE_ARN
+
+
 class BackendSpec(Spec):
     name: DnsLabel
     provider: Provider
     model: Text
     base_url: BaseURL | None = Field(default=None, alias="baseURL")
     credentials_secret_ref: SecretKeyRef | None = None
+    web_identity: WebIdentitySpec | None = None  # bedrock, instead of credentialsSecretRef
     weight: NonNegativeInt = 1
     priority: NonNegativeInt = 0
     pricing: PricingSpec | None = None
@@ -379,7 +390,21 @@ class BackendSpec(Spec):
         regional = self.provider in ("bedrock", "vertex")
         if self.resolved_base_url is None and not (regional and self.region is None):
             found.append(("baseURL", f"required for provider {self.provider!r} (there is no default URL)"))
-        if self.credentials_secret_ref is None and self.provider in CREDENTIAL_REQUIRED:
+        if self.web_identity is not None and self.provider != "bedrock":
+            found.append(("webIdentity", f"only bedrock backends take webIdentity, not {self.provider!r}"))
+        elif self.web_identity is not None and self.credentials_secret_ref is not None:
+            found.append(
+                ("webIdentity", "a bedrock backend takes exactly one of credentialsSecretRef and webIdentity")
+            )
+        if self.credentials_secret_ref is None and self.web_identity is None and self.provider == "bedrock":
+            found.append(
+                (
+                    "credentialsSecretRef",
+                    "required for provider 'bedrock' unless webIdentity is set: name a Secret holding "
+                    "AWS keys, or use the gateway Pod's web identity",
+                )
+            )
+        elif self.credentials_secret_ref is None and self.provider in CREDENTIAL_REQUIRED - {"bedrock"}:
             found.append(
                 (
                     "credentialsSecretRef",

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_api, bedrock_api, openai_api, responses_api, vertex_api
+from . import anthropic_api, bedrock_api, openai_api, responses_api, sts_api, vertex_api
 from .knobs import (
     FAIL_GARBAGE,
     FAIL_HTML,
@@ -170,6 +170,7 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app[STATE_KEY] = MockState(settings=settings, requests=deque(maxlen=settings.record_limit))
     app[responses_api.STORE_KEY] = responses_api.ResponseStore()
     app[vertex_api.TOKENS_KEY] = vertex_api.TokenStore()
+    app[sts_api.ISSUED_KEY] = sts_api.IssuedKeys()
     app.on_shutdown.append(_on_shutdown)
 
     oa, an = Flavor.OPENAI, Flavor.ANTHROPIC
@@ -205,6 +206,9 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
         "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{tail}",
         _vertex_endpoints(),
     )
+    # STS's query API: botocore posts to the endpoint's root (`AWS_ENDPOINT_URL_STS`).
+    app.router.add_post("/", sts_api.assume_role_with_web_identity)
+    app.router.add_post("/sts", sts_api.assume_role_with_web_identity)
     app.router.add_get("/_mock/health", _health)
     app.router.add_get("/_mock/requests", _get_requests, allow_head=False)
     app.router.add_delete("/_mock/requests", _clear_requests)

@@ -2,9 +2,11 @@
 
 Every Bedrock request is verified like AWS does: the `Authorization` header's SigV4 signature is
 recomputed (botocore's signer) over the method, raw path, query, the signed headers and the body
-with the settings' `aws_secret_access_key`; a missing, unknown or wrong signature is a 403 in
-Bedrock's error shape (`{"message"}` + `x-amzn-ErrorType`). Frames are encoded here (prelude, typed
-string headers, JSON payload, both CRC32s); `x-mock-fail: bad-frame` corrupts one frame's CRC.
+with the settings' `aws_secret_access_key`, or the secret of a temporary key the mock's STS endpoint
+issued (its session token sent and signed; expired: `ExpiredTokenException`); a missing, unknown or
+wrong signature is a 403 in Bedrock's error shape (`{"message"}` + `x-amzn-ErrorType`). Frames are
+encoded here (prelude, typed string headers, JSON payload, both CRC32s); `x-mock-fail: bad-frame`
+corrupts one frame's CRC.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import binascii
 import hmac
 import re
 import struct
+import time
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +23,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from . import sts_api
 from .content import Plan, count_prompt, int_or_none, last_user_text, plan_reply, split_pieces
 from .knobs import FAIL_BAD_FRAME, bedrock_error_response, dumps
 from .runtime import Call
@@ -40,6 +44,35 @@ class _Signer(SigV4Auth):  # type: ignore[misc]
         return str(self.signature(self.string_to_sign(request, canonical), request))
 
 
+def _secret_for(request: web.Request, key_id: str, settings: MockSettings) -> str | web.Response:
+    """The secret of the static key, or of a live temporary key whose session token was sent and
+    signed; else Bedrock's 403 (`ExpiredTokenException` once a temporary key has expired)."""
+    if settings.aws_access_key_id and hmac.compare_digest(
+        key_id.encode(), settings.aws_access_key_id.encode()
+    ):
+        return settings.aws_secret_access_key or ""
+    request_id = request.headers.get("x-amzn-requestid", "")
+    key = sts_api.temporary_key(request.app, key_id)
+    token = request.headers.get("x-amz-security-token", "")
+    # AWS wants the session token sent and among the signed headers.
+    signed = "x-amz-security-token" in request.headers.get("Authorization", "")
+    if key is None or not signed or not hmac.compare_digest(token.encode(), key.session_token.encode()):
+        return bedrock_error_response(
+            403,
+            "The security token included in the request is invalid.",
+            request_id=request_id,
+            kind="UnrecognizedClientException",
+        )
+    if time.time() >= key.expires_at:
+        return bedrock_error_response(
+            403,
+            "The security token included in the request is expired",
+            request_id=request_id,
+            kind="ExpiredTokenException",
+        )
+    return key.secret_access_key
+
+
 def verify_signature(request: web.Request, raw: bytes, settings: MockSettings) -> web.Response | None:
     """None when the request is signed with the settings' credentials; else Bedrock's 403."""
     request_id = request.headers.get("x-amzn-requestid", "")
@@ -51,13 +84,9 @@ def verify_signature(request: web.Request, raw: bytes, settings: MockSettings) -
             request_id=request_id,
             kind="MissingAuthenticationTokenException",
         )
-    if not hmac.compare_digest(match["key"].encode(), (settings.aws_access_key_id or "").encode()):
-        return bedrock_error_response(
-            403,
-            "The security token included in the request is invalid.",
-            request_id=request_id,
-            kind="UnrecognizedClientException",
-        )
+    secret = _secret_for(request, match["key"], settings)
+    if isinstance(secret, web.Response):
+        return secret
     scope = match["scope"].split("/")
     timestamp = request.headers.get("x-amz-date", "")
     if len(scope) != 4 or scope[2] != "bedrock" or scope[3] != "aws4_request" or timestamp[:8] != scope[0]:
@@ -72,9 +101,7 @@ def verify_signature(request: web.Request, raw: bytes, settings: MockSettings) -
     aws = AWSRequest(
         method=request.method, url=f"http://{request.host}{request.raw_path}", data=raw, headers=headers
     )
-    credentials = Credentials(
-        match["key"], settings.aws_secret_access_key or "", request.headers.get("x-amz-security-token")
-    )
+    credentials = Credentials(match["key"], secret, request.headers.get("x-amz-security-token"))
     expected = _Signer(credentials, "bedrock", scope[1]).signature_at(aws, timestamp)
     if "host" not in signed or not hmac.compare_digest(expected.encode(), match["signature"].encode()):
         return bedrock_error_response(

@@ -41,6 +41,10 @@ class MockSettings:
             assertions must be signed with; unset, only their structure and claims are checked.
         vertex_client_email: Vertex: the service account's email the assertions must be issued by.
         vertex_token_lifetime_s: Vertex: how long an access token from ``POST /token`` is valid.
+        sts_web_identity_token: STS endpoint: the one web identity token (a JWT) it accepts; unset,
+            every AssumeRoleWithWebIdentity is refused.
+        sts_role_arn: STS endpoint: when set, the only role it lets be assumed.
+        sts_duration_s: STS endpoint: how long the temporary keys it issues stay valid (seconds).
         fail: Failure modes applied to every provider call (``x-mock-fail``), e.g. ``{"reset"}``.
 
     Headers override the defaults; a mock started with ``status``/``fail`` plays one misbehaving
@@ -68,6 +72,9 @@ class MockSettings:
     vertex_public_key: str | None = None
     vertex_client_email: str | None = None
     vertex_token_lifetime_s: int = 3600
+    sts_web_identity_token: str | None = None
+    sts_role_arn: str | None = None
+    sts_duration_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "ttft_ms", "chunk_delay_ms"):
@@ -81,6 +88,8 @@ class MockSettings:
             raise ValueError("embedding_dimensions must be >= 1")
         if self.vertex_token_lifetime_s < 1:
             raise ValueError("vertex_token_lifetime_s must be >= 1")
+        if self.sts_duration_s <= 0:
+            raise ValueError("sts_duration_s must be > 0")
         if self.record_limit < 0:
             raise ValueError("record_limit must be >= 0")
         if not 0 <= self.port <= 65535:
