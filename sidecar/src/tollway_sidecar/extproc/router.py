@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -29,19 +30,21 @@ from tollway_sidecar.extproc import (
     expiry_record,
     final_attempt,
     spans,
+    stored_call,
     stream_cost,
 )
 from tollway_sidecar.extproc import messages as msg
-from tollway_sidecar.extproc.state import Operation, RequestState
+from tollway_sidecar.extproc.response_store import ResponseStoreUnavailable
+from tollway_sidecar.extproc.state import Operation, RequestState, StoredCall
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
 from tollway_sidecar.pricing import format_usd
-from tollway_sidecar.providers.adapters.base import Refused
+from tollway_sidecar.providers.adapters.base import KeepsResponses, Refused
 from tollway_sidecar.providers.adapters.registry import adapter_for
 from tollway_sidecar.providers.usage import ParsedStream
 from tollway_sidecar.quota.decision import Denial
-from tollway_sidecar.routing.plan import rewritten_by_router
+from tollway_sidecar.routing.plan import pinned_cluster, rewritten_by_router
 from tollway_sidecar.runtime import Runtime, key_expired, model_allowed
-from tollway_sidecar.xds import RID_HEADER, ROUTE_HEADER
+from tollway_sidecar.xds import CLUSTER_HEADER, RID_HEADER, ROUTE_HEADER
 
 log = logging.getLogger("tollway.router")
 
@@ -84,18 +87,28 @@ class RouterCall:
 
     # -- request headers ------------------------------------------------------------------------
 
-    def on_request_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+    def on_request_headers(
+        self, message: ep.HttpHeaders
+    ) -> ep.ProcessingResponse | Coroutine[Any, Any, ep.ProcessingResponse]:
+        """The reply, or (for a call naming a stored response, looked up first) a coroutine of it."""
         headers = msg.headers_of(message)
         state = self.state
         spans.start_call(self.runtime.tracing, state, headers)
         state.envoy_request_id = headers.get("x-request-id", "")
         method = headers.get(":method", "")
-        path = headers.get(":path", "").split("?", 1)[0]
+        path, _, query = headers.get(":path", "").partition("?")
         # A trailing slash names the same endpoint: the call goes on under the path without it
         # (the path each attempt is built from), so no provider sees a path it does not serve.
         canonical = path.rstrip("/") or "/"
         state.path = canonical if canonical in ENDPOINTS else path
         endpoint = ENDPOINTS.get(canonical)
+        stored = stored_call.parse(canonical, method) if endpoint is None else None
+        if isinstance(stored, StoredCall):
+            # A stored response's GET/DELETE: the query (`include`, `limit`, `after`…) is the backend's.
+            state.path = canonical + (f"?{query}" if query else "")
+            endpoint = (method, "responses")
+        elif isinstance(stored, str):
+            endpoint = (stored, "responses")
         if endpoint is None:
             return self._deny(
                 404, f"Unknown request URL: {method} {path}.", "invalid_request_error", "unknown_url"
@@ -149,6 +162,8 @@ class RouterCall:
 
         if operation == "models":
             return self._list_models()
+        if isinstance(stored, StoredCall):
+            return self._stored(stored)
 
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.runtime.max_request_bytes:
@@ -180,6 +195,82 @@ class RouterCall:
         self.state.status = 200
         spans.finished(self.runtime.tracing, self.state)
         return msg.immediate(200, body, details="models")
+
+    # -- stored responses -----------------------------------------------------------------------
+
+    async def _find_stored(
+        self, response_id: str, param: str | None
+    ) -> stored_call.Pin | ep.ProcessingResponse:
+        """The backend that stored `response_id` for this key, or the refusal to answer with."""
+        assert self.state.key is not None
+        try:
+            record = await stored_call.look_up(self.runtime, self.state.key, response_id)
+        except ResponseStoreUnavailable as exc:
+            log.error("stored-response lookup failed: %s", exc)
+            return self._deny(
+                503,
+                f"The gateway could not look up the response '{response_id}'; retry shortly.",
+                "api_error",
+                "response_store_unavailable",
+                param=param,
+            )
+        found = stored_call.pin(self.compiled, record) if record is not None else None
+        if found is None:  # unknown, another key's, or its backend left the config
+            return self._deny(
+                404,
+                stored_call.not_found(response_id),
+                "invalid_request_error",
+                "response_not_found",
+                param=param,
+            )
+        if not model_allowed(self.state.key, found.route.model):
+            return self._deny(
+                403,
+                f"The key '{self.state.key.name}' is not allowed to use the model '{found.route.model}'.",
+                "invalid_request_error",
+                "model_not_allowed",
+            )
+        return found
+
+    def _pin(self, found: stored_call.Pin) -> dict[str, str]:
+        """Send the call to the pinned backend only; the headers naming its cluster."""
+        state = self.state
+        state.cluster = pinned_cluster(found.route, found.index)
+        state.order, state.choice = (found.backend.name,), "stored"
+        state.deadline = state.started + found.route.timeout_ms * found.route.fallback.max_attempts / 1000
+        return {ROUTE_HEADER: found.route.id, CLUSTER_HEADER: state.cluster}
+
+    async def _stored(self, call: StoredCall) -> ep.ProcessingResponse:
+        """`GET`/`DELETE /v1/responses/{id}` (or `…/input_items`): no body follows (Envoy said
+        end_of_stream), so the call is looked up, rewritten and sent on from here; nothing is
+        reserved and it costs nothing."""
+        state = self.state
+        found = await self._find_stored(call.response_id, None)
+        if isinstance(found, ep.ProcessingResponse):
+            return found
+        state.route, state.client_model, state.stored = found.route, found.route.model, call
+        set_headers = self._pin(found)
+        spans.admitted(self.runtime.tracing, state, {})
+        rewrite = direct.rewrite(self.runtime.tracing, state, found.backend, None)
+        set_headers.update(rewrite.set_headers)
+        return msg.continue_headers(
+            "request_headers", set_headers=set_headers, remove=rewrite.remove, clear_route_cache=True
+        )
+
+    def _stored_answer(self) -> ep.ProcessingResponse:
+        """A stored response's answer, passed on unread; a delete that worked (or a backend that no
+        longer knows the id) removes the record."""
+        state = self.state
+        if state.stored is not None and (
+            state.status == 404 or (state.stored.method == "DELETE" and state.status < 300)
+        ):
+            stored_call.forget_soon(self.runtime, state)
+        self._finish(None)
+        info = answer.info_headers(state)
+        info["x-tollway-cost-usd"] = format_usd(state.cost if state.cost is not None else from_nano(0))
+        return msg.continue_headers(
+            "response_headers", set_headers=info, mode_override=msg.response_body_mode("NONE")
+        )
 
     # -- request body ---------------------------------------------------------------------------
 
@@ -217,6 +308,23 @@ class RouterCall:
             return self._deny(
                 refusal.status, refusal.message, "invalid_request_error", refusal.code, param=refusal.param
             )
+        pinned: stored_call.Pin | None = None
+        previous = body.get("previous_response_id")
+        if state.operation == "responses" and isinstance(previous, str):
+            # Only the backend that stored the previous response can continue it: no fallback.
+            found = await self._find_stored(previous, "previous_response_id")
+            if isinstance(found, ep.ProcessingResponse):
+                return found
+            if found.route.id != route.id:
+                return self._deny(
+                    400,
+                    f"The previous response '{previous}' was created with the model '{found.route.model}' "
+                    f"(backend '{found.backend.name}'); continue it with that model, not '{model}'.",
+                    "invalid_request_error",
+                    "previous_response_on_another_route",
+                    param="previous_response_id",
+                )
+            pinned = found
         state.route = route
         state.stream = bool(body.get("stream"))
         if state.end_user is None:
@@ -263,14 +371,20 @@ class RouterCall:
         if state.stream and spans.capture_content(self.runtime.tracing, state):
             state.stream_text = spans.StreamText()
         set_headers = {ROUTE_HEADER: route.id}
-        set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
+        if pinned is None:
+            set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
+        else:
+            set_headers.update(self._pin(pinned))
         remove: tuple[str, ...] = ("authorization", "x-api-key")
-        by_router = rewritten_by_router(route)
+        by_router = rewritten_by_router(route) or pinned is not None
         if by_router:
             # One backend: rewrite the call here; its cluster has no upstream filter.
             try:
                 rewrite = direct.rewrite(
-                    self.runtime.tracing, state, route.backends[0], self.anthropic_version
+                    self.runtime.tracing,
+                    state,
+                    pinned.backend if pinned is not None else route.backends[0],
+                    self.anthropic_version,
                 )
             except Refused as exc:  # dispatch.check refuses these first; never expected
                 return self._deny(exc.status, exc.message, "invalid_request_error", None, param=exc.param)
@@ -336,6 +450,8 @@ class RouterCall:
         state.first_byte_at = time.monotonic()
         answer.note_final(state, self.compiled, final)
         final_attempt.record(self.runtime, state, headers, details)
+        if state.stored is not None:
+            return self._stored_answer()
         if state.route is not None and not message.end_of_stream and answer.choose_replacement(state):
             # An earlier attempt failed more usefully: its answer replaces this one (body phase).
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
@@ -404,6 +520,8 @@ class RouterCall:
         adapter = adapter_for(state.operation or "", state.backend.provider)
         assert adapter is not None  # `dispatch.check` admits only backends with an adapter
         read = adapter.answer(state.status, self.content_type, message.body)  # the one parse
+        if state.status == 200:
+            stored_call.record_soon(self.runtime, state, read.response_id)
         state.response_model = read.model
         state.finish_reasons = read.finish_reasons
         if spans.capture_content(self.runtime.tracing, state):
@@ -454,6 +572,9 @@ class RouterCall:
         state = self.state
         assert state.sse is not None and state.backend is not None
         parsed = state.sse.finish()
+        adapter = adapter_for(state.operation or "", state.backend.provider)
+        if state.status == 200 and isinstance(adapter, KeepsResponses):
+            stored_call.record_soon(self.runtime, state, adapter.stream_response_id(state.sse))
         state.response_model = parsed.model
         state.finish_reasons = tuple(parsed.finish_reasons)
         if state.stream_text is not None:
