@@ -71,12 +71,22 @@ TRANSLATED = Route(
         Backend(name="compat", provider="openai-compatible", model="m", base_url="http://compat:1/v1"),
     ),
 )
+MIXED = Route(
+    id="mixed",
+    name="mixed",
+    namespace="team-a",
+    model="mixed",
+    backends=(
+        Backend(name="compat", provider="openai-compatible", model="m", base_url="http://compat:1/v1"),
+        _openai("keeper", 1004, "sk-keeper"),
+    ),
+)
 KEYS = (
     VirtualKey(name="app", namespace="team-a", key_sha256=_digest(APP)),
     VirtualKey(name="other", namespace="team-a", key_sha256=_digest(OTHER)),
     VirtualKey(name="foreign", namespace="team-b", key_sha256=_digest(FOREIGN)),
 )
-CONFIG = GatewayConfig(keys=KEYS, routes=(PAIR, MINI, AZURE, TRANSLATED)).with_checksum()
+CONFIG = GatewayConfig(keys=KEYS, routes=(PAIR, MINI, AZURE, TRANSLATED, MIXED)).with_checksum()
 
 
 def _runtime() -> Runtime:
@@ -166,7 +176,7 @@ async def test_another_keys_response_is_the_same_404(secret: str, method: str) -
     ("path", "method"), [("/v1/responses/resp_1", "POST"), ("/v1/responses/resp_1/input_items", "DELETE")]
 )
 async def test_a_method_a_stored_path_does_not_take_is_405(path: str, method: str) -> None:
-    reply = await _headers_reply(RouterCall(_runtime()), _headers(path, method, end_of_stream="x"))
+    reply = await _headers_reply(RouterCall(_runtime()), _headers(path, method))
     assert _refusal(reply)[0] == 405
 
 
@@ -352,3 +362,26 @@ async def test_a_lookup_that_cannot_be_made_is_503_not_404() -> None:
     )
     status, error = _refusal(await _headers_reply(RouterCall(runtime), _headers("/v1/responses/resp_1")))
     assert (status, error["code"]) == (503, "response_store_unavailable")
+
+
+async def test_on_a_route_with_a_translated_backend_too_the_pinned_backend_alone_is_asked() -> None:
+    runtime = _runtime()
+    await _store(runtime, "resp_prev", MIXED, "keeper")
+    call, reply = await _continue(runtime, "mixed", "resp_prev")
+    set_headers, _ = _mutation(reply.request_body.response)  # not the translator's 400
+    assert set_headers[CLUSTER_HEADER] == "tollway_route_mixed_pin_1" and call.state.order == ("keeper",)
+
+
+async def test_a_route_that_stores_nothing_refuses_previous_response_id_naming_it() -> None:
+    _, reply = await _continue(_runtime(), "chat-only", "resp_prev")
+    status, error = _refusal(reply)
+    assert (status, error["param"]) == (400, "previous_response_id")
+
+
+async def test_a_stored_call_with_a_body_is_400() -> None:
+    runtime = _runtime()
+    await _store(runtime, "resp_1", MINI, "only")
+    headers = _headers("/v1/responses/resp_1")
+    headers.end_of_stream = False
+    status, error = _refusal(await _headers_reply(RouterCall(runtime), headers))
+    assert (status, error["code"]) == (400, "unexpected_body")

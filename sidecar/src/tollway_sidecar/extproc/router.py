@@ -163,6 +163,13 @@ class RouterCall:
         if operation == "models":
             return self._list_models()
         if isinstance(stored, StoredCall):
+            if not message.end_of_stream:  # the router filter would see it after its reply
+                return self._deny(
+                    400,
+                    f"{method} {path} takes no request body.",
+                    "invalid_request_error",
+                    "unexpected_body",
+                )
             return self._stored(stored)
 
         length = headers.get("content-length")
@@ -303,14 +310,9 @@ class RouterCall:
                 "model_not_allowed",
                 param="model",
             )
-        refusal = dispatch.check(route, state.operation, body)
-        if refusal is not None:
-            return self._deny(
-                refusal.status, refusal.message, "invalid_request_error", refusal.code, param=refusal.param
-            )
         pinned: stored_call.Pin | None = None
-        previous = body.get("previous_response_id")
-        if state.operation == "responses" and isinstance(previous, str):
+        previous = body.get("previous_response_id") if state.operation == "responses" else None
+        if isinstance(previous, str) and stored_call.keeps_responses(route):
             # Only the backend that stored the previous response can continue it: no fallback.
             found = await self._find_stored(previous, "previous_response_id")
             if isinstance(found, ep.ProcessingResponse):
@@ -325,6 +327,12 @@ class RouterCall:
                     param="previous_response_id",
                 )
             pinned = found
+        # A pinned call reaches one backend: only its adapter need serve the request.
+        refusal = dispatch.check(route, state.operation, body, None if pinned is None else (pinned.backend,))
+        if refusal is not None:
+            return self._deny(
+                refusal.status, refusal.message, "invalid_request_error", refusal.code, param=refusal.param
+            )
         state.route = route
         state.stream = bool(body.get("stream"))
         if state.end_user is None:

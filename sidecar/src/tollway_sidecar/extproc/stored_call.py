@@ -22,7 +22,7 @@ from tollway_sidecar.providers.adapters.base import KeepsResponses
 from tollway_sidecar.providers.adapters.registry import adapter_for
 from tollway_sidecar.runtime import CompiledConfig, Runtime
 
-__all__ = ["Pin", "forget_soon", "look_up", "not_found", "parse", "pin", "record_soon"]
+__all__ = ["Pin", "forget_soon", "keeps_responses", "look_up", "not_found", "parse", "pin", "record_soon"]
 
 log = logging.getLogger("tollway.stored")
 
@@ -75,6 +75,11 @@ def pin(compiled: CompiledConfig, record: StoredResponse) -> Pin | None:
         ):
             return Pin(route, index, backend)
     return None
+
+
+def keeps_responses(route: Route) -> bool:
+    """Whether any backend of the route stores the Responses it answers."""
+    return any(isinstance(adapter_for("responses", b.provider), KeepsResponses) for b in route.backends)
 
 
 def record_soon(runtime: Runtime, state: RequestState, response_id: str | None) -> None:
