@@ -211,7 +211,9 @@ def _response_store(settings: SidecarSettings) -> ResponseStore:
         log.info("stored-response records: in memory (set TOLLWAY_REDIS_URL to share them)")
         return MemoryResponseStore()
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return RedisResponseStore(settings.redis_url, password=password)
+    return RedisResponseStore(
+        settings.redis_url, password=password, timeout_s=settings.redis_timeout_ms / 1000
+    )
 
 
 def _models(config: GatewayConfig) -> set[str]:

@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
@@ -117,12 +117,15 @@ class RedisResponseStore:
         url: str,
         *,
         password: str | None = None,
-        timeout_s: float = 0.1,
+        timeout_s: float = 0.5,
+        cooldown_s: float = 0.5,
         max_connections: int = 16,
         ttl_s: int = TTL_S,
     ) -> None:
-        # Short timeout: a lookup runs while Envoy waits for the request-headers reply.
-        self.url, self.timeout_s, self.ttl_s = url, timeout_s, ttl_s
+        # A lookup runs while Envoy waits for the request-headers reply: bounded, and after a failure
+        # calls fail at once for `cooldown_s` instead of each waiting out the timeout.
+        self.url, self.timeout_s, self.cooldown_s, self.ttl_s = url, timeout_s, cooldown_s, ttl_s
+        self._down_until = 0.0
         self._redis = bounded_client(
             url, timeout_s=timeout_s, max_connections=max_connections, password=password
         )
@@ -147,10 +150,15 @@ class RedisResponseStore:
         await self._redis.aclose()
 
     async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
+        where = self.url.rsplit("@", 1)[-1]  # never the password
+        if time.monotonic() < self._down_until:
+            if isinstance(awaitable, Coroutine):
+                awaitable.close()  # never awaited: no "was never awaited" warning
+            raise ResponseStoreUnavailable(f"Redis at {where} failed moments ago; not retrying yet")
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await awaitable
         except (RedisError, OSError, TimeoutError) as exc:
-            where = self.url.rsplit("@", 1)[-1]  # never the password
+            self._down_until = time.monotonic() + self.cooldown_s
             reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             raise ResponseStoreUnavailable(f"Redis at {where} {what}: {reason}") from exc

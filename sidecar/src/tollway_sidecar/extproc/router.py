@@ -34,7 +34,6 @@ from tollway_sidecar.extproc import (
     stream_cost,
 )
 from tollway_sidecar.extproc import messages as msg
-from tollway_sidecar.extproc.response_store import ResponseStoreUnavailable
 from tollway_sidecar.extproc.state import Operation, RequestState, StoredCall
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
 from tollway_sidecar.pricing import format_usd
@@ -42,9 +41,9 @@ from tollway_sidecar.providers.adapters.base import KeepsResponses, Refused
 from tollway_sidecar.providers.adapters.registry import adapter_for
 from tollway_sidecar.providers.usage import ParsedStream
 from tollway_sidecar.quota.decision import Denial
-from tollway_sidecar.routing.plan import pinned_cluster, rewritten_by_router
+from tollway_sidecar.routing.plan import rewritten_by_router
 from tollway_sidecar.runtime import Runtime, key_expired, model_allowed
-from tollway_sidecar.xds import CLUSTER_HEADER, RID_HEADER, ROUTE_HEADER
+from tollway_sidecar.xds import RID_HEADER, ROUTE_HEADER
 
 log = logging.getLogger("tollway.router")
 
@@ -210,42 +209,10 @@ class RouterCall:
     ) -> stored_call.Pin | ep.ProcessingResponse:
         """The backend that stored `response_id` for this key, or the refusal to answer with."""
         assert self.state.key is not None
-        try:
-            record = await stored_call.look_up(self.runtime, self.state.key, response_id)
-        except ResponseStoreUnavailable as exc:
-            log.error("stored-response lookup failed: %s", exc)
-            return self._deny(
-                503,
-                f"The gateway could not look up the response '{response_id}'; retry shortly.",
-                "api_error",
-                "response_store_unavailable",
-                param=param,
-            )
-        found = stored_call.pin(self.compiled, record) if record is not None else None
-        if found is None:  # unknown, another key's, or its backend left the config
-            return self._deny(
-                404,
-                stored_call.not_found(response_id),
-                "invalid_request_error",
-                "response_not_found",
-                param=param,
-            )
-        if not model_allowed(self.state.key, found.route.model):
-            return self._deny(
-                403,
-                f"The key '{self.state.key.name}' is not allowed to use the model '{found.route.model}'.",
-                "invalid_request_error",
-                "model_not_allowed",
-            )
+        found = await stored_call.find(self.runtime, self.compiled, self.state.key, response_id, param)
+        if isinstance(found, stored_call.Refusal):
+            return self._deny(found.status, found.message, found.error_type, found.code, param=found.param)
         return found
-
-    def _pin(self, found: stored_call.Pin) -> dict[str, str]:
-        """Send the call to the pinned backend only; the headers naming its cluster."""
-        state = self.state
-        state.cluster = pinned_cluster(found.route, found.index)
-        state.order, state.choice = (found.backend.name,), "stored"
-        state.deadline = state.started + found.route.timeout_ms * found.route.fallback.max_attempts / 1000
-        return {ROUTE_HEADER: found.route.id, CLUSTER_HEADER: state.cluster}
 
     async def _stored(self, call: StoredCall) -> ep.ProcessingResponse:
         """`GET`/`DELETE /v1/responses/{id}` (or `…/input_items`): no body follows (Envoy said
@@ -256,7 +223,7 @@ class RouterCall:
         if isinstance(found, ep.ProcessingResponse):
             return found
         state.route, state.client_model, state.stored = found.route, found.route.model, call
-        set_headers = self._pin(found)
+        set_headers = stored_call.pin_headers(state, found)
         spans.admitted(self.runtime.tracing, state, {})
         rewrite = direct.rewrite(self.runtime.tracing, state, found.backend, None)
         set_headers.update(rewrite.set_headers)
@@ -382,7 +349,7 @@ class RouterCall:
         if pinned is None:
             set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
         else:
-            set_headers.update(self._pin(pinned))
+            set_headers.update(stored_call.pin_headers(state, pinned))
         remove: tuple[str, ...] = ("authorization", "x-api-key")
         by_router = rewritten_by_router(route) or pinned is not None
         if by_router:

@@ -20,9 +20,23 @@ from tollway_sidecar.extproc.response_store import ResponseStoreUnavailable, Sto
 from tollway_sidecar.extproc.state import RequestState, StoredCall
 from tollway_sidecar.providers.adapters.base import KeepsResponses
 from tollway_sidecar.providers.adapters.registry import adapter_for
-from tollway_sidecar.runtime import CompiledConfig, Runtime
+from tollway_sidecar.routing.plan import pinned_cluster
+from tollway_sidecar.runtime import CompiledConfig, Runtime, model_allowed
+from tollway_sidecar.xds import CLUSTER_HEADER, ROUTE_HEADER
 
-__all__ = ["Pin", "forget_soon", "keeps_responses", "look_up", "not_found", "parse", "pin", "record_soon"]
+__all__ = [
+    "Pin",
+    "Refusal",
+    "find",
+    "forget_soon",
+    "keeps_responses",
+    "look_up",
+    "not_found",
+    "parse",
+    "pin",
+    "pin_headers",
+    "record_soon",
+]
 
 log = logging.getLogger("tollway.stored")
 
@@ -45,6 +59,54 @@ def parse(path: str, method: str) -> StoredCall | str | None:
 def not_found(response_id: str) -> str:
     """OpenAI's own message for an id it does not know."""
     return f"Response with id '{response_id}' not found."
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    message: str
+    error_type: str
+    code: str
+    param: str | None
+
+
+async def find(
+    runtime: Runtime, compiled: CompiledConfig, key: VirtualKey, response_id: str, param: str | None
+) -> Pin | Refusal:
+    """Where the calls naming `response_id` go for `key`, or why they are refused (`param`: the
+    field that named it)."""
+    try:
+        record = await look_up(runtime, key, response_id)
+    except ResponseStoreUnavailable as exc:
+        log.error("stored-response lookup failed: %s", exc)
+        return Refusal(
+            503,
+            f"The gateway could not look up the response '{response_id}'; retry shortly.",
+            "api_error",
+            "response_store_unavailable",
+            param,
+        )
+    found = pin(compiled, record) if record is not None else None
+    if found is None:  # unknown, another key's, or its backend left the config: all alike
+        return Refusal(404, not_found(response_id), "invalid_request_error", "response_not_found", param)
+    if not model_allowed(key, found.route.model):
+        return Refusal(
+            403,
+            f"The key '{key.name}' is not allowed to use the model '{found.route.model}'.",
+            "invalid_request_error",
+            "model_not_allowed",
+            None,
+        )
+    return found
+
+
+def pin_headers(state: RequestState, found: Pin) -> dict[str, str]:
+    """Send the call to the pinned backend only: the headers naming its route and cluster."""
+    route = found.route
+    state.cluster = pinned_cluster(route, found.index)
+    state.order, state.choice = (found.backend.name,), "stored"
+    state.deadline = state.started + route.timeout_ms * route.fallback.max_attempts / 1000
+    return {ROUTE_HEADER: route.id, CLUSTER_HEADER: state.cluster}
 
 
 async def look_up(runtime: Runtime, key: VirtualKey, response_id: str) -> StoredResponse | None:
