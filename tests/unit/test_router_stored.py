@@ -385,3 +385,15 @@ async def test_a_stored_call_with_a_body_is_400() -> None:
     headers.end_of_stream = False
     status, error = _refusal(await _headers_reply(RouterCall(runtime), headers))
     assert (status, error["code"]) == (400, "unexpected_body")
+
+
+async def test_a_stream_without_event_names_is_recorded_from_its_typed_data() -> None:
+    runtime = _runtime()
+    created = {"type": "response.created", "response": {**_response("resp_n"), "status": "in_progress"}}
+    completed = {"type": "response.completed", "response": _response("resp_n")}
+    sep = (",", ":")
+    stream = (
+        f"data: {json.dumps(created, separators=sep)}\n\ndata: {json.dumps(completed, separators=sep)}\n\n"
+    ).encode()
+    await _create(runtime, {"model": "mini", "input": "hi", "stream": True}, stream, "text/event-stream")
+    assert await runtime.responses.get("team-a", "resp_n") == StoredResponse("team-a/app", "mini", "only")

@@ -60,6 +60,10 @@ def _response_id(obj: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_ID_EVENTS = (b"response.created", b"response.completed")
+_ID_PREFIXES = (b'{"type":"response.created"', b'{"type":"response.completed"')
+
+
 class _IdReader:
     """A Responses stream's reader that also keeps the id its `response.created` event names."""
 
@@ -71,7 +75,9 @@ class _IdReader:
         self._parser = SseParser("openai", on_event=self._event, responses=True)
 
     def _event(self, name: bytes | None, data: bytes) -> None:
-        if self.response_id is None and name in (b"response.created", b"response.completed"):
+        # Named events as OpenAI sends them; a nameless one only if its type says so (cheaply).
+        named = name in _ID_EVENTS or (name is None and data[:40].startswith(_ID_PREFIXES))
+        if self.response_id is None and named:
             with contextlib.suppress(ValueError, AttributeError):  # the usage parser reports it
                 self.response_id = _response_id(json.loads(data).get("response"))
         if self._on_event is not None:
