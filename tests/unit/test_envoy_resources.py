@@ -37,7 +37,11 @@ CONFIG = GatewayConfig(routes=(ROUTE,)).with_checksum()
 
 
 def test_one_endpoint_per_backend_in_fallback_priority_order() -> None:
-    (cluster,) = clusters(CONFIG)
+    cluster, pinned = clusters(CONFIG)
+    # The OpenAI backend keeps stored Responses: a cluster reaching it alone serves their calls.
+    assert pinned["name"] == "tollway_route_team-a-chat_pin_1"
+    (only,) = pinned["load_assignment"]["endpoints"]
+    assert only["lb_endpoints"][0]["metadata"]["filter_metadata"]["tollway"]["backend"] == "cloud"
     endpoints = cluster["load_assignment"]["endpoints"]
     assert [e["priority"] for e in endpoints] == [0, 1]
     first, second = (e["lb_endpoints"][0] for e in endpoints)
@@ -70,7 +74,10 @@ def test_dynamic_resources_are_written_for_envoy(tmp_path: Path) -> None:
     cds = json.loads((tmp_path / "cds.json").read_text())
     rds = json.loads((tmp_path / "rds.json").read_text())
     assert cds["version_info"] == rds["version_info"] == CONFIG.version
-    assert [c["name"] for c in cds["resources"]] == ["tollway_route_team-a-chat"]
+    assert [c["name"] for c in cds["resources"]] == [
+        "tollway_route_team-a-chat",
+        "tollway_route_team-a-chat_pin_1",
+    ]
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
@@ -179,11 +186,12 @@ def _http_filters(cluster: dict[str, object]) -> list[str]:
 
 
 def test_a_route_with_several_backends_runs_the_upstream_filter_per_attempt() -> None:
-    (cluster,) = clusters(CONFIG)
+    cluster, pinned = clusters(CONFIG)
     assert _http_filters(cluster) == [
         "envoy.filters.http.ext_proc.upstream",
         "envoy.filters.http.upstream_codec",
     ]
+    assert _http_filters(pinned) == []  # one backend: the router filter rewrites those calls
     (route, _) = route_configuration(CONFIG)["virtual_hosts"][0]["routes"]
     assert "rate_limited_retry_back_off" not in route["route"]["retry_policy"]  # the filter waits
 

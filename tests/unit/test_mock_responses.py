@@ -390,3 +390,26 @@ async def test_chunk_delay(http: aiohttp.ClientSession, responses_url: str) -> N
         raw = (await resp.read()).decode()
     assert time.perf_counter() - start >= 3 * 0.04
     assert [name for name, _ in sse_events(raw)].count("response.output_text.delta") == 4
+
+
+async def test_input_items_list_what_the_stored_response_was_asked(client: openai.AsyncOpenAI) -> None:
+    reply = await client.responses.create(
+        model="m",
+        input=[
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "second"},
+            {"role": "user", "content": [{"type": "input_text", "text": "third"}]},
+        ],
+    )
+    page = await client.responses.input_items.list(reply.id)
+    texts = [item.content[0].text for item in page.data if item.type == "message"]
+    assert texts == ["third", "second", "first"]  # newest first, as OpenAI lists them
+    assert all(item.id.startswith("msg_") for item in page.data) and page.has_more is False
+    ascending = await client.responses.input_items.list(reply.id, order="asc", limit=2)
+    assert [item.content[0].text for item in ascending.data] == ["first", "second"]  # type: ignore[union-attr]
+    assert ascending.has_more is True
+    rest = await client.responses.input_items.list(reply.id, order="asc", after=ascending.data[1].id)
+    assert [item.content[0].text for item in rest.data] == ["third"]  # type: ignore[union-attr]
+    await client.responses.delete(reply.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.input_items.list(reply.id)

@@ -23,6 +23,7 @@ from tollway_sidecar.cache.redis_vectors import RedisVectorStore
 from tollway_sidecar.config.loader import ConfigError, FileWatcher, load_config_file
 from tollway_sidecar.config.models import GatewayConfig
 from tollway_sidecar.config.secret_watch import ApiAccess, SecretWatcher, parse_secret_ref
+from tollway_sidecar.extproc.response_store import MemoryResponseStore, RedisResponseStore, ResponseStore
 from tollway_sidecar.extproc.server import ExternalProcessor
 from tollway_sidecar.limits import grpc_message_limit
 from tollway_sidecar.providers.refresh import Refreshers
@@ -63,6 +64,7 @@ async def serve(
         replica=settings.replica,
         quota=await _quota_gate(settings, config),
         cache=_response_cache(settings),
+        responses=_response_store(settings),
         tracing=Tracing.from_env(
             capture_content=settings.capture_content, redact_patterns=settings.redact_patterns
         ),
@@ -145,6 +147,8 @@ async def serve(
         await runtime.quota.close()
         await runtime.drain_cache()
         await runtime.cache.close()
+        await runtime.drain_responses()
+        await runtime.responses.close()
         runtime.tracing.shutdown()  # flushes the spans still queued
 
 
@@ -207,6 +211,18 @@ def _response_cache(settings: SidecarSettings) -> Coalescer:
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     store = RedisCacheStore(settings.redis_url, password=password)
     return Coalescer(store, vectors=RedisVectorStore(store))
+
+
+def _response_store(settings: SidecarSettings) -> ResponseStore:
+    """Which backend stored each Responses answer: in the quota store's Redis (its own client), else
+    this process's memory (lost on restart, not shared with other replicas or workers)."""
+    if settings.redis_url is None:
+        log.info("stored-response records: in memory (set TOLLWAY_REDIS_URL to share them)")
+        return MemoryResponseStore()
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return RedisResponseStore(
+        settings.redis_url, password=password, timeout_s=settings.redis_timeout_ms / 1000
+    )
 
 
 def _models(config: GatewayConfig) -> set[str]:

@@ -21,6 +21,7 @@ from tollway_sidecar.routing.plan import RoutePlan, plans_for, rewritten_by_rout
 from tollway_sidecar.tracing import Tracing
 
 if TYPE_CHECKING:
+    from tollway_sidecar.extproc.response_store import ResponseStore
     from tollway_sidecar.extproc.state import RequestState
     from tollway_sidecar.quota.gate import QuotaGate
 
@@ -146,7 +147,9 @@ class Runtime:
         replica: str = "",
         cache: Coalescer | None = None,
         credentials: Refreshers | None = None,
+        responses: ResponseStore | None = None,
     ) -> None:
+        from tollway_sidecar.extproc.response_store import MemoryResponseStore
         from tollway_sidecar.extproc.usage_record import replica_name
         from tollway_sidecar.quota.gate import QuotaGate
         from tollway_sidecar.quota.memory import MemoryStore
@@ -161,6 +164,9 @@ class Runtime:
         self.worker_index = 0  # which of the Pod's sidecar workers this process is
         self.cache = cache or Coalescer(MemoryCacheStore())  # the response cache, one per process
         self._cache_tasks: set[asyncio.Task[Any]] = set()
+        # Which backend stored each Responses answer (`extproc.stored_call`); written in the background.
+        self.responses: ResponseStore = responses or MemoryResponseStore()
+        self._response_tasks: set[asyncio.Task[Any]] = set()
         self.tracing = tracing or Tracing()  # no-op unless the app configures an exporter
         self.metrics = Metrics()
         self.metrics.config_loaded(compiled.config)
@@ -180,6 +186,17 @@ class Runtime:
         """Wait for the cache fills under way (shutdown, tests)."""
         while self._cache_tasks:
             await asyncio.gather(*self._cache_tasks, return_exceptions=True)
+
+    def responses_soon(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Write or remove a stored-response record after the reply has gone."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._response_tasks.add(task)
+        task.add_done_callback(self._response_tasks.discard)
+
+    async def drain_responses(self) -> None:
+        """Wait for the record writes under way (shutdown, tests)."""
+        while self._response_tasks:
+            await asyncio.gather(*self._response_tasks, return_exceptions=True)
 
     def swap(self, compiled: CompiledConfig) -> None:
         """Replace the config; requests already under way keep the objects they hold."""

@@ -64,6 +64,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.response_store_errors = Counter(
+            "tollway_response_store_errors",
+            "Stored-response records the gateway could not write or remove (the call itself went on).",
+            ["operation"],
+            registry=r,
+        )
         self.unpriced = Counter(
             "tollway_unpriced_responses",
             "Responses whose usage could not be read.",

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from tollway_sidecar.config.models import Backend, GatewayConfig, Route
-from tollway_sidecar.routing.plan import cluster_name, plans_for, rewritten_by_router
+from tollway_sidecar.providers.adapters.base import KeepsResponses
+from tollway_sidecar.providers.adapters.registry import adapter_for
+from tollway_sidecar.routing.plan import cluster_name, pinned_cluster, plans_for, rewritten_by_router
 
 METADATA_NAMESPACE = "tollway"
 ROUTE_HEADER = "x-tollway-route"
@@ -198,7 +200,24 @@ def clusters(
                         upstream_filter=EXTPROC_CLUSTER if workers == 1 else worker_extproc_cluster(worker),
                     )
                 )
+        if not rewritten_by_router(route):
+            out.extend(_pinned_clusters(route, message_timeout_ms))
     return out
+
+
+def _pinned_clusters(route: Route, message_timeout_ms: int) -> list[dict[str, Any]]:
+    """One single-backend cluster per backend that stores Responses (`routing.plan.pinned_cluster`):
+    a stored response's calls reach only the backend that has it."""
+    return [
+        _cluster(
+            pinned_cluster(route, index),
+            [backend],
+            message_timeout_ms=message_timeout_ms,
+            upstream_filter=None,
+        )
+        for index, backend in enumerate(route.backends)
+        if isinstance(adapter_for("responses", backend.provider), KeepsResponses)
+    ]
 
 
 def _cluster(

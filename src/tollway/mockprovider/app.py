@@ -186,14 +186,16 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_get("/v1/models", models, allow_head=False)
     app.router.add_get("/models", models, allow_head=False)
     app.router.add_get("/v1/models/{model}", _endpoint(oa, openai_api.retrieve_model), allow_head=False)
-    create, retrieve, delete = (
+    create, retrieve, items, delete = (
         _endpoint(oa, responses_api.create),
         _endpoint(oa, responses_api.retrieve),
+        _endpoint(oa, responses_api.input_items),
         _endpoint(oa, responses_api.delete),
     )
     for prefix in ("/v1", "", "/openai/v1"):  # OpenAI, the base-path-less alias, Azure's v1 API
         app.router.add_post(f"{prefix}/responses", create)
         app.router.add_get(f"{prefix}/responses/{{response_id}}", retrieve, allow_head=False)
+        app.router.add_get(f"{prefix}/responses/{{response_id}}/input_items", items, allow_head=False)
         app.router.add_delete(f"{prefix}/responses/{{response_id}}", delete)
     app.router.add_post("/v1/messages", _endpoint(an, anthropic_api.messages))
     app.router.add_post("/v1/messages/count_tokens", _endpoint(an, anthropic_api.count_tokens))

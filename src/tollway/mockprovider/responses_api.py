@@ -1,4 +1,5 @@
-"""OpenAI Responses API wire format: create (JSON and its SSE event sequence), retrieve, delete.
+"""OpenAI Responses API wire format: create (JSON and its SSE event sequence), retrieve, the input
+items list, delete.
 
 A request is counted as its chat.completions equivalent would be: `instructions` is one system
 message, a string `input` one user message, every input item one message (consecutive
@@ -19,7 +20,7 @@ from .content import Plan, count_prompt, int_or_none, last_user_text, plan_reply
 from .knobs import JSON_CT, dumps, openai_error_body
 from .runtime import Call, sse_event
 
-__all__ = ["STORE_KEY", "ResponseStore", "create", "delete", "responses_usage", "retrieve"]
+__all__ = ["STORE_KEY", "ResponseStore", "create", "delete", "input_items", "responses_usage", "retrieve"]
 
 STORED_LIMIT: Final = 1000  # oldest stored responses are forgotten beyond this
 
@@ -29,18 +30,43 @@ class ResponseStore:
 
     def __init__(self, limit: int = STORED_LIMIT) -> None:
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._inputs: dict[str, list[dict[str, Any]]] = {}
         self._limit = limit
 
-    def put(self, response: dict[str, Any]) -> None:
+    def put(self, response: dict[str, Any], inputs: list[dict[str, Any]] | None = None) -> None:
         self._items[response["id"]] = response
+        self._inputs[response["id"]] = inputs or []
         while len(self._items) > self._limit:
-            self._items.popitem(last=False)
+            forgotten, _ = self._items.popitem(last=False)
+            self._inputs.pop(forgotten, None)
 
     def get(self, response_id: str) -> dict[str, Any] | None:
         return self._items.get(response_id)
 
+    def inputs(self, response_id: str) -> list[dict[str, Any]] | None:
+        return self._inputs.get(response_id) if response_id in self._items else None
+
     def pop(self, response_id: str) -> dict[str, Any] | None:
+        self._inputs.pop(response_id, None)
         return self._items.pop(response_id, None)
+
+
+def _input_items(call: Call, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's `input` as the input items OpenAI lists for a stored response (each with an id;
+    a message's string content as one `input_text` part)."""
+    raw = body.get("input")
+    items = [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else raw
+    listed = []
+    for item in items if isinstance(items, list) else []:
+        entry = {"type": "message", **item}
+        if entry["type"] == "message":
+            content = entry.get("content")
+            if isinstance(content, str):
+                entry["content"] = [{"type": "input_text", "text": content}]
+            entry.setdefault("status", "completed")
+        entry.setdefault("id", call.state.new_id("msg_"))
+        listed.append(entry)
+    return listed
 
 
 STORE_KEY: Final = web.AppKey("tollway_mock_responses", ResponseStore)
@@ -303,7 +329,7 @@ async def create(call: Call) -> web.StreamResponse:
     reply = _Reply(call, model, plan, _forced_tool(body))
     final = reply.whole()
     if reply.store:
-        call.request.app[STORE_KEY].put(final)
+        call.request.app[STORE_KEY].put(final, _input_items(call, body))
     if body.get("stream") is True:
         return await call.stream(*reply.events(final))
     return await call.json(dumps(final).encode())
@@ -321,6 +347,32 @@ async def retrieve(call: Call) -> web.StreamResponse:
     if stored is None:
         return _not_found(call, response_id)
     return await call.json(dumps(stored).encode())
+
+
+async def input_items(call: Call) -> web.StreamResponse:
+    """`GET /v1/responses/{id}/input_items`: newest first unless `order=asc`; `limit` (default 20)
+    and `after` (an item id) page through them."""
+    response_id = call.request.match_info["response_id"]
+    items = call.request.app[STORE_KEY].inputs(response_id)
+    if items is None:
+        return _not_found(call, response_id)
+    query = call.request.query
+    ordered = list(items) if query.get("order") == "asc" else list(reversed(items))
+    after = query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    raw_limit = query.get("limit", "")
+    limit = min(max(int(raw_limit), 1), 100) if raw_limit.isdigit() else 20
+    page = ordered[:limit]
+    listing = {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(ordered) > limit,
+    }
+    return await call.json(dumps(listing).encode())
 
 
 async def delete(call: Call) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from tollway_sidecar.extproc import cache_call, captured, spans, usage_record
 from tollway_sidecar.extproc.state import RequestState
@@ -51,10 +52,11 @@ def finish(
     key = state.key
     if key is None or state.route is None:
         return
-    price = compiled.prices.price_for(state.route.id, backend.name) if backend else None
+    free = state.stored is not None  # reading or deleting a stored response costs nothing
+    price = compiled.prices.price_for(state.route.id, backend.name) if backend and not free else None
     cost = price.cost(usage, at=datetime.now(UTC)) if usage is not None and price is not None else None
-    state.cost = cost
-    if backend is not None and usage is None and state.status < 400:
+    state.cost = cost = Decimal(0) if free else cost
+    if backend is not None and usage is None and state.status < 400 and not free:
         state.unpriced = state.unpriced or "no_answer"  # the ext_proc stream closed first
         runtime.metrics.unpriced.labels(backend.name).inc()
         runtime.metrics.unpriced_calls.labels(backend.name, state.unpriced).inc()

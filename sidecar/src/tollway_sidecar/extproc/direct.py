@@ -45,7 +45,7 @@ def rewrite(
     Raises `Refused` when the body cannot be expressed for the backend (the router's
     `dispatch.check` refuses those calls first).
     """
-    assert state.operation is not None and state.body is not None
+    assert state.operation is not None  # body None: a stored response's GET or DELETE
     adapter = adapter_for(state.operation, backend.provider, backend.model)
     assert adapter is not None  # `dispatch.check` refuses a route with a backend that has none
     client = {"anthropic-version": anthropic_version} if anthropic_version else {}

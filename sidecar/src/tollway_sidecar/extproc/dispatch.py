@@ -9,12 +9,13 @@ backend order (`routing.select`) and returns the headers that make Envoy use tha
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from tollway_sidecar.config.models import Route
+from tollway_sidecar.config.models import Backend, Route
 from tollway_sidecar.extproc.state import RequestState
 from tollway_sidecar.providers.adapters.base import Adapter
 from tollway_sidecar.providers.adapters.registry import adapter_for
@@ -43,10 +44,13 @@ _SERVES = {
 }
 
 
-def check(route: Route, operation: str, body: dict[str, Any]) -> Refusal | None:
+def check(
+    route: Route, operation: str, body: dict[str, Any], backends: Sequence[Backend] | None = None
+) -> Refusal | None:
+    """`backends`: those the call may reach, when not every backend of the route (a pinned call)."""
     adapters: dict[Adapter, None] = {}
     unserved = []
-    for backend in route.backends:
+    for backend in route.backends if backends is None else backends:
         adapter = adapter_for(operation, backend.provider, backend.model)
         if adapter is None:
             unserved.append(backend)

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -29,13 +30,14 @@ from tollway_sidecar.extproc import (
     expiry_record,
     final_attempt,
     spans,
+    stored_call,
     stream_cost,
 )
 from tollway_sidecar.extproc import messages as msg
-from tollway_sidecar.extproc.state import Operation, RequestState
+from tollway_sidecar.extproc.state import Operation, RequestState, StoredCall
 from tollway_sidecar.extproc.validation import BadRequest, parse_body, validate
 from tollway_sidecar.pricing import format_usd
-from tollway_sidecar.providers.adapters.base import Refused
+from tollway_sidecar.providers.adapters.base import KeepsResponses, Refused
 from tollway_sidecar.providers.adapters.registry import adapter_for
 from tollway_sidecar.providers.usage import ParsedStream
 from tollway_sidecar.quota.decision import Denial
@@ -84,18 +86,28 @@ class RouterCall:
 
     # -- request headers ------------------------------------------------------------------------
 
-    def on_request_headers(self, message: ep.HttpHeaders) -> ep.ProcessingResponse:
+    def on_request_headers(
+        self, message: ep.HttpHeaders
+    ) -> ep.ProcessingResponse | Coroutine[Any, Any, ep.ProcessingResponse]:
+        """The reply, or (for a call naming a stored response, looked up first) a coroutine of it."""
         headers = msg.headers_of(message)
         state = self.state
         spans.start_call(self.runtime.tracing, state, headers)
         state.envoy_request_id = headers.get("x-request-id", "")
         method = headers.get(":method", "")
-        path = headers.get(":path", "").split("?", 1)[0]
+        path, _, query = headers.get(":path", "").partition("?")
         # A trailing slash names the same endpoint: the call goes on under the path without it
         # (the path each attempt is built from), so no provider sees a path it does not serve.
         canonical = path.rstrip("/") or "/"
         state.path = canonical if canonical in ENDPOINTS else path
         endpoint = ENDPOINTS.get(canonical)
+        stored = stored_call.parse(canonical, method) if endpoint is None else None
+        if isinstance(stored, StoredCall):
+            # A stored response's GET/DELETE: the query (`include`, `limit`, `after`…) is the backend's.
+            state.path = canonical + (f"?{query}" if query else "")
+            endpoint = (method, "responses")
+        elif isinstance(stored, str):
+            endpoint = (stored, "responses")
         if endpoint is None:
             return self._deny(
                 404, f"Unknown request URL: {method} {path}.", "invalid_request_error", "unknown_url"
@@ -149,6 +161,15 @@ class RouterCall:
 
         if operation == "models":
             return self._list_models()
+        if isinstance(stored, StoredCall):
+            if not message.end_of_stream:  # the router filter would see it after its reply
+                return self._deny(
+                    400,
+                    f"{method} {path} takes no request body.",
+                    "invalid_request_error",
+                    "unexpected_body",
+                )
+            return self._stored(stored)
 
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.runtime.max_request_bytes:
@@ -181,6 +202,51 @@ class RouterCall:
         spans.finished(self.runtime.tracing, self.state)
         return msg.immediate(200, body, details="models")
 
+    # -- stored responses -----------------------------------------------------------------------
+
+    async def _find_stored(
+        self, response_id: str, param: str | None
+    ) -> stored_call.Pin | ep.ProcessingResponse:
+        """The backend that stored `response_id` for this key, or the refusal to answer with."""
+        assert self.state.key is not None
+        found = await stored_call.find(self.runtime, self.compiled, self.state.key, response_id, param)
+        if isinstance(found, stored_call.Refusal):
+            return self._deny(found.status, found.message, found.error_type, found.code, param=found.param)
+        return found
+
+    async def _stored(self, call: StoredCall) -> ep.ProcessingResponse:
+        """`GET`/`DELETE /v1/responses/{id}` (or `…/input_items`): no body follows (Envoy said
+        end_of_stream), so the call is looked up, rewritten and sent on from here; nothing is
+        reserved and it costs nothing."""
+        state = self.state
+        found = await self._find_stored(call.response_id, None)
+        if isinstance(found, ep.ProcessingResponse):
+            return found
+        state.route, state.client_model, state.stored = found.route, found.route.model, call
+        set_headers = stored_call.pin_headers(state, found)
+        spans.admitted(self.runtime.tracing, state, {})
+        credential = self.runtime.credentials.credential(found.backend)
+        rewrite = direct.rewrite(self.runtime.tracing, state, found.backend, None, credential)
+        set_headers.update(rewrite.set_headers)
+        return msg.continue_headers(
+            "request_headers", set_headers=set_headers, remove=rewrite.remove, clear_route_cache=True
+        )
+
+    def _stored_answer(self) -> ep.ProcessingResponse:
+        """A stored response's answer, passed on unread; a delete that worked (or a backend that no
+        longer knows the id) removes the record."""
+        state = self.state
+        if state.stored is not None and (
+            state.status == 404 or (state.stored.method == "DELETE" and state.status < 300)
+        ):
+            stored_call.forget_soon(self.runtime, state)
+        self._finish(None)
+        info = answer.info_headers(state)
+        info["x-tollway-cost-usd"] = format_usd(state.cost if state.cost is not None else from_nano(0))
+        return msg.continue_headers(
+            "response_headers", set_headers=info, mode_override=msg.response_body_mode("NONE")
+        )
+
     # -- request body ---------------------------------------------------------------------------
 
     async def on_request_body(self, message: ep.HttpBody) -> ep.ProcessingResponse:
@@ -212,7 +278,25 @@ class RouterCall:
                 "model_not_allowed",
                 param="model",
             )
-        refusal = dispatch.check(route, state.operation, body)
+        pinned: stored_call.Pin | None = None
+        previous = body.get("previous_response_id") if state.operation == "responses" else None
+        if isinstance(previous, str) and stored_call.keeps_responses(route):
+            # Only the backend that stored the previous response can continue it: no fallback.
+            found = await self._find_stored(previous, "previous_response_id")
+            if isinstance(found, ep.ProcessingResponse):
+                return found
+            if found.route.id != route.id:
+                return self._deny(
+                    400,
+                    f"The previous response '{previous}' was created with the model '{found.route.model}' "
+                    f"(backend '{found.backend.name}'); continue it with that model, not '{model}'.",
+                    "invalid_request_error",
+                    "previous_response_on_another_route",
+                    param="previous_response_id",
+                )
+            pinned = found
+        # A pinned call reaches one backend: only its adapter need serve the request.
+        refusal = dispatch.check(route, state.operation, body, None if pinned is None else (pinned.backend,))
         if refusal is not None:
             return self._deny(
                 refusal.status, refusal.message, "invalid_request_error", refusal.code, param=refusal.param
@@ -263,13 +347,16 @@ class RouterCall:
         if state.stream and spans.capture_content(self.runtime.tracing, state):
             state.stream_text = spans.StreamText()
         set_headers = {ROUTE_HEADER: route.id}
-        set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
+        if pinned is None:
+            set_headers.update(dispatch.route_headers(self.compiled, state, route, body, len(message.body)))
+        else:
+            set_headers.update(stored_call.pin_headers(state, pinned))
         remove: tuple[str, ...] = ("authorization", "x-api-key")
-        by_router = rewritten_by_router(route)
+        by_router = rewritten_by_router(route) or pinned is not None
         if by_router:
             # One backend: rewrite the call here; its cluster has no upstream filter.
             try:
-                backend = route.backends[0]
+                backend = pinned.backend if pinned is not None else route.backends[0]
                 rewrite = direct.rewrite(
                     self.runtime.tracing,
                     state,
@@ -341,6 +428,8 @@ class RouterCall:
         state.first_byte_at = time.monotonic()
         answer.note_final(state, self.compiled, final)
         final_attempt.record(self.runtime, state, headers, details)
+        if state.stored is not None:
+            return self._stored_answer()
         if state.route is not None and not message.end_of_stream and answer.choose_replacement(state):
             # An earlier attempt failed more usefully: its answer replaces this one (body phase).
             return msg.continue_headers("response_headers", mode_override=msg.response_body_mode("BUFFERED"))
@@ -409,6 +498,8 @@ class RouterCall:
         adapter = adapter_for(state.operation or "", state.backend.provider, state.backend.model)
         assert adapter is not None  # `dispatch.check` admits only backends with an adapter
         read = adapter.answer(state.status, self.content_type, message.body)  # the one parse
+        if state.status == 200:
+            stored_call.record_soon(self.runtime, state, read.response_id)
         state.response_model = read.model
         state.finish_reasons = read.finish_reasons
         if spans.capture_content(self.runtime.tracing, state):
@@ -459,6 +550,9 @@ class RouterCall:
         state = self.state
         assert state.sse is not None and state.backend is not None
         parsed = state.sse.finish()
+        adapter = adapter_for(state.operation or "", state.backend.provider)
+        if state.status == 200 and isinstance(adapter, KeepsResponses):
+            stored_call.record_soon(self.runtime, state, adapter.stream_response_id(state.sse))
         state.response_model = parsed.model
         state.finish_reasons = tuple(parsed.finish_reasons)
         if state.stream_text is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from typing import Any
@@ -71,7 +72,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 started = time.perf_counter()
                 try:
                     if which == "request_headers":
-                        reply = call.on_request_headers(request.request_headers)
+                        headers_reply = call.on_request_headers(request.request_headers)
+                        # A stored response's call is looked up (async) at its headers.
+                        reply = await headers_reply if inspect.isawaitable(headers_reply) else headers_reply
                     elif which == "request_body":
                         reply = await call.on_request_body(request.request_body)
                     elif which == "response_headers":

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 Operation = Literal["chat", "embeddings", "models", "messages", "responses"]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """A call naming a stored response (`GET`/`DELETE /v1/responses/{id}`, `…/input_items`)."""
+
+    method: str
+    response_id: str
+
+
 @dataclass
 class RequestState:
     request_id: str
@@ -47,6 +55,7 @@ class RequestState:
     unpriced: str | None = None  # why a success had no readable usage (`accounting.unpriced_reason`)
     quota: Admission | None = None  # what the call reserved; None before admission
     cache: CacheCall | None = None  # what the response cache did (`cache_call.look_up`)
+    stored: StoredCall | None = None  # a stored response's retrieve or delete: unpriced, unreserved
     # Routing and fallback
     cluster: str = ""  # the Envoy cluster (backend order) chosen for this call
     order: tuple[str, ...] = ()  # backend names in the order they will be tried

@@ -31,7 +31,15 @@ from tollway_sidecar.config.models import GatewayConfig, Route
 from tollway_sidecar.pricing import resolve_price
 from tollway_sidecar.providers.usage import TokenUsage
 
-__all__ = ["RoutePlan", "cluster_name", "cost_orders", "plan_route", "plans_for", "rewritten_by_router"]
+__all__ = [
+    "RoutePlan",
+    "cluster_name",
+    "cost_orders",
+    "pinned_cluster",
+    "plan_route",
+    "plans_for",
+    "rewritten_by_router",
+]
 
 Order = tuple[int, ...]  # indices into Route.backends, first tried first
 
@@ -54,6 +62,14 @@ def cluster_name(route: Route, index: int = 0) -> str:
     """The Envoy cluster of a route's `index`-th order; order 0 is the route's compiled order."""
     base = f"tollway_route_{route.id}"
     return base if index == 0 else f"{base}_{index}"
+
+
+def pinned_cluster(route: Route, index: int) -> str:
+    """The cluster that reaches only the route's `index`-th backend, for a call that no other
+    backend can answer (one naming a response that backend stored). A one-backend route's own
+    cluster is one already; on a longer route the cluster has no upstream filter (the router
+    filter rewrites the call, as for a one-backend route)."""
+    return cluster_name(route) if rewritten_by_router(route) else f"tollway_route_{route.id}_pin_{index}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from tollway_sidecar.config.models import Backend
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
@@ -23,6 +23,7 @@ __all__ = [
     "AttemptRequest",
     "BadGateway",
     "ClientAnswer",
+    "KeepsResponses",
     "Refused",
     "StreamReader",
     "UpstreamRequest",
@@ -87,6 +88,7 @@ class ClientAnswer:
 
     `body` None: forward the backend's bytes unchanged; else send these with `content_type`.
     `usage` None: `error` says why. `text` is the first choice's text, for content capture.
+    `response_id` is the id a backend that keeps its answers stored this one under (`KeepsResponses`).
     """
 
     body: bytes | None
@@ -97,6 +99,7 @@ class ClientAnswer:
     error: str | None = None
     bad_gateway: BadGateway | None = None
     text: str | None = None
+    response_id: str | None = None
 
 
 class StreamReader(Protocol):
@@ -159,4 +162,18 @@ class Adapter(Protocol):
 
     def error_body(self, status: int, body: bytes) -> tuple[bytes, str]:
         """A failed attempt's error body as the client's API shapes errors: (body, content type)."""
+        ...
+
+
+@runtime_checkable
+class KeepsResponses(Protocol):
+    """An adapter whose backend stores the Responses it answers (passed through, not translated).
+
+    Its `request` also rewrites the calls that name a stored response: `GET`/`DELETE
+    /v1/responses/{id}` and `GET /v1/responses/{id}/input_items` (body None), which only the backend
+    that stored it can answer, as `previous_response_id` can only be resolved there.
+    """
+
+    def stream_response_id(self, reader: StreamReader) -> str | None:
+        """The id of the response a stream read by `reader` (this adapter's `stream`) created."""
         ...
