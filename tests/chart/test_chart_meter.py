@@ -330,3 +330,83 @@ def test_the_console_arguments_are_options_of_meter_run_it_accepts(helm: str) ->
         meter_run, [*args, "--redis", "redis://127.0.0.1:1"], env={"KUBERNETES_SERVICE_HOST": ""}
     )
     assert result.exit_code == 2 and "--kube-url" in result.output, result.output
+
+
+REPORTS = [
+    *METER_VALUES_SETS["meter-networkpolicy"],
+    "--set",
+    "meter.reports.enabled=true",
+    "--set-json",
+    'meter.reports.secretNamespaces=["team-a","team-b"]',
+]
+
+
+def _reports_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any] | None:
+    containers = pod_spec(objects[("Deployment", "tw-tollway-meter")])["containers"]
+    return next((c for c in containers if c["name"] == "reports"), None)
+
+
+def test_reports_are_off_by_default_with_no_rbac(helm: str) -> None:
+    objects = render(helm, *METER_VALUES_SETS["meter-networkpolicy"])
+    assert _reports_container(objects) is None
+    assert not [name for kind, name in objects if "report" in name and kind != "CustomResourceDefinition"]
+
+
+def test_reports_run_beside_the_meter_on_its_ledger_with_exactly_the_proved_rbac(helm: str) -> None:
+    objects = render(helm, *REPORTS)
+    container = _reports_container(objects)
+    assert container is not None
+    assert container["args"][:3] == ["meter", "reports", "--kubernetes"]
+    assert env_of(container)["TOLLWAY_METER_DB"] == {"secretKeyRef": {"name": "ledger-dsn", "key": "dsn"}}
+    assert pod_spec(objects[("Deployment", "tw-tollway-meter")])["automountServiceAccountToken"] is True
+    assert objects[("ServiceAccount", "tw-tollway-meter")]["automountServiceAccountToken"] is True
+    # The rules are the ones tests/kube/test_costreport_crd.py ran the scheduler under.
+    proved = yaml.safe_load_all((CHART.parents[1] / "deploy" / "rbac" / "meter-reports.yaml").read_text())
+    proved_roles = {d["metadata"]["name"]: d["rules"] for d in proved if d["kind"] == "ClusterRole"}
+    chart_roles = {
+        name.replace("tw-tollway-", "tollway-"): d["rules"]
+        for (kind, name), d in objects.items()
+        if kind == "ClusterRole" and "report" in name
+    }
+    assert chart_roles == proved_roles
+    # Secrets only in the namespaces named, never through a ClusterRoleBinding.
+    rendered = template(helm, *REPORTS)
+    bindings = {
+        (d["kind"], d["metadata"].get("namespace"), d["roleRef"]["name"])
+        for d in documents(rendered.stdout)
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding") and "report" in d["roleRef"]["name"]
+    }
+    assert bindings == {
+        ("ClusterRoleBinding", None, "tw-tollway-meter-reports"),
+        ("RoleBinding", "team-a", "tw-tollway-meter-report-secrets"),
+        ("RoleBinding", "team-b", "tw-tollway-meter-report-secrets"),
+    }
+    egress = objects[("NetworkPolicy", "tw-tollway-meter")]["spec"]["egress"]
+    ports = [{"port": p, "protocol": "TCP"} for p in (25, 465, 587, 443)]
+    assert egress[-2:] == [
+        {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+        {"ports": ports},
+    ]
+
+
+def test_the_reports_arguments_are_options_of_meter_reports(helm: str) -> None:
+    from tollway.report_cli import meter_reports
+
+    container = _reports_container(render(helm, *REPORTS))
+    assert container is not None
+    flags = {opt for param in meter_reports.params for opt in param.opts}
+    for arg in container["args"][2:]:
+        assert arg.split("=", 1)[0] in flags, f"`tollway meter reports` has no option {arg}"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["--set-json", 'meter.reports.secretNamespaces=["Team_A"]'],
+        ["--set", "meter.reports.interval=0"],
+        ["--set", "meter.reports.schedule=weekly"],
+    ],
+)
+def test_bad_reports_values_are_refused_by_the_schema(helm: str, values: list[str]) -> None:
+    result = template(helm, *METER_VALUES_SETS["meter-networkpolicy"], *values)
+    assert result.returncode != 0 and "meter.reports" in result.stderr.replace("/", "."), result.stderr
