@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,12 @@ def test_crds_made_without_helm_are_taken_over_with_the_documented_commands(
     cluster = installed
     for release, namespace in ((RELEASE, NAMESPACE), ("other", "other-system")):
         cluster.cp.helm("uninstall", release, "--namespace", namespace, check=False)
-    cluster.cp.kubectl("delete", "crd", *CRD_NAMES, "--wait=true")
+    # Not `--wait=true`: kubectl's wait for several CRDs at once can miss a deletion that finishes
+    # before its watch starts and then hangs; poll for them instead.
+    cluster.cp.kubectl("delete", "crd", *CRD_NAMES, "--wait=false")
+    deadline = time.monotonic() + 60
+    while any(cluster.get("crd", name) is not None for name in CRD_NAMES) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert all(cluster.get("crd", name) is None for name in CRD_NAMES)
 
     # A release of the chart as it was: Helm makes its crds/ folder's CRDs, without ownership metadata.
