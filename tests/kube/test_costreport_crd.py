@@ -111,13 +111,14 @@ def test_the_apiserver_and_the_scheduler_refuse_the_same_mistakes(
 async def test_the_scheduler_reads_costreports_from_the_api_and_writes_their_status(
     cp: ControlPlane, tmp_path: Path
 ) -> None:
-    """As the meter's ServiceAccount under deploy/rbac/meter-reports.yaml only, the example
-    RoleBinding for Secrets moved to this test's namespace: the report goes to a webhook whose URL is
+    """As the meter's ServiceAccount under deploy/rbac/meter-reports.yaml only, and the per-namespace
+    RoleBinding for Secrets in this test's namespace: the report goes to a webhook whose URL is
     in a Secret and as an Event; the status tells; a second tick sends nothing."""
     cp.create_namespace("reports")
     cp.create_namespace("tollway-system")
-    rbac = (ROOT / "deploy" / "rbac" / "meter-reports.yaml").read_text()
-    cp.kubectl("apply", "-f", "-", input=rbac.replace("namespace: team-a", "namespace: reports"))
+    cp.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac" / "meter-reports.yaml"))
+    secrets = (ROOT / "deploy" / "rbac" / "per-namespace" / "meter-report-secrets.yaml").read_text()
+    cp.kubectl("apply", "-f", "-", input=secrets.replace("namespace: team-a", "namespace: reports"))
     token = tmp_path / "token"
     token.write_text(cp.token("tollway-system", "tollway-meter"))
 
