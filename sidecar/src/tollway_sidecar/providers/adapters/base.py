@@ -11,6 +11,7 @@ bytes a backend sends (what could not be read is reported in `error` fields).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -27,6 +28,8 @@ __all__ = [
     "Refused",
     "StreamReader",
     "UpstreamRequest",
+    "translated",
+    "untranslatable",
 ]
 
 
@@ -100,6 +103,34 @@ class ClientAnswer:
     bad_gateway: BadGateway | None = None
     text: str | None = None
     response_id: str | None = None
+
+
+def translated(
+    obj: dict[str, Any],
+    usage: TokenUsage | str,
+    *,
+    finish_reason: str,
+    text: str | None,
+    model: str | None = None,
+) -> ClientAnswer:
+    """A backend's answer written in the client's API: `obj` as its JSON body, with the usage read
+    from the backend's (or, a str, why there is none)."""
+    return ClientAnswer(
+        body=json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(),
+        content_type="application/json",
+        usage=usage if isinstance(usage, TokenUsage) else None,
+        model=model,
+        finish_reasons=(finish_reason,),
+        error=None if isinstance(usage, TokenUsage) else usage,
+        text=text,
+    )
+
+
+def untranslatable(status: int, api: str) -> ClientAnswer:
+    """The 502 for JSON that is not the `api` answer the backend should have sent."""
+    # The router puts "Backend '<name>' " in front, as for every adapter.
+    reason = f"answered {status} with JSON that is not a {api} response; the gateway cannot translate it."
+    return ClientAnswer(None, None, None, error=reason, bad_gateway=BadGateway(reason))
 
 
 class StreamReader(Protocol):

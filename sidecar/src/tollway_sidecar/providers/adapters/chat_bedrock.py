@@ -22,37 +22,57 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from tollway_sidecar.providers import bedrock
 from tollway_sidecar.providers.adapters.base import (
     AttemptRequest,
-    BadGateway,
     ClientAnswer,
     Refused,
     UpstreamRequest,
+    translated,
+    untranslatable,
 )
+from tollway_sidecar.providers.adapters.openai import not_json
+from tollway_sidecar.providers.chat_out import ChunkWriter, call_id
 from tollway_sidecar.providers.eventstream import CONTENT_TYPE, FrameReader
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 
-__all__ = ["ChatBedrock", "ConverseStreamReader"]
+__all__ = ["ChatBedrock", "ConverseStreamReader", "converse_answer"]
 
 _JSON: Final = "application/json"
-_DONE: Final = b"data: [DONE]\n\n"
-
-
-def _event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
 def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _call_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
+def converse_answer(
+    status: int,
+    body: bytes,
+    error_body: Callable[[int, bytes], tuple[bytes, str]],
+    *,
+    created: int,
+    chat_id: str,
+) -> tuple[dict[str, Any], dict[str, Any], TokenUsage | str] | ClientAnswer:
+    """A Converse answer read as (its JSON, it as a `chat.completion`, its usage or why none); or what
+    the client receives in its place: the error answer for a failure (`error_body`), a 502 for a body
+    that is not a Converse answer."""
+    if not 200 <= status < 300:
+        error, ct = error_body(status, body)
+        return ClientAnswer(body=error, content_type=ct, usage=None, error=f"Bedrock answered {status}")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    if parsed is None:
+        bad = not_json(status)
+        return ClientAnswer(None, None, None, error=bad.message, bad_gateway=bad)
+    chat = bedrock.converse_to_chat(parsed, model="", created=created, call_id=chat_id)
+    if chat is None:
+        return untranslatable(status, "Converse")
+    return parsed, *chat
 
 
 class ChatBedrock:
@@ -98,35 +118,13 @@ class ChatBedrock:
         return {"content-type": "text/event-stream"}
 
     def answer(self, status: int, content_type: str, body: bytes) -> ClientAnswer:
-        if not 200 <= status < 300:
-            error, ct = self.error_body(status, body)
-            return ClientAnswer(body=error, content_type=ct, usage=None, error=f"Bedrock answered {status}")
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        translated = bedrock.converse_to_chat(parsed, model="", created=int(time.time()), call_id=_call_id())
-        if translated is None:
-            # The router puts "Backend '<name>' " in front, as for every adapter.
-            reason = (
-                f"answered {status} with a body that is not JSON; "
-                "the gateway cannot pass it on as an API response."
-                if parsed is None
-                else f"answered {status} with JSON that is not a Converse response; "
-                "the gateway cannot translate it."
-            )
-            return ClientAnswer(
-                body=None, content_type=None, usage=None, error=reason, bad_gateway=BadGateway(reason)
-            )
-        chat, usage = translated
-        reply = chat["choices"][0]["message"]
-        return ClientAnswer(
-            body=json.dumps(chat, separators=(",", ":"), ensure_ascii=False).encode(),
-            content_type=_JSON,
-            usage=usage if isinstance(usage, TokenUsage) else None,
-            error=None if isinstance(usage, TokenUsage) else usage,
-            finish_reasons=(chat["choices"][0]["finish_reason"],),
-            text=reply["content"],
+        read = converse_answer(status, body, self.error_body, created=int(time.time()), chat_id=call_id())
+        if isinstance(read, ClientAnswer):
+            return read
+        _, chat, usage = read
+        choice = chat["choices"][0]
+        return translated(
+            chat, usage, finish_reason=choice["finish_reason"], text=choice["message"]["content"]
         )
 
     def stream(
@@ -159,9 +157,8 @@ class ConverseStreamReader:
         on_event: Callable[[bytes | None, bytes], None] | None = None,
     ) -> None:
         self._frames = FrameReader()
-        self._model, self._include_usage, self._created = model, include_usage, created
-        self._on_event = on_event
-        self._id = _call_id()
+        self._out = ChunkWriter(model=model, created=created, on_event=on_event)
+        self._model, self._include_usage = model, include_usage
         self._tools: dict[int, int] = {}  # Bedrock content block index → OpenAI tool_calls index
         self._usage: TokenUsage | None = None
         self._usage_error: str | None = "the stream carried no usage"
@@ -192,7 +189,7 @@ class ConverseStreamReader:
         if self._frames.error is not None:
             self._broken = True
             self._note(self._frames.error)
-            out += self._send(
+            out += self._out.send(
                 {
                     "error": {
                         "message": "The Bedrock backend sent a malformed event-stream frame.",
@@ -224,26 +221,9 @@ class ConverseStreamReader:
             output_chunks=self._chunks,
         )
 
-    def _send(self, obj: dict[str, Any]) -> bytes:
-        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-        if self._on_event is not None:
-            self._on_event(None, data)
-        return b"data: " + data + b"\n\n"
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return self._send(
-            {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
-        )
-
     def _translate(self, kind: str, event: dict[str, Any]) -> bytes:
         if kind == "messageStart":
-            return self._chunk({"role": "assistant", "content": ""})
+            return self._out.chunk({"role": "assistant", "content": ""})
         if kind == "contentBlockStart":
             tool = _obj(_obj(event.get("start")).get("toolUse"))
             if not tool:
@@ -257,24 +237,24 @@ class ConverseStreamReader:
                 "type": "function",
                 "function": {"name": str(tool.get("name") or ""), "arguments": ""},
             }
-            return self._chunk({"tool_calls": [call]})
+            return self._out.chunk({"tool_calls": [call]})
         if kind == "contentBlockDelta":
             delta = _obj(event.get("delta"))
             if isinstance(delta.get("text"), str):
                 self._chunks += 1
-                return self._chunk({"content": delta["text"]})
+                return self._out.chunk({"content": delta["text"]})
             partial = _obj(delta.get("toolUse")).get("input")
             call_index = self._tools.get(_index(event.get("contentBlockIndex")))
             if isinstance(partial, str) and partial and call_index is not None:
                 self._chunks += 1
-                return self._chunk(
+                return self._out.chunk(
                     {"tool_calls": [{"index": call_index, "function": {"arguments": partial}}]}
                 )
             return b""  # reasoning content, citations
         if kind == "messageStop":
             reason = bedrock.finish_reason(event.get("stopReason")) or "stop"
             self._finish.append(reason)
-            return self._chunk({}, reason)
+            return self._out.chunk({}, reason)
         if kind == "metadata":
             self._complete = True
             usage = bedrock.usage_from_bedrock(event.get("usage"))
@@ -282,27 +262,16 @@ class ConverseStreamReader:
             if isinstance(usage, TokenUsage):
                 self._usage = usage
                 if self._include_usage:
-                    out = self._send(
-                        {
-                            "id": self._id,
-                            "object": "chat.completion.chunk",
-                            "created": self._created,
-                            "model": self._model,
-                            "choices": [],
-                            "usage": bedrock.usage_to_openai(usage),
-                        }
-                    )
+                    out = self._out.usage(bedrock.usage_to_openai(usage))
             else:
                 self._usage_error = usage
-            if self._on_event is not None:
-                self._on_event(None, b"[DONE]")
-            return out + _DONE
+            return out + self._out.done()
         return b""  # contentBlockStop, event types added later
 
     def _exception(self, kind: str, payload: bytes) -> bytes:
         self._note(f"provider error: {kind or 'exception'}")
         status = 429 if kind == "throttlingException" else 500
-        return self._send(bedrock.error_to_openai(status, payload, kind or None))
+        return self._out.send(bedrock.error_to_openai(status, payload, kind or None))
 
     def _note(self, error: str) -> None:
         if self.error is None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
@@ -32,28 +31,42 @@ from tollway_sidecar.providers import vertex
 from tollway_sidecar.providers.adapters.anthropic import AnthropicChat
 from tollway_sidecar.providers.adapters.base import (
     AttemptRequest,
-    BadGateway,
     ClientAnswer,
     Refused,
     UpstreamRequest,
+    translated,
+    untranslatable,
 )
 from tollway_sidecar.providers.adapters.openai import is_sse, not_json
 from tollway_sidecar.providers.anthropic import TranslationError, chat_to_messages
+from tollway_sidecar.providers.chat_out import ChunkWriter, call_id
 from tollway_sidecar.providers.sse_blocks import SseBlocks
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 
-__all__ = ["ChatVertex", "ChatVertexClaude", "GeminiStreamReader", "bearer"]
+__all__ = ["ChatVertex", "ChatVertexClaude", "GeminiStreamReader", "bearer", "gemini_answer"]
 
 _JSON: Final = "application/json"
-_DONE: Final = b"data: [DONE]\n\n"
 
 
 def bearer(attempt: AttemptRequest) -> dict[str, str]:
     return {"authorization": f"Bearer {attempt.credential}"} if attempt.credential else {}
 
 
-def _call_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
+def gemini_answer(
+    status: int, body: bytes, error_body: Callable[[int, bytes], tuple[bytes, str]]
+) -> dict[str, Any] | ClientAnswer:
+    """A `generateContent` answer's JSON (an object with `candidates`); or what the client receives in
+    its place: the error answer for a failure (`error_body`), a 502 for a body that is not one."""
+    if not 200 <= status < 300:
+        error, ct = error_body(status, body)
+        return ClientAnswer(body=error, content_type=ct, usage=None, error=f"Vertex answered {status}")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ClientAnswer(None, None, None, error="not JSON", bad_gateway=not_json(status))
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("candidates"), list):
+        return untranslatable(status, "generateContent")
+    return parsed
 
 
 class ChatVertex:
@@ -87,30 +100,20 @@ class ChatVertex:
         return {}
 
     def answer(self, status: int, content_type: str, body: bytes) -> ClientAnswer:
-        if not 200 <= status < 300:
-            error, ct = self.error_body(status, body)
-            return ClientAnswer(body=error, content_type=ct, usage=None, error=f"Vertex answered {status}")
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return ClientAnswer(None, None, None, error="not JSON", bad_gateway=not_json(status))
-        translated = vertex.gemini_to_chat(parsed, model="", created=int(time.time()), call_id=_call_id())
-        if translated is None:
-            reason = (
-                f"answered {status} with JSON that is not a generateContent response; "
-                "the gateway cannot translate it."
-            )
-            return ClientAnswer(None, None, None, error=reason, bad_gateway=BadGateway(reason))
-        chat, usage = translated
+        parsed = gemini_answer(status, body, self.error_body)
+        if isinstance(parsed, ClientAnswer):
+            return parsed
+        read = vertex.gemini_to_chat(parsed, model="", created=int(time.time()), call_id=call_id())
+        if read is None:  # not reached: gemini_answer checked the shape gemini_to_chat reads
+            return untranslatable(status, "generateContent")
+        chat, usage = read
         choice = chat["choices"][0]
-        return ClientAnswer(
-            body=json.dumps(chat, separators=(",", ":"), ensure_ascii=False).encode(),
-            content_type=_JSON,
-            usage=usage if isinstance(usage, TokenUsage) else None,
-            model=chat["model"] or None,
-            finish_reasons=(choice["finish_reason"],),
-            error=None if isinstance(usage, TokenUsage) else usage,
+        return translated(
+            chat,
+            usage,
+            finish_reason=choice["finish_reason"],
             text=choice["message"]["content"],
+            model=chat["model"] or None,
         )
 
     def stream(
@@ -143,9 +146,8 @@ class GeminiStreamReader:
         on_event: Callable[[bytes | None, bytes], None] | None = None,
     ) -> None:
         self._blocks = SseBlocks()
-        self._model, self._include_usage, self._created = model, include_usage, created
-        self._on_event = on_event
-        self._id = _call_id()
+        self._out = ChunkWriter(model=model, created=created, on_event=on_event)
+        self._model, self._include_usage = model, include_usage
         self._started = False
         self._calls = 0  # tool calls sent so far (their OpenAI indexes)
         self._usage: TokenUsage | str = "the stream carried no usageMetadata"
@@ -197,23 +199,6 @@ class GeminiStreamReader:
             output_chunks=self._chunks,
         )
 
-    def _send(self, obj: dict[str, Any]) -> bytes:
-        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-        if self._on_event is not None:
-            self._on_event(None, data)
-        return b"data: " + data + b"\n\n"
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return self._send(
-            {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
-        )
-
     def _translate(self, data: bytes) -> bytes:
         try:
             event = json.loads(data)
@@ -226,11 +211,11 @@ class GeminiStreamReader:
         if isinstance(event.get("error"), dict):
             self._note(f"provider error: {event['error'].get('status') or 'error'}")
             status = event["error"].get("code")
-            return self._send(vertex.error_to_openai(status if isinstance(status, int) else 500, event))
+            return self._out.send(vertex.error_to_openai(status if isinstance(status, int) else 500, event))
         out = bytearray()
         if not self._started:
             self._started = True
-            out += self._chunk({"role": "assistant", "content": ""})
+            out += self._out.chunk({"role": "assistant", "content": ""})
         if "usageMetadata" in event:
             self._usage = vertex.usage_from_gemini(event["usageMetadata"])
         candidates = event.get("candidates")
@@ -240,18 +225,18 @@ class GeminiStreamReader:
         text = vertex.text_of(candidate)
         if text:
             self._chunks += 1
-            out += self._chunk({"content": text})
+            out += self._out.chunk({"content": text})
         calls = vertex.tool_calls_of(candidate, self._calls)
         if calls:
             self._chunks += 1
-            out += self._chunk(
+            out += self._out.chunk(
                 {"tool_calls": [{"index": self._calls + i, **call} for i, call in enumerate(calls)]}
             )
             self._calls += len(calls)
         reason = vertex.finish_reason(candidate.get("finishReason"), called=self._calls > 0)
         if reason is not None and not self._finish:
             self._finish.append(reason)
-            out += self._chunk({}, reason)
+            out += self._out.chunk({}, reason)
         if self._finish and isinstance(self._usage, TokenUsage):
             out += self._end()  # usage comes with the finish, or in an event after it
         return bytes(out)
@@ -260,19 +245,8 @@ class GeminiStreamReader:
         self._complete = True
         out = b""
         if isinstance(self._usage, TokenUsage) and self._include_usage:
-            out = self._send(
-                {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [],
-                    "usage": vertex.usage_to_openai(self._usage),
-                }
-            )
-        if self._on_event is not None:
-            self._on_event(None, b"[DONE]")
-        return out + _DONE
+            out = self._out.usage(vertex.usage_to_openai(self._usage))
+        return out + self._out.done()
 
     def _note(self, error: str) -> None:
         if self.error is None:

@@ -20,18 +20,18 @@ becomes an Anthropic `error` event (`api_error`, naming the Bedrock backend) and
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
-from tollway_sidecar.providers import bedrock
+from tollway_sidecar.providers import anthropic_out, bedrock
 from tollway_sidecar.providers.adapters.base import (
     AttemptRequest,
-    BadGateway,
     ClientAnswer,
     Refused,
     UpstreamRequest,
+    translated,
 )
+from tollway_sidecar.providers.adapters.chat_bedrock import converse_answer
 from tollway_sidecar.providers.eventstream import CONTENT_TYPE, FrameReader
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
 
@@ -154,15 +154,6 @@ def messages_to_converse(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _usage(usage: TokenUsage) -> dict[str, int]:
-    return {
-        "input_tokens": usage.uncached_input_tokens,
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_read_input_tokens": usage.cache_read_tokens,
-        "output_tokens": usage.output_tokens,
-    }
-
-
 def _stop_reason(reason: Any) -> str:
     return _STOP.get(reason, reason) if isinstance(reason, str) else "end_turn"
 
@@ -212,27 +203,10 @@ class MessagesBedrock:
         return {"content-type": "text/event-stream"}
 
     def answer(self, status: int, content_type: str, body: bytes) -> ClientAnswer:
-        if not 200 <= status < 300:
-            error, ct = self.error_body(status, body)
-            return ClientAnswer(body=error, content_type=ct, usage=None, error=f"Bedrock answered {status}")
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        translated = bedrock.converse_to_chat(parsed, model="", created=0, call_id="")
-        if translated is None:
-            # The router puts "Backend '<name>' " in front, as for every adapter.
-            reason = (
-                f"answered {status} with a body that is not JSON; "
-                "the gateway cannot pass it on as an API response."
-                if parsed is None
-                else f"answered {status} with JSON that is not a Converse response; "
-                "the gateway cannot translate it."
-            )
-            return ClientAnswer(
-                body=None, content_type=None, usage=None, error=reason, bad_gateway=BadGateway(reason)
-            )
-        _, usage = translated
+        read = converse_answer(status, body, self.error_body, created=0, chat_id="")
+        if isinstance(read, ClientAnswer):
+            return read
+        parsed, _, usage = read
         content: list[dict[str, Any]] = []
         for block in parsed["output"]["message"]["content"]:
             if isinstance(block, dict) and isinstance(block.get("text"), str):
@@ -248,26 +222,8 @@ class MessagesBedrock:
                     }
                 )
         stop = _stop_reason(parsed.get("stopReason"))
-        message: dict[str, Any] = {
-            "id": "msg_" + uuid.uuid4().hex,
-            "type": "message",
-            "role": "assistant",
-            "model": "",
-            "content": content,
-            "stop_reason": stop,
-            "stop_sequence": None,
-        }
-        if isinstance(usage, TokenUsage):
-            message["usage"] = _usage(usage)
-        texts = [b["text"] for b in content if b["type"] == "text"]
-        return ClientAnswer(
-            body=json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode(),
-            content_type=_JSON,
-            usage=usage if isinstance(usage, TokenUsage) else None,
-            error=None if isinstance(usage, TokenUsage) else usage,
-            finish_reasons=(stop,),
-            text="".join(texts) if texts else None,
-        )
+        message = anthropic_out.message(model="", content=content, stop_reason=stop, usage=usage)
+        return translated(message, usage, finish_reason=stop, text=anthropic_out.text_of(content))
 
     def stream(
         self,
@@ -288,7 +244,8 @@ class MessagesStreamReader:
 
     def __init__(self, *, model: str, on_event: Callable[[bytes | None, bytes], None] | None = None) -> None:
         self._frames = FrameReader()
-        self._model, self._on_event = model, on_event
+        self._out = anthropic_out.MessagesEvents(model=model, on_event=on_event)
+        self._model = model
         self._open: set[int] = set()
         self._stop: str | None = None
         self._usage: TokenUsage | None = None
@@ -342,37 +299,19 @@ class MessagesStreamReader:
             output_chunks=self._chunks,
         )
 
-    def _send(self, name: str, obj: dict[str, Any]) -> bytes:
-        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-        if self._on_event is not None:
-            self._on_event(name.encode(), data)
-        return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
-
     def _fail(self, message: str) -> bytes:
         self._ended = True
-        return self._send("error", _error(500, message))
+        return self._out.error(message)
 
     def _start_block(self, index: int, block: dict[str, Any]) -> bytes:
         self._open.add(index)
-        return self._send(
-            "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
-        )
+        return self._out.block_start(index, block)
 
     def _translate(self, kind: str, event: dict[str, Any]) -> bytes:
         index = event.get("contentBlockIndex")
         index = index if isinstance(index, int) and not isinstance(index, bool) else 0
         if kind == "messageStart":
-            message: dict[str, Any] = {
-                "id": "msg_" + uuid.uuid4().hex,
-                "type": "message",
-                "role": "assistant",
-                "model": self._model,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": 0, "output_tokens": 0},
-            }
-            return self._send("message_start", {"type": "message_start", "message": message})
+            return self._out.start()
         if kind == "contentBlockStart":
             tool = event.get("start", {}).get("toolUse") if isinstance(event.get("start"), dict) else None
             if isinstance(tool, dict):
@@ -392,50 +331,30 @@ class MessagesStreamReader:
                 if index not in self._open:  # Converse opens text blocks implicitly
                     out = self._start_block(index, {"type": "text", "text": ""})
                 self._chunks += 1
-                return out + self._send(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "text_delta", "text": delta["text"]},
-                    },
-                )
+                return out + self._out.text_delta(index, delta["text"])
             partial = (
                 delta.get("toolUse", {}).get("input") if isinstance(delta.get("toolUse"), dict) else None
             )
             if isinstance(partial, str) and index in self._open:
                 self._chunks += 1
-                return self._send(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": partial},
-                    },
-                )
+                return self._out.json_delta(index, partial)
             return b""
         if kind == "contentBlockStop":
             if index not in self._open:
                 return b""
             self._open.discard(index)
-            return self._send("content_block_stop", {"type": "content_block_stop", "index": index})
+            return self._out.block_stop(index)
         if kind == "messageStop":
             self._stop = _stop_reason(event.get("stopReason"))
             return b""
         if kind == "metadata":
             self._complete = self._ended = True
             usage = bedrock.usage_from_bedrock(event.get("usage"))
-            end: dict[str, Any] = {
-                "type": "message_delta",
-                "delta": {"stop_reason": self._stop or "end_turn", "stop_sequence": None},
-            }
             if isinstance(usage, TokenUsage):
                 self._usage = usage
-                end["usage"] = _usage(usage)
             else:
-                end["usage"] = {"output_tokens": 0}
                 self._note(usage)
-            return self._send("message_delta", end) + self._send("message_stop", {"type": "message_stop"})
+            return self._out.end(self._stop, self._usage)
         return b""
 
     def _note(self, error: str) -> None:

@@ -19,20 +19,19 @@ finish and usage have arrived. An error event becomes an Anthropic `error` event
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
-from tollway_sidecar.providers import vertex
+from tollway_sidecar.providers import anthropic_out, vertex
 from tollway_sidecar.providers.adapters.base import (
     AttemptRequest,
-    BadGateway,
     ClientAnswer,
     Refused,
     UpstreamRequest,
+    translated,
 )
-from tollway_sidecar.providers.adapters.chat_vertex import bearer
-from tollway_sidecar.providers.adapters.openai import is_sse, not_json
+from tollway_sidecar.providers.adapters.chat_vertex import bearer, gemini_answer
+from tollway_sidecar.providers.adapters.openai import is_sse
 from tollway_sidecar.providers.errors import anthropic_error_body
 from tollway_sidecar.providers.sse_blocks import SseBlocks
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
@@ -190,15 +189,6 @@ def stop_reason(reason: Any, *, called: bool) -> str:
     return "tool_use" if called and mapped == "end_turn" else mapped
 
 
-def anthropic_usage(usage: TokenUsage) -> dict[str, int]:
-    return {
-        "input_tokens": usage.uncached_input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": usage.cache_read_tokens,
-        "output_tokens": usage.output_tokens,
-    }
-
-
 def _blocks(candidate: dict[str, Any], first: int = 0) -> list[dict[str, Any]]:
     """Anthropic content blocks from a candidate's parts: its text (thoughts left out), then its
     function calls (ids made up from their index when Gemini gives none)."""
@@ -244,19 +234,9 @@ class MessagesGemini:
         return {}
 
     def answer(self, status: int, content_type: str, body: bytes) -> ClientAnswer:
-        if not 200 <= status < 300:
-            error, ct = self.error_body(status, body)
-            return ClientAnswer(body=error, content_type=ct, usage=None, error=f"Vertex answered {status}")
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return ClientAnswer(None, None, None, error="not JSON", bad_gateway=not_json(status))
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("candidates"), list):
-            reason = (
-                f"answered {status} with JSON that is not a generateContent response; "
-                "the gateway cannot translate it."
-            )
-            return ClientAnswer(None, None, None, error=reason, bad_gateway=BadGateway(reason))
+        parsed = gemini_answer(status, body, self.error_body)
+        if isinstance(parsed, ClientAnswer):
+            return parsed
         candidates = parsed["candidates"]
         candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
         content = _blocks(candidate)
@@ -265,26 +245,10 @@ class MessagesGemini:
         )
         usage = vertex.usage_from_gemini(parsed.get("usageMetadata"))
         version = parsed.get("modelVersion")
-        message: dict[str, Any] = {
-            "id": "msg_" + uuid.uuid4().hex,
-            "type": "message",
-            "role": "assistant",
-            "model": version if isinstance(version, str) else "",
-            "content": content,
-            "stop_reason": stop,
-            "stop_sequence": None,
-        }
-        if isinstance(usage, TokenUsage):
-            message["usage"] = anthropic_usage(usage)
-        texts = [b["text"] for b in content if b["type"] == "text"]
-        return ClientAnswer(
-            body=json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode(),
-            content_type=_JSON,
-            usage=usage if isinstance(usage, TokenUsage) else None,
-            error=None if isinstance(usage, TokenUsage) else usage,
-            finish_reasons=(stop,),
-            text="".join(texts) if texts else None,
+        message = anthropic_out.message(
+            model=version if isinstance(version, str) else "", content=content, stop_reason=stop, usage=usage
         )
+        return translated(message, usage, finish_reason=stop, text=anthropic_out.text_of(content))
 
     def stream(
         self,
@@ -305,7 +269,8 @@ class GeminiMessagesStream:
 
     def __init__(self, *, model: str, on_event: Callable[[bytes | None, bytes], None] | None = None) -> None:
         self._blocks = SseBlocks()
-        self._model, self._on_event = model, on_event
+        self._out = anthropic_out.MessagesEvents(model=model, on_event=on_event)
+        self._model = model
         self._index = 0  # the next content block's index
         self._text_open = False
         self._called = False
@@ -355,18 +320,12 @@ class GeminiMessagesStream:
             output_chunks=self._chunks,
         )
 
-    def _send(self, name: str, obj: dict[str, Any]) -> bytes:
-        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-        if self._on_event is not None:
-            self._on_event(name.encode(), data)
-        return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
-
     def _close_text(self) -> bytes:
         if not self._text_open:
             return b""
         self._text_open = False
         self._index += 1
-        return self._send("content_block_stop", {"type": "content_block_stop", "index": self._index - 1})
+        return self._out.block_stop(self._index - 1)
 
     def _translate(self, data: bytes) -> bytes:
         try:
@@ -379,22 +338,11 @@ class GeminiMessagesStream:
         if isinstance(event.get("error"), dict):
             self._note(f"provider error: {event['error'].get('status') or 'error'}")
             self._ended = True
-            message = vertex.error_to_openai(500, event)["error"]["message"]
-            return self._send("error", json.loads(anthropic_error_body(500, message)))
+            return self._out.error(vertex.error_to_openai(500, event)["error"]["message"])
         out = bytearray()
         if not self._started:
             self._started = True
-            start: dict[str, Any] = {
-                "id": "msg_" + uuid.uuid4().hex,
-                "type": "message",
-                "role": "assistant",
-                "model": self._model,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": 0, "output_tokens": 0},
-            }
-            out += self._send("message_start", {"type": "message_start", "message": start})
+            out += self._out.start()
         if "usageMetadata" in event:
             self._usage = vertex.usage_from_gemini(event["usageMetadata"])
         candidates = event.get("candidates")
@@ -404,33 +352,19 @@ class GeminiMessagesStream:
         if text:
             if not self._text_open:
                 self._text_open = True
-                block = {"type": "text", "text": ""}
-                out += self._send(
-                    "content_block_start",
-                    {"type": "content_block_start", "index": self._index, "content_block": block},
-                )
+                out += self._out.block_start(self._index, {"type": "text", "text": ""})
             self._chunks += 1
-            delta = {"type": "text_delta", "text": text}
-            out += self._send(
-                "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
-            )
+            out += self._out.text_delta(self._index, text)
         calls = {"content": {"parts": [p for p in _parts_of(candidate) if "functionCall" in p]}}
         if calls["content"]["parts"]:
             out += self._close_text()  # first: the calls' blocks take the indexes after it
         for block in _blocks(calls, self._index):
             self._called, self._chunks = True, self._chunks + 1
             arguments = json.dumps(block["input"], separators=(",", ":"))
-            start_block = {**block, "input": {}}
             i = self._index
-            out += self._send(
-                "content_block_start",
-                {"type": "content_block_start", "index": i, "content_block": start_block},
-            )
-            delta = {"type": "input_json_delta", "partial_json": arguments}
-            out += self._send(
-                "content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}
-            )
-            out += self._send("content_block_stop", {"type": "content_block_stop", "index": i})
+            out += self._out.block_start(i, {**block, "input": {}})
+            out += self._out.json_delta(i, arguments)
+            out += self._out.block_stop(i)
             self._index += 1
         if candidate.get("finishReason") is not None and self._stop is None:
             self._stop = stop_reason(candidate["finishReason"], called=self._called)
@@ -440,18 +374,8 @@ class GeminiMessagesStream:
 
     def _end(self) -> bytes:
         self._complete = self._ended = True
-        end: dict[str, Any] = {
-            "type": "message_delta",
-            "delta": {"stop_reason": self._stop or "end_turn", "stop_sequence": None},
-            "usage": anthropic_usage(self._usage)
-            if isinstance(self._usage, TokenUsage)
-            else {"output_tokens": 0},
-        }
-        return (
-            self._close_text()
-            + self._send("message_delta", end)
-            + self._send("message_stop", {"type": "message_stop"})
-        )
+        usage = self._usage if isinstance(self._usage, TokenUsage) else None
+        return self._close_text() + self._out.end(self._stop, usage)
 
     def _note(self, error: str) -> None:
         if self.error is None:
