@@ -230,11 +230,24 @@ def test_each_worker_exports_its_calls_spans(workers: Workers) -> None:
         assert len(_spans(workers.jaeger, trace_id, 3)) == 3  # the call and its two attempts
 
 
+def _live_config_versions(workers: Workers) -> set[str]:
+    return {
+        dict(labels)["version"]
+        for (name, labels), value in workers.metrics().items()
+        if name == "tollway_config_info" and value == 1.0
+    }
+
+
 def test_every_worker_follows_a_config_change(workers: Workers) -> None:
+    before = _live_config_versions(workers)
     route = FALLBACK_ROUTE.replace("wk-fallback", "wk-added").format(**workers.ports)
     (workers.folder / "zz-added.yaml").write_text(route)
     workers.gateway.dev.compile()  # what the `tollway dev` loop does every half second
+    # Each worker polls the config file on its own clock, so they may pick it up up to one poll apart.
     deadline = time.monotonic() + 15
+    while (live := _live_config_versions(workers)) & before or len(live) != 1:
+        assert time.monotonic() < deadline, f"the workers never all loaded the new config: {live}"
+        time.sleep(0.1)
     while chat(workers, "wk-added").status != 200:
         assert time.monotonic() < deadline, "the new route was never served"
         time.sleep(0.1)
