@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import statistics
 import time
@@ -131,7 +132,7 @@ async def _run(runtime: Runtime, calls: int, prompt_bytes: int, profile: bool) -
         await one()
     if profiler is not None:
         profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profiler).sort_stats(os.environ.get("TOLLWAY_PROFILE_SORT", "tottime")).print_stats(30)
     return {phase: statistics.median(values) for phase, values in timings.items()}
 
 
