@@ -42,8 +42,8 @@ RESOURCES = "".join(
     [
         budget_yaml("closed-budget", "10", "failurePolicy: FailClosed"),
         key_yaml("closed", "budgetRefs: [closed-budget]"),
-        # Exactly three calls' worth: the three served during the outage use it up once counted.
-        budget_yaml("open-budget", 3 * COST, "failurePolicy: FailOpen"),
+        # Three calls' reservations: the outage serves three, counted blind, and refuses a fourth.
+        budget_yaml("open-budget", 3 * RESERVED, "failurePolicy: FailOpen"),
         key_yaml("open", "budgetRefs: [open-budget]"),
     ]
 )
@@ -94,6 +94,9 @@ def test_redis_down_fail_closed_refuses_fail_open_serves_and_both_recover(outage
     assert "'default/closed'" in refused.error["message"]
     served = [outage.chat("open") for _ in range(3)]
     assert [answer.status for answer in served] == [200, 200, 200]
+    # FailOpen still holds the budget by what this gateway served: 3 x COST + RESERVED is too much.
+    blind = outage.chat("open")
+    assert blind.status == 429 and blind.error["code"] == "budget_exceeded"
     assert outage.gateway.spend()["status"] == 503  # /spend says it cannot read the store
 
     outage.redis.start()  # same port, empty: nothing survived the restart
@@ -103,8 +106,8 @@ def test_redis_down_fail_closed_refuses_fail_open_serves_and_both_recover(outage
     key = spend["keys"]["default/open"]
     assert key["requests"] == 3 and key["input_tokens"] == 15 and key["output_tokens"] == 60
     budget = spend["budgets"]["default/open-budget"]
-    assert Decimal(budget["spent_usd"]) == 3 * COST == Decimal(budget["limit_usd"])
-    # Enforcement resumed: the budget the outage calls spent now refuses the next one.
+    assert Decimal(budget["spent_usd"]) == 3 * COST
+    # Enforcement resumed: what the outage calls spent leaves less than a reservation.
     after = outage.chat("open")
     assert after.status == 429 and after.error["code"] == "budget_exceeded"
     assert f"may cost up to ${RESERVED}" in after.error["message"]

@@ -2,7 +2,8 @@
 budgets of namespaces on different primaries admit exactly what they are worth; a primary SIGKILLed
 mid-run is answered by the default failure policy (FailClosed: 503) until its replica is promoted,
 and what the failover loses is bounded by what the dead primary had not yet replicated (made certain
-by cutting the replica off first in the last test)."""
+by cutting the replica off first in one test); under FailOpen the calls go on, each gateway holding
+the budget by its last read, and everything served blind reaches the promoted replica."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ RACE_A, RACE_B, FAILOVER = "team-a", "team-b", "team-c"
 N_A, N_B, N_FAILOVER = 60, 25, 60
 # On team-a's primary (slot 4978 beside 983), with a replica of its own whatever ran before.
 STALLED, STALLED_CALLS = "team-d", 8
+# On team-b's primary (slot 13104 beside 13236), the one no other failover kills: FailOpen.
+OPEN, N_OPEN = "team-f", 60
 CALLS_A, CALLS_B = 200, 100
 # The mock reports the gateway's own prompt estimate (9 tokens), so each call costs exactly what it
 # reserves: a budget then admits exactly its worth in calls, whatever their order.
@@ -79,9 +82,9 @@ def in_namespace(resources: str, namespace: str) -> str:
     return resources.replace("metadata: {name: ", f"metadata: {{namespace: {namespace}, name: ")
 
 
-def tenant(namespace: str, calls: int) -> str:
+def tenant(namespace: str, calls: int, policy: str = "FailClosed") -> str:
     """A VirtualKey named after its namespace with a Total budget worth exactly `calls` calls."""
-    budget = budget_yaml(f"{namespace}-budget", calls * RESERVED, "period: Total")
+    budget = budget_yaml(f"{namespace}-budget", calls * RESERVED, f"period: Total\nfailurePolicy: {policy}")
     key = key_yaml(namespace, f"budgetRefs: [{namespace}-budget]")
     return in_namespace(budget + key, namespace)
 
@@ -99,9 +102,13 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     try:
         cluster.start()
         mock_port = free_port()
-        resources = ROUTE.format(mock_port=mock_port, provider_key=provider_key()) + "".join(
-            tenant(ns, n)
-            for ns, n in ((RACE_A, N_A), (RACE_B, N_B), (FAILOVER, N_FAILOVER), (STALLED, N_FAILOVER))
+        resources = (
+            ROUTE.format(mock_port=mock_port, provider_key=provider_key())
+            + "".join(
+                tenant(ns, n)
+                for ns, n in ((RACE_A, N_A), (RACE_B, N_B), (FAILOVER, N_FAILOVER), (STALLED, N_FAILOVER))
+            )
+            + tenant(OPEN, N_OPEN, "FailOpen")
         )
         folder = config_folder(base, mock_port, resources)
         first = start_gateway(base / "a", folder, cluster.url, mock_port=mock_port)
@@ -150,6 +157,14 @@ def primary_of(cluster: RedisCluster, namespace: str) -> Node:
     return next(n for n in nodes(cluster) if n.primary and any(a <= slot <= b for a, b in n.slots))
 
 
+def holds_slot(cluster: RedisCluster, namespace: str, port: int) -> bool:
+    """Whether the primary at `port` now serves `namespace`'s slot (False while none does)."""
+    try:
+        return primary_of(cluster, namespace).port == port
+    except StopIteration:
+        return False
+
+
 def server(cluster: RedisCluster, port: int) -> RedisServer:
     return next(s for s in cluster.servers if s.port == port)
 
@@ -170,6 +185,14 @@ def headers_for(namespace: str) -> dict[str, str]:
 
 def code(reply: Reply) -> str:
     return f"{reply.status} {(reply.error_object() or {}).get('code', '')}".strip()
+
+
+def pending_reconciliation(gateway: QuotaGateway) -> int:
+    """Counts and settles the gateway still keeps for the store (-1 while /spend cannot answer)."""
+    try:
+        return int(get_json(f"{gateway.admin_url}/spend")["pending_reconciliation"])
+    except urllib.error.HTTPError:
+        return -1
 
 
 def budget_of(gateway: QuotaGateway, namespace: str, *, tries: int = 1) -> dict[str, str]:
@@ -320,9 +343,12 @@ async def fail_over(stage: Stage, namespace: str, *, stalled_calls: int = 0) -> 
                 "the budget spent after the failover",
                 60,
             )
+            # FailOpen answers (and refuses) before the promotion: keep calling until it is done.
+            await until(lambda: holds_slot(stage.cluster, namespace, replica.port), "the promotion", 60)
         finally:
             run.stop.set()
             await load
+    await until(lambda: not any(pending_reconciliation(g) for g in (one, two)), "local counts sent", 20)
     budgets = (
         await asyncio.to_thread(budget_of, one, namespace, tries=3),
         await asyncio.to_thread(budget_of, two, namespace, tries=3),
@@ -410,3 +436,51 @@ async def test_calls_the_replica_never_received_are_all_a_failover_can_overspend
     lost = check_failover(run, "a primary killed with its replica cut off (FailClosed)")
     assert run.unreplicated_bytes > 0
     assert lost >= STALLED_CALLS, "the calls admitted on the primary alone are lost with it"
+
+
+@pytest.mark.timeout(180)
+async def test_a_primary_killed_under_fail_open_serves_throughout_and_reconciles_what_it_served(
+    stage: Stage,
+) -> None:
+    assert primary_of(stage.cluster, OPEN).port == primary_of(stage.cluster, RACE_B).port
+    run = await fail_over(stage, OPEN)
+    budgets = run.budgets
+    replies = run.replies
+    codes = Counter(code(r) for r in replies)
+    admitted = [r for r in replies if r.status == 200]
+    headers_sum = sum((r.cost or Decimal(0) for r in admitted), Decimal(0))
+    spent, limit = Decimal(budgets[0]["spent_usd"]), Decimal(budgets[0]["limit_usd"])
+    after_kill = [r for r in admitted if r.started > run.killed_at]
+    in_flight = sum(1 for r in admitted if r.started <= run.killed_at <= r.ended)
+    before = sum(1 for r in admitted if r.started <= run.killed_at)
+    record(
+        "a Redis Cluster primary killed mid-run (FailOpen)",
+        calls=len(replies),
+        budget_for_calls=N_OPEN,
+        by_status=dict(sorted(codes.items())),
+        admitted=len(admitted),
+        admitted_before_kill=before,
+        admitted_in_flight_at_kill=in_flight,
+        admitted_after_kill=len(after_kill),
+        limit_usd=str(limit),
+        spent_usd=str(spent),
+        reserved_usd=budgets[0]["reserved_usd"],
+        sum_of_cost_headers_usd=str(headers_sum),
+        overspend_usd=f"{max(headers_sum - limit, Decimal(0)):f}",
+    )
+    print(
+        f"FailOpen: {dict(codes)} spent={spent} headers={headers_sum} before={before} in_flight={in_flight}"
+    )
+    assert run.promoted_port == run.replica_port, "the killed primary's replica took its slots"
+    assert set(codes) <= {"200", "429 budget_exceeded"}, codes  # served through the failover
+    assert all(r.cost == RESERVED for r in admitted), {r.cost for r in admitted}
+    # What was left at the kill, at most: each gateway admits blind no more than that by its own
+    # last read, and the promoted replica, until the blind counts reach it, no more than that again.
+    remaining = N_OPEN - before + in_flight
+    overspent_calls = max(headers_sum - limit, Decimal(0)) / RESERVED
+    assert overspent_calls <= len(stage.gateways) * remaining, (overspent_calls, remaining)
+    # Every blind call reached the promoted replica; only unreplicated writes of before the kill are lost.
+    lost = (headers_sum - spent) / RESERVED
+    assert lost == lost.to_integral_value() and 0 <= lost <= before, lost
+    assert budgets[1] == budgets[0], "both gateways read the same spend from the promoted replica"
+    assert budgets[0]["reserved_usd"] == "0"

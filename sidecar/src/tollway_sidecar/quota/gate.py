@@ -8,8 +8,10 @@ when usage is unknown, what `charge_for` decides) in one more operation.
 When the store cannot be reached:
 - FailClosed (any Block budget of the key says so, or the key has limits and the default policy
   says so): 503 `quota_store_unavailable`.
-- FailOpen: the call is served without a reservation; what it used is counted locally and added to
-  the store by a background task once the store answers again (each batch once, by its mark).
+- FailOpen: the call is served without a reservation, unless the counters as this process last
+  read them plus what it has admitted since (blind.py) put it over a limit; what it used is counted
+  locally and added to the store by a background task once the store answers again (each batch
+  once, by its mark).
   A settle that fails after a successful reserve is retried the same way; if the reservation
   expires first, the call stays charged at its estimate (and its expiry event is the call's one).
 - A refused call's event that cannot be appended waits in the same journal and is appended with
@@ -37,6 +39,7 @@ from tollway_sidecar.config.models import Budget, FailurePolicy, Route, VirtualK
 from tollway_sidecar.contract.usage_event import uuid7
 from tollway_sidecar.pricing import BackendPrice, PriceBook
 from tollway_sidecar.providers.usage import ParsedStream, TokenUsage
+from tollway_sidecar.quota.blind import BlindCounts
 from tollway_sidecar.quota.decision import Denial, decide, ratelimit_headers, unavailable
 from tollway_sidecar.quota.estimate import Estimate, estimate_call
 from tollway_sidecar.quota.plan import (
@@ -171,6 +174,7 @@ class QuotaGate:
         self.clock = clock
         self._observe = observe  # (operation, outcome, seconds)
         self._journal = _Journal()
+        self._blind = BlindCounts()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self.open = 0  # admissions not settled yet
@@ -296,6 +300,10 @@ class QuotaGate:
             self._kick()
             if plan.failure_policy == "FailClosed":
                 return unavailable(plan)
+            denial = decide(plan, self._blind.used(plan))
+            if denial is not None:
+                return denial
+            self._blind.reserve(plan)
             self.open += 1
             return Admission(plan, estimate, {}, local=True, event_id=event_id)
         self._timed("reserve", "admitted" if result.admitted else "denied", started)
@@ -306,6 +314,7 @@ class QuotaGate:
                 denial = Denial(429, "requests", "rate_limit_exceeded", "Rate limit reached.", {})
             return denial
         self.open += 1
+        self._blind.saw(plan, result.used)
         headers = ratelimit_headers(plan, result.used, admitted=True)
         return Admission(plan, estimate, headers, event_id=event_id)
 
@@ -410,6 +419,7 @@ class QuotaGate:
             drop_at[line.key] = 0 if line.ttl_ms == 0 else plan.now_ms + line.ttl_ms
         for item in (*settlement.deltas, *settlement.tallies):
             amounts[(item.key, item.field)] = amounts.get((item.key, item.field), 0) + item.amount
+        self._blind.settled(plan, amounts)
         for (key, name), amount in amounts.items():
             if amount:
                 entry = self._journal.counts.setdefault((plan.namespace, key, name), [0, drop_at[key]])
@@ -438,6 +448,7 @@ class QuotaGate:
             by_namespace: dict[str, list[BatchLine]] = {namespace: [] for namespace in journal.events}
             for (namespace, key, name), (amount, drop_at) in journal.counts.items():
                 if drop_at and drop_at <= now:
+                    self._blind.dropped(key, name, amount)
                     continue  # the window is over: nothing left to enforce there
                 ttl = 0 if not drop_at else drop_at - now
                 by_namespace.setdefault(namespace, []).append(BatchLine(key, name, amount, ttl))
@@ -455,6 +466,7 @@ class QuotaGate:
                 self._unreachable(exc)
                 raise
             journal.batches.pop(0)
+            self._blind.applied(batch.lines)
         while journal.settles:
             plan, settlement, record = journal.settles[0]
             try:
