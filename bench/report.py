@@ -120,6 +120,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         gap <= GAP_TOLERANCE_MS,
         f"{_signed(gap)} ms",
     )
+    # The scaling round's aims, looser than the first round's for latency, plus CPU per call.
+    add("c=1 p50 over bare Envoy, scaling aim", "≤ +2.0 ms", p50, p50 <= 2.0, f"{_signed(p50)} ms")
+    add(
+        "streaming: added time to first token, scaling aim",
+        "≤ +2.5 ms",
+        ttft,
+        ttft <= 2.5,
+        f"{_signed(ttft)} ms",
+    )
+    cpu = float(_get(results, "reference", "tollway", "cpu_us_per_request", "sidecar", "stat"))
+    add(
+        "sidecar CPU per call (at half its own maximum rate)",
+        "≤ 1.2 ms",
+        cpu,
+        cpu <= 1200,
+        f"{cpu / 1000:.2f} ms" if not math.isnan(cpu) else "-",
+    )
     rss = _get(results, "memory", "tollway", "sidecar", "peak_rss_mb")
     add("sidecar peak RSS under load", "≤ 150 MB", rss, rss <= 150, f"{_ms(rss, 0)} MB")
     if "tollway-cache-hit" in systems_of(results):
