@@ -43,6 +43,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from google.protobuf import json_format
 
 from tollway.dev import envoy_binary
 from tollway.ports import free_port
@@ -74,7 +75,7 @@ class Probe(ep_grpc.ExternalProcessorServicer):
             attributes = {
                 name: value
                 for struct in request.attributes.values()
-                for name, value in json.loads(_to_json(struct)).items()
+                for name, value in json_format.MessageToDict(struct).items()
             }
             seen.append((kind, attributes))
             yield self._answer(kind, request)
@@ -112,12 +113,6 @@ class Probe(ep_grpc.ExternalProcessorServicer):
         if kind == "request_trailers":
             return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
         return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
-
-
-def _to_json(struct: Any) -> str:
-    from google.protobuf import json_format
-
-    return json_format.MessageToJson(struct)
 
 
 async def _upstream(request: web.Request) -> web.StreamResponse:
