@@ -52,6 +52,13 @@ def main() -> None:
     "in-memory outbox) into <state-dir>/ledger.db for `tollway usage` (default: on).",
 )
 @click.option(
+    "--console-port",
+    default=8091,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The meter serves the web console on 127.0.0.1 at this port, open to local users (0: none).",
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
@@ -69,6 +76,7 @@ def dev(
     mock_port: int,
     state_dir: Path | None,
     meter: bool | None,
+    console_port: int,
     workers: int,
     log_level: str,
 ) -> None:
@@ -86,6 +94,7 @@ def dev(
         state_dir=state_dir,
         log_level=log_level,
         meter=meter,
+        console_port=console_port,
         workers=workers,
     )
     sys.exit(run_dev(options))

@@ -118,6 +118,8 @@ class DevOptions:
     # The meter: the usage events (the Redis stream, or the in-memory store's outbox) into a SQLite
     # ledger in the state folder. None: on.
     meter: bool | None = None
+    # The meter also serves the console (and its JSON API) on 127.0.0.1 at this port; 0: neither.
+    console_port: int = 0
     # Sidecar worker processes (TOLLWAY_WORKERS); more than one needs redis_url.
     workers: int = 1
 
@@ -236,6 +238,8 @@ class DevGateway:
         self._wait_http(f"http://127.0.0.1:{self.options.admin_port}/readyz", "sidecar")
         if self.options.meter_on:
             self._spawn("meter", self._meter_argv(tollway), self._meter_env(env))
+            if self.options.console_port:
+                self._wait_http(f"http://127.0.0.1:{self.options.console_port}/healthz", "meter")
         envoy_admin = self.options.envoy_admin_port or free_port()
         config = bootstrap(
             listen_host=self.options.host,
@@ -281,10 +285,17 @@ class DevGateway:
             meter_env["TOLLWAY_METER_OUTBOX"] = self.outbox_url
         return meter_env
 
+    @property
+    def console_url(self) -> str | None:
+        if not (self.options.meter_on and self.options.console_port):
+            return None
+        return f"http://127.0.0.1:{self.options.console_port}/console/"
+
     def _meter_argv(self, tollway: list[str]) -> list[str]:
         # A fixed consumer name: a restarted meter re-reads its own pending entries at once rather
-        # than after the claim delay. No metrics or API port, so gateways side by side cannot clash.
-        return [
+        # than after the claim delay. No metrics port, and an API port only for the console, so
+        # gateways side by side need not clash.
+        argv = [
             *tollway,
             "meter",
             "run",
@@ -296,11 +307,18 @@ class DevGateway:
             str(self.state_dir / "usage-dead.jsonl"),
             "--metrics-port",
             "0",
-            "--api-port",
-            "0",
             "--log-level",
             self.options.log_level,
         ]
+        if not self.options.console_port:
+            return [*argv, "--api-port", "0"]
+        # Open to anyone who can reach it, which is why it listens on loopback only.
+        argv += ["--api-port", str(self.options.console_port), "--api-host", "127.0.0.1", "--console"]
+        argv += ["--auth", "none"]
+        if self.options.config_secret is None:
+            # The compiled config the sidecar reads: its Budgets' limits feed the overview's forecasts.
+            argv += ["--budgets-from", str(self.config_file)]
+        return argv
 
     @property
     def processes(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
@@ -379,11 +397,15 @@ def usage_lines(gateway: DevGateway) -> list[str]:
     """The banner's lines on the usage ledger: how to read it, or why there is none."""
     options = gateway.options
     if options.meter_on:
-        return [
+        lines = [
             f"  usage:  tollway usage --db {gateway.ledger_dsn} --by model",
             f"          (or export TOLLWAY_METER_DB={gateway.ledger_dsn}; the meter logs to meter.log)",
+        ]
+        if gateway.console_url is not None:
+            return [*lines, f"  console: {gateway.console_url}"]
+        return [
+            *lines,
             f"  console: tollway console --db {gateway.ledger_dsn}"
-            # The compiled config the sidecar reads: its Budgets' limits feed the overview's forecasts.
             + (f" --budgets-from {gateway.config_file}" if options.config_secret is None else "")
             + "   then http://127.0.0.1:8091/console/",
         ]

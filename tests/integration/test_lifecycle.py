@@ -68,6 +68,8 @@ def dev_process(
         *(sys.executable, "-m", "tollway", "dev", "--config", str(local_config(tmp, mock_port))),
         *("--port", str(port), "--mock-port", str(mock_port), *options),
     ]
+    if "--console-port" not in options:  # not the fixed default, which an earlier run may still hold
+        argv += ["--console-port", str(free_port())]
     dev = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
@@ -205,6 +207,8 @@ def test_sigterm_stops_every_process_cleanly(tmp_path: Path) -> None:
         str(mock_port),
         "--state-dir",
         str(state),
+        "--console-port",
+        str(free_port()),
     ]
     dev = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -198,7 +198,7 @@ def dev_cli(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], RedisServ
     folder = config_folder(tmp_path, mock_port, routes_yaml(mock_port, provider_key()) + RESOURCES)
     argv = [sys.executable, "-m", "tollway", "dev", "--config", str(folder), "--port", str(port)]
     argv += ["--admin-port", str(admin_port), "--mock-port", str(mock_port), "--redis", redis.url]
-    argv += ["--state-dir", str(tmp_path / "state")]
+    argv += ["--state-dir", str(tmp_path / "state"), "--console-port", str(free_port())]
     env = {**os.environ, "TOLLWAY_QUOTA_RESERVATION_TTL_SECONDS": str(TTL_S)}
     with open(tmp_path / "dev.log", "ab") as log:
         dev = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
