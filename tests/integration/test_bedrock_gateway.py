@@ -1,6 +1,7 @@
 """Bedrock's Converse API through the real Envoy: the openai SDK's JSON and streamed calls, SigV4
 signed (the mock verifies every signature), priced by genai-prices' AWS entries, and a fallback from
-a failing Bedrock backend to an OpenAI one in the client's format."""
+a failing Bedrock backend to an OpenAI one in the client's format, and a stream with a corrupt
+frame cut with an error naming the backend and charged what reached the client."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from decimal import Decimal
 
 import anthropic
 import openai
+import pytest
 from gateway_env import DEMO_KEY, Gateway
 from genai_prices import Usage, calc_price
 
@@ -96,3 +98,41 @@ def test_anthropic_sdk_messages_to_bedrock_json_and_stream(gateway: Gateway) -> 
         )
     finally:
         claude.close()
+
+
+def test_a_malformed_event_stream_frame_ends_the_stream_naming_the_backend_and_is_charged(
+    gateway: Gateway, sdk_for: Callable[..., openai.OpenAI]
+) -> None:
+    before = gateway.spend()["keys"]["default/demo"]
+    received: list[str] = []
+
+    def read_stream() -> None:
+        with sdk_for().chat.completions.with_streaming_response.create(
+            model="nova-lite",
+            messages=[{"role": "user", "content": "Break a frame, Bedrock"}],
+            stream=True,
+            extra_headers={"x-mock-fail": "bad-frame", "x-mock-chunks": "4"},
+        ) as response:
+            for chunk in response.parse():
+                received.extend(c.delta.content or "" for c in chunk.choices)
+
+    with pytest.raises(openai.APIError) as failed:  # the SDK raises on the stream's error event
+        read_stream()
+    assert "Bedrock backend sent a malformed event-stream frame" in str(failed.value)
+    assert received and "".join(received).startswith("This is a mock reply")
+    after = gateway.spend()["keys"]["default/demo"]
+    charged = {
+        name: after[name] - before[name]
+        for name in ("requests", "input_tokens", "output_tokens", "unpriced_requests")
+    }
+    # What was received: the estimated prompt and one token per content chunk that reached the client.
+    content_chunks = sum(1 for text in received if text)
+    assert charged == {
+        "requests": 1,
+        "input_tokens": charged["input_tokens"],
+        "output_tokens": content_chunks,
+        "unpriced_requests": 1,
+    }
+    assert charged["input_tokens"] > 0
+    spent = Decimal(after["spent_usd"]) - Decimal(before["spent_usd"])
+    assert spent == nova_cost(charged["input_tokens"], content_chunks) > 0
