@@ -2,10 +2,10 @@
 a generic JSON webhook. Each `send` raises `DeliveryError` with a reason that names no secret (a
 Slack webhook's URL is one, and so are SMTP credentials).
 
-The e-mail is multipart: the text table, the HTML page as the alternative (its chart is inline SVG,
-which some mail clients do not draw; no PNG: there is no kept pure-Python renderer for one) and the
-CSV of the lines as an attachment. Its Message-ID and the webhooks' `Idempotency-Key` header carry
-the delivery id, the same on every attempt.
+The e-mail is multipart/mixed: a multipart/alternative of the text table and the HTML page (a
+multipart/related of the page and its chart as a PNG, `<img src="cid:...">`), then the CSV of the
+lines as an attachment. Its Message-ID, the chart's Content-ID and the webhooks' `Idempotency-Key`
+header carry the delivery id, the same on every attempt.
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ from typing import Any, Protocol
 import aiohttp
 
 from tollway_meter.report import CostReport
-from tollway_meter.report_render import change_percent, render_csv, render_html, render_text, report_dict, usd
+from tollway_meter.report_chart import HEIGHT, WIDTH, render_png
+from tollway_meter.report_render import (
+    ChartImage,
+    change_percent,
+    render_csv,
+    render_html,
+    render_text,
+    report_dict,
+    usd,
+)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 TIMEOUT = 30.0
@@ -61,7 +70,13 @@ class EmailChannel:
         message["Date"] = email.utils.formatdate(usegmt=True)
         message["Message-ID"] = f"<{delivery_id}@tollway.dev>"
         message.set_content(render_text(report))
-        message.add_alternative(render_html(report), subtype="html")
+        # The page refers to the PNG instead of carrying the SVG: Gmail and Outlook drop inline SVG,
+        # and a client that draws it would show the chart twice.
+        cid = f"chart-{delivery_id}@tollway.dev"
+        message.add_alternative(render_html(report, ChartImage(f"cid:{cid}", WIDTH, HEIGHT)), subtype="html")
+        page = message.get_body(("html",))
+        assert page is not None  # just added
+        page.add_related(render_png(report), maintype="image", subtype="png", cid=f"<{cid}>")
         message.add_attachment(
             render_csv(report).encode(),
             maintype="text",
