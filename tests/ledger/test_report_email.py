@@ -1,23 +1,29 @@
 """The cost report's e-mail, received by a real SMTP server (aiosmtpd): its parts, the chart PNG the
-HTML refers to and what its bars show."""
+HTML refers to and what its bars show, and STARTTLS: the message and the login go over TLS verified
+against a CA the test makes, an untrusted certificate or a server without STARTTLS is refused."""
 
 from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
+import yaml
 from ledger_events import make_event
 from PIL import Image
-from smtp_box import smtp_server
+from smtp_box import PASSWORD, USERNAME, make_authority, server_context, smtp_server
 
-from tollway_meter.delivery import EmailChannel
+from tollway_meter.delivery import DeliveryError, EmailChannel
 from tollway_meter.ledger import Ledger
 from tollway_meter.report import CostReport, Scope, build_report
 from tollway_meter.report_chart import BAR
-from tollway_meter.report_period import parse_report_period
+from tollway_meter.report_period import containing, parse_report_period
 
 NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 WEEK = datetime(2026, 11, 23, tzinfo=UTC)  # Monday of 2026-W48, the last complete week before NOW
@@ -105,3 +111,94 @@ async def test_the_chart_draws_a_bar_for_each_day_with_spend_at_its_height(
         await _plain(port).send(report, DELIVERY, "Weekly")
     (message,) = box.messages
     assert _bars(_chart(message)) == bars
+
+
+@pytest.fixture
+def week_report(tmp_path: Path) -> Iterator[CostReport]:
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    try:
+        yield _report(ledger, {0: ["0.5"]})
+    finally:
+        ledger.close()
+
+
+def test_starttls_to_a_relay_with_a_private_ca_from_the_cli(tmp_path: Path) -> None:
+    authority = make_authority(tmp_path, "relay-ca")
+    dsn = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger.open(dsn)
+    ledger.migrate()
+    ledger.ingest([make_event(at=containing("week", datetime.now(UTC)).previous().since, cost="0.5")])
+    ledger.close()
+    (tmp_path / "secrets" / "smtp").mkdir(parents=True)
+    (tmp_path / "secrets" / "smtp" / "username").write_text(USERNAME)
+    (tmp_path / "secrets" / "smtp" / "password").write_text(PASSWORD)
+    (tmp_path / "reports").mkdir()
+    with smtp_server(server_context(authority, tmp_path)) as (box, port):
+        spec = {
+            "to": ["a@example.com"],
+            "from": "t@example.com",
+            "host": "127.0.0.1",
+            "port": port,
+            "startTLS": True,
+            "credentialsSecretRef": {"name": "smtp"},
+        }
+        manifest = {
+            "apiVersion": "tollway.dev/v1alpha1",
+            "kind": "CostReport",
+            "metadata": {"name": "weekly", "namespace": "team-a"},
+            "spec": {"schedule": "* * * * *", "channels": [{"name": "mail", "email": spec}]},
+        }
+        (tmp_path / "reports" / "weekly.yaml").write_text(yaml.safe_dump(manifest))
+        run = subprocess.run(
+            [
+                *(sys.executable, "-m", "tollway.cli", "meter", "reports", "--once"),
+                *("--folder", str(tmp_path / "reports"), "--secrets-dir", str(tmp_path / "secrets")),
+                *("--smtp-ca-file", str(authority.pem), "--db", dsn),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "mail: sent" in run.stdout, run.stdout
+    assert len(box.messages) == 1 and box.over_tls == [True]
+    # The server offered AUTH before STARTTLS too: the channel logged in only once TLS was up.
+    assert box.logins == [(USERNAME, True)]
+
+
+@pytest.mark.parametrize("trusted", ["another-ca", "system-roots"])
+async def test_a_certificate_the_channel_does_not_trust_is_refused(
+    week_report: CostReport, tmp_path: Path, trusted: str
+) -> None:
+    server_ca = make_authority(tmp_path, "relay-ca")
+    other = make_authority(tmp_path, "other-ca").pem if trusted == "another-ca" else None
+    with smtp_server(server_context(server_ca, tmp_path)) as (box, port):
+        channel = EmailChannel(
+            ("a@example.com",), "t@example.com", "127.0.0.1", port, True, USERNAME, PASSWORD, other
+        )
+        with pytest.raises(DeliveryError) as refused:
+            await channel.send(week_report, DELIVERY, "Weekly")
+    reason = str(refused.value)
+    assert "certificate verify failed" in reason, reason
+    assert PASSWORD not in reason and USERNAME not in reason
+    assert box.logins == [] and box.messages == []
+
+
+async def test_a_server_without_starttls_is_refused_not_spoken_to_in_plain_text(
+    week_report: CostReport,
+) -> None:
+    with smtp_server() as (box, port):
+        channel = EmailChannel(
+            ("a@example.com",), "t@example.com", "127.0.0.1", port, True, USERNAME, PASSWORD
+        )
+        with pytest.raises(DeliveryError, match="does not offer STARTTLS; not sending in plain text"):
+            await channel.send(week_report, DELIVERY, "Weekly")
+    assert box.logins == [] and box.messages == []
+
+
+async def test_an_unreadable_ca_file_is_named(week_report: CostReport, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    channel = EmailChannel(("a@example.com",), "t@example.com", "127.0.0.1", 1, ca_file=missing)
+    with pytest.raises(DeliveryError, match=f"CA file {re.escape(str(missing))}: not usable"):
+        await channel.send(week_report, DELIVERY, "Weekly")

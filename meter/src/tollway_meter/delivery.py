@@ -5,7 +5,9 @@ Slack webhook's URL is one, and so are SMTP credentials).
 The e-mail is multipart/mixed: a multipart/alternative of the text table and the HTML page (a
 multipart/related of the page and its chart as a PNG, `<img src="cid:...">`), then the CSV of the
 lines as an attachment. Its Message-ID, the chart's Content-ID and the webhooks' `Idempotency-Key`
-header carry the delivery id, the same on every attempt.
+header carry the delivery id, the same on every attempt. STARTTLS (on by default) verifies the
+server's certificate against the system's roots or `ca_file`, and a server that does not offer it is
+refused rather than spoken to in plain text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import smtplib
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -60,6 +63,8 @@ class EmailChannel:
     starttls: bool = True
     username: str | None = None
     password: str | None = None
+    # PEM roots to verify the server with instead of the system's (a private relay's own CA).
+    ca_file: Path | None = None
     kind: str = "email"
 
     def message(self, report: CostReport, delivery_id: str, title: str) -> EmailMessage:
@@ -89,12 +94,25 @@ class EmailChannel:
         message = self.message(report, delivery_id, title)
         await asyncio.to_thread(self._send, message)
 
+    def _tls(self, where: str) -> ssl.SSLContext:
+        try:
+            return ssl.create_default_context(cafile=None if self.ca_file is None else str(self.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise DeliveryError(f"{where}: CA file {self.ca_file}: not usable ({exc})") from None
+
     def _send(self, message: EmailMessage) -> None:
         where = f"SMTP {self.host}:{self.port}"
+        context = self._tls(where) if self.starttls else None
         try:
             with smtplib.SMTP(self.host, self.port, timeout=TIMEOUT) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                if context is not None:
+                    smtp.ehlo_or_helo_if_needed()
+                    if not smtp.has_extn("starttls"):
+                        raise DeliveryError(
+                            f"{where}: the server does not offer STARTTLS; not sending in plain text "
+                            "(startTLS: false allows it)"
+                        )
+                    smtp.starttls(context=context)
                 if self.username is not None:
                     smtp.login(self.username, self.password or "")
                 refused = smtp.send_message(message)
