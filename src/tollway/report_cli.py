@@ -95,6 +95,13 @@ def report(
     help="With --folder: a compiled GatewayConfig whose budgets the reports forecast "
     "(--kubernetes lists the Budget resources instead).",
 )
+@click.option(
+    "--smtp-ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM roots that e-mail channels verify the SMTP server's STARTTLS certificate with, "
+    "instead of the system's (a private mail relay's CA).",
+)
 @click.option("--interval", default=60.0, show_default=True, help="Seconds between ticks.")
 @click.option("--lease", default=600.0, show_default=True, help="Seconds a claimed delivery is held.")
 @click.option("--once", is_flag=True, help="One tick, then exit (its outcomes printed).")
@@ -109,6 +116,7 @@ def meter_reports(
     kube_ca_file: Path | None,
     secrets_dir: Path | None,
     budgets_file: Path | None,
+    smtp_ca_file: Path | None,
     interval: float,
     lease: float,
     once: bool,
@@ -151,7 +159,14 @@ def meter_reports(
         ClusterBudgets(kube) if kube is not None else BudgetFile(budgets_file) if budgets_file else None
     )
     scheduler = Scheduler(
-        ledger, name, secrets, timedelta(seconds=lease), kube=kube, status=cluster, budgets=budgets
+        ledger,
+        name,
+        secrets,
+        timedelta(seconds=lease),
+        kube=kube,
+        status=cluster,
+        budgets=budgets,
+        smtp_ca_file=smtp_ca_file,
     )
 
     async def run() -> None:

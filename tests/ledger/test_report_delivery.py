@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import email
-import email.policy
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,17 +19,16 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from aiohttp import web
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from ledger_events import make_event
 from pgserver import PostgresServer
+from PIL import Image
+from smtp_box import Mailbox, smtp_server
 
 from tollway.ports import free_port
 from tollway_meter.costreport import SecretFiles, load_folder, parse_manifest
@@ -44,50 +42,10 @@ NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 LAST_WEEK = datetime(2026, 11, 23, tzinfo=UTC)  # 2026-W48
 
 
-@dataclass
-class Mailbox:
-    """The SMTP server's side: what it accepted; `hold` blocks the reply to the first DATA."""
-
-    messages: list[EmailMessage] = field(default_factory=list)
-    hold: threading.Event | None = None
-    holding: threading.Event = field(default_factory=threading.Event)
-
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
-        content = envelope.content if isinstance(envelope.content, bytes) else b""
-        message = email.message_from_bytes(content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        if self.hold is not None and len(self.messages) == 1:
-            self.holding.set()
-            await asyncio.get_running_loop().run_in_executor(None, self.hold.wait, 60)
-        return "250 OK"
-
-
-def _authenticator(
-    server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any
-) -> AuthResult:
-    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"reports", b"s3cret")
-    return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 235 or 535
-
-
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(
-        box,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=_authenticator,
-        auth_require_tls=False,  # the test server has no certificate; STARTTLS is off in its spec
-    )
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        if box.hold is not None:
-            box.hold.set()
-        controller.stop()
+    with smtp_server() as server:  # no certificate: STARTTLS is off in these specs
+        yield server
 
 
 @dataclass
@@ -171,7 +129,14 @@ async def test_the_email_carries_the_totals_and_the_csv(
     html = message.get_body(("html",))
     assert text is not None and html is not None
     assert f"Total {_total(events)} USD over 6 requests" in text.get_content()
-    assert "<svg" in html.get_content()
+    # The page shows the chart as the PNG part its img names (mail clients do not draw SVG).
+    page = html.get_content()
+    assert "<svg" not in page
+    (cid,) = re.findall(r'<img src="cid:([^"]+)"', page)
+    (image,) = [p for p in message.walk() if p["Content-ID"] == f"<{cid}>"]
+    assert image.get_content_type() == "image/png"
+    with Image.open(io.BytesIO(image.get_content())) as png:
+        assert png.format == "PNG" and png.size == (600, 220)
     (attachment,) = list(message.iter_attachments())
     assert attachment.get_filename() == "cost-report-2026-W48.csv"
     rows = list(csv.DictReader(io.StringIO(attachment.get_content())))
@@ -330,6 +295,9 @@ def test_a_scheduler_killed_mid_send_is_resent_after_its_lease(
     assert "mail: sent (attempt 2)" in resent.stdout
     assert len(box.messages) == 2
     assert box.messages[0]["Message-ID"] == box.messages[1]["Message-ID"]
+    # The chart too: the same Content-ID and the same PNG bytes (the same report drawn again).
+    charts = [[(p["Content-ID"], p.get_content()) for p in m.walk() if p["Content-ID"]] for m in box.messages]
+    assert len(charts[0]) == 1 and charts[0] == charts[1]
     (row,) = deliveries(ledger, "team-a", "weekly")
     assert (row.state, row.claimed_by, row.attempts) == ("sent", "third", 2)
     ledger.close()

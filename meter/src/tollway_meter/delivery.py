@@ -2,10 +2,12 @@
 a generic JSON webhook. Each `send` raises `DeliveryError` with a reason that names no secret (a
 Slack webhook's URL is one, and so are SMTP credentials).
 
-The e-mail is multipart: the text table, the HTML page as the alternative (its chart is inline SVG,
-which some mail clients do not draw; no PNG: there is no kept pure-Python renderer for one) and the
-CSV of the lines as an attachment. Its Message-ID and the webhooks' `Idempotency-Key` header carry
-the delivery id, the same on every attempt.
+The e-mail is multipart/mixed: a multipart/alternative of the text table and the HTML page (a
+multipart/related of the page and its chart as a PNG, `<img src="cid:...">`), then the CSV of the
+lines as an attachment. Its Message-ID, the chart's Content-ID and the webhooks' `Idempotency-Key`
+header carry the delivery id, the same on every attempt. STARTTLS (on by default) verifies the
+server's certificate against the system's roots or `ca_file`, and a server that does not offer it is
+refused rather than spoken to in plain text.
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ import smtplib
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 
 from tollway_meter.report import CostReport
-from tollway_meter.report_render import change_percent, render_csv, render_html, render_text, report_dict, usd
+from tollway_meter.report_chart import HEIGHT, WIDTH, render_png
+from tollway_meter.report_render import (
+    ChartImage,
+    change_percent,
+    render_csv,
+    render_html,
+    render_text,
+    report_dict,
+    usd,
+)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 TIMEOUT = 30.0
@@ -51,6 +63,8 @@ class EmailChannel:
     starttls: bool = True
     username: str | None = None
     password: str | None = None
+    # PEM roots to verify the server with instead of the system's (a private relay's own CA).
+    ca_file: Path | None = None
     kind: str = "email"
 
     def message(self, report: CostReport, delivery_id: str, title: str) -> EmailMessage:
@@ -61,7 +75,13 @@ class EmailChannel:
         message["Date"] = email.utils.formatdate(usegmt=True)
         message["Message-ID"] = f"<{delivery_id}@tollway.dev>"
         message.set_content(render_text(report))
-        message.add_alternative(render_html(report), subtype="html")
+        # The page refers to the PNG instead of carrying the SVG: Gmail and Outlook drop inline SVG,
+        # and a client that draws it would show the chart twice.
+        cid = f"chart-{delivery_id}@tollway.dev"
+        message.add_alternative(render_html(report, ChartImage(f"cid:{cid}", WIDTH, HEIGHT)), subtype="html")
+        page = message.get_body(("html",))
+        assert page is not None  # just added
+        page.add_related(render_png(report), maintype="image", subtype="png", cid=f"<{cid}>")
         message.add_attachment(
             render_csv(report).encode(),
             maintype="text",
@@ -74,12 +94,25 @@ class EmailChannel:
         message = self.message(report, delivery_id, title)
         await asyncio.to_thread(self._send, message)
 
+    def _tls(self, where: str) -> ssl.SSLContext:
+        try:
+            return ssl.create_default_context(cafile=None if self.ca_file is None else str(self.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise DeliveryError(f"{where}: CA file {self.ca_file}: not usable ({exc})") from None
+
     def _send(self, message: EmailMessage) -> None:
         where = f"SMTP {self.host}:{self.port}"
+        context = self._tls(where) if self.starttls else None
         try:
             with smtplib.SMTP(self.host, self.port, timeout=TIMEOUT) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                if context is not None:
+                    smtp.ehlo_or_helo_if_needed()
+                    if not smtp.has_extn("starttls"):
+                        raise DeliveryError(
+                            f"{where}: the server does not offer STARTTLS; not sending in plain text "
+                            "(startTLS: false allows it)"
+                        )
+                    smtp.starttls(context=context)
                 if self.username is not None:
                     smtp.login(self.username, self.password or "")
                 refused = smtp.send_message(message)

@@ -1,12 +1,13 @@
 """A cost report as a terminal table, JSON, an HTML page (with an inline SVG chart of the daily
-spend, from the console's chart geometry) and a CSV of its lines. Amounts are Decimal strings with 9
-fraction digits, never floats."""
+spend, from the console's chart geometry, or an <img> of the same chart for the e-mail) and a CSV of
+its lines. Amounts are Decimal strings with 9 fraction digits, never floats."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +30,11 @@ def change_percent(report: CostReport) -> str:
         return "n/a"
     ratio = Decimal(report.change_nanos * 100) / Decimal(report.previous_cost_nanos)
     return f"{ratio.quantize(Decimal('0.1')):+}%"
+
+
+def daily_series(report: CostReport) -> list[tuple[str, int]]:
+    """(YYYY-MM-DD, nano-USD) for every day of the period, zero where nothing was spent."""
+    return time_series(report.period.since, report.period.until, "day", dict(report.daily))
 
 
 def report_dict(report: CostReport) -> dict[str, Any]:
@@ -218,12 +224,14 @@ _HTML = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).fr
 {{ r.previous_total_usd }} USD (change {{ r.change_usd }} USD, {{ r.change_percent }}).</p>
 <p>Cache hits {{ r.cache.hits }} saved {{ r.cache.saved_usd }} USD. Unpriced calls {{ r.unpriced_calls }}.
 p95 latency {{ r.p95_latency_ms }} ms, p95 TTFT {{ r.p95_ttft_ms }} ms.</p>
-<svg xmlns="http://www.w3.org/2000/svg" width="{{ chart.width }}" height="{{ chart.height }}"
+{% if image %}<img src="{{ image.src }}" width="{{ image.width }}" height="{{ image.height }}"
+ alt="Spend per day, {{ r.total_usd }} USD in all">
+{% else %}<svg xmlns="http://www.w3.org/2000/svg" width="{{ chart.width }}" height="{{ chart.height }}"
  role="img" aria-label="Spend per day">
 {% for bar in chart.bars %}<rect x="{{ bar.x }}" y="{{ bar.y }}" width="{{ bar.width }}"
  height="{{ bar.height }}" fill="#3b6ea5">
 <title>{{ bar.label }}: {{ usd(bar.value_nanos) }} USD</title></rect>
-{% endfor %}</svg>
+{% endfor %}</svg>{% endif %}
 {% for name, spends in r.top.items() %}
 <h2>Top {{ name }}s</h2>
 <table><tr><th>{{ name }}</th><th>requests</th><th>cost USD</th></tr>
@@ -248,10 +256,20 @@ p95 latency {{ r.p95_latency_ms }} ms, p95 TTFT {{ r.p95_ttft_ms }} ms.</p>
 )
 
 
-def render_html(report: CostReport) -> str:
+@dataclass(frozen=True)
+class ChartImage:
+    """The chart as an image the page refers to (the e-mail's `cid:` PNG) instead of inline SVG."""
+
+    src: str
+    width: int
+    height: int
+
+
+def render_html(report: CostReport, image: ChartImage | None = None) -> str:
     return _HTML.render(
         r=report_dict(report),
-        chart=bar_chart(time_series(report.period.since, report.period.until, "day", dict(report.daily))),
+        chart=bar_chart(daily_series(report)),
+        image=image,
         usd=usd,
     )
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from croniter import croniter
@@ -51,7 +52,11 @@ def due(resource: CostReportResource, now: datetime) -> tuple[ReportPeriod, date
 
 
 async def channel_of(
-    spec: ChannelSpec, resource: CostReportResource, secrets: Secrets, kube: KubeClient | None
+    spec: ChannelSpec,
+    resource: CostReportResource,
+    secrets: Secrets,
+    kube: KubeClient | None,
+    smtp_ca_file: Path | None = None,
 ) -> Channel:
     ns = resource.namespace
     if spec.slack is not None:
@@ -73,6 +78,7 @@ async def channel_of(
             starttls=mail.start_tls,
             username=None if creds is None else await secrets.read(ns, creds.name, "username"),
             password=None if creds is None else await secrets.read(ns, creds.name, "password"),
+            ca_file=smtp_ca_file,
         )
     if kube is None or not resource.uid:
         raise BadCostReport("kubernetesEvent: only for CostReports read from the API server (--kubernetes)")
@@ -124,9 +130,12 @@ class Scheduler:
         kube: KubeClient | None = None,
         status: StatusSink | None = None,
         budgets: BudgetSource | None = None,
+        smtp_ca_file: Path | None = None,
     ) -> None:
         self.ledger, self.owner, self.secrets, self.lease, self.clock = ledger, owner, secrets, lease, clock
         self.kube, self.status, self.budgets = kube, status, budgets
+        # For every e-mail channel: a CostReport names no CA (the relay's CA is the meter's setting).
+        self.smtp_ca_file = smtp_ca_file
         self._written: dict[str, dict[str, Any]] = {}  # the last status written per report
 
     async def tick(self, resources: list[CostReportResource]) -> list[Outcome]:
@@ -150,7 +159,7 @@ class Scheduler:
                 )
                 continue
             try:
-                channel = await channel_of(spec, resource, self.secrets, self.kube)
+                channel = await channel_of(spec, resource, self.secrets, self.kube, self.smtp_ca_file)
                 if built is None:
                     built = await self._build(resource, period, now)
                 await channel.send(built, key.id, resource.spec.title)
