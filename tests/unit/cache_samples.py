@@ -168,3 +168,139 @@ def messages_stream(*, stop: str = "tool_use", cut: bool = False) -> bytes:
 def chunked(data: bytes, size: int) -> list[bytes]:
     """`data` cut every `size` bytes: boundaries fall anywhere, even inside a UTF-8 sequence."""
     return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+SUMMARY = "**Checking the weather** I will call the weather tool for Paris. " * 2
+REFUSAL = "I can't share the forecast for restricted areas."
+
+
+def responses_json(*, status: str = "completed") -> dict[str, Any]:
+    """An OpenAI Responses API answer with `store: false`: a reasoning item (summary, encrypted
+    content), a message (text and a refusal part) and two function calls."""
+    items: list[dict[str, Any]] = [
+        {
+            "id": "rs_68af0001",
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": SUMMARY}],
+            "encrypted_content": "gAAAAABo-encrypted-reasoning==",
+        },
+        {
+            "id": "msg_68af0002",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [
+                {"type": "output_text", "text": TEXT, "annotations": [], "logprobs": []},
+                {"type": "refusal", "refusal": REFUSAL},
+            ],
+        },
+        {
+            "id": "fc_68af0003",
+            "type": "function_call",
+            "status": "completed",
+            "arguments": ARGUMENTS,
+            "call_id": "call_abc",
+            "name": "get_weather",
+        },
+        {
+            "id": "fc_68af0004",
+            "type": "function_call",
+            "status": "completed",
+            "arguments": "{}",
+            "call_id": "call_def",
+            "name": "get_time",
+        },
+    ]
+    return {
+        "id": "resp_68af0000",
+        "object": "response",
+        "created_at": 1_760_000_000,
+        "status": status,
+        "background": False,
+        "completed_at": 1_760_000_003 if status == "completed" else None,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": "Be brief.",
+        "max_output_tokens": None,
+        "model": "gpt-5-mini-2025-08-07",
+        "output": items,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": "low", "summary": "auto"},
+        "service_tier": "default",
+        "store": False,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": 120,
+            "input_tokens_details": {"cached_tokens": 64, "cache_write_tokens": 0},
+            "output_tokens": 80,
+            "output_tokens_details": {"reasoning_tokens": 30},
+            "total_tokens": 200,
+        },
+        "user": None,
+        "metadata": {},
+    }
+
+
+def responses_stream(*, end: str = "response.completed", cut: bool = False) -> bytes:
+    """The same answer as `responses_json()`, as OpenAI streams it (typed events, small deltas)."""
+    whole = responses_json(status="completed" if end == "response.completed" else "incomplete")
+    shell = {**whole, "status": "in_progress", "output": [], "usage": None, "completed_at": None}
+    sequence = iter(range(1 << 20))
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return _event(kind, {"type": kind, "sequence_number": next(sequence), **fields})
+
+    out = event("response.created", response=shell) + event("response.in_progress", response=shell)
+    reasoning, message, *calls = whole["output"]
+    where = {"item_id": reasoning["id"], "output_index": 0}
+    out += event("response.output_item.added", output_index=0, item={**reasoning, "summary": []})
+    empty = {"type": "summary_text", "text": ""}
+    out += event("response.reasoning_summary_part.added", **where, summary_index=0, part=empty)
+    for i in range(0, len(SUMMARY), 10):
+        out += event(
+            "response.reasoning_summary_text.delta", **where, summary_index=0, delta=SUMMARY[i : i + 10]
+        )
+    out += event("response.reasoning_summary_text.done", **where, summary_index=0, text=SUMMARY)
+    out += event(
+        "response.reasoning_summary_part.done", **where, summary_index=0, part=reasoning["summary"][0]
+    )
+    out += event("response.output_item.done", output_index=0, item=reasoning)
+
+    where = {"item_id": message["id"], "output_index": 1}
+    added = {**message, "status": "in_progress", "content": []}
+    out += event("response.output_item.added", output_index=1, item=added)
+    text_part, refusal_part = message["content"]
+    out += event("response.content_part.added", **where, content_index=0, part={**text_part, "text": ""})
+    for i in range(0, len(TEXT), 5):
+        out += event(
+            "response.output_text.delta", **where, content_index=0, delta=TEXT[i : i + 5], logprobs=[]
+        )
+    out += event("response.output_text.done", **where, content_index=0, text=TEXT, logprobs=[])
+    out += event("response.content_part.done", **where, content_index=0, part=text_part)
+    out += event(
+        "response.content_part.added", **where, content_index=1, part={**refusal_part, "refusal": ""}
+    )
+    out += event("response.refusal.delta", **where, content_index=1, delta=REFUSAL)
+    out += event("response.refusal.done", **where, content_index=1, refusal=REFUSAL)
+    out += event("response.content_part.done", **where, content_index=1, part=refusal_part)
+    out += event("response.output_item.done", output_index=1, item=message)
+
+    for index, call in enumerate(calls, start=2):
+        where = {"item_id": call["id"], "output_index": index}
+        added = {**call, "status": "in_progress", "arguments": ""}
+        out += event("response.output_item.added", output_index=index, item=added)
+        for i in range(0, len(call["arguments"]), 9):
+            out += event(
+                "response.function_call_arguments.delta", **where, delta=call["arguments"][i : i + 9]
+            )
+        out += event("response.function_call_arguments.done", **where, arguments=call["arguments"])
+        out += event("response.output_item.done", output_index=index, item=call)
+    if cut:
+        return out
+    return out + event(end, response=whole)

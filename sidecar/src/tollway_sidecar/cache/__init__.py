@@ -1,7 +1,8 @@
 """The response cache: per-request policy, keys, entries and their replay, stores, coalescing.
 
 The wiring's whole surface (docs/caching.md, "Integration API"): `decide` a call's `CacheDecision`
-from its route's `CacheSettings` and headers, name its entry with `cache_key`, `Coalescer.lookup`
+from its route's `CacheSettings` and headers (a Responses call only if `responses_uncacheable` finds
+nothing against it), name its entry with `cache_key`, `Coalescer.lookup`
 it, and on a miss fill the entry with `entry_from_json` or a `StreamFill`, then end the `Fill`.
 """
 
@@ -11,6 +12,7 @@ from tollway_sidecar.cache.fill import StreamFill, entry_from_json
 from tollway_sidecar.cache.key import cache_key
 from tollway_sidecar.cache.memory import MemoryCacheStore
 from tollway_sidecar.cache.request_policy import BadCacheHeader, CacheDecision, CacheOutcome, decide
+from tollway_sidecar.cache.responses import responses_uncacheable
 from tollway_sidecar.cache.store import CacheStore, CacheUnavailable
 from tollway_sidecar.cache.unstorable import Unstorable
 
@@ -33,5 +35,6 @@ __all__ = [
     "decide",
     "decode_entry",
     "entry_from_json",
+    "responses_uncacheable",
     "wall_ms",
 ]

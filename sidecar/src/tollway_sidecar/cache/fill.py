@@ -1,6 +1,7 @@
 """Filling an entry from a call's answer: a whole JSON body, or a stream read as it passes.
 
-Only a complete 200 answer that finished normally or with tool calls is stored, never an error, a
+Only a complete 200 answer that finished normally or with tool calls (a Responses answer:
+`completed`) is stored, never an error, a
 cut stream, content the cache cannot replay, or an entry over `max_entry_bytes` (measured on the
 stored form). Anything else raises `Unstorable`.
 
@@ -16,17 +17,21 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from tollway_sidecar.cache.chat import chat_from_json
 from tollway_sidecar.cache.chat_stream import ChatStream
-from tollway_sidecar.cache.entry import Api, CacheEntry
-from tollway_sidecar.cache.messages import messages_from_json
+from tollway_sidecar.cache.entry import Api, CacheEntry, answer_from_json
 from tollway_sidecar.cache.messages_stream import MessagesStream
+from tollway_sidecar.cache.responses_stream import ResponsesStream
 from tollway_sidecar.cache.unstorable import Unstorable
 from tollway_sidecar.providers.usage import SseParser, TokenUsage, parse_json
 
 __all__ = ["StreamFill", "entry_from_json"]
 
-_SHAPE: Final[dict[Api, str]] = {"chat": "openai", "messages": "anthropic"}
+_SHAPE: Final[dict[Api, str]] = {"chat": "openai", "messages": "anthropic", "responses": "openai"}
+_JOINERS: Final[dict[Api, type[ChatStream | MessagesStream | ResponsesStream]]] = {
+    "chat": ChatStream,
+    "messages": MessagesStream,
+    "responses": ResponsesStream,
+}
 _DONE: Final = b"[DONE]"
 
 
@@ -60,7 +65,7 @@ def entry_from_json(
         obj = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise Unstorable("answer is not JSON") from exc
-    answer = chat_from_json(obj) if api == "chat" else messages_from_json(obj)
+    answer = answer_from_json(api, obj)
     if usage is None:
         usage = parse_json(_SHAPE[api], body).usage
         if usage is None:
@@ -78,8 +83,8 @@ class StreamFill:
     def __init__(self, api: Api, *, max_entry_bytes: int) -> None:
         self.api = api
         self.max_entry_bytes = max_entry_bytes
-        self._joiner: ChatStream | MessagesStream = ChatStream() if api == "chat" else MessagesStream()
-        self._parser = SseParser(_SHAPE[api], on_event=self._event)
+        self._joiner: ChatStream | MessagesStream | ResponsesStream = _JOINERS[api]()
+        self._parser = SseParser(_SHAPE[api], on_event=self._event, responses=api == "responses")
         self._refused: Unstorable | None = None
 
     @property

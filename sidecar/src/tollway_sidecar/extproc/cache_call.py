@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -25,6 +25,7 @@ from tollway_sidecar.cache import (
     cache_key,
     decide,
     entry_from_json,
+    responses_uncacheable,
     wall_ms,
 )
 from tollway_sidecar.config.models import CacheSettings, Route, cache_for
@@ -42,7 +43,7 @@ log = logging.getLogger("tollway.cache")
 # A waiter answers Envoy's request-body message, which Envoy waits for at most MESSAGE_TIMEOUT_MS:
 # wait less, with room for the reply, then go upstream (and perhaps store the answer too).
 WAIT_S: Final = MESSAGE_TIMEOUT_MS / 1000 - 0.5
-_APIS: Final[dict[str, Api]] = {"chat": "chat", "messages": "messages"}
+_APIS: Final[dict[str, Api]] = {"chat": "chat", "messages": "messages", "responses": "responses"}
 
 
 @dataclass(slots=True)
@@ -83,6 +84,10 @@ async def look_up(
     decision = decide(settings, headers)
     if not decision.enabled and not decision.asked:
         return None
+    if api == "responses" and (why := responses_uncacheable(body)) is not None:
+        # Reported as a BYPASS, as a `Cache-Control: no-store` call is: the cache is on, not used.
+        log.debug("call %s not looked up: %s", state.request_id, why)
+        decision = replace(decision, read=False, write=False)
     lookup = Lookup("BYPASS")
     if decision.active:
         key = cache_key(

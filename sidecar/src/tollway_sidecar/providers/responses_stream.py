@@ -38,6 +38,7 @@ from tollway_sidecar.providers.responses import (
     status_of,
     usage_of,
 )
+from tollway_sidecar.providers.responses_events import ResponsesEvents
 from tollway_sidecar.providers.sse_blocks import SseBlocks, SseEvent
 
 __all__ = ["ChatStreamToResponses"]
@@ -81,9 +82,9 @@ class ChatStreamToResponses:
         on_event: Callable[[bytes | None, bytes], None] | None = None,
     ) -> None:
         self._request, self._id, self._created, self._model = request, response_id, created_at, model
-        self._on_event = on_event
+        self._events = ResponsesEvents(on_event)
+        self._event = self._events.event
         self._blocks = SseBlocks()
-        self._sequence = 0
         self._started = False
         self._done = False
         self._items: list[_Item] = []  # every item, in output order
@@ -121,18 +122,6 @@ class ChatStreamToResponses:
             self._note("event data is not JSON")
             return b""
         return self._chunk(obj) if isinstance(obj, dict) else b""
-
-    def _event(self, kind: str, **fields: Any) -> bytes:
-        data = json.dumps(
-            {"type": kind, "sequence_number": self._sequence, **fields},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
-        self._sequence += 1
-        name = kind.encode()
-        if self._on_event is not None:
-            self._on_event(name, data)
-        return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
     # ---- chunks
 
@@ -208,18 +197,10 @@ class ChatStreamToResponses:
                 added = message_item(item.id, "", None, "in_progress")
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             out += self._event("response.output_item.added", output_index=item.index, item=added)
-            out += self._event(
-                "response.content_part.added",
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                part=part,
-            )
+            out += self._events.part_added(item.id, item.index, 0, part)
         item.text.append(text)
-        where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
-        if kind == "reasoning":
-            return out + self._event("response.reasoning_text.delta", **where, delta=text)
-        return out + self._event("response.output_text.delta", **where, delta=text, logprobs=[])
+        part_kind = "reasoning_text" if kind == "reasoning" else "output_text"
+        return out + self._events.part_delta(item.id, item.index, 0, part_kind, text)
 
     def _tool_call(self, call: dict[str, Any]) -> bytes:
         out = b""
@@ -259,17 +240,13 @@ class ChatStreamToResponses:
         status = "incomplete" if status_of(self._finish)[0] == "incomplete" else "completed"
         where = {"item_id": item.id, "output_index": item.index}
         value = item.value()
-        part: dict[str, Any]
         if item.kind == "function_call":
             out = self._event("response.function_call_arguments.done", **where, arguments=value)
         elif item.kind == "reasoning":
-            out = self._event("response.reasoning_text.done", **where, content_index=0, text=value)
-            part = {"type": "reasoning_text", "text": value}
-            out += self._event("response.content_part.done", **where, content_index=0, part=part)
+            out = self._events.part_done(item.id, item.index, 0, {"type": "reasoning_text", "text": value})
         else:
-            out = self._event("response.output_text.done", **where, content_index=0, text=value, logprobs=[])
             part = {"type": "output_text", "text": value, "annotations": [], "logprobs": []}
-            out += self._event("response.content_part.done", **where, content_index=0, part=part)
+            out = self._events.part_done(item.id, item.index, 0, part)
         return out + self._event(
             "response.output_item.done", output_index=item.index, item=item.whole(status)
         )
