@@ -343,6 +343,38 @@ async def test_sessions_and_one_session_as_a_tree(
     }
 
 
+async def test_sessions_pages_show_every_session_exactly_once_in_order(
+    filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]], ledger: Ledger
+) -> None:
+    client, events = filled
+    # Five sessions last active at one instant (the cursor's tie-break), one with a `~` in its id.
+    tied = [
+        make_event(at=NOV.replace(hour=16), session_id=f"tie-{i}~x" if i == 2 else f"tie-{i}")
+        for i in range(5)
+    ]
+    ledger.ingest(tied)
+    last: dict[str, datetime] = {}
+    for e in [*events, *tied]:
+        last[e.data.session_id] = max(last.get(e.data.session_id, e.time), e.time)
+    expected = sorted(last, key=lambda session: (last[session], session), reverse=True)
+    assert len(expected) > 10
+    for limit in (1, 2, 3, 4, 500):
+        shown_ids: list[str] = []
+        path: str | None = f"/console/sessions?{WINDOW}&limit={limit}"
+        pages = 0
+        while path is not None:
+            _, shown = await page(client, path)
+            assert len(shown.row_ids) <= limit
+            shown_ids.extend(shown.row_ids)
+            path = shown.links.get("next")
+            pages += 1
+            assert pages <= len(expected)
+        assert shown_ids == expected, limit  # every session once, most recently active first
+        assert pages == -(-len(expected) // limit)
+    html, _ = await page(client, "/console/sessions?after=garbage", 400)
+    assert "after: " in html
+
+
 async def test_users_and_properties_pages_show_the_ledgers_groups(
     filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]], ledger: Ledger
 ) -> None:

@@ -32,7 +32,7 @@ from tollway_meter.console.access import (
     token_of,
 )
 from tollway_meter.console.chart import bar_chart, time_series
-from tollway_meter.console.filters import BadFilter, RequestFilter, TimeRange
+from tollway_meter.console.filters import BadFilter, RequestFilter, SessionFilter, TimeRange
 from tollway_meter.console.forecast import PERIODS, BudgetSource, Forecast, Limit, forecast
 from tollway_meter.console.tree import build_tree
 from tollway_meter.ledger import Ledger
@@ -313,15 +313,19 @@ class Console:
         )
 
     async def sessions(self, request: web.Request) -> web.Response:
-        window = self._window(request)
+        chosen = SessionFilter.parse(request.query, self.clock())
         access = _access(request)
-        allowed = access.scope(request.query.get("namespace", ""))
-        found = await self._run(lambda: reads.sessions(self.ledger, window, allowed))
+        allowed = access.scope(chosen.namespace)
+        page = await self._run(lambda: reads.sessions(self.ledger, chosen, allowed))
+        next_link = (
+            f"{PREFIX}/sessions?{urlencode(chosen.query(after=page.next.text()))}" if page.next else None
+        )
         return self.render(
             "sessions.html",
-            window=window,
-            sessions=found,
-            cap=reads.MAX_SESSIONS,
+            window=chosen.range,
+            chosen=chosen,
+            page=page,
+            next_link=next_link,
             nav="sessions",
             access=access,
         )
