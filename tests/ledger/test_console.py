@@ -68,6 +68,19 @@ def varied() -> list[UsageEvent]:
         ),
         make_event(at=NOV.replace(hour=13), properties={"feature": SCRIPT}, session_id=SCRIPT, team=SCRIPT),
         make_event(at=NOV.replace(day=20, hour=8), cost="1.000000000", team="ops"),
+        # Response-cache hits: a saving, the smallest one, and a hit that states none.
+        make_event(
+            at=NOV.replace(hour=13, minute=30), cost="0", cache="HIT", saved="0.123456789", team="sales"
+        ),
+        make_event(
+            at=NOV.replace(hour=13, minute=35),
+            cost="0",
+            cache="SEMANTIC_HIT",
+            saved="0.000000001",
+            model="claude-sonnet",
+        ),
+        make_event(at=NOV.replace(day=20, hour=9), cost="0", cache="HIT", team="ops"),
+        make_event(at=NOV.replace(day=20, hour=10), cost="0.2", cache="MISS", team="ops"),
     ]
     return [*spread(40), *extra]
 
@@ -96,6 +109,48 @@ async def page(
 
 def cost_cell(nanos: int) -> str:
     return usd(nanos)
+
+
+def cache_savings(events: list[UsageEvent], dimension: str) -> list[list[str]]:
+    """The overview's savings table for a dimension, from the events themselves."""
+    sums: dict[str, tuple[int, int]] = {}
+    for e in events:
+        if e.data.cache in ("HIT", "SEMANTIC_HIT"):
+            hits, saved = sums.get(getattr(e.data, dimension), (0, 0))
+            sums[getattr(e.data, dimension)] = (hits + 1, saved + e.data.saved_nanos)
+    ranked = sorted(sums.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
+    return [[name, str(hits), usd(saved)] for name, (hits, saved) in ranked[:10]]
+
+
+async def test_the_overview_shows_cache_hits_and_savings_equal_to_the_events(
+    filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]], ledger: Ledger
+) -> None:
+    client, events = filled
+    hits = [e for e in events if e.data.cache in ("HIT", "SEMANTIC_HIT")]
+    saved = sum(e.data.saved_nanos for e in hits)
+    assert (len(hits), saved) == (3, 123_456_790)
+    want = {
+        "cache": f"Response cache: 3 hits saved {usd(saved)}.",
+        "savings-model": cache_savings(events, "model"),
+        "savings-team": cache_savings(events, "team"),
+    }
+    assert want["savings-team"] == [
+        ["sales", "1", "$0.123456789"],
+        ["research", "1", "$0.000000001"],
+        ["ops", "1", "$0.000000000"],
+    ]
+    for _ in range(2):  # the second time after the same events were ingested again: nothing doubles
+        _, shown = await page(client, f"/console/?{WINDOW}")
+        assert shown.texts["cache"] == want["cache"]
+        assert body_rows(shown.tables["savings-model"]) == want["savings-model"]
+        assert body_rows(shown.tables["savings-team"]) == want["savings-team"]
+        assert ledger.ingest(events).inserted == 0
+    # A range without a hit says so.
+    _, shown = await page(
+        client, "/console/?since=2026-11-21T00:00:00%2B00:00&until=2026-11-22T00:00:00%2B00:00"
+    )
+    assert shown.texts["cache"] == "Response cache: 0 hits saved $0.000000000."
+    assert body_rows(shown.tables["savings-team"]) == [["No cache hit in this range."]]
 
 
 async def test_every_page_renders(
@@ -286,6 +341,38 @@ async def test_sessions_and_one_session_as_a_tree(
         "/support": "3 calls, $0.060000000",
         "/support/lookup": "2 calls, $0.050000000",
     }
+
+
+async def test_sessions_pages_show_every_session_exactly_once_in_order(
+    filled: tuple[TestClient[web.Request, web.Application], list[UsageEvent]], ledger: Ledger
+) -> None:
+    client, events = filled
+    # Five sessions last active at one instant (the cursor's tie-break), one with a `~` in its id.
+    tied = [
+        make_event(at=NOV.replace(hour=16), session_id=f"tie-{i}~x" if i == 2 else f"tie-{i}")
+        for i in range(5)
+    ]
+    ledger.ingest(tied)
+    last: dict[str, datetime] = {}
+    for e in [*events, *tied]:
+        last[e.data.session_id] = max(last.get(e.data.session_id, e.time), e.time)
+    expected = sorted(last, key=lambda session: (last[session], session), reverse=True)
+    assert len(expected) > 10
+    for limit in (1, 2, 3, 4, 500):
+        shown_ids: list[str] = []
+        path: str | None = f"/console/sessions?{WINDOW}&limit={limit}"
+        pages = 0
+        while path is not None:
+            _, shown = await page(client, path)
+            assert len(shown.row_ids) <= limit
+            shown_ids.extend(shown.row_ids)
+            path = shown.links.get("next")
+            pages += 1
+            assert pages <= len(expected)
+        assert shown_ids == expected, limit  # every session once, most recently active first
+        assert pages == -(-len(expected) // limit)
+    html, _ = await page(client, "/console/sessions?after=garbage", 400)
+    assert "after: " in html
 
 
 async def test_users_and_properties_pages_show_the_ledgers_groups(

@@ -77,7 +77,7 @@ async def test_chromium_loads_every_page_and_shows_the_ledgers_numbers(
         first = str(events[-1].id)
         pages = {
             "overview": f"{base}/?{WINDOW}",
-            "requests": f"{base}/requests?{WINDOW}",
+            "requests": f"{base}/requests?{WINDOW}&limit=500",  # every row on one page
             "request": f"{base}/requests/{first}",
             "sessions": f"{base}/sessions?{WINDOW}",
             "session": f"{base}/sessions/chat-9",
@@ -101,6 +101,13 @@ async def test_chromium_loads_every_page_and_shows_the_ledgers_numbers(
             for r in usage(ledger, ["team"], SINCE, UNTIL)
         ]
         assert body_rows(doms["overview"].tables["by-team"]) == by_team[:10]
+        assert total.cache_hits > 0
+        assert (
+            doms["overview"].texts["cache"]
+            == f"Response cache: {total.cache_hits} hits saved {usd(total.saved_nanos)}."
+        )
+        sessions = {e.data.session_id for e in events if e.data.session_id}
+        assert sorted(doms["sessions"].row_ids) == sorted(sessions)
         assert sorted(doms["requests"].row_ids) == sorted(str(e.id) for e in events)
         assert doms["session"].texts["session-total"] == "4 calls, $0.100000000"
         assert {row[0] for row in body_rows(doms["users"].tables["end-users"])} >= {"u-1", "u-2"}

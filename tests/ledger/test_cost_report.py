@@ -76,7 +76,12 @@ def test_the_report_equals_the_events_to_the_nano_dollar(ledger: Ledger) -> None
     other_ns = make_event(at=_when(1), cost="5", namespace="team-b")
     before = [make_event(at=_when(-3), cost="0.25", key_name="k0"), make_event(at=_when(-10), cost="0.5")]
     after = [make_event(at=_when(7, 0), cost="7")]
-    ledger.ingest([*inside, failing, cached, other_ns, *before, *after])
+    # Hits the report leaves out: another namespace's, last period's.
+    hits_outside = [
+        make_event(at=_when(4), cost="0", cache="HIT", saved="3", namespace="team-b"),
+        make_event(at=_when(-3), cost="0", cache="SEMANTIC_HIT", saved="0.5"),
+    ]
+    ledger.ingest([*inside, failing, cached, other_ns, *before, *after, *hits_outside])
 
     period = parse_report_period("last-week", NOW)
     report = build_report(ledger, period, Scope(namespaces=frozenset({"team-a"})), NOW)

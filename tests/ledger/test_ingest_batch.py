@@ -27,8 +27,9 @@ def stored_rows(ledger: Ledger) -> dict[str, tuple[Any, ...]]:
         cur.execute(
             "SELECT id, event_time, booked_period, adjustment, hour, namespace, key_name, team, user_id, "
             "route, model, backend, provider, requests, billable_requests, cost_nanos, input_tokens, "
-            "output_tokens, cached_read_tokens, cache_write_tokens, reasoning_tokens, session_id, end_user, "
-            "status, outcome, latency_ms, request_id, trace_id, event FROM usage_events"
+            "output_tokens, cached_read_tokens, cache_write_tokens, reasoning_tokens, cache_hits, "
+            "saved_nanos, session_id, end_user, status, outcome, latency_ms, request_id, trace_id, event "
+            "FROM usage_events"
         )
         return {str(row[0]): tuple(row) for row in cur.fetchall()}
 
@@ -54,17 +55,19 @@ def test_every_column_is_stored_as_the_event_says(ledger: Ledger) -> None:
         trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
     )
     plain = make_event(at=NOV.replace(hour=23, minute=59, second=59, microsecond=999999))
-    ledger.ingest([odd, plain])
+    hit = make_event(cost="0", cache="SEMANTIC_HIT", saved=f"{MAX_COST_USD - 1}.999999999")
+    ledger.ingest([odd, plain, hit])
     stored = stored_rows(ledger)
-    assert set(stored) == {str(odd.id), str(plain.id)}
-    for event in (odd, plain):
+    assert set(stored) == {str(odd.id), str(plain.id), str(hit.id)}
+    for event in (odd, plain, hit):
         expected = ledger.event_values(event_row(event, frozenset()))
         got = stored[str(event.id)]
         assert got[:-1] == expected[:-1]
         assert as_json(got[-1]) == json.loads(event.to_json())
         assert UsageEvent.from_dict(as_json(got[-1])) == event
     row = stored[str(odd.id)]
-    assert row[13:21] == (1, 1, MAX_COST_USD * 10**9, MAX_COUNT, MAX_COUNT - 1, 3, 4, 5)
+    assert row[13:23] == (1, 1, MAX_COST_USD * 10**9, MAX_COUNT, MAX_COUNT - 1, 3, 4, 5, 0, 0)
+    assert stored[str(hit.id)][13:23] == (1, 1, 0, 100, 20, 10, 0, 0, 1, MAX_COST_USD * 10**9 - 1)
 
 
 def test_a_batch_of_duplicates_months_and_a_closed_period(ledger: Ledger) -> None:

@@ -142,7 +142,7 @@ def test_a_closed_period_is_frozen_by_the_database(ledger: Ledger) -> None:
     with pytest.raises(PeriodClosedError), ledger.transaction() as cur:
         cur.execute(
             "INSERT INTO usage_hourly VALUES ('2026-11-02T00:00:00.000000Z', '2026-11', "
-            "%s, 'n', 'k', 't', 'u', 'r', 'm', 'b', 'p', 1, 1, 1, 0, 0, 0, 0, 0)".replace(
+            "%s, 'n', 'k', 't', 'u', 'r', 'm', 'b', 'p', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0)".replace(
                 "%s", "false" if ledger.dialect == "postgresql" else "0"
             )
         )

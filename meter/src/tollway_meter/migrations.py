@@ -305,6 +305,97 @@ def _report_deliveries(time_type: str) -> Migration:
 POSTGRES += (_report_deliveries("timestamptz"),)
 SQLITE += (_report_deliveries("text"),)
 
+# Cache hits and savings as roll-up measures, so the overview and the report sum columns instead of
+# scanning every event's JSON. One number for both dialects, from this constant.
+CACHE_SAVINGS = 6
+_HIT = "IN ('HIT', 'SEMANTIC_HIT')"
+# The roll-up's key (its primary key's columns, which the detail rows carry too).
+_KEY = (
+    "hour",
+    "adjustment",
+    "namespace",
+    "key_name",
+    "team",
+    "user_id",
+    "route",
+    "model",
+    "backend",
+    "provider",
+)
+
+
+def _fold_hits_into_hourly() -> str:
+    """Each roll-up row's hits and savings, summed from the detail rows folded into it (same key)."""
+    key = ", ".join(_KEY)
+    match = " AND ".join(f"usage_hourly.{column} = e.{column}" for column in _KEY)
+    return (
+        "UPDATE usage_hourly SET cache_hits = e.hits, saved_nanos = e.saved FROM ("
+        f"SELECT {key}, sum(cache_hits) AS hits, sum(saved_nanos) AS saved FROM usage_events "
+        f"WHERE cache_hits > 0 GROUP BY {key}) AS e WHERE {match}"
+    )
+
+
+def _cache_savings(
+    add_columns: tuple[str, ...], hits: str, freeze: tuple[str, ...], thaw: tuple[str, ...]
+) -> Migration:
+    # Closed periods are backfilled too, with the freeze lifted only inside this transaction: it sets
+    # just the two new columns, from the period's own frozen events, so no invoiced amount changes.
+    # A closed month whose detail retention already removed counts no hits.
+    return Migration(
+        CACHE_SAVINGS,
+        "cache hits and savings: columns of the events and the roll-ups, backfilled from the events",
+        (*add_columns, *thaw, hits, _fold_hits_into_hourly(), *freeze),
+    )
+
+
+_NEW_MEASURES = ("cache_hits", "saved_nanos")
+
+POSTGRES += (
+    _cache_savings(
+        tuple(
+            f"ALTER TABLE {table} "
+            + ", ".join(f"ADD COLUMN {column} bigint NOT NULL DEFAULT 0" for column in _NEW_MEASURES)
+            for table in ("usage_events", "usage_hourly")
+        ),
+        # The decimal string as numeric: exact, then whole nano-dollars (the contract allows 9 digits).
+        f"UPDATE usage_events SET cache_hits = 1, saved_nanos = "
+        f"(coalesce(event->'data'->>'saved', '0')::numeric * 1000000000)::bigint "
+        f"WHERE event->'data'->>'cache' {_HIT}",
+        thaw=tuple(f"ALTER TABLE {t} DISABLE TRIGGER {t}_frozen" for t in ("usage_events", "usage_hourly")),
+        freeze=tuple(f"ALTER TABLE {t} ENABLE TRIGGER {t}_frozen" for t in ("usage_events", "usage_hourly")),
+    ),
+)
+
+# SQLite would read the decimal string as a float: split it at the point instead, in integers
+# (the contract's format is digits, optionally a point and 1-9 digits).
+_SQLITE_SAVED = "coalesce(json_extract(event, '$.data.saved'), '0')"
+_SQLITE_NANOS = (
+    f"CASE WHEN instr({_SQLITE_SAVED}, '.') = 0 THEN CAST({_SQLITE_SAVED} AS INTEGER) * 1000000000 "
+    f"ELSE CAST(substr({_SQLITE_SAVED}, 1, instr({_SQLITE_SAVED}, '.') - 1) AS INTEGER) * 1000000000 "
+    f"+ CAST(substr(substr({_SQLITE_SAVED}, instr({_SQLITE_SAVED}, '.') + 1) || '000000000', 1, 9) "
+    "AS INTEGER) "
+    "END"
+)
+_SQLITE_UPDATE_FREEZE = {
+    table: _sqlite_freeze(table, column)[1]
+    for table, column in (("usage_events", "booked_period"), ("usage_hourly", "period"))
+}
+
+SQLITE += (
+    _cache_savings(
+        tuple(
+            f"ALTER TABLE {table} ADD COLUMN {column} bigint NOT NULL DEFAULT 0"
+            for table in ("usage_events", "usage_hourly")
+            for column in _NEW_MEASURES
+        ),
+        f"UPDATE usage_events SET cache_hits = 1, saved_nanos = {_SQLITE_NANOS} "
+        f"WHERE json_extract(event, '$.data.cache') {_HIT}",
+        # The update triggers, exactly as migration 1 made them (neither was redefined since).
+        thaw=tuple(f"DROP TRIGGER {table}_frozen_update" for table in _SQLITE_UPDATE_FREEZE),
+        freeze=tuple(_SQLITE_UPDATE_FREEZE.values()),
+    ),
+)
+
 SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     version integer PRIMARY KEY,
     description text NOT NULL,

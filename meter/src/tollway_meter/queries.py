@@ -47,6 +47,8 @@ class UsageRow:
     cached_read_tokens: int
     cache_write_tokens: int
     reasoning_tokens: int
+    cache_hits: int
+    saved_nanos: int
 
     @property
     def cost(self) -> Decimal:

@@ -20,7 +20,6 @@ from tollway_meter.console.reads import budget_spend
 from tollway_meter.ledger import Ledger
 from tollway_meter.report_period import ReportPeriod
 from tollway_sidecar.contract.periods import period_bounds
-from tollway_sidecar.contract.usage_event import parse_usd, usd_to_nanos
 
 TOP = 10
 BASELINE_PERIODS = 3
@@ -209,12 +208,12 @@ def build_report(
                 TOP,
             )
         ]
-        # Sums of decimal strings in Python: SQLite would add them as floats.
-        saved = reader.rows(
-            f"SELECT {_json(ledger, 'saved')} FROM usage_events WHERE {_json(ledger, 'saved')} IS NOT NULL "
-            "AND {where}",
+        # The roll-ups' sums, the ones the console's overview shows: the two cannot disagree.
+        cache = reader.rows(
+            "SELECT coalesce(sum(cache_hits), 0), coalesce(sum(saved_nanos), 0) FROM usage_hourly "
+            "WHERE {where}",
             period,
-        )
+        )[0]
         attempts = (
             "jsonb_array_length(event->'data'->'attempts')"
             if ledger.dialect == "postgresql"
@@ -264,8 +263,8 @@ def build_report(
         top=top,
         lines=lines,
         expensive=expensive,
-        cache_hits=len(saved),
-        cache_saved_nanos=sum(usd_to_nanos(parse_usd(str(r[0]), "data.saved")) for r in saved),
+        cache_hits=int(cache[0]),
+        cache_saved_nanos=int(cache[1]),
         providers=providers,
         p95_latency_ms=p95_latency,
         p95_ttft_ms=p95_ttft,

@@ -24,6 +24,8 @@ ROLLUP_MEASURES = (
     "cached_read_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "cache_hits",  # calls the response cache answered (HIT, SEMANTIC_HIT)
+    "saved_nanos",  # what those hits saved: the exact nano-USD of the calls that filled the entries
 )
 
 
@@ -121,6 +123,8 @@ def event_row(event: UsageEvent, closed: frozenset[str]) -> EventRow:
             tokens.cached_read,
             tokens.cache_write,
             tokens.reasoning,
+            1 if data.is_cache_hit else 0,
+            data.saved_nanos,
         ),
         session_id=data.session_id,
         end_user=data.end_user,

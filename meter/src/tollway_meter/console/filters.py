@@ -1,7 +1,8 @@
 """The console's query-string parameters as typed filters, each bad value a `BadFilter` naming it.
 
 Times are ISO 8601 (UTC unless they say otherwise) or a duration back from now (`7d`, `12h`, `2w`);
-the request list's page cursor is `<event time>~<event id>` of the last row shown.
+the request list's page cursor is `<event time>~<event id>` of the last row shown, the sessions
+list's `<last call's time>~<session id>` of the last session shown.
 """
 
 from __future__ import annotations
@@ -75,6 +76,66 @@ class Cursor:
 
 
 @dataclass(frozen=True)
+class SessionCursor:
+    """Where the previous sessions page ended: sessions last active before (last, session id) come
+    next. The id is any text; the time, first, holds no `~`."""
+
+    last: datetime
+    session_id: str
+
+    def text(self) -> str:
+        return f"{self.last.astimezone(UTC).isoformat()}~{self.session_id}"
+
+    @staticmethod
+    def parse(text: str) -> SessionCursor:
+        time_text, sep, session_id = text.partition("~")
+        try:
+            moment = datetime.fromisoformat(time_text)
+        except ValueError:
+            moment = None
+        if moment is None or not sep or not session_id:
+            raise BadFilter("after", f"not a sessions page cursor: {text!r}")
+        return SessionCursor(moment if moment.tzinfo else moment.replace(tzinfo=UTC), session_id)
+
+
+def parse_limit(query: Mapping[str, str]) -> int:
+    limit_text = query.get("limit", str(PAGE_SIZE))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+        raise BadFilter("limit", f"expected an integer from 1 to {MAX_PAGE_SIZE}, got {limit_text!r}")
+    return int(limit_text)
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    """The sessions list: a time range, the namespace scope, and its page."""
+
+    range: TimeRange
+    namespace: str = ""
+    after: SessionCursor | None = None
+    limit: int = PAGE_SIZE
+
+    @staticmethod
+    def parse(query: Mapping[str, str], now: datetime) -> SessionFilter:
+        after_text = query.get("after", "")
+        return SessionFilter(
+            range=TimeRange.parse(query, now),
+            namespace=query.get("namespace", ""),
+            after=SessionCursor.parse(after_text) if after_text else None,
+            limit=parse_limit(query),
+        )
+
+    def query(self, **changes: str) -> dict[str, str]:
+        params = {
+            "since": self.range.since.isoformat(),
+            "until": self.range.until.isoformat(),
+            "namespace": self.namespace,
+            "limit": str(self.limit),
+        }
+        params.update(changes)
+        return {k: v for k, v in params.items() if v}
+
+
+@dataclass(frozen=True)
 class RequestFilter:
     """The request list's filters; empty text means "any"."""
 
@@ -97,9 +158,7 @@ class RequestFilter:
         status_text = query.get("status", "")
         if status_text and not (status_text.isdigit() and 100 <= int(status_text) <= 599):
             raise BadFilter("status", f"expected an HTTP status 100-599, got {status_text!r}")
-        limit_text = query.get("limit", str(PAGE_SIZE))
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
-            raise BadFilter("limit", f"expected an integer from 1 to {MAX_PAGE_SIZE}, got {limit_text!r}")
+        limit = parse_limit(query)
         prop_name, prop_value = "", ""
         prop_text = query.get("property", "")
         if prop_text:
@@ -122,7 +181,7 @@ class RequestFilter:
             prop_name=prop_name,
             prop_value=prop_value,
             after=Cursor.parse(after_text) if after_text else None,
-            limit=int(limit_text),
+            limit=limit,
         )
 
     def columns(self) -> dict[str, str | int]:

@@ -32,7 +32,7 @@ from tollway_meter.console.access import (
     token_of,
 )
 from tollway_meter.console.chart import bar_chart, time_series
-from tollway_meter.console.filters import BadFilter, RequestFilter, TimeRange
+from tollway_meter.console.filters import BadFilter, RequestFilter, SessionFilter, TimeRange
 from tollway_meter.console.forecast import PERIODS, BudgetSource, Forecast, Limit, forecast
 from tollway_meter.console.tree import build_tree
 from tollway_meter.ledger import Ledger
@@ -73,9 +73,26 @@ class Grouped:
     cost_nanos: int
 
 
+def _label(row: UsageRow) -> str:
+    return "/".join(row.keys.values()) or "-"
+
+
 def _grouped(rows: list[UsageRow]) -> list[Grouped]:
     """The top rows by spend, each labelled by its dimension values joined with '/'."""
-    return [Grouped("/".join(r.keys.values()) or "-", r.requests, r.cost_nanos) for r in rows[:TOP]]
+    return [Grouped(_label(r), r.requests, r.cost_nanos) for r in rows[:TOP]]
+
+
+@dataclass(frozen=True)
+class Saved:
+    label: str
+    cache_hits: int
+    saved_nanos: int
+
+
+def _savings(rows: list[UsageRow]) -> list[Saved]:
+    """The top groups by what their cache hits saved (only groups with a hit)."""
+    hit = sorted((r for r in rows if r.cache_hits), key=lambda r: (-r.saved_nanos, -r.cache_hits, _label(r)))
+    return [Saved(_label(r), r.cache_hits, r.saved_nanos) for r in hit[:TOP]]
 
 
 def _granularity(window: TimeRange) -> str:
@@ -191,12 +208,14 @@ class Console:
             def rows(by: list[str], granularity: str | None = None) -> list[UsageRow]:
                 return usage(self.ledger, by, since, until, granularity, namespaces=allowed)
 
+            teams, models = rows(["team"]), rows(["model"])
             return {
                 "totals": rows([]),
                 "series": rows([], grain),
+                "savings": {"model": _savings(models), "team": _savings(teams)},
                 "by": {
-                    "team": _grouped(rows(["team"])),
-                    "model": _grouped(rows(["model"])),
+                    "team": _grouped(teams),
+                    "model": _grouped(models),
                     # A key's name is unique only in its namespace.
                     "key": _grouped(rows(["namespace", "key"])),
                     "provider": _grouped(rows(["provider"])),
@@ -294,15 +313,19 @@ class Console:
         )
 
     async def sessions(self, request: web.Request) -> web.Response:
-        window = self._window(request)
+        chosen = SessionFilter.parse(request.query, self.clock())
         access = _access(request)
-        allowed = access.scope(request.query.get("namespace", ""))
-        found = await self._run(lambda: reads.sessions(self.ledger, window, allowed))
+        allowed = access.scope(chosen.namespace)
+        page = await self._run(lambda: reads.sessions(self.ledger, chosen, allowed))
+        next_link = (
+            f"{PREFIX}/sessions?{urlencode(chosen.query(after=page.next.text()))}" if page.next else None
+        )
         return self.render(
             "sessions.html",
-            window=window,
-            sessions=found,
-            cap=reads.MAX_SESSIONS,
+            window=chosen.range,
+            chosen=chosen,
+            page=page,
+            next_link=next_link,
             nav="sessions",
             access=access,
         )

@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollway_meter.console.access import in_clause
-from tollway_meter.console.filters import Cursor, RequestFilter, TimeRange
+from tollway_meter.console.filters import Cursor, RequestFilter, SessionCursor, SessionFilter, TimeRange
 from tollway_meter.ledger import Ledger
 from tollway_meter.queries import Booked
 from tollway_sidecar.contract.usage_event import UsageEvent
 
-MAX_SESSIONS = 100
 MAX_SESSION_CALLS = 5000
 MAX_PROPERTY_NAMES = 50
 
@@ -239,20 +238,36 @@ class SessionTotal:
     last: datetime
 
 
-def sessions(ledger: Ledger, window: TimeRange, allowed: Allowed = None) -> list[SessionTotal]:
-    """The most recently active sessions in the range (at most MAX_SESSIONS)."""
-    where, params = _range_sql(ledger, window, allowed)
+@dataclass(frozen=True)
+class SessionPage:
+    rows: list[SessionTotal]
+    next: SessionCursor | None  # None: this is the last page
+
+
+def sessions(ledger: Ledger, chosen: SessionFilter, allowed: Allowed = None) -> SessionPage:
+    """One page of the range's sessions, most recently active first, ordered by (last call's time,
+    session id): a cursor never skips or repeats a session. Each page groups the range's calls."""
+    where, params = _range_sql(ledger, chosen.range, allowed)
+    having = ""
+    if chosen.after is not None:
+        last = ledger.time(chosen.after.last)
+        having = " HAVING max(event_time) < %s OR (max(event_time) = %s AND session_id < %s)"
+        params.extend([last, last, chosen.after.session_id])
     sql = (
         "SELECT session_id, count(*), coalesce(sum(cost_nanos), 0), min(event_time), max(event_time) "
         f"FROM usage_events WHERE session_id <> '' AND {where} "
-        "GROUP BY session_id ORDER BY max(event_time) DESC, session_id LIMIT %s"
+        f"GROUP BY session_id{having} ORDER BY max(event_time) DESC, session_id DESC LIMIT %s"
     )
+    params.append(chosen.limit + 1)  # one more than shown: whether a next page exists
     with ledger.transaction(readonly=True) as cur:
-        cur.execute(ledger.sql(sql), (*params, MAX_SESSIONS))
-        return [
-            SessionTotal(str(r[0]), int(r[1]), int(r[2]), as_time(r[3]), as_time(r[4]))
-            for r in cur.fetchall()
-        ]
+        cur.execute(ledger.sql(sql), tuple(params))
+        found = cur.fetchall()
+    rows = [
+        SessionTotal(str(r[0]), int(r[1]), int(r[2]), as_time(r[3]), as_time(r[4]))
+        for r in found[: chosen.limit]
+    ]
+    more = len(found) > chosen.limit
+    return SessionPage(rows, SessionCursor(rows[-1].last, rows[-1].session_id) if more and rows else None)
 
 
 @dataclass(frozen=True)

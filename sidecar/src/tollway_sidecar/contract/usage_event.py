@@ -233,6 +233,14 @@ class UsageData:
     def cost_nanos(self) -> int:
         return usd_to_nanos(parse_usd(self.cost, "data.cost"))
 
+    @functools.cached_property
+    def saved_nanos(self) -> int:
+        return usd_to_nanos(parse_usd(self.saved, "data.saved")) if self.saved else 0
+
+    @property
+    def is_cache_hit(self) -> bool:
+        return self.cache in CACHE_HITS
+
     @property
     def backend(self) -> str:
         return self.attempts[-1].backend if self.attempts else ""
@@ -246,6 +254,7 @@ class UsageData:
 # v1: a meter that stores outcomes as text takes it like the others.
 OUTCOMES = frozenset({"ok", "error", "denied", "cancelled", "expired"})
 CACHE_OUTCOMES = frozenset({"HIT", "SEMANTIC_HIT", "MISS", "REFRESH", "BYPASS"})
+CACHE_HITS = frozenset({"HIT", "SEMANTIC_HIT"})
 _CACHE_FIELDS = ("cache", "saved")
 
 
@@ -510,7 +519,7 @@ def _check_cache(data: UsageData) -> None:
     if data.cache and data.cache not in CACHE_OUTCOMES:
         raise UsageEventError("data.cache", f"expected one of {sorted(CACHE_OUTCOMES)}, got {data.cache!r}")
     if data.saved:
-        if data.cache not in ("HIT", "SEMANTIC_HIT"):
+        if data.cache not in CACHE_HITS:
             raise UsageEventError("data.saved", "only a cache hit saves anything")
         if usd_to_nanos(parse_usd(data.saved, "data.saved")) > MAX_COST_USD * NANOS_PER_USD:
             raise UsageEventError("data.saved", f"more than {MAX_COST_USD} USD for one call")
